@@ -1,0 +1,103 @@
+import { FileSystem } from "@effect/platform"
+import { Config, ConfigError, Effect, Either, Option, Schema } from "effect"
+import { NodeName } from "./Domain.ts"
+
+export type BuilderName = "native" | "kaniko" | "kaniko-fs"
+
+const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+const required = (name: string) => Config.nonEmptyString(name).pipe(Config.map((value) => value.trim()))
+
+const nonNegativeInteger = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.validate({ message: "must be a non-negative whole number", validation: (n) => n >= 0 }),
+    Config.withDefault(fallback)
+  )
+
+const port = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.validate({ message: "must be a port number between 1 and 65535", validation: (n) => n >= 1 && n <= 65535 }),
+    Config.withDefault(fallback)
+  )
+
+/** The seed's boolean flags are "true" or unset; anything else that is not a boolean is an error. */
+export const flag = (name: string) => Config.boolean(name).pipe(Config.withDefault(false))
+
+const builderName = Config.all({
+  explicit: Config.literal("native", "kaniko", "kaniko-fs")("CHECKPOINT_BUILDER").pipe(Config.option),
+  useKanikoFs: flag("USE_KANIKO_FS")
+}).pipe(
+  Config.mapOrFail(({ explicit, useKanikoFs }): Either.Either<BuilderName, ConfigError.ConfigError> =>
+    Option.match(explicit, {
+      onNone: () => Either.right(useKanikoFs ? "kaniko-fs" : "kaniko"),
+      onSome: (builder) =>
+        useKanikoFs && builder !== "kaniko-fs"
+          ? Either.left(
+            ConfigError.InvalidData(
+              ["CHECKPOINT_BUILDER"],
+              `CHECKPOINT_BUILDER=${builder} contradicts USE_KANIKO_FS=true (which selects kaniko-fs)`
+            )
+          )
+          : Either.right(builder)
+    })
+  )
+)
+
+/** Everything Checkpointer reads from its environment, with the seed's names and defaults. */
+export const checkpointerConfig = Config.all({
+  imagePrefix: required("CHECKPOINT_IMAGE_PREFIX"),
+  node: Schema.Config("CHECKPOINTER_NODE", NodeName),
+  nodeIp: required("CHECKPOINTER_NODE_IP"),
+  port: port("CHECKPOINTER_PORT", 3333),
+  kubeletPort: port("KUBELET_PORT", 10250),
+  kubeletCertFile: Config.string("KUBELET_CERT_FILE").pipe(Config.withDefault("/etc/kubernetes/tls/tls.crt")),
+  kubeletKeyFile: Config.string("KUBELET_KEY_FILE").pipe(Config.withDefault("/etc/kubernetes/tls/tls.key")),
+  kubeletAllowInsecure: flag("KUBELET_ALLOW_INSECURE"),
+  kubeletCaFile: Config.string("KUBELET_CA_FILE").pipe(Config.option),
+  kubeletTimeoutSeconds: nonNegativeInteger("KUBELET_TIMEOUT", 120),
+  baseImage: Config.string("CHECKPOINT_BASE_IMAGE").pipe(Config.withDefault("pbaran555/checkpoint-base:1.0.0")),
+  kanikoSecretName: Config.string("KANIKO_SECRET_NAME").pipe(Config.withDefault("kaniko-secret")),
+  kanikoTimeoutSeconds: nonNegativeInteger("KANIKO_TIMEOUT", 30),
+  kanikoBuildContextDir: Config.string("KANIKO_BUILD_CTX_DIR").pipe(Config.withDefault("/tmp/build-contexts")),
+  storageBasePath: Config.string("STORAGE_BASE_PATH").pipe(Config.withDefault("/checkpointer/storage")),
+  disableRouteForward: flag("DISABLE_ROUTE_FORWARD"),
+  builder: builderName,
+  namespace: Config.string("CHECKPOINTER_NAMESPACE").pipe(Config.option),
+  production: Config.string("ENVIRONMENT").pipe(Config.map((value) => value === "prod"), Config.withDefault(false))
+})
+
+export type CheckpointerSettings = Omit<Config.Config.Success<typeof checkpointerConfig>, "namespace"> & {
+  readonly namespace: string
+}
+
+/** Checkpointer's settings, read once at startup. Startup fails with every problem listed at once. */
+export class CheckpointerConfig extends Effect.Service<CheckpointerConfig>()("checkpointer/CheckpointerConfig", {
+  effect: Effect.gen(function*() {
+    const settings = yield* checkpointerConfig
+    const namespace = yield* Option.match(settings.namespace, {
+      onSome: Effect.succeed,
+      onNone: () => serviceAccountNamespace
+    })
+    return { ...settings, namespace } satisfies CheckpointerSettings
+  })
+}) {}
+
+const serviceAccountNamespace = Effect.gen(function*() {
+  const fs = yield* FileSystem.FileSystem
+  const namespace = yield* fs.readFileString(serviceAccountNamespaceFile).pipe(
+    Effect.map((text) => text.trim()),
+    Effect.orElseSucceed(() => "")
+  )
+  return namespace === "" ? "default" : namespace
+})
+
+/** One line per problem: `CHECKPOINTER_NODE is missing`, `KUBELET_PORT: must be a port number ...`. */
+export const describeConfigError = (error: ConfigError.ConfigError): ReadonlyArray<string> =>
+  ConfigError.reduceWithContext(error, undefined, {
+    andCase: (_, left: ReadonlyArray<string>, right: ReadonlyArray<string>) => [...left, ...right],
+    orCase: (_, left: ReadonlyArray<string>, right: ReadonlyArray<string>) => [...left, ...right],
+    invalidDataCase: (_, path, message) => [`${path.join(".")}: ${message}`],
+    missingDataCase: (_, path) => [`${path.join(".")} is required but not set`],
+    sourceUnavailableCase: (_, path, message) => [`${path.join(".")}: ${message}`],
+    unsupportedCase: (_, path, message) => [`${path.join(".")}: ${message}`]
+  }).filter((line, index, lines) => lines.indexOf(line) === index)

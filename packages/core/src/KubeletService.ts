@@ -1,0 +1,93 @@
+import { FileSystem, HttpClientRequest, HttpClientResponse } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Duration, Effect, Layer, Option, Schema } from "effect"
+import { CheckpointerConfig } from "./Config.ts"
+import type { ContainerRef } from "./Domain.ts"
+import { ContainerMissing, PhaseFailed } from "./Errors.ts"
+
+const CheckpointResponse = Schema.Struct({ items: Schema.NonEmptyArray(Schema.String) })
+
+const failed = (message: string, cause?: unknown) => new PhaseFailed({ phase: "kubelet", message, cause })
+
+/**
+ * The kubelet checkpoint API of this node: `POST /checkpoint/{ns}/{pod}/{container}?timeout=N` over HTTPS with the
+ * client certificate. Answers the path of the archive the kubelet wrote.
+ */
+export class KubeletService extends Effect.Service<KubeletService>()("checkpointer/KubeletService", {
+  effect: Effect.gen(function*() {
+    const config = yield* CheckpointerConfig
+    const fs = yield* FileSystem.FileSystem
+    const readPem = (path: string, what: string) =>
+      fs.readFileString(path).pipe(
+        Effect.mapError((cause) => failed(`cannot read the kubelet ${what} ${path}: ${cause.message}`, cause))
+      )
+    const credentials = Effect.all({
+      cert: readPem(config.kubeletCertFile, "client certificate"),
+      key: readPem(config.kubeletKeyFile, "client key"),
+      ca: Option.match(config.kubeletCaFile, {
+        onNone: () => Effect.succeed(undefined),
+        onSome: (file) => readPem(file, "CA file")
+      })
+    })
+    const baseUrl = `https://${config.nodeIp.includes(":") ? `[${config.nodeIp}]` : config.nodeIp}:${config.kubeletPort}`
+
+    // The certificate is read per request: Kubernetes rotates mounted Secrets in place.
+    const client = credentials.pipe(
+      Effect.flatMap(({ ca, cert, key }) =>
+        NodeHttpClient.makeAgent({
+          cert,
+          key,
+          ...(ca === undefined ? {} : { ca }),
+          rejectUnauthorized: !config.kubeletAllowInsecure,
+          keepAlive: false
+        })
+      ),
+      Effect.flatMap((agent) => Effect.provideService(NodeHttpClient.make, NodeHttpClient.HttpAgent, agent))
+    )
+
+    const checkpoint = Effect.fn("KubeletService.checkpoint")(function*(container: ContainerRef) {
+      const timeout = Duration.seconds(config.kubeletTimeoutSeconds)
+      const url = `${baseUrl}/checkpoint/${encodeURIComponent(container.namespace)}/${
+        encodeURIComponent(container.pod)
+      }/${encodeURIComponent(container.container)}`
+      const request = HttpClientRequest.post(url).pipe(
+        HttpClientRequest.setUrlParam("timeout", String(config.kubeletTimeoutSeconds))
+      )
+      return yield* Effect.scoped(Effect.gen(function*() {
+        const http = yield* client
+        const response = yield* http.execute(request).pipe(
+          Effect.mapError((cause) => failed(`kubelet at ${baseUrl} unreachable: ${cause.message}`, cause))
+        )
+        if (response.status === 404) {
+          return yield* new ContainerMissing({
+            container,
+            message: `container ${container} not found on node ${config.node}`
+          })
+        }
+        if (response.status !== 200) {
+          const text = yield* response.text.pipe(Effect.orElseSucceed(() => ""))
+          return yield* failed(`kubelet answered ${response.status}: ${text.trim().slice(0, 500)}`)
+        }
+        const body = yield* HttpClientResponse.schemaBodyJson(CheckpointResponse)(response).pipe(
+          Effect.mapError((cause) => failed(`kubelet answered an unexpected body: ${cause.message}`, cause))
+        )
+        return body.items[0]
+      })).pipe(
+        // The kubelet gets its own timeout plus a margin to answer before we give up on it.
+        Effect.timeoutFail({
+          duration: Duration.sum(timeout, Duration.seconds(15)),
+          onTimeout: () => failed(`kubelet did not answer within ${Duration.format(Duration.sum(timeout, Duration.seconds(15)))}`)
+        }),
+        Effect.annotateLogs({ service: "KubeletService", container: String(container) })
+      )
+    })
+
+    return { checkpoint } as const
+  }),
+  dependencies: [CheckpointerConfig.Default]
+}) {}
+
+/** A kubelet that answers the given archive path (or failure) without any network, for tests of the orchestration. */
+export const KubeletServiceTest = (
+  checkpoint: (container: ContainerRef) => Effect.Effect<string, ContainerMissing | PhaseFailed>
+) => Layer.succeed(KubeletService, KubeletService.make({ checkpoint }))

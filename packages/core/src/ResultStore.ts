@@ -1,0 +1,95 @@
+import { FileSystem, Path } from "@effect/platform"
+import { Context, Data, Effect, Layer, Option, Ref, Schema } from "effect"
+import { CheckpointerConfig } from "./Config.ts"
+import { CheckpointIdentifier, CheckpointResult, ContainerRef } from "./Domain.ts"
+
+export class PendingRecord extends Schema.TaggedClass<PendingRecord>()("Pending", {
+  container: ContainerRef,
+  beginTimestamp: Schema.Number
+}) {}
+
+export class SucceededRecord extends Schema.TaggedClass<SucceededRecord>()("Succeeded", {
+  result: CheckpointResult
+}) {}
+
+export class FailedRecord extends Schema.TaggedClass<FailedRecord>()("Failed", {
+  container: ContainerRef,
+  beginTimestamp: Schema.Number,
+  endTimestamp: Schema.Number,
+  message: Schema.String
+}) {}
+
+export const CheckpointRecord = Schema.Union(PendingRecord, SucceededRecord, FailedRecord)
+export type CheckpointRecord = typeof CheckpointRecord.Type
+
+const RecordJson = Schema.parseJson(CheckpointRecord)
+
+export class ResultStoreError extends Data.TaggedError("ResultStoreError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+/** Durable results of checkpoints, by identifier. */
+export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultStore, {
+  readonly put: (identifier: CheckpointIdentifier, record: CheckpointRecord) => Effect.Effect<void, ResultStoreError>
+  readonly get: (identifier: CheckpointIdentifier) => Effect.Effect<Option.Option<CheckpointRecord>, ResultStoreError>
+}>() {
+  /** One JSON file per identifier under STORAGE_BASE_PATH, written to a temporary file and renamed into place. */
+  static readonly File = Layer.effect(
+    ResultStore,
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const path = yield* Path.Path
+      const { storageBasePath } = yield* CheckpointerConfig
+      const storeError = (action: string) => (cause: { readonly message: string }) =>
+        new ResultStoreError({ message: `cannot ${action} in ${storageBasePath}: ${cause.message}`, cause })
+      yield* fs.makeDirectory(storageBasePath, { recursive: true }).pipe(Effect.mapError(storeError("create the store")))
+      const fileOf = (identifier: CheckpointIdentifier) => path.join(storageBasePath, `${identifier}.json`)
+
+      const put = Effect.fn("ResultStore.put")(function*(identifier: CheckpointIdentifier, record: CheckpointRecord) {
+        const text = yield* Schema.encode(RecordJson)(record).pipe(Effect.mapError(storeError("encode a record")))
+        const temporary = `${fileOf(identifier)}.${crypto.randomUUID()}.tmp`
+        yield* fs.writeFileString(temporary, text, { mode: 0o600 }).pipe(
+          Effect.zipRight(fs.rename(temporary, fileOf(identifier))),
+          Effect.tapError(() => fs.remove(temporary).pipe(Effect.ignore)),
+          Effect.mapError(storeError(`write the result of ${identifier}`))
+        )
+      })
+
+      const get = Effect.fn("ResultStore.get")(function*(identifier: CheckpointIdentifier) {
+        const text = yield* fs.readFileString(fileOf(identifier)).pipe(
+          Effect.map(Option.some),
+          Effect.catchIf(
+            (error) => error._tag === "SystemError" && error.reason === "NotFound",
+            () => Effect.succeed(Option.none<string>())
+          ),
+          Effect.mapError(storeError(`read the result of ${identifier}`))
+        )
+        return yield* Option.match(text, {
+          onNone: () => Effect.succeedNone,
+          onSome: (json) =>
+            Schema.decode(RecordJson)(json).pipe(
+              Effect.map(Option.some),
+              Effect.mapError(() =>
+                new ResultStoreError({ message: `the stored result of ${identifier} is corrupt` })
+              )
+            )
+        })
+      })
+
+      return { put, get }
+    })
+  )
+
+  /** Results in memory, for tests and for embedding without a disk. */
+  static readonly Memory = Layer.effect(
+    ResultStore,
+    Effect.gen(function*() {
+      const records = yield* Ref.make(new Map<CheckpointIdentifier, CheckpointRecord>())
+      return {
+        put: (identifier, record) => Ref.update(records, (map) => new Map(map).set(identifier, record)),
+        get: (identifier) => Ref.get(records).pipe(Effect.map((map) => Option.fromNullable(map.get(identifier))))
+      }
+    })
+  )
+}
