@@ -207,11 +207,17 @@ describeE2E("local cluster harness", () => {
         )
         expect(byLabels.items).toEqual([])
         const agents = yield* call(() =>
-          core.listPodForAllNamespaces({ labelSelector: `app=checkpointer-${run}`, fieldSelector: "spec.nodeName=node-b" })
+          core.listPodForAllNamespaces({
+            labelSelector: `app=checkpointer-${run}`,
+            fieldSelector: "spec.nodeName=node-b"
+          })
         )
         expect(agents.items.map((p) => p.status?.podIP)).toEqual(["127.0.0.3"])
         const noAgents = yield* call(() =>
-          core.listPodForAllNamespaces({ labelSelector: `app=checkpointer-${run}`, fieldSelector: "spec.nodeName=node-a" })
+          core.listPodForAllNamespaces({
+            labelSelector: `app=checkpointer-${run}`,
+            fieldSelector: "spec.nodeName=node-a"
+          })
         )
         expect(noAgents.items).toEqual([])
         const byName = yield* call(() =>
@@ -235,7 +241,11 @@ describeE2E("local cluster harness", () => {
           Effect.flatMap(() => Effect.fail("still there" as const)),
           Effect.catchIf((error) => error !== "still there" && error.code === 404, () =>
             Podman.containerExists(`${web}-counter`)),
-          Effect.retry({ while: (error) => error === "still there", schedule: Schedule.spaced("50 millis"), times: 600 })
+          Effect.retry({
+            while: (error) => error === "still there",
+            schedule: Schedule.spaced("50 millis"),
+            times: 600
+          })
         )
         expect(containerWhenGone).toBe(false)
       }))

@@ -170,6 +170,12 @@ const statusBody = (
 
 class ApiFailure extends Data.TaggedError("ApiFailure")<{ readonly body: ReturnType<typeof statusBody> }> {}
 
+const unknownResource = () =>
+  new ApiFailure({ body: statusBody(404, "NotFound", "the server could not find the requested resource") })
+const methodNotAllowed = () =>
+  new ApiFailure({
+    body: statusBody(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+  })
 const notFound = (kind: string, name: string) =>
   new ApiFailure({ body: statusBody(404, "NotFound", `${kind} "${name}" not found`, { name, kind }) })
 const badRequest = (message: string) => new ApiFailure({ body: statusBody(400, "BadRequest", message) })
@@ -254,6 +260,14 @@ export const parsePodFieldSelector = (selector: string): Effect.Effect<(pod: Pod
   }).pipe(Effect.map((requirements) => (pod: Pod) => requirements.every((matches) => matches(pod))))
 
 // ---------------------------------------------------------------------------------------------------------------------
+
+type NewObjectMeta = Omit<ObjectMeta, "uid" | "resourceVersion" | "creationTimestamp">
+
+type EventDraft = Omit<PodEvent, "resourceVersion">
+
+/** The outcome of a change to the pods: its result, the events it causes, the next state. */
+const changed = <A>(result: A, events: ReadonlyArray<EventDraft>, next: State) =>
+  Effect.succeed([result, events, next] as const)
 
 interface State {
   readonly resourceVersion: number
@@ -345,10 +359,7 @@ export const startApiServer = (
 
     /** Applies a change to the pods under the lock and publishes its events in order. */
     const changePods = <A, E>(
-      change: (state: State, now: string) => Effect.Effect<
-        readonly [A, ReadonlyArray<Omit<PodEvent, "resourceVersion">>, State],
-        E
-      >
+      change: (state: State, now: string) => Effect.Effect<readonly [A, ReadonlyArray<EventDraft>, State], E>
     ) =>
       lock.withPermits(1)(Effect.gen(function*() {
         const [result, events, next] = yield* change(yield* Ref.get(state), yield* now)
@@ -358,7 +369,7 @@ export const startApiServer = (
         return result
       }))
 
-    const nextMeta = (current: State, meta: Omit<ObjectMeta, "uid" | "resourceVersion" | "creationTimestamp">, at: string) => {
+    const nextMeta = (current: State, meta: NewObjectMeta, at: string) => {
       const resourceVersion = current.resourceVersion + 1
       return [resourceVersion, {
         ...meta,
@@ -386,7 +397,7 @@ export const startApiServer = (
     })
 
     const createPod = (pod: {
-      readonly metadata: Omit<ObjectMeta, "uid" | "resourceVersion" | "creationTimestamp"> & { readonly namespace: string }
+      readonly metadata: NewObjectMeta & { readonly namespace: string }
       readonly spec: PodSpec
       readonly status: (at: string) => PodStatus
     }) =>
@@ -410,9 +421,7 @@ export const startApiServer = (
           spec: pod.spec,
           status: pod.status(at)
         }
-        return Effect.succeed(
-          [created, [{ type: "ADDED" as const, object: created }], storePod(current, created, resourceVersion)] as const
-        )
+        return changed(created, [{ type: "ADDED", object: created }], storePod(current, created, resourceVersion))
       })
 
     const removeContainers = (pod: Pod, graceSeconds: number) =>
@@ -432,14 +441,10 @@ export const startApiServer = (
       removeContainers(pod, graceSeconds).pipe(
         Effect.zipRight(changePods((current) => {
           const stored = current.pods.get(keyOf(pod.metadata.namespace, pod.metadata.name))
-          if (stored === undefined || stored.metadata.uid !== pod.metadata.uid) {
-            return Effect.succeed([undefined, [], current] as const)
-          }
+          if (stored === undefined || stored.metadata.uid !== pod.metadata.uid) return changed(undefined, [], current)
           const resourceVersion = current.resourceVersion + 1
           const gone = bumped(stored, resourceVersion)
-          return Effect.succeed(
-            [undefined, [{ type: "DELETED" as const, object: gone }], withoutPod(current, stored, resourceVersion)] as const
-          )
+          return changed(undefined, [{ type: "DELETED", object: gone }], withoutPod(current, stored, resourceVersion))
         })),
         Effect.catchAll((error) =>
           Effect.logWarning(`node agent could not remove the containers of ${pod.metadata.name}: ${error.message}`)
@@ -448,12 +453,13 @@ export const startApiServer = (
 
     const deletePod = (namespace: string, name: string, gracePeriodSeconds: number | undefined) =>
       Effect.gen(function*() {
-        const [deleted, grace, started] = yield* changePods<readonly [Pod, number, boolean], ApiFailure>((current, at) => {
+        type Deletion = readonly [pod: Pod, grace: number, started: boolean]
+        const [deleted, grace, started] = yield* changePods<Deletion, ApiFailure>((current, at) => {
           const stored = current.pods.get(keyOf(namespace, name))
           if (stored === undefined) return Effect.fail(notFound("pods", name))
           const grace = gracePeriodSeconds ?? stored.spec.terminationGracePeriodSeconds ?? 30
           if (stored.metadata.deletionTimestamp !== undefined) {
-            return Effect.succeed([[stored, grace, false] as const, [], current] as const)
+            return changed([stored, grace, false] as const, [], current)
           }
           const resourceVersion = current.resourceVersion + 1
           const deadline = timestamp(Date.parse(at) + grace * 1000)
@@ -463,13 +469,11 @@ export const startApiServer = (
           })
           if (grace === 0) {
             // A forced delete: the object goes at once, the containers are killed afterwards.
-            return Effect.succeed(
-              [[marked, grace, true] as const, [{ type: "DELETED" as const, object: marked }], withoutPod(current, stored, resourceVersion)] as const
-            )
+            const next = withoutPod(current, stored, resourceVersion)
+            return changed([marked, grace, true] as const, [{ type: "DELETED", object: marked }], next)
           }
-          return Effect.succeed(
-            [[marked, grace, true] as const, [{ type: "MODIFIED" as const, object: marked, previous: stored }], storePod(current, marked, resourceVersion)] as const
-          )
+          const next = storePod(current, marked, resourceVersion)
+          return changed([marked, grace, true] as const, [{ type: "MODIFIED", object: marked, previous: stored }], next)
         })
         if (started) yield* FiberSet.run(background, terminate(deleted, grace))
         return deleted
@@ -515,7 +519,11 @@ export const startApiServer = (
           const current = yield* Ref.get(state)
           const subscription = yield* PubSub.subscribe(changes)
           const initial: ReadonlyArray<PodEvent> = Number.isNaN(since) || since <= 0
-            ? sortedPods(current).map((pod) => ({ type: "ADDED", object: pod, resourceVersion: current.resourceVersion }))
+            ? sortedPods(current).map((pod) => ({
+              type: "ADDED",
+              object: pod,
+              resourceVersion: current.resourceVersion
+            }))
             : current.events.filter((event) => event.resourceVersion > since)
           return [initial, subscription] as const
         }))
@@ -552,7 +560,9 @@ export const startApiServer = (
 
     const asStringMap = (value: unknown): Readonly<Record<string, string>> | undefined => {
       if (typeof value !== "object" || value === null) return undefined
-      return Object.fromEntries(Object.entries(value).filter((entry): entry is [string, string] => typeof entry[1] === "string"))
+      return Object.fromEntries(
+        Object.entries(value).filter((entry): entry is [string, string] => typeof entry[1] === "string")
+      )
     }
 
     const postPod = (namespace: string, request: IncomingMessage) =>
@@ -561,7 +571,9 @@ export const startApiServer = (
         const metadata = asRecord(body["metadata"])
         const spec = asRecord(body["spec"])
         if (typeof metadata["namespace"] === "string" && metadata["namespace"] !== namespace) {
-          return yield* badRequest("the namespace of the provided object does not match the namespace sent on the request")
+          return yield* badRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+          )
         }
         const generateName = typeof metadata["generateName"] === "string" ? metadata["generateName"] : undefined
         const name = typeof metadata["name"] === "string" && metadata["name"].length > 0
@@ -570,14 +582,17 @@ export const startApiServer = (
           ? undefined
           : generateName + generateNameSuffix()
         const containers = Array.isArray(spec["containers"]) ? spec["containers"].map(asRecord) : []
-        if (name === undefined || containers.length === 0 || containers.some((c) => typeof c["name"] !== "string")) {
+        const invalid = name === undefined
+          ? "metadata.name: Required value"
+          : containers.length === 0 || containers.some((c) => typeof c["name"] !== "string")
+          ? "spec.containers: Required value"
+          : undefined
+        if (name === undefined || invalid !== undefined) {
           return yield* new ApiFailure({
-            body: statusBody(
-              422,
-              "Invalid",
-              `Pod "${name ?? ""}" is invalid: ${name === undefined ? "metadata.name: Required value" : "spec.containers: Required value"}`,
-              { name: name ?? "", kind: "Pod" }
-            )
+            body: statusBody(422, "Invalid", `Pod "${name ?? ""}" is invalid: ${invalid}`, {
+              name: name ?? "",
+              kind: "Pod"
+            })
           })
         }
         const labels = asStringMap(metadata["labels"])
@@ -653,7 +668,9 @@ export const startApiServer = (
         const name = typeof metadata["name"] === "string" ? metadata["name"] : undefined
         if (name === undefined || name.length === 0) {
           return yield* new ApiFailure({
-            body: statusBody(422, "Invalid", "Secret \"\" is invalid: metadata.name: Required value", { kind: "Secret" })
+            body: statusBody(422, "Invalid", "Secret \"\" is invalid: metadata.name: Required value", {
+              kind: "Secret"
+            })
           })
         }
         const stringData = Object.entries(asStringMap(body["stringData"]) ?? {}).map(([k, v]) => [k, base64(v)])
@@ -708,9 +725,7 @@ export const startApiServer = (
     ): Effect.Effect<Reply, ApiFailure> => {
       const ok = (status: number) => (body: unknown): Reply => ({ status, body })
       const only = (allowed: string, effect: () => Effect.Effect<Reply, ApiFailure>) =>
-        method === allowed ? effect() : Effect.fail(
-          new ApiFailure({ body: statusBody(405, "MethodNotAllowed", "the server does not allow this method on the requested resource") })
-        )
+        method === allowed ? effect() : Effect.fail(methodNotAllowed())
       const list = (namespace: string | undefined) =>
         isWatch(url)
           ? Effect.as(watchPods(namespace, url, response, onStreamStarted), "streamed" as const)
@@ -726,15 +741,20 @@ export const startApiServer = (
           })
       const [api, version, ...rest] = segments
       if (segments.length === 1 && segments[0] === "version") {
-        return only("GET", () => Effect.succeed(ok(200)({ major: "1", minor: "33", gitVersion: "v1.33.0-harness", platform: "linux/amd64" })))
+        return only("GET", () =>
+          Effect.succeed(
+            ok(200)({ major: "1", minor: "33", gitVersion: "v1.33.0-harness", platform: "linux/amd64" })
+          ))
       }
       if (api !== "api" || version !== "v1") {
-        return Effect.fail(new ApiFailure({ body: statusBody(404, "NotFound", "the server could not find the requested resource") }))
+        return Effect.fail(unknownResource())
       }
       const watchPath = rest[0] === "watch"
       const resource = watchPath ? rest.slice(1) : rest
-      const watched = (effect: Effect.Effect<Reply, ApiFailure>) =>
-        watchPath ? Effect.as(watchPods(resource[0] === "namespaces" ? resource[1] : undefined, url, response, onStreamStarted), "streamed" as const) : effect
+      const watched = (effect: Effect.Effect<Reply, ApiFailure>) => {
+        const namespace = resource[0] === "namespaces" ? resource[1] : undefined
+        return watchPath ? Effect.as(watchPods(namespace, url, response, onStreamStarted), "streamed" as const) : effect
+      }
       const shape = resource.map((segment, i) =>
         (resource[0] === "namespaces" && (i === 1 || i === 3)) || (resource[0] === "nodes" && i === 1) ? "*" : segment
       ).join("/")
@@ -782,7 +802,7 @@ export const startApiServer = (
               return node === undefined ? Effect.fail(notFound("nodes", resource[1]!)) : Effect.succeed(ok(200)(node))
             }))
         default:
-          return Effect.fail(new ApiFailure({ body: statusBody(404, "NotFound", "the server could not find the requested resource") }))
+          return Effect.fail(unknownResource())
       }
     }
 
@@ -804,7 +824,8 @@ export const startApiServer = (
         if (!authorized) return yield* finish(401, statusBody(401, "Unauthorized", "Unauthorized"))
         const segments = url.pathname.split("/").slice(1).filter((s) => s.length > 0).map(decodeURIComponent)
         const reply = yield* route(method, segments, url, request, response, recordStatus(200)).pipe(
-          Effect.catchTag("ApiFailure", (failure) => Effect.succeed<Reply>({ status: failure.body.code, body: failure.body }))
+          Effect.catchTag("ApiFailure", (failure) =>
+            Effect.succeed<Reply>({ status: failure.body.code, body: failure.body }))
         )
         if (reply !== "streamed") yield* finish(reply.status, reply.body)
       })
@@ -815,7 +836,10 @@ export const startApiServer = (
       handler: handle
     })
     const kubeconfigPath = path.join(dir, "kubeconfig")
-    yield* fs.writeFileString(kubeconfigPath, kubeconfigYaml({ server: listening.url, caFile: options.pki.caFile, token }))
+    yield* fs.writeFileString(
+      kubeconfigPath,
+      kubeconfigYaml({ server: listening.url, caFile: options.pki.caFile, token })
+    )
 
     const toHarnessError = (failure: ApiFailure) => new ApiServerError({ message: failure.body.message })
 
@@ -907,9 +931,8 @@ export const startApiServer = (
           if (stored === undefined) return Effect.fail(notFound("pods", name))
           const resourceVersion = current.resourceVersion + 1
           const updated: Pod = { ...bumped(stored, resourceVersion), status: update(stored.status) }
-          return Effect.succeed(
-            [updated, [{ type: "MODIFIED" as const, object: updated, previous: stored }], storePod(current, updated, resourceVersion)] as const
-          )
+          const next = storePod(current, updated, resourceVersion)
+          return changed(updated, [{ type: "MODIFIED", object: updated, previous: stored }], next)
         }).pipe(Effect.mapError(toHarnessError)),
       findPod: (namespace, name) =>
         Effect.map(Ref.get(state), (current) => Option.fromNullable(current.pods.get(keyOf(namespace, name)))),

@@ -19,8 +19,9 @@ export interface HttpsServer {
 export type RequestHandler<R> = (request: IncomingMessage, response: ServerResponse) => Effect.Effect<void, never, R>
 
 /**
- * A node:https server on `address`:<free port> whose requests are handled by Effects. Closing the scope destroys open
- * connections (long watches, hanging requests) and interrupts their fibers; a client that goes away interrupts its fiber.
+ * A node:https server on `address`:<free port> whose requests are handled by Effects. Closing the scope destroys
+ * open connections (long watches, hanging requests) and interrupts their fibers; a client that goes away interrupts
+ * its fiber.
  */
 export const serveHttps = <R>(options: {
   readonly address: string

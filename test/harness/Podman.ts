@@ -36,14 +36,19 @@ const redacted = (args: ReadonlyArray<string>) =>
 
 const failure = (
   args: ReadonlyArray<string>,
-  details: { readonly exitCode?: number; readonly stderr: string; readonly timedOut?: boolean; readonly cause?: unknown }
+  details: {
+    readonly exitCode?: number
+    readonly stderr: string
+    readonly timedOut?: boolean
+    readonly cause?: unknown
+  }
 ) =>
   new PodmanError({
     message: details.timedOut === true
       ? `podman ${redacted(args).join(" ")} timed out`
-      : `podman ${redacted(args).join(" ")} failed${details.exitCode === undefined ? "" : ` (exit ${details.exitCode})`}: ${
-        details.stderr.trim()
-      }`,
+      : `podman ${redacted(args).join(" ")} failed${
+        details.exitCode === undefined ? "" : ` (exit ${details.exitCode})`
+      }: ${details.stderr.trim()}`,
     args: redacted(args),
     stderr: details.stderr,
     timedOut: details.timedOut ?? false,
@@ -239,7 +244,11 @@ export const waitForCounterAbove = (
 export const runCounter = (
   name: string,
   options?: { readonly labels?: Readonly<Record<string, string>> }
-): Effect.Effect<RunningContainer, PodmanError | PlatformError, Executor | FileSystem.FileSystem | Path.Path | Scope.Scope> =>
+): Effect.Effect<
+  RunningContainer,
+  PodmanError | PlatformError,
+  Executor | FileSystem.FileSystem | Path.Path | Scope.Scope
+> =>
   Effect.gen(function*() {
     const image = yield* ensureBusyboxImage()
     const container = yield* runContainer({
