@@ -154,7 +154,7 @@ describeE2E("local cluster harness", () => {
         expect((yield* checkpointRequest(nodeA, "/pods", "GET")).status).toBe(404)
       }))
 
-    it.scoped("injected kubelet faults: 500, dropped connection", () =>
+    it.scoped("injected kubelet faults: 500, dropped connection, no answer", () =>
       Effect.gen(function*() {
         const cluster = yield* TestCluster
         const node = cluster.node("node-b")
@@ -166,8 +166,16 @@ describeE2E("local cluster harness", () => {
         yield* node.setFault("close")
         const closed = yield* checkpointRequest(node, `/checkpoint/default/${name}/counter`).pipe(Effect.either)
         expect(Either.isLeft(closed)).toBe(true)
+        yield* node.setFault("hang")
+        const hung = yield* checkpointRequest(node, `/checkpoint/default/${name}/counter`).pipe(
+          Effect.timeout(Duration.seconds(1)),
+          Effect.either
+        )
+        expect(Either.isLeft(hung) && hung.left._tag).toBe("TimeoutException")
         yield* node.setFault(null)
         expect((yield* checkpointRequest(node, `/checkpoint/default/${name}/counter`)).status).toBe(200)
+        const statuses = (yield* node.requests()).filter((r) => r.path.includes(name)).map((r) => r.status ?? null)
+        expect(statuses).toEqual([500, null, null, 200])
       }))
 
     it.scoped("the real @kubernetes/client-node reads, lists with selectors and deletes pods", () =>
