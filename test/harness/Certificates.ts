@@ -1,4 +1,4 @@
-import { Command, FileSystem, Path } from "@effect/platform"
+import { Command, CommandExecutor, FileSystem, Path } from "@effect/platform"
 import { Effect } from "effect"
 
 export interface IssuedCertificate {
@@ -28,6 +28,7 @@ export const makePki = (dir: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
+    const executor = yield* CommandExecutor.CommandExecutor
     yield* fs.makeDirectory(dir, { recursive: true })
     const caFile = path.join(dir, "ca.crt")
     if (!(yield* fs.exists(caFile))) {
@@ -90,6 +91,6 @@ export const makePki = (dir: string) =>
           `${name}.crt`
         )
         return { cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) }
-      })
+      }).pipe(Effect.provideService(CommandExecutor.CommandExecutor, executor))
     return { dir, caFile, issue } satisfies Pki
   })

@@ -1,0 +1,41 @@
+import { HttpApiBuilder, HttpApiError, HttpApiScalar, HttpServerResponse } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { CheckpointerApi, CheckpointerConfig } from "@checkpointer/core"
+import { Cause, Effect, Layer, Option } from "effect"
+import { createServer } from "node:http"
+import { CheckpointHandlers } from "./CheckpointHandlers.ts"
+import { HealthHandlers } from "./HealthHandlers.ts"
+
+const describeDecodeError = (error: HttpApiError.HttpApiDecodeError): string =>
+  error.issues.length === 0
+    ? error.message
+    : error.issues.map((issue) => `invalid ${issue.path.join(".") || "request"}: ${issue.message}`).join("; ")
+
+/** Requests that do not match the contract (path names, identifiers) get a plain-text 400, as every other error. */
+export const DecodeErrorsAsText = HttpApiBuilder.middleware((app) =>
+  Effect.catchAllCause(app, (cause) =>
+    Option.match(Cause.failureOption(cause as Cause.Cause<unknown>), {
+      onSome: (error) =>
+        error instanceof HttpApiError.HttpApiDecodeError
+          ? Effect.succeed(HttpServerResponse.text(describeDecodeError(error), { status: 400 }))
+          : Effect.failCause(cause),
+      onNone: () => Effect.failCause(cause)
+    }))
+)
+
+export const ApiLive = HttpApiBuilder.api(CheckpointerApi).pipe(
+  Layer.provide([CheckpointHandlers, HealthHandlers])
+)
+
+/** The HTTP server on CHECKPOINTER_PORT with the API, /openapi.json and the /docs page. */
+export const HttpServerLive = HttpApiBuilder.serve().pipe(
+  Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+  Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
+  Layer.provide(DecodeErrorsAsText),
+  Layer.provide(ApiLive),
+  Layer.provide(
+    Layer.unwrapEffect(
+      CheckpointerConfig.pipe(Effect.map(({ port }) => NodeHttpServer.layer(createServer, { port })))
+    )
+  )
+)

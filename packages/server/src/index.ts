@@ -1,0 +1,3 @@
+export * from "./CheckpointHandlers.ts"
+export * from "./HttpServer.ts"
+export * from "./ImageBuilderLayer.ts"

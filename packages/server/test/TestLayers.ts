@@ -1,0 +1,118 @@
+import { FileSystem } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
+import {
+  Checkpointer,
+  CheckpointerConfig,
+  Cluster,
+  ContainerMissing,
+  ImageBuildError,
+  ImageBuilder,
+  KubeletServiceTest,
+  KubernetesApiError,
+  ResultStore
+} from "@checkpointer/core"
+import type { BuildRequest, CheckpointerSettings, ContainerRef } from "@checkpointer/core"
+import { Effect, Layer, Option, Ref } from "effect"
+
+export const testSettings: CheckpointerSettings = {
+  imagePrefix: "registry.test/checkpoints",
+  node: "node-a" as CheckpointerSettings["node"],
+  nodeIp: "127.0.0.1",
+  port: 0,
+  kubeletPort: 10250,
+  kubeletCertFile: "/nonexistent/tls.crt",
+  kubeletKeyFile: "/nonexistent/tls.key",
+  kubeletCaFile: Option.none(),
+  kubeletAllowInsecure: false,
+  kubeletTimeoutSeconds: 5,
+  baseImage: "pbaran555/checkpoint-base:1.0.0",
+  kanikoSecretName: "kaniko-secret",
+  kanikoTimeoutSeconds: 30,
+  kanikoBuildContextDir: "/tmp/build-contexts",
+  storageBasePath: "/nonexistent",
+  disableRouteForward: true,
+  builder: "native",
+  namespace: "default",
+  production: false
+}
+
+/** What the fake node, builder and API server saw and what they should do next. */
+export interface FakeWorld {
+  readonly archives: Ref.Ref<ReadonlyArray<string>>
+  readonly builds: Ref.Ref<ReadonlyArray<BuildRequest>>
+  readonly deletedPods: Ref.Ref<ReadonlyArray<string>>
+  readonly missingContainers: Ref.Ref<ReadonlySet<string>>
+  readonly buildBehaviour: Ref.Ref<(request: BuildRequest) => Effect.Effect<void, ImageBuildError>>
+}
+
+export class World extends Effect.Service<World>()("test/World", {
+  effect: Effect.gen(function*() {
+    return {
+      archives: yield* Ref.make<ReadonlyArray<string>>([]),
+      builds: yield* Ref.make<ReadonlyArray<BuildRequest>>([]),
+      deletedPods: yield* Ref.make<ReadonlyArray<string>>([]),
+      missingContainers: yield* Ref.make<ReadonlySet<string>>(new Set()),
+      buildBehaviour: yield* Ref.make<(request: BuildRequest) => Effect.Effect<void, ImageBuildError>>(() => Effect.void)
+    } satisfies FakeWorld
+  })
+}) {}
+
+/** A kubelet that writes a small real archive file to a temporary directory, like the real one does. */
+const FakeKubelet = Layer.unwrapScoped(Effect.gen(function*() {
+  const world = yield* World
+  const fs = yield* FileSystem.FileSystem
+  const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpoints-" })
+  return KubeletServiceTest((container: ContainerRef) =>
+    Effect.gen(function*() {
+      if ((yield* Ref.get(world.missingContainers)).has(container.container)) {
+        return yield* new ContainerMissing({ container, message: `container ${container} not found on node node-a` })
+      }
+      const archive = `${dir}/checkpoint-${container.pod}_${container.namespace}-${container.container}-${Date.now()}.tar`
+      yield* fs.writeFileString(archive, "archive bytes").pipe(Effect.orDie)
+      yield* Ref.update(world.archives, (all) => [...all, archive])
+      return archive
+    })
+  )
+}))
+
+const FakeBuilder = Layer.effect(
+  ImageBuilder,
+  Effect.gen(function*() {
+    const world = yield* World
+    const fs = yield* FileSystem.FileSystem
+    return {
+      name: "fake",
+      build: (request: BuildRequest) =>
+        Effect.gen(function*() {
+          if (!(yield* fs.exists(request.archive).pipe(Effect.orDie))) {
+            return yield* new ImageBuildError({ phase: "read archive", message: `${request.archive} is missing` })
+          }
+          yield* Ref.update(world.builds, (all) => [...all, request])
+          yield* Effect.flatMap(Ref.get(world.buildBehaviour), (behaviour) => behaviour(request))
+          return { name: request.imageName, digest: `sha256:${"ab".repeat(32)}`, size: 13 }
+        })
+    }
+  })
+)
+
+const FakeCluster = Layer.effect(
+  Cluster,
+  Effect.gen(function*() {
+    const world = yield* World
+    return Cluster.make({
+      getPod: () => Effect.succeed(Option.none()),
+      deletePod: (namespace: string, name: string) =>
+        name === "undeletable"
+          ? Effect.fail(new KubernetesApiError({ status: 403, message: `delete pod ${namespace}/${name}: 403 forbidden` }))
+          : Ref.update(world.deletedPods, (all) => [...all, `${namespace}/${name}`])
+    })
+  })
+)
+
+/** Checkpointer with fake kubelet, builder and API server, a memory result store and the real orchestration. */
+export const CheckpointerTest = Checkpointer.Default.pipe(
+  Layer.provide([FakeKubelet, FakeBuilder, FakeCluster, ResultStore.Memory]),
+  Layer.provideMerge(World.Default),
+  Layer.provideMerge(Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(testSettings))),
+  Layer.provideMerge(NodeContext.layer)
+)
