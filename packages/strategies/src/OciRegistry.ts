@@ -1,0 +1,247 @@
+import { HttpClientRequest } from "@effect/platform"
+import type { HttpClient, HttpClientResponse } from "@effect/platform"
+import { Data, Effect, Either, Option } from "effect"
+import type { Stream } from "effect"
+import { createHash } from "node:crypto"
+import { failedResponse, makeAuthenticator, RegistryError, transportReason } from "./RegistryAuth.ts"
+import type { Credentials } from "./RegistryAuth.ts"
+
+export { RegistryError } from "./RegistryAuth.ts"
+
+export class InvalidReference extends Data.TaggedError("InvalidReference")<{
+  readonly reference: string
+  readonly message: string
+}> {}
+
+/** A parsed `[host[:port]/]path[:tag]` image name, normalized as the docker CLI does. */
+export interface ImageReference {
+  /** `host[:port]` as written, `docker.io` when the name has none. */
+  readonly domain: string
+  /** Where the registry API answers: the domain, or `registry-1.docker.io` for Docker Hub. */
+  readonly apiHost: string
+  readonly repository: string
+  readonly tag: string
+}
+
+export const dockerHubDomain = "docker.io"
+const dockerHubApiHost = "registry-1.docker.io"
+const pathComponent = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/
+const domainComponent = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+const domainPattern = new RegExp(`^(?:${domainComponent}(?:\\.${domainComponent})*|\\[[0-9a-fA-F:.]+\\])(?::[0-9]+)?$`)
+const tagPattern = /^[\w][\w.-]{0,127}$/
+
+export const formatReference = (reference: ImageReference): string =>
+  `${reference.domain}/${reference.repository}:${reference.tag}`
+
+export const parseImageReference = (input: string): Either.Either<ImageReference, InvalidReference> => {
+  const invalid = (message: string) => Either.left(new InvalidReference({ reference: input, message }))
+  if (input.includes("@")) return invalid("a digest reference cannot be pushed to; name the image with a tag")
+  const slash = input.indexOf("/")
+  const first = slash === -1 ? "" : input.slice(0, slash)
+  const hasDomain = slash !== -1 && (/[.:]/.test(first) || first === "localhost" || first.toLowerCase() !== first)
+  let domain = hasDomain ? first : dockerHubDomain
+  let remainder = hasDomain ? input.slice(slash + 1) : input
+  if (domain === "index.docker.io") domain = dockerHubDomain
+  const lastSlash = remainder.lastIndexOf("/")
+  const colon = remainder.lastIndexOf(":")
+  let tag = "latest"
+  if (colon > lastSlash) {
+    tag = remainder.slice(colon + 1)
+    remainder = remainder.slice(0, colon)
+  }
+  if (domain === dockerHubDomain && !remainder.includes("/")) remainder = `library/${remainder}`
+  if (!domainPattern.test(domain)) return invalid(`"${domain}" is not a valid registry host`)
+  if (!tagPattern.test(tag)) return invalid(`"${tag}" is not a valid tag`)
+  if (remainder === "" || !remainder.split("/").every((component) => pathComponent.test(component))) {
+    return invalid("the repository must be lower-case path components ([a-z0-9] separated by '.', '_', '__' or '-')")
+  }
+  if (domain.length + 1 + remainder.length > 255) return invalid("the repository name is longer than 255 characters")
+  return Either.right({
+    domain,
+    apiHost: domain === dockerHubDomain ? dockerHubApiHost : domain,
+    repository: remainder,
+    tag
+  })
+}
+
+export interface Descriptor {
+  readonly mediaType: string
+  readonly digest: string
+  readonly size: number
+}
+
+export const sha256Digest = (bytes: Uint8Array): string => `sha256:${createHash("sha256").update(bytes).digest("hex")}`
+
+/** Options of a push session with one repository of one registry. */
+export interface SessionOptions {
+  readonly http: HttpClient.HttpClient
+  readonly reference: ImageReference
+  readonly credentials: Option.Option<Credentials>
+  /** Allows plain HTTP when the registry does not speak TLS (TLS verification is the HTTP client's business). */
+  readonly insecure: boolean
+}
+
+const missingCredentialsHint = (options: SessionOptions) =>
+  Option.isNone(options.credentials) ? `; REGISTRY_AUTH_FILE has no credentials for ${options.reference.domain}` : ""
+
+/**
+ * A push session: pings `/v2/` (choosing https, or http when insecure and TLS fails), authenticates as the registry
+ * asks, and pushes blobs and manifests of one repository following the OCI distribution spec.
+ */
+export const makeSession = Effect.fn("OciRegistry.session")(function*(options: SessionOptions) {
+  const { http, reference } = options
+  const scope = `repository:${reference.repository}:pull,push`
+  const auth = yield* makeAuthenticator({ http, credentials: options.credentials, scope })
+
+  const send = (what: string, request: HttpClientRequest.HttpClientRequest) =>
+    http.execute(request).pipe(
+      Effect.mapError((cause) =>
+        new RegistryError({
+          message: `${what} failed: cannot reach ${reference.apiHost} (${transportReason(cause)})`,
+          cause
+        })
+      )
+    )
+
+  const refused = (what: string, response: HttpClientResponse.HttpClientResponse) =>
+    failedResponse(what, response).pipe(
+      Effect.mapError((error) =>
+        error.status === 401
+          ? new RegistryError({ ...error, message: error.message + missingCredentialsHint(options) })
+          : error
+      )
+    )
+
+  /** Sends with authorization; on a 401 follows the challenge and retries once (only for replayable bodies). */
+  const exchange = (what: string, request: HttpClientRequest.HttpClientRequest, replayable = true) =>
+    Effect.gen(function*() {
+      const response = yield* send(what, yield* auth.authorize(request))
+      if (response.status !== 401 || !replayable) return response
+      const retry = yield* auth.challenged(response.headers["www-authenticate"])
+      if (!retry) return response
+      yield* response.text.pipe(Effect.ignore)
+      return yield* send(what, yield* auth.authorize(request))
+    })
+
+  const ping = (base: string) =>
+    Effect.gen(function*() {
+      const response = yield* send("registry ping", HttpClientRequest.get(`${base}/v2/`))
+      yield* response.text.pipe(Effect.ignore)
+      if (response.status === 401) yield* auth.challenged(response.headers["www-authenticate"])
+      else if (response.status !== 200) return yield* failedResponse("registry ping", response)
+    })
+
+  const secureBase = `https://${reference.apiHost}`
+  const plainBase = `http://${reference.apiHost}`
+  const base = yield* ping(secureBase).pipe(
+    Effect.as(secureBase),
+    Effect.catchAll((error) =>
+      options.insecure && error.status === undefined
+        ? ping(plainBase).pipe(Effect.as(plainBase), Effect.orElseFail(() => error))
+        : Effect.fail(error)
+    )
+  )
+  const repositoryUrl = `${base}/v2/${reference.repository}`
+
+  const resolveLocation = (what: string, response: HttpClientResponse.HttpClientResponse, requestUrl: string) => {
+    const location = response.headers["location"]
+    return location === undefined || location === ""
+      ? Effect.fail(
+        new RegistryError({ message: `${what} failed: registry answered ${response.status} without a Location` })
+      )
+      : Effect.succeed(new URL(location, requestUrl))
+  }
+
+  const withDigest = (location: URL, digest: string) => {
+    const url = new URL(location)
+    url.searchParams.set("digest", digest)
+    return url.toString()
+  }
+
+  const blobExists = (digest: string) =>
+    Effect.gen(function*() {
+      const response = yield* exchange("blob check", HttpClientRequest.head(`${repositoryUrl}/blobs/${digest}`))
+      if (response.status === 200) return true
+      if (response.status === 404) return false
+      return yield* refused("blob check", response)
+    })
+
+  const startUpload = Effect.gen(function*() {
+    const url = `${repositoryUrl}/blobs/uploads/`
+    const response = yield* exchange("blob upload start", HttpClientRequest.post(url))
+    if (response.status !== 202) return yield* refused("blob upload start", response)
+    yield* response.text.pipe(Effect.ignore)
+    return yield* resolveLocation("blob upload start", response, url)
+  })
+
+  const completeUpload = (location: URL, digest: string, body: Option.Option<Uint8Array>) =>
+    Effect.gen(function*() {
+      const request = HttpClientRequest.put(withDigest(location, digest)).pipe(
+        Option.isSome(body)
+          ? HttpClientRequest.bodyUint8Array(body.value, "application/octet-stream")
+          : HttpClientRequest.setHeader("content-length", "0")
+      )
+      const response = yield* exchange("blob upload", request)
+      if (response.status !== 201) return yield* refused("blob upload", response)
+      yield* response.text.pipe(Effect.ignore)
+      const confirmed = response.headers["docker-content-digest"]
+      if (confirmed !== undefined && confirmed !== digest) {
+        return yield* new RegistryError({
+          message: `blob upload failed: registry stored ${confirmed}, expected ${digest}`
+        })
+      }
+    })
+
+  /** A small blob whose bytes are at hand: HEAD, else POST + monolithic PUT. */
+  const pushBlob = (bytes: Uint8Array, mediaType: string) =>
+    Effect.gen(function*() {
+      const descriptor: Descriptor = { mediaType, digest: sha256Digest(bytes), size: bytes.length }
+      if (yield* blobExists(descriptor.digest)) return descriptor
+      const location = yield* startUpload
+      yield* completeUpload(location, descriptor.digest, Option.some(bytes))
+      return descriptor
+    })
+
+  /**
+   * A blob read once as a stream whose digest is known only after its last byte: POST, one chunked PATCH
+   * carrying the whole stream (no Content-Range), then the closing PUT with the digest and an empty body.
+   */
+  const pushBlobStream = <E, E2>(bytes: Stream.Stream<Uint8Array, E>, digest: Effect.Effect<string, E2>) =>
+    Effect.gen(function*() {
+      const location = yield* startUpload
+      const request = HttpClientRequest.patch(location).pipe(
+        HttpClientRequest.bodyStream(bytes, { contentType: "application/octet-stream" })
+      )
+      const response = yield* exchange("blob upload", request, false)
+      if (response.status !== 202 && response.status !== 204) return yield* refused("blob upload", response)
+      yield* response.text.pipe(Effect.ignore)
+      const next = response.headers["location"] === undefined ? location : yield* resolveLocation(
+        "blob upload",
+        response,
+        location.toString()
+      )
+      yield* completeUpload(next, yield* digest, Option.none())
+    })
+
+  const putManifest = (manifest: Uint8Array, mediaType: string) =>
+    Effect.gen(function*() {
+      const digest = sha256Digest(manifest)
+      const request = HttpClientRequest.put(`${repositoryUrl}/manifests/${reference.tag}`).pipe(
+        HttpClientRequest.bodyUint8Array(manifest, mediaType)
+      )
+      const response = yield* exchange("manifest push", request)
+      if (response.status !== 201) return yield* refused("manifest push", response)
+      yield* response.text.pipe(Effect.ignore)
+      const confirmed = response.headers["docker-content-digest"]
+      if (confirmed !== undefined && confirmed !== digest) {
+        return yield* new RegistryError({
+          message: `manifest push failed: registry computed ${confirmed}, expected ${digest}`
+        })
+      }
+      return digest
+    })
+
+  return { base, blobExists, pushBlob, pushBlobStream, putManifest } as const
+})
+
+export type Session = Effect.Effect.Success<ReturnType<typeof makeSession>>
