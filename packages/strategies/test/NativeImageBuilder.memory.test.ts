@@ -1,0 +1,99 @@
+import { Command, FileSystem } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
+import { ContainerName, ContainerRef, ImageBuilder, Namespace, PodName } from "@checkpointer/core"
+import { expect, layer } from "@effect/vitest"
+import { ConfigProvider, Context, Effect, Fiber, Layer, Schedule } from "effect"
+import { createHash } from "node:crypto"
+import { createReadStream } from "node:fs"
+import { describeE2E } from "../../../test/harness/E2E.ts"
+import { startRegistry } from "../../../test/harness/Registry.ts"
+import type { TestRegistry } from "../../../test/harness/Registry.ts"
+import * as NativeImageBuilder from "../src/NativeImageBuilder.ts"
+
+const MiB = 1024 * 1024
+const fileCount = 9
+const fileSize = 60 * MiB
+
+class Big extends Context.Tag("test/BigArchive")<Big, {
+  readonly registry: TestRegistry
+  readonly archive: string
+  readonly size: number
+  readonly digest: string
+}>() {}
+
+/** A real tar of incompressible files, > 512 MiB, next to a token-auth registry. */
+const BigLive = Layer.scoped(
+  Big,
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "native-builder-big-" })
+    const registry = yield* startRegistry({ dir: `${dir}/registry`, auth: "token" })
+    yield* fs.makeDirectory(`${dir}/content`)
+    yield* Effect.forEach(Array.from({ length: fileCount }, (_, i) => i), (i) =>
+      Command.make("sh", "-c", `head -c ${fileSize} /dev/urandom > pages-${i}.img`).pipe(
+        Command.workingDirectory(`${dir}/content`),
+        Command.exitCode
+      ),
+      { concurrency: 2 })
+    const archive = `${dir}/big.tar`
+    yield* Command.make("tar", "-C", `${dir}/content`, "-cf", archive, ".").pipe(Command.exitCode)
+    yield* fs.remove(`${dir}/content`, { recursive: true })
+    const size = Number((yield* fs.stat(archive)).size)
+    const digest = yield* Effect.promise(async () => {
+      const hash = createHash("sha256")
+      for await (const chunk of createReadStream(archive)) hash.update(chunk as Buffer)
+      return `sha256:${hash.digest("hex")}`
+    })
+    return { registry, archive, size, digest }
+  })
+).pipe(Layer.provide(NodeContext.layer))
+
+describeE2E("NativeImageBuilder memory", () => {
+  layer(BigLive, { timeout: "300 seconds", excludeTestServices: true })((it) => {
+    it.effect("pushes a > 512 MiB archive with flat memory (RSS growth < 100 MiB)", () =>
+      Effect.gen(function*() {
+        const { archive, digest, registry, size } = yield* Big
+        expect(size).toBeGreaterThanOrEqual(512 * MiB)
+        const settings = new Map([["REGISTRY_AUTH_FILE", registry.authFile], ["REGISTRY_CA_FILE", registry.caFile]])
+        const builder = NativeImageBuilder.layer.pipe(
+          Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(settings))),
+          Layer.orDie
+        )
+        const request = {
+          archive,
+          imageName: `${registry.host}/big/archive:memory`,
+          container: ContainerRef.make({
+            namespace: Namespace.make("default"),
+            pod: PodName.make("big"),
+            container: ContainerName.make("big")
+          })
+        }
+        const baseline = process.memoryUsage.rss()
+        let peak = baseline
+        const sampler = yield* Effect.fork(
+          Effect.repeat(Effect.sync(() => {
+            peak = Math.max(peak, process.memoryUsage.rss())
+          }), Schedule.spaced("20 millis"))
+        )
+        const started = Date.now()
+        const built = yield* Effect.flatMap(ImageBuilder, (b) => b.build(request)).pipe(Effect.provide(builder))
+        const seconds = (Date.now() - started) / 1000
+        yield* Fiber.interrupt(sampler)
+        const growth = (peak - baseline) / MiB
+        const mib = (bytes: number) => (bytes / MiB).toFixed(0)
+        yield* Effect.logInfo(
+          `pushed ${mib(size)} MiB in ${seconds.toFixed(2)} s (${(size / MiB / seconds).toFixed(0)} MiB/s); ` +
+            `RSS baseline ${mib(baseline)} MiB, peak ${mib(peak)} MiB, growth ${growth.toFixed(1)} MiB`
+        )
+        expect(growth).toBeLessThan(100)
+        expect(built.size).toBe(size)
+        const manifest = yield* registry.manifest("big/archive", "memory")
+        expect(manifest.digest).toBe(built.digest)
+        expect(manifest.json.layers).toEqual([{ mediaType: "application/vnd.oci.image.layer.v1.tar", digest, size }])
+        const configBlob = yield* registry.blob("big/archive", manifest.json.config.digest)
+        const config = JSON.parse(Buffer.from(configBlob).toString("utf8"))
+        expect(config.rootfs.diff_ids).toEqual([digest])
+        expect(yield* registry.blobDigest("big/archive", digest)).toEqual({ digest, size })
+      }))
+  })
+})

@@ -1,0 +1,325 @@
+import { Command, FileSystem, HttpClientRequest, Path } from "@effect/platform"
+import type { CommandExecutor, HttpClientResponse } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Agent } from "@effect/platform-node/Undici"
+import { createHash, randomBytes } from "node:crypto"
+import { createServer } from "node:net"
+import type { AddressInfo } from "node:net"
+import { Data, Duration, Effect, Fiber, Ref, Schedule, Stream } from "effect"
+import type { Scope } from "effect"
+import { makePki } from "./Certificates.ts"
+import { startTokenServer } from "./TokenServer.ts"
+
+export class RegistryHarnessError extends Data.TaggedError("RegistryHarnessError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+export type RegistryAuthMode = "htpasswd" | "token"
+
+export interface FetchedManifest {
+  /** The Content-Type the registry served. */
+  readonly contentType: string
+  /** Docker-Content-Digest of the served manifest. */
+  readonly digest: string
+  /** sha256 of the bytes served (must equal `digest`). */
+  readonly computedDigest: string
+  readonly raw: string
+  readonly json: {
+    readonly schemaVersion?: number
+    readonly mediaType?: string
+    readonly config: { readonly mediaType: string; readonly digest: string; readonly size: number }
+    readonly layers: ReadonlyArray<{ readonly mediaType: string; readonly digest: string; readonly size: number }>
+    readonly annotations?: Readonly<Record<string, string>>
+  }
+}
+
+export interface TestRegistry {
+  /** `127.0.0.1:PORT` */
+  readonly host: string
+  readonly auth: RegistryAuthMode
+  /** The CA (PEM file) that signed the registry's (and token server's) certificate. */
+  readonly caFile: string
+  /** A podman/containers `--cert-dir` with that CA (`ca.crt`). */
+  readonly certDir: string
+  readonly username: string
+  readonly password: string
+  /** Docker config JSON with the right credentials for `host`. */
+  readonly authFile: string
+  /** Docker config JSON for the same host with `wrongPassword`. */
+  readonly wrongAuthFile: string
+  readonly wrongPassword: string
+  /** Registry and token server output so far. */
+  readonly logs: () => string
+  readonly manifest: (repository: string, reference: string) => Effect.Effect<FetchedManifest, RegistryHarnessError>
+  /** A blob's bytes (small blobs: configs). */
+  readonly blob: (repository: string, digest: string) => Effect.Effect<Uint8Array, RegistryHarnessError>
+  /** sha256 and size of a blob, streamed (any size). */
+  readonly blobDigest: (
+    repository: string,
+    digest: string
+  ) => Effect.Effect<{ readonly digest: string; readonly size: number }, RegistryHarnessError>
+  readonly tags: (repository: string) => Effect.Effect<ReadonlyArray<string>, RegistryHarnessError>
+}
+
+const ociManifestTypes = [
+  "application/vnd.oci.image.manifest.v1+json",
+  "application/vnd.oci.image.index.v1+json",
+  "application/vnd.docker.distribution.manifest.v2+json"
+].join(", ")
+
+const freePort = Effect.async<number, RegistryHarnessError>((resume) => {
+  const server = createServer()
+  server.once("error", (cause) => resume(Effect.fail(new RegistryHarnessError({ message: "no free port", cause }))))
+  server.listen(0, "127.0.0.1", () => {
+    const { port } = server.address() as AddressInfo
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+const harnessError = (message: string) => (cause: unknown) =>
+  cause instanceof RegistryHarnessError ? cause : new RegistryHarnessError({ message, cause })
+
+const registryConfig = (options: {
+  readonly port: number
+  readonly storage: string
+  readonly cert: string
+  readonly key: string
+  readonly auth: string
+}) =>
+  [
+    "version: 0.1",
+    "log:",
+    "  level: info",
+    "  formatter: text",
+    "storage:",
+    "  filesystem:",
+    `    rootdirectory: ${options.storage}`,
+    "  delete:",
+    "    enabled: true",
+    "http:",
+    `  addr: 127.0.0.1:${options.port}`,
+    `  secret: ${randomBytes(16).toString("hex")}`,
+    "  tls:",
+    `    certificate: ${options.cert}`,
+    `    key: ${options.key}`,
+    "auth:",
+    options.auth,
+    ""
+  ].join("\n")
+
+/**
+ * A real `docker-registry serve` (CNCF distribution 2.8) on 127.0.0.1:<free port> with TLS from a test CA and
+ * htpasswd (bcrypt) or JWT token authentication (with a token server in this process). The process is killed and
+ * `dir` removed when the scope closes.
+ */
+export const startRegistry = (options: { readonly dir: string; readonly auth: RegistryAuthMode }): Effect.Effect<
+  TestRegistry,
+  RegistryHarnessError,
+  Scope.Scope | FileSystem.FileSystem | Path.Path | CommandExecutor.CommandExecutor
+> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    yield* Effect.acquireRelease(
+      fs.makeDirectory(options.dir, { recursive: true }),
+      () => Effect.ignore(fs.remove(options.dir, { recursive: true }))
+    )
+    const output = yield* Ref.make<ReadonlyArray<string>>([])
+    const log = (line: string) => Ref.update(output, (lines) => [...lines, line])
+    const pki = yield* makePki(path.join(options.dir, "pki"))
+    const serverCert = yield* pki.issue("registry", { ips: ["127.0.0.1"], dns: ["localhost"] })
+    const certDir = path.join(options.dir, "certs.d")
+    yield* fs.makeDirectory(certDir, { recursive: true })
+    yield* fs.copyFile(pki.caFile, path.join(certDir, "ca.crt"))
+
+    const username = "checkpointer"
+    const password = `pw-${randomBytes(12).toString("hex")}`
+    const wrongPassword = `wrong-${randomBytes(12).toString("hex")}`
+    const port = yield* freePort
+    const host = `127.0.0.1:${port}`
+
+    let authSection: string
+    if (options.auth === "htpasswd") {
+      const line = yield* Command.make("htpasswd", "-Bbn", username, password).pipe(Command.string)
+      const htpasswdFile = path.join(options.dir, "htpasswd")
+      yield* fs.writeFileString(htpasswdFile, line.trim() + "\n")
+      authSection = ["  htpasswd:", "    realm: checkpointer-test-registry", `    path: ${htpasswdFile}`].join("\n")
+    } else {
+      const service = "checkpointer-test-registry"
+      const issuer = "checkpointer-test-token-issuer"
+      const tokenServer = yield* startTokenServer({
+        pki,
+        service,
+        issuer,
+        username,
+        password,
+        log: (line) => Effect.runSync(log(line))
+      })
+      authSection = [
+        "  token:",
+        `    realm: ${tokenServer.realm}`,
+        `    service: ${service}`,
+        `    issuer: ${issuer}`,
+        `    rootcertbundle: ${tokenServer.rootCertBundle}`
+      ].join("\n")
+    }
+
+    const configFile = path.join(options.dir, "config.yml")
+    yield* fs.writeFileString(
+      configFile,
+      registryConfig({
+        port,
+        storage: path.join(options.dir, "storage"),
+        cert: serverCert.cert,
+        key: serverCert.key,
+        auth: authSection
+      })
+    )
+
+    const process = yield* Command.start(Command.make("docker-registry", "serve", configFile))
+    const collect = (stream: Stream.Stream<Uint8Array, unknown>) =>
+      stream.pipe(Stream.decodeText(), Stream.splitLines, Stream.runForEach(log), Effect.ignore)
+    yield* Effect.forkScoped(collect(process.stdout))
+    yield* Effect.forkScoped(collect(process.stderr))
+    const logs = () => Effect.runSync(Ref.get(output)).join("\n")
+
+    const dispatcher = yield* Effect.acquireRelease(
+      fs.readFileString(pki.caFile).pipe(Effect.map((ca) => new Agent({ connect: { ca } }))),
+      (agent) => Effect.promise(() => agent.destroy())
+    )
+    const http = NodeHttpClient.makeUndici(dispatcher)
+    const base = `https://${host}`
+
+    const exited = yield* Effect.fork(process.exitCode)
+    yield* http.get(`${base}/v2/`).pipe(
+      Effect.flatMap((response) =>
+        response.status === 200 || response.status === 401
+          ? Effect.void
+          : Effect.fail(new RegistryHarnessError({ message: `registry answered ${response.status}` }))
+      ),
+      Effect.retry(Schedule.spaced(Duration.millis(100))),
+      Effect.raceFirst(
+        Fiber.join(exited).pipe(
+          Effect.flatMap((code) =>
+            Effect.fail(new RegistryHarnessError({ message: `docker-registry exited (${code}):\n${logs()}` }))
+          )
+        )
+      ),
+      Effect.timeoutFail({
+        duration: Duration.seconds(30),
+        onTimeout: () => new RegistryHarnessError({ message: `docker-registry did not answer:\n${logs()}` })
+      }),
+      Effect.mapError(harnessError("docker-registry did not start"))
+    )
+
+    const writeAuthFile = (name: string, secret: string) =>
+      Effect.gen(function*() {
+        const file = path.join(options.dir, name)
+        const auth = Buffer.from(`${username}:${secret}`).toString("base64")
+        yield* fs.writeFileString(file, JSON.stringify({ auths: { [host]: { auth } } }, null, 2))
+        return file
+      })
+    const authFile = yield* writeAuthFile("auth.json", password)
+    const wrongAuthFile = yield* writeAuthFile("wrong-auth.json", wrongPassword)
+
+    const authorize = (repository: string, request: HttpClientRequest.HttpClientRequest) =>
+      Effect.gen(function*() {
+        if (options.auth === "htpasswd") return HttpClientRequest.basicAuth(request, username, password)
+        const challenge = yield* http.get(`${base}/v2/`)
+        const header = challenge.headers["www-authenticate"] ?? ""
+        const realm = /realm="([^"]+)"/.exec(header)?.[1]
+        const service = /service="([^"]+)"/.exec(header)?.[1]
+        if (realm === undefined || service === undefined) {
+          return yield* new RegistryHarnessError({ message: `unexpected challenge: ${header}` })
+        }
+        const tokenUrl = new URL(realm)
+        tokenUrl.searchParams.set("service", service)
+        tokenUrl.searchParams.set("scope", `repository:${repository}:pull`)
+        const response = yield* http.execute(
+          HttpClientRequest.get(tokenUrl).pipe(HttpClientRequest.basicAuth(username, password))
+        )
+        const body = (yield* response.json) as { token?: string }
+        if (body.token === undefined) return yield* new RegistryHarnessError({ message: "token server gave no token" })
+        return HttpClientRequest.bearerToken(request, body.token)
+      })
+
+    const fetchOk = (repository: string, request: HttpClientRequest.HttpClientRequest) =>
+      Effect.gen(function*() {
+        const response: HttpClientResponse.HttpClientResponse = yield* http.execute(
+          yield* authorize(repository, request)
+        )
+        if (response.status !== 200) {
+          const body = yield* response.text
+          return yield* new RegistryHarnessError({
+            message: `${request.method} ${request.url}: ${response.status} ${body}`
+          })
+        }
+        return response
+      }).pipe(Effect.mapError(harnessError("request failed")))
+
+    const manifest = (repository: string, reference: string) =>
+      Effect.gen(function*() {
+        const response = yield* fetchOk(
+          repository,
+          HttpClientRequest.get(`${base}/v2/${repository}/manifests/${reference}`).pipe(
+            HttpClientRequest.setHeader("accept", ociManifestTypes)
+          )
+        )
+        const bytes = new Uint8Array(yield* response.arrayBuffer)
+        const raw = Buffer.from(bytes).toString("utf8")
+        return {
+          contentType: response.headers["content-type"] ?? "",
+          digest: response.headers["docker-content-digest"] ?? "",
+          computedDigest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`,
+          raw,
+          json: JSON.parse(raw) as FetchedManifest["json"]
+        }
+      }).pipe(Effect.mapError(harnessError("manifest")))
+
+    const blobRequest = (repository: string, digest: string) =>
+      fetchOk(repository, HttpClientRequest.get(`${base}/v2/${repository}/blobs/${digest}`))
+
+    const blob = (repository: string, digest: string) =>
+      Effect.flatMap(blobRequest(repository, digest), (response) => response.arrayBuffer).pipe(
+        Effect.map((buffer) => new Uint8Array(buffer)),
+        Effect.mapError(harnessError("blob"))
+      )
+
+    const blobDigest = (repository: string, digest: string) =>
+      Effect.gen(function*() {
+        const response = yield* blobRequest(repository, digest)
+        const hash = createHash("sha256")
+        let size = 0
+        yield* Stream.runForEach(response.stream, (chunk) =>
+          Effect.sync(() => {
+            hash.update(chunk)
+            size += chunk.length
+          }))
+        return { digest: `sha256:${hash.digest("hex")}`, size }
+      }).pipe(Effect.mapError(harnessError("blob")))
+
+    const tags = (repository: string) =>
+      fetchOk(repository, HttpClientRequest.get(`${base}/v2/${repository}/tags/list`)).pipe(
+        Effect.flatMap((response) => response.json),
+        Effect.map((body) => (body as { tags?: ReadonlyArray<string> | null }).tags ?? []),
+        Effect.mapError(harnessError("tags"))
+      )
+
+    return {
+      host,
+      auth: options.auth,
+      caFile: pki.caFile,
+      certDir,
+      username,
+      password,
+      authFile,
+      wrongAuthFile,
+      wrongPassword,
+      logs,
+      manifest,
+      blob,
+      blobDigest,
+      tags
+    } satisfies TestRegistry
+  }).pipe(Effect.mapError(harnessError("cannot start the test registry")))
