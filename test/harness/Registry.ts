@@ -38,6 +38,8 @@ export interface TestRegistry {
   /** `127.0.0.1:PORT` */
   readonly host: string
   readonly auth: RegistryAuthMode
+  /** `https://HOST`, or `http://HOST` for a registry without TLS. */
+  readonly url: string
   /** The CA (PEM file) that signed the registry's (and token server's) certificate. */
   readonly caFile: string
   /** A podman/containers `--cert-dir` with that CA (`ca.crt`). */
@@ -83,8 +85,7 @@ const harnessError = (message: string) => (cause: unknown) =>
 const registryConfig = (options: {
   readonly port: number
   readonly storage: string
-  readonly cert: string
-  readonly key: string
+  readonly tls: { readonly cert: string; readonly key: string } | undefined
   readonly auth: string
 }) =>
   [
@@ -100,20 +101,25 @@ const registryConfig = (options: {
     "http:",
     `  addr: 127.0.0.1:${options.port}`,
     `  secret: ${randomBytes(16).toString("hex")}`,
-    "  tls:",
-    `    certificate: ${options.cert}`,
-    `    key: ${options.key}`,
+    ...(options.tls === undefined
+      ? []
+      : ["  tls:", `    certificate: ${options.tls.cert}`, `    key: ${options.tls.key}`]),
     "auth:",
     options.auth,
     ""
   ].join("\n")
 
 /**
- * A real `docker-registry serve` (CNCF distribution 2.8) on 127.0.0.1:<free port> with TLS from a test CA and
- * htpasswd (bcrypt) or JWT token authentication (with a token server in this process). The process is killed and
- * `dir` removed when the scope closes.
+ * A real `docker-registry serve` (CNCF distribution 2.8) on 127.0.0.1:<free port> with TLS from a test CA (or plain
+ * HTTP with `tls: false`) and htpasswd (bcrypt) or JWT token authentication (with a token server in this process).
+ * The process is killed and `dir` removed when the scope closes.
  */
-export const startRegistry = (options: { readonly dir: string; readonly auth: RegistryAuthMode }): Effect.Effect<
+export const startRegistry = (options: {
+  readonly dir: string
+  readonly auth: RegistryAuthMode
+  /** Default true. */
+  readonly tls?: boolean
+}): Effect.Effect<
   TestRegistry,
   RegistryHarnessError,
   Scope.Scope | FileSystem.FileSystem | Path.Path | CommandExecutor.CommandExecutor
@@ -171,8 +177,7 @@ export const startRegistry = (options: { readonly dir: string; readonly auth: Re
       registryConfig({
         port,
         storage: path.join(options.dir, "storage"),
-        cert: serverCert.cert,
-        key: serverCert.key,
+        tls: options.tls === false ? undefined : serverCert,
         auth: authSection
       })
     )
@@ -189,7 +194,7 @@ export const startRegistry = (options: { readonly dir: string; readonly auth: Re
       (agent) => Effect.promise(() => agent.destroy())
     )
     const http = NodeHttpClient.makeUndici(dispatcher)
-    const base = `https://${host}`
+    const base = `${options.tls === false ? "http" : "https"}://${host}`
 
     const exited = yield* Effect.fork(process.exitCode)
     yield* http.get(`${base}/v2/`).pipe(
@@ -309,6 +314,7 @@ export const startRegistry = (options: { readonly dir: string; readonly auth: Re
     return {
       host,
       auth: options.auth,
+      url: base,
       caFile: pki.caFile,
       certDir,
       username,

@@ -116,24 +116,16 @@ const makeInspector = Effect.sync(() => {
   const target = (): Writable => decompressor ?? tar
 
   const writeDown = (chunk: Buffer) =>
-    Effect.async<void>((resume) => {
-      if (failure !== undefined) return resume(Effect.void)
+    Effect.suspend(() => {
+      if (failure !== undefined) return Effect.void
       const stream = target()
-      if (stream.write(chunk)) return resume(Effect.void)
-      const onDrain = () => {
-        stream.off("error", onError)
-        resume(Effect.void)
-      }
-      const onError = () => {
-        stream.off("drain", onDrain)
-        resume(Effect.void)
-      }
-      stream.once("drain", onDrain)
-      stream.once("error", onError)
-      return Effect.sync(() => {
-        stream.off("drain", onDrain)
-        stream.off("error", onError)
+      if (stream.write(chunk)) return Effect.void
+      const drained = Effect.async<void>((resume) => {
+        const onDrain = () => resume(Effect.void)
+        stream.once("drain", onDrain)
+        return Effect.sync(() => stream.off("drain", onDrain))
       })
+      return Effect.race(drained, Deferred.await(settled))
     })
 
   const start = (bytes: Buffer) => {
@@ -211,7 +203,7 @@ export const inspectWhileStreaming = <E>(bytes: Stream.Stream<Uint8Array, E>) =>
         Effect.map((inspector) =>
           bytes.pipe(
             Stream.mapError((cause) =>
-              new ArchiveError({ message: `cannot read the archive: ${describeCause(cause)}`, cause })
+              new ArchiveError({ message: `read failed: ${describeCause(cause)}`, cause })
             ),
             Stream.tap(inspector.write),
             Stream.concat(Stream.execute(Effect.flatMap(inspector.finish, (done) =>

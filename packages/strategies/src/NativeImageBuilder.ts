@@ -133,7 +133,7 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
         new ImageBuildError({
           phase: "read archive",
           message: `cannot read the checkpoint archive ${request.archive}: ${
-            typeof error === "string" ? error : error.message
+            typeof error === "string" ? error : platformReason(error)
           }`,
           cause: error
         })

@@ -81,8 +81,6 @@ export interface SessionOptions {
   readonly insecure: boolean
 }
 
-const missingCredentialsHint = (options: SessionOptions) =>
-  Option.isNone(options.credentials) ? `; REGISTRY_AUTH_FILE has no credentials for ${options.reference.domain}` : ""
 
 /**
  * A push session: pings `/v2/` (choosing https, or http when insecure and TLS fails), authenticates as the registry
@@ -104,10 +102,13 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
     )
 
   const refused = (what: string, response: HttpClientResponse.HttpClientResponse) =>
-    failedResponse(what, response).pipe(
+    failedResponse(what, response, Option.isNone(options.credentials)).pipe(
       Effect.mapError((error) =>
-        error.status === 401
-          ? new RegistryError({ ...error, message: error.message + missingCredentialsHint(options) })
+        error.status === 401 && Option.isNone(options.credentials)
+          ? new RegistryError({
+            ...error,
+            message: `${error.message}; REGISTRY_AUTH_FILE has no credentials for ${reference.domain}`
+          })
           : error
       )
     )
@@ -212,16 +213,24 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       const request = HttpClientRequest.patch(location).pipe(
         HttpClientRequest.bodyStream(bytes, { contentType: "application/octet-stream" })
       )
-      const response = yield* exchange("blob upload", request, false)
-      if (response.status !== 202 && response.status !== 204) return yield* refused("blob upload", response)
-      yield* response.text.pipe(Effect.ignore)
-      const next = response.headers["location"] === undefined ? location : yield* resolveLocation(
-        "blob upload",
-        response,
-        location.toString()
-      )
-      yield* completeUpload(next, yield* digest, Option.none())
+      const upload = Effect.gen(function*() {
+        const response = yield* exchange("blob upload", request, false)
+        if (response.status !== 202 && response.status !== 204) return yield* refused("blob upload", response)
+        yield* response.text.pipe(Effect.ignore)
+        const next = response.headers["location"] === undefined
+          ? location
+          : yield* resolveLocation("blob upload", response, location.toString())
+        yield* completeUpload(next, yield* digest, Option.none())
+      })
+      yield* upload.pipe(Effect.onError(() => cancelUpload(location)))
     })
+
+  /** Best effort: tells the registry to drop an unfinished upload session. */
+  const cancelUpload = (location: URL) =>
+    exchange("blob upload cancel", HttpClientRequest.del(location)).pipe(
+      Effect.flatMap((response) => response.text),
+      Effect.ignore
+    )
 
   const putManifest = (manifest: Uint8Array, mediaType: string) =>
     Effect.gen(function*() {

@@ -192,10 +192,14 @@ export const describeResponse = (response: HttpClientResponse.HttpClientResponse
     })
   )
 
-export const failedResponse = (what: string, response: HttpClientResponse.HttpClientResponse) =>
+export const failedResponse = (
+  what: string,
+  response: HttpClientResponse.HttpClientResponse,
+  anonymous = false
+) =>
   Effect.flatMap(describeResponse(response), ({ code, status, summary }) => {
     const message = status === 401
-      ? `registry refused credentials (${summary})`
+      ? `registry ${anonymous ? "requires" : "refused"} credentials (${summary})`
       : status === 403
       ? `registry denied access (${summary})`
       : `${what} failed: registry answered ${summary}`
@@ -240,7 +244,7 @@ export const fetchToken = (
     }
     const response = yield* http.execute(request).pipe(Effect.mapError(transportError("token request", realm)))
     if (response.status !== 200) {
-      return yield* failedResponse("token request", response)
+      return yield* failedResponse("token request", response, Option.isNone(credentials))
     }
     const body = yield* response.json.pipe(
       Effect.mapError((cause) =>

@@ -268,8 +268,9 @@ describeE2E("NativeImageBuilder against a real registry", () => {
           })
         )
         expect(error.phase).toBe("push")
-        expect(error.message).toContain("401 UNAUTHORIZED")
-        expect(error.message).toContain(`no credentials for ${htpasswd.host}`)
+        expect(error.message).toContain(
+          `registry requires credentials (401 UNAUTHORIZED); REGISTRY_AUTH_FILE has no credentials for ${htpasswd.host}`
+        )
       }).pipe(Effect.provide(NodeContext.layer)))
 
     it.effect("an unknown CA fails the push with the TLS reason; REGISTRY_INSECURE=true skips verification", () =>
@@ -287,6 +288,27 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         })
         expect((yield* htpasswd.manifest("insecure/counter", imageName.split(":").at(-1)!)).digest).toBe(built.digest)
       }).pipe(Effect.provide(NodeContext.layer)))
+
+    it.effect("REGISTRY_INSECURE=true falls back to plain HTTP, which is refused otherwise", () =>
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const { checkpoint } = yield* Fixture
+        const dir = yield* fs.makeTempDirectoryScoped({ prefix: "plain-registry-" })
+        const plain = yield* startRegistry({ dir: `${dir}/registry`, auth: "token", tls: false })
+        expect(plain.url).toBe(`http://${plain.host}`)
+        const tag = randomTag()
+        const imageName = `${plain.host}/plain/counter:${tag}`
+        const error = yield* Effect.flip(build({ archive: checkpoint.tar, imageName }, trusted(plain)))
+        expect(error.phase).toBe("push")
+        expect(error.message).toContain(`registry ping failed: cannot reach ${plain.host}`)
+        const built = yield* build({ archive: checkpoint.tar, imageName }, {
+          REGISTRY_AUTH_FILE: plain.authFile,
+          REGISTRY_INSECURE: "true"
+        })
+        const manifest = yield* plain.manifest("plain/counter", tag)
+        expect(manifest.digest).toBe(built.digest)
+        expect(manifest.json.layers[0]!.digest).toBe(checkpoint.tarDigest)
+      }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
     it.effect("a corrupt or missing archive fails the read archive phase and commits nothing", () =>
       Effect.gen(function*() {
