@@ -1,4 +1,4 @@
-import { HttpApiBuilder, HttpApiError, HttpApiScalar, HttpServerResponse } from "@effect/platform"
+import { HttpApiBuilder, HttpApiError, HttpApiScalar, HttpRouter, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { CheckpointerApi, CheckpointerConfig } from "@checkpointer/core"
 import { Cause, Effect, Layer, Option } from "effect"
@@ -23,8 +23,12 @@ export const DecodeErrorsAsText = HttpApiBuilder.middleware((app) =>
     }))
 )
 
+/** Pod names may be 253 characters; longer path segments still reach the handler and get a 400 that says why. */
+const RouterConfigLive = HttpRouter.setRouterConfig({ maxParamLength: 1024 })
+
 export const ApiLive = HttpApiBuilder.api(CheckpointerApi).pipe(
-  Layer.provide([CheckpointHandlers, HealthHandlers])
+  Layer.provide([CheckpointHandlers, HealthHandlers]),
+  Layer.provideMerge(RouterConfigLive)
 )
 
 /** The HTTP server on CHECKPOINTER_PORT with the API, /openapi.json and the /docs page. */

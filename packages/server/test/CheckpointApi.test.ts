@@ -130,7 +130,8 @@ layer(ServerTest, { excludeTestServices: true })("checkpoint API", (it) => {
       ["not an object", "/checkpoint/default/counter/main", "[true]", "expected"],
       ["upper-case namespace", "/checkpoint/Default/counter/main", undefined, "invalid namespace"],
       ["underscore in pod", "/checkpoint/default/my_pod/main", undefined, "invalid pod"],
-      ["overlong container", `/checkpoint/default/counter/${"c".repeat(64)}`, undefined, "invalid container"]
+      ["overlong container", `/checkpoint/default/counter/${"c".repeat(64)}`, undefined, "invalid container"],
+      ["overlong pod", `/checkpoint/default/${"p".repeat(254)}/main`, undefined, "invalid pod"]
     ]
     for (const [name, path, body, reason] of cases) {
       it.effect(name, () =>

@@ -1,0 +1,183 @@
+import { FileSystem } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
+import { expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer, Option } from "effect"
+import { startCounterPod } from "./harness/Cluster.ts"
+import { describeE2E } from "./harness/E2E.ts"
+import type { LocalStack } from "./harness/LocalStack.ts"
+import { checkpointRepository, startLocalStack } from "./harness/LocalStack.ts"
+import * as Podman from "./harness/Podman.ts"
+import { getResult, postCheckpoint } from "./HttpCalls.ts"
+
+class Stack extends Context.Tag("test/Stack")<Stack, LocalStack>() {}
+
+const StackLive = Layer.scoped(
+  Stack,
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-e2e-" })
+    return yield* startLocalStack({ dir, registryAuth: "token" })
+  })
+).pipe(Layer.provideMerge(NodeContext.layer))
+
+/** The counter of a restored container goes on from where its checkpoint was taken, not from 1. */
+const expectRestoredCounterContinues = (stack: LocalStack, image: string, name: string, valueBeforeCheckpoint: number) =>
+  Effect.gen(function*() {
+    const restored = yield* Podman.restoreFromImage({
+      image,
+      name,
+      certDir: stack.registry.certDir,
+      tlsVerify: true,
+      creds: { username: stack.registry.username, password: stack.registry.password }
+    })
+    const first = yield* Podman.counterValue(restored.name)
+    expect(first).toBeGreaterThanOrEqual(valueBeforeCheckpoint)
+    const later = yield* Podman.waitForCounterAbove(restored.name, first + 2)
+    expect(later).toBeGreaterThan(first)
+    return { first, later }
+  })
+
+const expectNoArchiveLeft = (stack: LocalStack) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const left = yield* fs.readDirectory(stack.node.checkpointsDir).pipe(Effect.orElseSucceed(() => []))
+    expect(left).toEqual([])
+  })
+
+const tagOf = (imageName: string) => imageName.slice(imageName.lastIndexOf(":") + 1)
+
+describeE2E("checkpoint to restore through the real server, registry, CRIU node and API server", () => {
+  layer(StackLive, { excludeTestServices: true, timeout: "180 seconds" })((it) => {
+    it.scoped("a sync checkpoint pushes a restorable image with the checkpoint annotations", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+          namespace: "default",
+          name: "counter-sync",
+          nodeName: "node-a"
+        })
+        const before = yield* Podman.waitForCounterAbove(container.name, 10)
+        const response = yield* postCheckpoint(stack.checkpointer.url, "default/counter-sync/counter")
+        expect(response.status, response.text).toBe(201)
+        const body = JSON.parse(response.text)
+        expect(body.containerIdentifier).toEqual({ namespace: "default", pod: "counter-sync", container: "counter" })
+        expect(body.containerImageName).toMatch(
+          new RegExp(`^${stack.registry.host.replace(/\./g, "\\.")}/${checkpointRepository}:[0-9a-f]{16}$`)
+        )
+
+        const manifest = yield* stack.registry.manifest(checkpointRepository, tagOf(body.containerImageName))
+        expect(manifest.contentType).toBe("application/vnd.oci.image.manifest.v1+json")
+        expect(manifest.digest).toBe(body.containerImageDigest)
+        expect(manifest.json.annotations).toMatchObject({
+          "io.kubernetes.cri-o.annotations.checkpoint.name": "counter",
+          "org.criu.checkpoint.container.name": "counter-sync-counter",
+          "io.podman.annotations.checkpoint.name": "counter-sync-counter",
+          "io.podman.annotations.checkpoint.runtime.name": "runc"
+        })
+        expect(manifest.json.layers).toHaveLength(1)
+        const layer = manifest.json.layers[0]!
+        expect(layer.mediaType).toBe("application/vnd.oci.image.layer.v1.tar")
+        const config = JSON.parse(
+          new TextDecoder().decode(yield* stack.registry.blob(checkpointRepository, manifest.json.config.digest))
+        )
+        const streamed = yield* stack.registry.blobDigest(checkpointRepository, layer.digest)
+        expect(streamed.digest).toBe(layer.digest)
+        expect(config.rootfs.diff_ids).toEqual([layer.digest])
+        expect(config.os).toBe("linux")
+
+        yield* expectNoArchiveLeft(stack)
+        const restored = yield* expectRestoredCounterContinues(stack, body.containerImageName, "restored-sync", before)
+        yield* Effect.log(`counter before checkpoint ${before}, restored at ${restored.first}, then ${restored.later}`)
+      }))
+
+    it.scoped("an async checkpoint answers an identifier and GET returns the restorable image", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+          namespace: "default",
+          name: "counter-async",
+          nodeName: "node-a"
+        })
+        const before = yield* Podman.waitForCounterAbove(container.name, 10)
+        const accepted = yield* postCheckpoint(stack.checkpointer.url, "default/counter-async/counter", { async: true })
+        expect(accepted.status, accepted.text).toBe(202)
+        const { checkpointIdentifier } = JSON.parse(accepted.text)
+        expect(checkpointIdentifier).toMatch(/^node-a:[0-9a-f]{16}$/)
+        const result = yield* getResult(stack.checkpointer.url, checkpointIdentifier)
+        expect(result.status, result.text).toBe(200)
+        const body = JSON.parse(result.text)
+        expect(tagOf(body.containerImageName)).toBe(checkpointIdentifier.split(":")[1])
+        const again = yield* getResult(stack.checkpointer.url, checkpointIdentifier)
+        expect(JSON.parse(again.text)).toEqual(body)
+        yield* expectNoArchiveLeft(stack)
+        yield* expectRestoredCounterContinues(stack, body.containerImageName, "restored-async", before)
+      }))
+
+    it.scoped("deletePod=true deletes the pod, and its image still restores", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+          namespace: "default",
+          name: "counter-delete",
+          nodeName: "node-a"
+        })
+        const before = yield* Podman.waitForCounterAbove(container.name, 10)
+        const response = yield* postCheckpoint(stack.checkpointer.url, "default/counter-delete/counter", {
+          deletePod: true
+        })
+        expect(response.status, response.text).toBe(201)
+        expect(Option.isNone(yield* stack.cluster.apiServer.findPod("default", "counter-delete"))).toBe(true)
+        expect(yield* Podman.containerExists(container.name)).toBe(false)
+        yield* expectRestoredCounterContinues(stack, JSON.parse(response.text).containerImageName, "restored-delete", before)
+      }))
+
+    it.scoped("an unknown container answers 404 and an unknown identifier 404", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const missing = yield* postCheckpoint(stack.checkpointer.url, "default/no-such-pod/counter")
+        expect(missing.status, missing.text).toBe(404)
+        expect(missing.contentType).toContain("text/plain")
+        expect(missing.text).toContain("default/no-such-pod/counter")
+        const unknown = yield* getResult(stack.checkpointer.url, "node-a:0123456789abcdef")
+        expect(unknown.status).toBe(404)
+        yield* expectNoArchiveLeft(stack)
+      }))
+
+    it.scoped("malformed input answers 400 in plain text", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const url = stack.checkpointer.url
+        const answers = [
+          yield* Effect.promise(() =>
+            fetch(`${url}/checkpoint/default/counter/c`, { method: "POST", body: "{not json" }).then((r) => r.status)
+          ),
+          (yield* postCheckpoint(url, "default/counter/c", { deletePod: "yes" })).status,
+          (yield* postCheckpoint(url, "default/counter/c", { async: 1 })).status,
+          (yield* postCheckpoint(url, "Default/counter/c")).status,
+          (yield* postCheckpoint(url, `default/${"p".repeat(254)}/c`)).status,
+          (yield* getResult(url, "node-a:not-hex")).status,
+          (yield* getResult(url, "no-colon")).status
+        ]
+        expect(answers).toEqual([400, 400, 400, 400, 400, 400, 400])
+      }))
+
+    it.scoped("refused registry credentials answer 500 naming the push, without the password anywhere", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "counter-creds", nodeName: "node-a" })
+        const badCheckpointer = yield* stack.startAnotherCheckpointer({ authFile: stack.registry.wrongAuthFile })
+        const response = yield* postCheckpoint(badCheckpointer.url, "default/counter-creds/counter")
+        expect(response.status).toBe(500)
+        expect(response.text).toContain('phase "build/push"')
+        expect(response.text).toMatch(/401|credentials|unauthorized/i)
+        for (const secret of [stack.registry.wrongPassword, stack.registry.password]) {
+          expect(response.text).not.toContain(secret)
+          for (const logs of [badCheckpointer.logs(), stack.checkpointer.logs()]) {
+            expect(logs).not.toContain(secret)
+            expect(logs).not.toContain(Buffer.from(`${stack.registry.username}:${secret}`).toString("base64"))
+          }
+        }
+        yield* expectNoArchiveLeft(stack)
+      }))
+  })
+})

@@ -1,0 +1,104 @@
+import { Data, Duration, Effect, Schedule } from "effect"
+import type { Scope } from "effect"
+import { spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
+import { createServer } from "node:net"
+import { fileURLToPath } from "node:url"
+
+export class CheckpointerProcessError extends Data.TaggedError("CheckpointerProcessError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+export const projectRoot = fileURLToPath(new URL("../..", import.meta.url))
+
+/** The command README gives for starting the server outside a cluster (`pnpm start`), without pnpm in between. */
+export const serverCommand = ["node", "--import", "tsx", "packages/server/src/main.ts"] as const
+
+export interface CheckpointerProcess {
+  readonly url: string
+  readonly pid: number
+  /** Everything the process wrote to stdout and stderr so far. */
+  readonly logs: () => string
+  /** Peak resident set size of the process so far (VmHWM), in bytes. */
+  readonly peakRss: () => number
+  readonly exitCode: () => number | null
+}
+
+/** A free TCP port on `address`. */
+export const freePort = (address: string) =>
+  Effect.async<number, CheckpointerProcessError>((resume) => {
+    const server = createServer()
+    server.once("error", (cause) => resume(Effect.fail(new CheckpointerProcessError({ message: "no free port", cause }))))
+    server.listen(0, address, () => {
+      const port = (server.address() as { port: number }).port
+      server.close(() => resume(Effect.succeed(port)))
+    })
+  })
+
+const peakRssOf = (pid: number): number => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8")
+  const kib = /^VmHWM:\s+(\d+) kB$/m.exec(status)?.[1]
+  return kib === undefined ? 0 : Number(kib) * 1024
+}
+
+/**
+ * Runs the real Checkpointer server process with `env` (on top of PATH/HOME) and waits until /healthz answers.
+ * The process is stopped with SIGTERM (then SIGKILL) when the scope closes.
+ */
+export const startCheckpointer = (options: {
+  readonly env: Readonly<Record<string, string>>
+  readonly address: string
+  readonly port: number
+}): Effect.Effect<CheckpointerProcess, CheckpointerProcessError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const chunks: Array<string> = []
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const child = spawn(serverCommand[0], serverCommand.slice(1), {
+          cwd: projectRoot,
+          env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...options.env },
+          stdio: ["ignore", "pipe", "pipe"]
+        })
+        child.stdout.setEncoding("utf8").on("data", (chunk: string) => chunks.push(chunk))
+        child.stderr.setEncoding("utf8").on("data", (chunk: string) => chunks.push(chunk))
+        return child
+      }),
+      (child) =>
+        Effect.async<void>((resume) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+          const killer = setTimeout(() => child.kill("SIGKILL"), 10_000)
+          child.once("exit", () => {
+            clearTimeout(killer)
+            resume(Effect.void)
+          })
+          child.kill("SIGTERM")
+        })
+    )
+    const url = `http://${options.address}:${options.port}`
+    const logs = () => chunks.join("")
+    yield* Effect.tryPromise({
+      try: (signal) => fetch(`${url}/healthz`, { signal }).then((response) => response.ok),
+      catch: (cause) => new CheckpointerProcessError({ message: "not answering yet", cause })
+    }).pipe(
+      Effect.filterOrFail((ok) => ok, () => new CheckpointerProcessError({ message: "/healthz not ok" })),
+      Effect.retry({
+        schedule: Schedule.spaced("200 millis"),
+        while: () => child.exitCode === null
+      }),
+      Effect.timeout(Duration.seconds(60)),
+      Effect.mapError((cause) =>
+        new CheckpointerProcessError({
+          message: `Checkpointer did not become healthy (exit code ${child.exitCode}):\n${logs()}`,
+          cause
+        })
+      )
+    )
+    return {
+      url,
+      pid: child.pid ?? 0,
+      logs,
+      peakRss: () => peakRssOf(child.pid ?? 0),
+      exitCode: () => child.exitCode
+    } satisfies CheckpointerProcess
+  })

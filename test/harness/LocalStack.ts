@@ -1,0 +1,84 @@
+import { FileSystem, Path } from "@effect/platform"
+import { Effect } from "effect"
+import type { CheckpointerProcess } from "./CheckpointerProcess.ts"
+import { freePort, startCheckpointer } from "./CheckpointerProcess.ts"
+import type { LocalCluster } from "./Cluster.ts"
+import { startLocalCluster } from "./Cluster.ts"
+import type { KubeletNode } from "./KubeletNode.ts"
+import type { RegistryAuthMode, TestRegistry } from "./Registry.ts"
+import { startRegistry } from "./Registry.ts"
+
+export const checkpointRepository = "checkpoints/counter"
+
+/** The environment README tells users to set for `pnpm start` outside a cluster, for one node of the local stack. */
+export const checkpointerEnv = (options: {
+  readonly registry: TestRegistry
+  readonly cluster: LocalCluster
+  readonly node: KubeletNode
+  readonly port: number
+  readonly storage: string
+  readonly authFile?: string
+  readonly extra?: Readonly<Record<string, string>>
+}): Record<string, string> => ({
+  CHECKPOINT_IMAGE_PREFIX: `${options.registry.host}/${checkpointRepository}`,
+  CHECKPOINTER_NODE: options.node.nodeName,
+  CHECKPOINTER_NODE_IP: options.node.address,
+  CHECKPOINTER_PORT: String(options.port),
+  CHECKPOINTER_NAMESPACE: "kube-system",
+  KUBELET_PORT: String(options.node.port),
+  KUBELET_CERT_FILE: options.node.clientCert,
+  KUBELET_KEY_FILE: options.node.clientKey,
+  KUBELET_CA_FILE: options.node.caFile,
+  KUBECONFIG: options.cluster.apiServer.kubeconfigPath,
+  STORAGE_BASE_PATH: options.storage,
+  CHECKPOINT_BUILDER: "native",
+  REGISTRY_AUTH_FILE: options.authFile ?? options.registry.authFile,
+  REGISTRY_CA_FILE: options.registry.caFile,
+  DISABLE_ROUTE_FORWARD: "true",
+  ...options.extra
+})
+
+export interface LocalStack {
+  readonly dir: string
+  readonly registry: TestRegistry
+  readonly cluster: LocalCluster
+  readonly node: KubeletNode
+  readonly checkpointer: CheckpointerProcess
+  /** Starts one more Checkpointer process for the same node (e.g. with other credentials). */
+  readonly startAnotherCheckpointer: (
+    options: { readonly authFile?: string; readonly extra?: Readonly<Record<string, string>> }
+  ) => ReturnType<typeof startCheckpointer>
+}
+
+/**
+ * A real registry, one real CRIU node behind a kubelet endpoint, the simulated API server, and the real
+ * Checkpointer server process started the way README tells users to. Everything stops when the scope closes.
+ */
+export const startLocalStack = (options: { readonly dir: string; readonly registryAuth: RegistryAuthMode }) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    yield* fs.makeDirectory(options.dir, { recursive: true })
+    const registry = yield* startRegistry({ dir: path.join(options.dir, "registry"), auth: options.registryAuth })
+    const cluster = yield* startLocalCluster({ dir: path.join(options.dir, "cluster"), nodes: ["node-a"] })
+    const node = cluster.node("node-a")
+    const start = (extra: { readonly authFile?: string; readonly extra?: Readonly<Record<string, string>> }) =>
+      Effect.gen(function*() {
+        const port = yield* freePort(node.address)
+        const storage = path.join(options.dir, `storage-${port}`)
+        return yield* startCheckpointer({
+          env: checkpointerEnv({ registry, cluster, node, port, storage, ...extra }),
+          address: node.address,
+          port
+        })
+      })
+    const checkpointer = yield* start({})
+    return {
+      dir: options.dir,
+      registry,
+      cluster,
+      node,
+      checkpointer,
+      startAnotherCheckpointer: start
+    } satisfies LocalStack
+  })
