@@ -213,13 +213,13 @@ export const inspectWhileStreaming = <E>(bytes: Stream.Stream<Uint8Array, E>) =>
         )
       )
     )
-    const readFailure = Effect.map(
+    const readFailure: Effect.Effect<Option.Option<ArchiveError>> = Effect.flatMap(
       Deferred.poll(description),
       Option.match({
         onNone: () => Effect.succeedNone,
         onSome: (outcome) => Effect.match(outcome, { onFailure: Option.some, onSuccess: () => Option.none() })
       })
-    ).pipe(Effect.flatten)
+    )
     return { stream, description: Deferred.await(description), readFailure } as const
   })
 

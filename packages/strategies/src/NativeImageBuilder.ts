@@ -109,17 +109,20 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
   )
   const architecture = nodeArchitecture()
 
-  const pushFailed = (imageName: string) => (error: RegistryError) =>
-    new ImageBuildError({ phase: "push", message: `cannot push ${imageName}: ${error.message}`, cause: error })
-  const archiveFailed = (archive: string) => (error: ArchiveError) =>
-    new ImageBuildError({
-      phase: "read archive",
-      message: `cannot read the checkpoint archive ${archive}: ${error.message}`,
-      cause: error
-    })
-
   const build = Effect.fn("NativeImageBuilder.build")(function*(request: BuildRequest) {
     const started = yield* Clock.currentTimeMillis
+    const pushFailed = (error: RegistryError) =>
+      new ImageBuildError({
+        phase: "push",
+        message: `cannot push ${request.imageName}: ${error.message}`,
+        cause: error
+      })
+    const archiveFailed = (error: ArchiveError) =>
+      new ImageBuildError({
+        phase: "read archive",
+        message: `cannot read the checkpoint archive ${request.archive}: ${error.message}`,
+        cause: error
+      })
     const reference = yield* Either.match(parseImageReference(request.imageName), {
       onLeft: (error) =>
         Effect.fail(
@@ -142,9 +145,9 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
     const credentials = yield* Option.match(settings.authFile, {
       onNone: () => Effect.succeed(Option.none()),
       onSome: (path) => Effect.map(readAuthFile(path), (config) => credentialsFor(config, reference.domain))
-    }).pipe(Effect.provideService(FileSystem.FileSystem, fs), Effect.mapError(pushFailed(request.imageName)))
+    }).pipe(Effect.provideService(FileSystem.FileSystem, fs), Effect.mapError(pushFailed))
     const session = yield* makeSession({ http, reference, credentials, insecure: settings.insecure }).pipe(
-      Effect.mapError(pushFailed(request.imageName))
+      Effect.mapError(pushFailed)
     )
 
     const { description, readFailure, stream } = yield* inspectWhileStreaming(
@@ -152,19 +155,20 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
     )
     yield* session.pushBlobStream(stream, Effect.map(description, (d) => d.digest)).pipe(
       Effect.catchAll((error) =>
-        Effect.flatMap(readFailure, (archiveError) =>
-          Option.isSome(archiveError)
-            ? Effect.fail(archiveFailed(request.archive)(archiveError.value))
-            : error._tag === "ArchiveError"
-            ? Effect.fail(archiveFailed(request.archive)(error))
-            : Effect.fail(pushFailed(request.imageName)(error)))
+        Effect.flatMap(
+          readFailure,
+          Option.match({
+            onSome: (archiveError) => Effect.fail(archiveFailed(archiveError)),
+            onNone: () => Effect.fail(error._tag === "ArchiveError" ? archiveFailed(error) : pushFailed(error))
+          })
+        )
       )
     )
-    const archive = yield* description.pipe(Effect.mapError(archiveFailed(request.archive)))
+    const archive = yield* description.pipe(Effect.mapError(archiveFailed))
 
     const created = new Date(yield* Clock.currentTimeMillis)
     const configBlob = yield* session.pushBlob(encodeJson(imageConfig(archive, created, architecture)), configMediaType)
-      .pipe(Effect.mapError(pushFailed(request.imageName)))
+      .pipe(Effect.mapError(pushFailed))
     const manifest = {
       schemaVersion: 2,
       mediaType: manifestMediaType,
@@ -173,7 +177,7 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
       annotations: imageAnnotations(checkpointFacts(archive), request.container, architecture)
     }
     const digest = yield* session.putManifest(encodeJson(manifest), manifestMediaType).pipe(
-      Effect.mapError(pushFailed(request.imageName))
+      Effect.mapError(pushFailed)
     )
     const seconds = ((yield* Clock.currentTimeMillis) - started) / 1000
     yield* Effect.logInfo("pushed checkpoint image").pipe(
