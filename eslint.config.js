@@ -1,4 +1,5 @@
 import js from "@eslint/js"
+import globals from "globals"
 import tseslint from "typescript-eslint"
 
 export default tseslint.config(
@@ -15,5 +16,6 @@ export default tseslint.config(
       "quotes": ["error", "double", { avoidEscape: true }]
     }
   },
+  { files: ["scripts/**/*.mjs", "eslint.config.js"], languageOptions: { globals: globals.node } },
   { files: ["test/**", "bench/**", "scripts/**", "packages/server/src/cli/**"], rules: { "no-console": "off" } }
 )

@@ -12,8 +12,19 @@ export class CheckpointerProcessError extends Data.TaggedError("CheckpointerProc
 
 export const projectRoot = fileURLToPath(new URL("../..", import.meta.url))
 
-/** The command README gives for starting the server outside a cluster (`pnpm start`), without pnpm in between. */
-export const serverCommand = ["node", "--import", "tsx", "packages/server/src/main.ts"] as const
+/**
+ * The command `pnpm start` runs after building the bundle (README's way to start the server outside a cluster),
+ * taken from package.json so that tests run exactly what users run. The bundle is built once by test/globalSetup.ts.
+ */
+export const serverCommand: { readonly env: Record<string, string>; readonly argv: ReadonlyArray<string> } = (() => {
+  const start: string = JSON.parse(readFileSync(`${projectRoot}/package.json`, "utf8")).scripts.start
+  const words = start.slice(start.lastIndexOf("&&") + 2).trim().split(/\s+/)
+  const assignments = words.filter((word) => /^[A-Z_]+=/.test(word))
+  return {
+    env: Object.fromEntries(assignments.map((word) => [word.slice(0, word.indexOf("=")), word.slice(word.indexOf("=") + 1)])),
+    argv: words.slice(assignments.length)
+  }
+})()
 
 export interface CheckpointerProcess {
   readonly url: string
@@ -55,9 +66,9 @@ export const startCheckpointer = (options: {
     const chunks: Array<string> = []
     const child = yield* Effect.acquireRelease(
       Effect.sync(() => {
-        const child = spawn(serverCommand[0], serverCommand.slice(1), {
+        const child = spawn(serverCommand.argv[0]!, serverCommand.argv.slice(1), {
           cwd: projectRoot,
-          env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...options.env },
+          env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...serverCommand.env, ...options.env },
           stdio: ["ignore", "pipe", "pipe"]
         })
         child.stdout.setEncoding("utf8").on("data", (chunk: string) => chunks.push(chunk))

@@ -10,7 +10,8 @@ import {
   parseIdentifier
 } from "./Domain.ts"
 import type { CheckpointIdentifier, CheckpointOptions, CheckpointTag, ContainerRef } from "./Domain.ts"
-import { ContainerMissing, PhaseFailed } from "./Errors.ts"
+import type { ContainerMissing} from "./Errors.ts"
+import { PhaseFailed } from "./Errors.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
 import { KubeletService } from "./KubeletService.ts"
 import { FailedRecord, PendingRecord, ResultStore, SucceededRecord } from "./ResultStore.ts"

@@ -1,7 +1,8 @@
 import { FileSystem, Path } from "@effect/platform"
 import { Context, Data, Effect, Layer, Option, Ref, Schema } from "effect"
 import { CheckpointerConfig } from "./Config.ts"
-import { CheckpointIdentifier, CheckpointResult, ContainerRef } from "./Domain.ts"
+import type { CheckpointIdentifier} from "./Domain.ts"
+import { CheckpointResult, ContainerRef } from "./Domain.ts"
 
 export class PendingRecord extends Schema.TaggedClass<PendingRecord>()("Pending", {
   container: ContainerRef,

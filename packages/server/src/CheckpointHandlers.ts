@@ -1,4 +1,5 @@
-import { HttpApiBuilder, HttpServerRequest } from "@effect/platform"
+import type { HttpServerRequest } from "@effect/platform"
+import { HttpApiBuilder } from "@effect/platform"
 import {
   CheckpointerApi,
   Checkpointer,

@@ -1,9 +1,10 @@
-import { HttpApiBuilder, HttpApiError, HttpApiScalar, HttpRouter, HttpServerResponse } from "@effect/platform"
+import { HttpApiBuilder, HttpApiError, HttpRouter, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { CheckpointerApi, CheckpointerConfig } from "@checkpointer/core"
 import { Cause, Effect, Layer, Option } from "effect"
 import { createServer } from "node:http"
 import { CheckpointHandlers } from "./CheckpointHandlers.ts"
+import { DocsPageLive } from "./DocsPage.ts"
 import { HealthHandlers } from "./HealthHandlers.ts"
 
 const describeDecodeError = (error: HttpApiError.HttpApiDecodeError): string =>
@@ -33,7 +34,7 @@ export const ApiLive = HttpApiBuilder.api(CheckpointerApi).pipe(
 
 /** The HTTP server on CHECKPOINTER_PORT with the API, /openapi.json and the /docs page. */
 export const HttpServerLive = HttpApiBuilder.serve().pipe(
-  Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+  Layer.provide(DocsPageLive),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(DecodeErrorsAsText),
   Layer.provide(ApiLive),

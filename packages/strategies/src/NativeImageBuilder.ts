@@ -3,9 +3,9 @@ import { NodeFileSystem, NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
 import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
 import type { BuildRequest, ContainerRef } from "@checkpointer/core"
-import { Clock, Config, ConfigError, Effect, Either, Layer, Option } from "effect"
+import { Clock, Config, ConfigError, Effect, Either, Layer, Option, Stream } from "effect"
 import { rootCertificates } from "node:tls"
-import { checkpointFacts, inspectWhileStreaming } from "./CheckpointArchive.ts"
+import { checkpointFacts, inspectWhileStreaming, readArchive } from "./CheckpointArchive.ts"
 import type { ArchiveDescription, ArchiveError, CheckpointFacts } from "./CheckpointArchive.ts"
 import { formatReference, makeSession, parseImageReference } from "./OciRegistry.ts"
 import type { RegistryError } from "./OciRegistry.ts"
@@ -78,7 +78,7 @@ export const imageConfig = (description: ArchiveDescription, created: Date, arch
   history: [{ created: created.toISOString(), created_by: "checkpointer native image builder" }]
 })
 
-const archiveChunkSize = 256 * 1024
+const archiveChunkSize = 1024 * 1024
 
 /** The native strategy: streams the archive straight into the registry as the single layer of an OCI image. */
 export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: NativeImageBuilderOptions) {
@@ -151,7 +151,9 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
     )
 
     const { description, readFailure, stream } = yield* inspectWhileStreaming(
-      fs.stream(request.archive, { chunkSize: archiveChunkSize })
+      readArchive(request.archive, { chunkSize: archiveChunkSize, buffers: 6 }).pipe(
+        Stream.provideService(FileSystem.FileSystem, fs)
+      )
     )
     yield* session.pushBlobStream(stream, Effect.map(description, (d) => d.digest)).pipe(
       Effect.catchAll((error) =>

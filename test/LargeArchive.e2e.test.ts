@@ -1,0 +1,69 @@
+import { FileSystem } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
+import { expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer, Schedule } from "effect"
+import { describeE2E } from "./harness/E2E.ts"
+import type { LocalStack } from "./harness/LocalStack.ts"
+import { checkpointRepository, startLocalStack } from "./harness/LocalStack.ts"
+import * as Podman from "./harness/Podman.ts"
+import { postCheckpoint } from "./HttpCalls.ts"
+
+class Stack extends Context.Tag("test/LargeStack")<Stack, LocalStack>() {}
+
+const StackLive = Layer.scoped(
+  Stack,
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-large-" })
+    return yield* startLocalStack({ dir, registryAuth: "htpasswd" })
+  })
+).pipe(Layer.provideMerge(NodeContext.layer))
+
+const MiB = 1024 * 1024
+const ballastBytes = 560 * MiB
+
+describeE2E("a checkpoint archive larger than 512 MiB", () => {
+  layer(StackLive, { excludeTestServices: true, timeout: "300 seconds" })((it) => {
+    it.scoped("is streamed to the registry while the server's peak RSS stays under 150 MiB", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        yield* Podman.ensureBusyboxImage()
+        // 560 MiB of random bytes in the container's rootfs end up in the archive's rootfs-diff.tar.
+        yield* Podman.runContainer({
+          name: "ballast-main",
+          command: [
+            "sh",
+            "-c",
+            `trap "exit 0" TERM; head -c ${ballastBytes} /dev/urandom > /ballast && echo > /ready; ` +
+            "while true; do sleep 0.2; done"
+          ]
+        })
+        yield* Podman.podman(["exec", "ballast-main", "cat", "/ready"]).pipe(
+          Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 240 })
+        )
+        yield* stack.cluster.apiServer.addPod({
+          namespace: "default",
+          name: "ballast",
+          nodeName: "node-a",
+          containers: [{ name: "main" }]
+        })
+        const rssBefore = stack.checkpointer.peakRss()
+        const response = yield* postCheckpoint(stack.checkpointer.url, "default/ballast/main")
+        expect(response.status, response.text).toBe(201)
+        const body = JSON.parse(response.text)
+        const tag = body.containerImageName.slice(body.containerImageName.lastIndexOf(":") + 1)
+        const manifest = yield* stack.registry.manifest(checkpointRepository, tag)
+        const layerSize = manifest.json.layers[0]!.size
+        const peak = stack.checkpointer.peakRss()
+        yield* Effect.log(
+          `archive ${(layerSize / MiB).toFixed(0)} MiB pushed; server peak RSS ${(rssBefore / MiB).toFixed(0)} MiB ` +
+            `before, ${(peak / MiB).toFixed(0)} MiB after`
+        )
+        expect(layerSize).toBeGreaterThanOrEqual(512 * MiB)
+        expect((yield* stack.registry.blobDigest(checkpointRepository, manifest.json.layers[0]!.digest)).size).toBe(
+          layerSize
+        )
+        expect(peak).toBeLessThan(150 * MiB)
+      }), 300_000)
+  })
+})
