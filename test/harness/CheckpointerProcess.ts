@@ -28,6 +28,8 @@ export const serverCommand: { readonly env: Record<string, string>; readonly arg
 
 export interface CheckpointerProcess {
   readonly url: string
+  /** The variables it was started with (on top of PATH and HOME). */
+  readonly env: Readonly<Record<string, string>>
   readonly pid: number
   /** Everything the process wrote to stdout and stderr so far. */
   readonly logs: () => string
@@ -61,16 +63,21 @@ export const startCheckpointer = (options: {
   readonly env: Readonly<Record<string, string>>
   readonly address: string
   readonly port: number
+  /** Run `pnpm start` itself (the demo shows users exactly that); the default runs the same command without pnpm. */
+  readonly viaPnpm?: boolean
 }): Effect.Effect<CheckpointerProcess, CheckpointerProcessError, Scope.Scope> =>
   Effect.gen(function*() {
     const chunks: Array<string> = []
     const child = yield* Effect.acquireRelease(
       Effect.sync(() => {
-        const child = spawn(serverCommand.argv[0]!, serverCommand.argv.slice(1), {
-          cwd: projectRoot,
-          env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...serverCommand.env, ...options.env },
-          stdio: ["ignore", "pipe", "pipe"]
-        })
+        const env = { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...options.env }
+        const child = options.viaPnpm
+          ? spawn("pnpm", ["--silent", "start"], { cwd: projectRoot, env, stdio: ["ignore", "pipe", "pipe"], detached: true })
+          : spawn(serverCommand.argv[0]!, serverCommand.argv.slice(1), {
+            cwd: projectRoot,
+            env: { ...serverCommand.env, ...env },
+            stdio: ["ignore", "pipe", "pipe"]
+          })
         child.stdout.setEncoding("utf8").on("data", (chunk: string) => chunks.push(chunk))
         child.stderr.setEncoding("utf8").on("data", (chunk: string) => chunks.push(chunk))
         return child
@@ -78,12 +85,14 @@ export const startCheckpointer = (options: {
       (child) =>
         Effect.async<void>((resume) => {
           if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
-          const killer = setTimeout(() => child.kill("SIGKILL"), 10_000)
+          // pnpm runs the server in a shell of its own process group: signal the whole group.
+          const signal = (name: NodeJS.Signals) => options.viaPnpm ? process.kill(-child.pid!, name) : child.kill(name)
+          const killer = setTimeout(() => signal("SIGKILL"), 10_000)
           child.once("exit", () => {
             clearTimeout(killer)
             resume(Effect.void)
           })
-          child.kill("SIGTERM")
+          signal("SIGTERM")
         })
     )
     const url = `http://${options.address}:${options.port}`
@@ -107,6 +116,7 @@ export const startCheckpointer = (options: {
     )
     return {
       url,
+      env: options.env,
       pid: child.pid ?? 0,
       logs,
       peakRss: () => peakRssOf(child.pid ?? 0),

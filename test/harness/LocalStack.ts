@@ -54,7 +54,11 @@ export interface LocalStack {
  * A real registry, one real CRIU node behind a kubelet endpoint, the simulated API server, and the real
  * Checkpointer server process started the way README tells users to. Everything stops when the scope closes.
  */
-export const startLocalStack = (options: { readonly dir: string; readonly registryAuth: RegistryAuthMode }) =>
+export const startLocalStack = (options: {
+  readonly dir: string
+  readonly registryAuth: RegistryAuthMode
+  readonly viaPnpm?: boolean
+}) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
@@ -62,17 +66,22 @@ export const startLocalStack = (options: { readonly dir: string; readonly regist
     const registry = yield* startRegistry({ dir: path.join(options.dir, "registry"), auth: options.registryAuth })
     const cluster = yield* startLocalCluster({ dir: path.join(options.dir, "cluster"), nodes: ["node-a"] })
     const node = cluster.node("node-a")
-    const start = (extra: { readonly authFile?: string; readonly extra?: Readonly<Record<string, string>> }) =>
+    const start = (extra: {
+      readonly authFile?: string
+      readonly extra?: Readonly<Record<string, string>>
+      readonly viaPnpm?: boolean
+    }) =>
       Effect.gen(function*() {
         const port = yield* freePort(node.address)
         const storage = path.join(options.dir, `storage-${port}`)
         return yield* startCheckpointer({
           env: checkpointerEnv({ registry, cluster, node, port, storage, ...extra }),
           address: node.address,
-          port
+          port,
+          viaPnpm: extra.viaPnpm ?? false
         })
       })
-    const checkpointer = yield* start({})
+    const checkpointer = yield* start({ viaPnpm: options.viaPnpm ?? false })
     return {
       dir: options.dir,
       registry,
