@@ -143,6 +143,27 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         yield* expectNoArchiveLeft(stack)
       }))
 
+    it.scoped("the kubelet is called with the client certificate and ?timeout=, and its certificate is verified", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "counter-tls", nodeName: "node-a" })
+        const untrusting = yield* stack.startAnotherCheckpointer({ without: ["KUBELET_CA_FILE"] })
+        const refused = yield* postCheckpoint(untrusting.url, "default/counter-tls/counter")
+        expect(refused.status).toBe(500)
+        expect(refused.text).toMatch(/^checkpoint failed in phase "kubelet": .*certificate/)
+        const insecure = yield* stack.startAnotherCheckpointer({
+          without: ["KUBELET_CA_FILE"],
+          extra: { KUBELET_ALLOW_INSECURE: "true", KUBELET_TIMEOUT: "45" }
+        })
+        const accepted = yield* postCheckpoint(insecure.url, "default/counter-tls/counter")
+        expect(accepted.status, accepted.text).toBe(201)
+        const requests = yield* stack.node.requests()
+        const last = requests.filter((request) => request.path === "/checkpoint/default/counter-tls/counter").at(-1)!
+        expect(last.query).toBe("timeout=45")
+        expect(last.clientCommonName).toMatch(/checkpointer/)
+        yield* expectNoArchiveLeft(stack)
+      }))
+
     it.scoped("malformed input answers 400 in plain text", () =>
       Effect.gen(function*() {
         const stack = yield* Stack

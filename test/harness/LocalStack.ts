@@ -45,9 +45,12 @@ export interface LocalStack {
   readonly node: KubeletNode
   readonly checkpointer: CheckpointerProcess
   /** Starts one more Checkpointer process for the same node (e.g. with other credentials). */
-  readonly startAnotherCheckpointer: (
-    options: { readonly authFile?: string; readonly extra?: Readonly<Record<string, string>> }
-  ) => ReturnType<typeof startCheckpointer>
+  readonly startAnotherCheckpointer: (options: {
+    readonly authFile?: string
+    readonly extra?: Readonly<Record<string, string>>
+    /** Variables to leave unset. */
+    readonly without?: ReadonlyArray<string>
+  }) => ReturnType<typeof startCheckpointer>
 }
 
 /**
@@ -69,13 +72,16 @@ export const startLocalStack = (options: {
     const start = (extra: {
       readonly authFile?: string
       readonly extra?: Readonly<Record<string, string>>
+      readonly without?: ReadonlyArray<string>
       readonly viaPnpm?: boolean
     }) =>
       Effect.gen(function*() {
         const port = yield* freePort(node.address)
         const storage = path.join(options.dir, `storage-${port}`)
+        const env = checkpointerEnv({ registry, cluster, node, port, storage, ...extra })
+        for (const name of extra.without ?? []) delete env[name]
         return yield* startCheckpointer({
-          env: checkpointerEnv({ registry, cluster, node, port, storage, ...extra }),
+          env,
           address: node.address,
           port,
           viaPnpm: extra.viaPnpm ?? false

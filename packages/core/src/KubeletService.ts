@@ -1,4 +1,5 @@
 import { FileSystem, HttpClientRequest, HttpClientResponse } from "@effect/platform"
+import type { HttpClientError } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Duration, Effect, Layer, Option, Schema } from "effect"
 import { CheckpointerConfig } from "./Config.ts"
@@ -8,6 +9,16 @@ import { ContainerMissing, PhaseFailed } from "./Errors.ts"
 const CheckpointResponse = Schema.Struct({ items: Schema.NonEmptyArray(Schema.String) })
 
 const failed = (message: string, cause?: unknown) => new PhaseFailed({ phase: "kubelet", message, cause })
+
+/** The network or TLS reason under an HttpClient error ("self-signed certificate in certificate chain", ...). */
+const transportReason = (error: HttpClientError.HttpClientError): string => {
+  const cause = error.cause
+  if (cause instanceof Error) {
+    const code = "code" in cause && typeof cause.code === "string" ? ` (${cause.code})` : ""
+    return `${cause.message}${code}`
+  }
+  return error.message
+}
 
 /**
  * The kubelet checkpoint API of this node: `POST /checkpoint/{ns}/{pod}/{container}?timeout=N` over HTTPS with the
@@ -56,7 +67,7 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
       return yield* Effect.scoped(Effect.gen(function*() {
         const http = yield* client
         const response = yield* http.execute(request).pipe(
-          Effect.mapError((cause) => failed(`kubelet at ${baseUrl} unreachable: ${cause.message}`, cause))
+          Effect.mapError((cause) => failed(`kubelet at ${baseUrl} unreachable: ${transportReason(cause)}`, cause))
         )
         if (response.status === 404) {
           return yield* new ContainerMissing({

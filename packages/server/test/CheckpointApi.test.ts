@@ -1,7 +1,7 @@
 import { FileSystem, HttpApiBuilder, HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, layer } from "@effect/vitest"
-import { CheckpointerApi, ImageBuildError } from "@checkpointer/core"
+import { CheckpointerApi, ContainerRef, ImageBuildError, PendingRecord, ResultStore } from "@checkpointer/core"
 import { Deferred, Effect, Fiber, Layer, Ref } from "effect"
 import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
 import { CheckpointerTest, World } from "./TestLayers.ts"
@@ -153,6 +153,16 @@ layer(ServerTest, { excludeTestServices: true })("checkpoint API", (it) => {
         expect(missing.status).toBe(400)
       }))
   })
+
+  it.effect("a checkpoint left pending by a restart answers 500 'interrupted by restart'", () =>
+    Effect.gen(function*() {
+      const store = yield* ResultStore
+      const container = ContainerRef.make({ namespace: "default", pod: "counter", container: "main" } as never)
+      yield* store.put("node-a:aaaaaaaaaaaaaaaa" as never, new PendingRecord({ container, beginTimestamp: 1 }))
+      const response = yield* get("/checkpoint?checkpointIdentifier=node-a:aaaaaaaaaaaaaaaa")
+      expect(response.status).toBe(500)
+      expect(response.text).toContain("interrupted by restart")
+    }))
 
   it.effect("an unknown identifier answers 404", () =>
     Effect.gen(function*() {

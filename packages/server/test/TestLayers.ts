@@ -111,7 +111,8 @@ const FakeCluster = Layer.effect(
 
 /** Checkpointer with fake kubelet, builder and API server, a memory result store and the real orchestration. */
 export const CheckpointerTest = Checkpointer.Default.pipe(
-  Layer.provide([FakeKubelet, FakeBuilder, FakeCluster, ResultStore.Memory]),
+  Layer.provide([FakeKubelet, FakeBuilder, FakeCluster]),
+  Layer.provideMerge(ResultStore.Memory),
   Layer.provideMerge(World.Default),
   Layer.provideMerge(Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(testSettings))),
   Layer.provideMerge(NodeContext.layer)
