@@ -7,7 +7,7 @@ import { describeE2E } from "./harness/E2E.ts"
 import type { LocalStack } from "./harness/LocalStack.ts"
 import { checkpointRepository, startLocalStack } from "./harness/LocalStack.ts"
 import * as Podman from "./harness/Podman.ts"
-import { getResult, postCheckpoint } from "./HttpCalls.ts"
+import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
 class Stack extends Context.Tag("test/Stack")<Stack, LocalStack>() {}
 
@@ -162,6 +162,25 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(last.query).toBe("timeout=45")
         expect(last.clientCommonName).toMatch(/checkpointer/)
         yield* expectNoArchiveLeft(stack)
+      }))
+
+    it.scoped("the server describes its API at /openapi.json and /docs, and answers /healthz and /readyz", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const spec = yield* call(`${stack.checkpointer.url}/openapi.json`)
+        expect(spec.status).toBe(200)
+        const paths = JSON.parse(spec.text).paths
+        expect(Object.keys(paths)).toEqual(
+          expect.arrayContaining(["/checkpoint/{namespace}/{pod}/{container}", "/checkpoint"])
+        )
+        expect(Object.keys(paths["/checkpoint/{namespace}/{pod}/{container}"].post.responses)).toEqual(
+          expect.arrayContaining(["201", "202", "400", "404", "500"])
+        )
+        const docs = yield* call(`${stack.checkpointer.url}/docs`)
+        expect(docs.contentType).toContain("text/html")
+        expect(docs.text).toContain("POST /checkpoint/{namespace}/{pod}/{container}")
+        expect((yield* call(`${stack.checkpointer.url}/healthz`)).text).toBe("ok")
+        expect((yield* call(`${stack.checkpointer.url}/readyz`)).text).toBe("ok")
       }))
 
     it.scoped("malformed input answers 400 in plain text", () =>

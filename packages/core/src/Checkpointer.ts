@@ -45,7 +45,11 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
 
     const removeArchive = (archive: string) =>
       fs.remove(archive, { force: true }).pipe(
-        Effect.tapError((error) => Effect.logWarning("could not remove the checkpoint archive", archive, String(error))),
+        Effect.tapError((error) =>
+          Effect.logWarning("could not remove the checkpoint archive").pipe(
+            Effect.annotateLogs({ archive, error: String(error) })
+          )
+        ),
         Effect.ignore
       )
 
@@ -60,7 +64,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         const imageName = `${config.imagePrefix}:${tag}`
         const archive = yield* kubelet.checkpoint(container).pipe(
           Effect.withLogSpan("kubelet"),
-          Effect.tap((archive) => Effect.logDebug("checkpoint archive written", archive))
+          Effect.tap((archive) => Effect.logDebug("checkpoint archive written").pipe(Effect.annotateLogs({ archive })))
         )
         const image = yield* builder.build({ archive, container, imageName }).pipe(
           Effect.mapError((error) =>
@@ -85,7 +89,9 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         yield* store.put(identifier, new SucceededRecord({ result })).pipe(
           Effect.mapError((error) => storeFailed(error.message, error))
         )
-        yield* Effect.logInfo("checkpoint succeeded", image.name, image.digest, `${image.size} bytes`)
+        yield* Effect.logInfo("checkpoint succeeded").pipe(
+          Effect.annotateLogs({ image: image.name, digest: image.digest, bytes: image.size })
+        )
         return result
       }).pipe(
         Effect.onExit((exit) =>
@@ -94,11 +100,13 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
               onNone: () => "checkpoint interrupted before it finished",
               onSome: describeFailure
             })
-            yield* Effect.logWarning("checkpoint failed", message)
+            yield* Effect.logWarning("checkpoint failed").pipe(Effect.annotateLogs({ reason: message }))
             yield* store.put(
               identifier,
               new FailedRecord({ container, beginTimestamp, endTimestamp: yield* unixSeconds, message })
-            ).pipe(Effect.catchAll((error) => Effect.logError("could not record the failure", error.message)))
+            ).pipe(Effect.catchAll((error) =>
+              Effect.logError("could not record the failure").pipe(Effect.annotateLogs({ error: error.message }))
+            ))
           })
         ),
         Effect.annotateLogs({ service: "Checkpointer", identifier, container: String(container) })
