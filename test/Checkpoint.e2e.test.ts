@@ -1,24 +1,14 @@
 import { FileSystem } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer, Option } from "effect"
+import { Effect, Option } from "effect"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import type { LocalStack } from "./harness/LocalStack.ts"
-import { checkpointRepository, startLocalStack } from "./harness/LocalStack.ts"
+import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
 import * as Podman from "./harness/Podman.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
-class Stack extends Context.Tag("test/Stack")<Stack, LocalStack>() {}
-
-const StackLive = Layer.scoped(
-  Stack,
-  Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-e2e-" })
-    return yield* startLocalStack({ dir, registryAuth: "token" })
-  })
-).pipe(Layer.provideMerge(NodeContext.layer))
+const StackLive = Stack.layer({ registryAuth: "token" })
 
 /** The counter of a restored container goes on from where its checkpoint was taken, not from 1. */
 const expectRestoredCounterContinues = (stack: LocalStack, image: string, name: string, valueBeforeCheckpoint: number) =>

@@ -1,23 +1,11 @@
-import { FileSystem } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer, Schedule } from "effect"
+import { Effect, Schedule } from "effect"
 import { describeE2E } from "./harness/E2E.ts"
-import type { LocalStack } from "./harness/LocalStack.ts"
-import { checkpointRepository, startLocalStack } from "./harness/LocalStack.ts"
+import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
 import * as Podman from "./harness/Podman.ts"
 import { postCheckpoint } from "./HttpCalls.ts"
 
-class Stack extends Context.Tag("test/LargeStack")<Stack, LocalStack>() {}
-
-const StackLive = Layer.scoped(
-  Stack,
-  Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-large-" })
-    return yield* startLocalStack({ dir, registryAuth: "htpasswd" })
-  })
-).pipe(Layer.provideMerge(NodeContext.layer))
+const StackLive = Stack.layer({ registryAuth: "htpasswd" })
 
 const MiB = 1024 * 1024
 const ballastBytes = 560 * MiB

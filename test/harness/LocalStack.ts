@@ -1,5 +1,6 @@
 import { FileSystem, Path } from "@effect/platform"
-import { Effect } from "effect"
+import { NodeContext } from "@effect/platform-node"
+import { Context, Effect, Layer } from "effect"
 import type { CheckpointerProcess } from "./CheckpointerProcess.ts"
 import { freePort, startCheckpointer } from "./CheckpointerProcess.ts"
 import type { LocalCluster } from "./Cluster.ts"
@@ -97,3 +98,16 @@ export const startLocalStack = (options: {
       startAnotherCheckpointer: start
     } satisfies LocalStack
   })
+
+/** The local stack as a test layer, in a temporary directory removed afterwards. */
+export class Stack extends Context.Tag("test/LocalStack")<Stack, LocalStack>() {
+  static readonly layer = (options: { readonly registryAuth: RegistryAuthMode }) =>
+    Layer.scoped(
+      Stack,
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-stack-" })
+        return yield* startLocalStack({ dir, registryAuth: options.registryAuth })
+      })
+    ).pipe(Layer.provideMerge(NodeContext.layer))
+}
