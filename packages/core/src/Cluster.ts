@@ -84,6 +84,16 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
       )
     })
 
-    return { getPod, deletePod } as const
+    /** Running Checkpointer pods with an IP on `node` (label app.kubernetes.io/name=checkpointer), in any namespace. */
+    const checkpointerPodsOn = Effect.fn("Cluster.checkpointerPodsOn")(function*(node: string) {
+      const list = yield* call(`list Checkpointer pods on node ${node}`, () =>
+        core.listPodForAllNamespaces({
+          labelSelector: "app.kubernetes.io/name=checkpointer",
+          fieldSelector: `spec.nodeName=${node}`
+        }))
+      return list.items.filter((pod) => pod.status?.phase === "Running" && (pod.status.podIP ?? "") !== "")
+    })
+
+    return { getPod, deletePod, checkpointerPodsOn } as const
   })
 }) {}
