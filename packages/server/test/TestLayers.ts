@@ -101,6 +101,7 @@ const FakeCluster = Layer.effect(
     const world = yield* World
     return Cluster.make({
       getPod: () => Effect.succeed(Option.none()),
+      checkpointerPodsOn: () => Effect.succeed([]),
       deletePod: (namespace: string, name: string) =>
         name === "undeletable"
           ? Effect.fail(new KubernetesApiError({ status: 403, message: `delete pod ${namespace}/${name}: 403 forbidden` }))
