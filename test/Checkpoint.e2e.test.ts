@@ -1,40 +1,13 @@
-import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Option } from "effect"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
-import type { LocalStack } from "./harness/LocalStack.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
 import * as Podman from "./harness/Podman.ts"
+import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
 const StackLive = Stack.layer({ registryAuth: "token" })
-
-/** The counter of a restored container goes on from where its checkpoint was taken, not from 1. */
-const expectRestoredCounterContinues = (stack: LocalStack, image: string, name: string, valueBeforeCheckpoint: number) =>
-  Effect.gen(function*() {
-    const restored = yield* Podman.restoreFromImage({
-      image,
-      name,
-      certDir: stack.registry.certDir,
-      tlsVerify: true,
-      creds: { username: stack.registry.username, password: stack.registry.password }
-    })
-    const first = yield* Podman.counterValue(restored.name)
-    expect(first).toBeGreaterThanOrEqual(valueBeforeCheckpoint)
-    const later = yield* Podman.waitForCounterAbove(restored.name, first + 2)
-    expect(later).toBeGreaterThan(first)
-    return { first, later }
-  })
-
-const expectNoArchiveLeft = (stack: LocalStack) =>
-  Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const left = yield* fs.readDirectory(stack.node.checkpointsDir).pipe(Effect.orElseSucceed(() => []))
-    expect(left).toEqual([])
-  })
-
-const tagOf = (imageName: string) => imageName.slice(imageName.lastIndexOf(":") + 1)
 
 describeE2E("checkpoint to restore through the real server, registry, CRIU node and API server", () => {
   layer(StackLive, { excludeTestServices: true, timeout: "180 seconds" })((it) => {
@@ -75,8 +48,8 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(config.rootfs.diff_ids).toEqual([layer.digest])
         expect(config.os).toBe("linux")
 
-        yield* expectNoArchiveLeft(stack)
-        const restored = yield* expectRestoredCounterContinues(stack, body.containerImageName, "restored-sync", before)
+        yield* expectNoArchiveLeft(stack.node.checkpointsDir)
+        const restored = yield* expectRestoredCounterContinues(stack.registry, body.containerImageName, "restored-sync", before)
         yield* Effect.log(`counter before checkpoint ${before}, restored at ${restored.first}, then ${restored.later}`)
       }))
 
@@ -99,8 +72,8 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(tagOf(body.containerImageName)).toBe(checkpointIdentifier.split(":")[1])
         const again = yield* getResult(stack.checkpointer.url, checkpointIdentifier)
         expect(JSON.parse(again.text)).toEqual(body)
-        yield* expectNoArchiveLeft(stack)
-        yield* expectRestoredCounterContinues(stack, body.containerImageName, "restored-async", before)
+        yield* expectNoArchiveLeft(stack.node.checkpointsDir)
+        yield* expectRestoredCounterContinues(stack.registry, body.containerImageName, "restored-async", before)
       }))
 
     it.scoped("deletePod=true deletes the pod, and its image still restores", () =>
@@ -118,7 +91,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(response.status, response.text).toBe(201)
         expect(Option.isNone(yield* stack.cluster.apiServer.findPod("default", "counter-delete"))).toBe(true)
         expect(yield* Podman.containerExists(container.name)).toBe(false)
-        yield* expectRestoredCounterContinues(stack, JSON.parse(response.text).containerImageName, "restored-delete", before)
+        yield* expectRestoredCounterContinues(stack.registry, JSON.parse(response.text).containerImageName, "restored-delete", before)
       }))
 
     it.scoped("an unknown container answers 404 and an unknown identifier 404", () =>
@@ -130,7 +103,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(missing.text).toContain("default/no-such-pod/counter")
         const unknown = yield* getResult(stack.checkpointer.url, "node-a:0123456789abcdef")
         expect(unknown.status).toBe(404)
-        yield* expectNoArchiveLeft(stack)
+        yield* expectNoArchiveLeft(stack.node.checkpointsDir)
       }))
 
     it.scoped("the kubelet is called with the client certificate and ?timeout=, and its certificate is verified", () =>
@@ -151,7 +124,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         const last = requests.filter((request) => request.path === "/checkpoint/default/counter-tls/counter").at(-1)!
         expect(last.query).toBe("timeout=45")
         expect(last.clientCommonName).toMatch(/checkpointer/)
-        yield* expectNoArchiveLeft(stack)
+        yield* expectNoArchiveLeft(stack.node.checkpointsDir)
       }))
 
     it.scoped("the server describes its API at /openapi.json and /docs, and answers /healthz and /readyz", () =>
@@ -207,7 +180,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
             expect(logs).not.toContain(Buffer.from(`${stack.registry.username}:${secret}`).toString("base64"))
           }
         }
-        yield* expectNoArchiveLeft(stack)
+        yield* expectNoArchiveLeft(stack.node.checkpointsDir)
       }))
   })
 })

@@ -36,6 +36,8 @@ export interface CheckpointerProcess {
   /** Peak resident set size of the process so far (VmHWM), in bytes. */
   readonly peakRss: () => number
   readonly exitCode: () => number | null
+  /** Kills the process at once (SIGKILL), as a crashed node would. */
+  readonly kill: Effect.Effect<void>
 }
 
 /** A free TCP port on `address`. */
@@ -120,6 +122,11 @@ export const startCheckpointer = (options: {
       pid: child.pid ?? 0,
       logs,
       peakRss: () => peakRssOf(child.pid ?? 0),
-      exitCode: () => child.exitCode
+      exitCode: () => child.exitCode,
+      kill: Effect.async<void>((resume) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+        child.once("exit", () => resume(Effect.void))
+        child.kill("SIGKILL")
+      })
     } satisfies CheckpointerProcess
   })

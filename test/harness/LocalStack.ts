@@ -54,6 +54,20 @@ export interface LocalStack {
   }) => ReturnType<typeof startCheckpointer>
 }
 
+const startInfrastructure = (options: {
+  readonly dir: string
+  readonly registryAuth: RegistryAuthMode
+  readonly nodes: ReadonlyArray<string>
+}) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    yield* fs.makeDirectory(options.dir, { recursive: true })
+    const registry = yield* startRegistry({ dir: path.join(options.dir, "registry"), auth: options.registryAuth })
+    const cluster = yield* startLocalCluster({ dir: path.join(options.dir, "cluster"), nodes: options.nodes })
+    return { registry, cluster }
+  })
+
 /**
  * A real registry, one real CRIU node behind a kubelet endpoint, the simulated API server, and the real
  * Checkpointer server process started the way README tells users to. Everything stops when the scope closes.
@@ -64,11 +78,8 @@ export const startLocalStack = (options: {
   readonly viaPnpm?: boolean
 }) =>
   Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
-    yield* fs.makeDirectory(options.dir, { recursive: true })
-    const registry = yield* startRegistry({ dir: path.join(options.dir, "registry"), auth: options.registryAuth })
-    const cluster = yield* startLocalCluster({ dir: path.join(options.dir, "cluster"), nodes: ["node-a"] })
+    const { cluster, registry } = yield* startInfrastructure({ ...options, nodes: ["node-a"] })
     const node = cluster.node("node-a")
     const start = (extra: {
       readonly authFile?: string
@@ -111,3 +122,65 @@ export class Stack extends Context.Tag("test/LocalStack")<Stack, LocalStack>() {
       })
     ).pipe(Layer.provideMerge(NodeContext.layer))
 }
+
+export interface MultiNodeStack {
+  readonly registry: TestRegistry
+  readonly cluster: LocalCluster
+  /** The port every Checkpointer listens on, each on its own node's address. */
+  readonly port: number
+  /** The Checkpointer process of a node that has one. */
+  readonly checkpointer: (node: string) => CheckpointerProcess
+  /** Starts one more Checkpointer on `node` (same port, same storage) with extra settings, e.g. DISABLE_ROUTE_FORWARD. */
+  readonly startCheckpointerOn: (
+    node: string,
+    options: { readonly extra?: Readonly<Record<string, string>>; readonly port?: number }
+  ) => ReturnType<typeof startCheckpointer>
+}
+
+/**
+ * Several nodes on one machine: one kubelet endpoint per node on 127.0.0.2, 127.0.0.3, ..., and on each node but
+ * `withoutCheckpointer` a real Checkpointer process on the node's address, registered with the API server as a
+ * Running pod labelled app.kubernetes.io/name=checkpointer (how Checkpointers find each other), route forwarding on.
+ */
+export const startMultiNodeStack = (options: {
+  readonly dir: string
+  readonly nodes: ReadonlyArray<string>
+  readonly withoutCheckpointer?: ReadonlyArray<string>
+}) =>
+  Effect.gen(function*() {
+    const path = yield* Path.Path
+    const { cluster, registry } = yield* startInfrastructure({ ...options, registryAuth: "htpasswd" })
+    const port = yield* freePort(cluster.nodes[0]!.address)
+    const startCheckpointerOn = (name: string, extra: { readonly extra?: Readonly<Record<string, string>>; readonly port?: number }) =>
+      Effect.gen(function*() {
+        const node = cluster.node(name)
+        const env = checkpointerEnv({
+          registry,
+          cluster,
+          node,
+          port: extra.port ?? port,
+          storage: path.join(options.dir, `storage-${name}`),
+          extra: { CHECKPOINTER_LISTEN_ADDRESS: node.address, ...extra.extra }
+        })
+        delete env.DISABLE_ROUTE_FORWARD
+        return yield* startCheckpointer({ env: { ...env, ...extra.extra }, address: node.address, port: extra.port ?? port })
+      })
+    const processes = new Map<string, CheckpointerProcess>()
+    for (const name of options.nodes.filter((node) => !(options.withoutCheckpointer ?? []).includes(node))) {
+      processes.set(name, yield* startCheckpointerOn(name, {}))
+      yield* cluster.apiServer.addPod({
+        namespace: "kube-system",
+        name: `checkpointer-${name}`,
+        nodeName: name,
+        podIP: cluster.node(name).address,
+        labels: { "app.kubernetes.io/name": "checkpointer" },
+        containers: [{ name: "checkpointer" }]
+      })
+    }
+    const checkpointer = (name: string) => {
+      const found = processes.get(name)
+      if (found === undefined) throw new Error(`no Checkpointer on ${name}`)
+      return found
+    }
+    return { registry, cluster, port, checkpointer, startCheckpointerOn } satisfies MultiNodeStack
+  })

@@ -25,6 +25,8 @@ const reasonOf = (cause: unknown): string => {
   return cause instanceof Error ? cause.message.split("\n")[0] ?? "unknown error" : String(cause)
 }
 
+const apiTimeout = Duration.seconds(30)
+
 /** The Kubernetes API as Checkpointer uses it (in-cluster config, or KUBECONFIG outside a cluster). */
 export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
   effect: Effect.gen(function*() {
@@ -49,7 +51,13 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
             cause
           })
         }
-      })
+      }).pipe(
+        Effect.timeoutFail({
+          duration: apiTimeout,
+          onTimeout: () =>
+            new KubernetesApiError({ status: undefined, message: `${action}: no answer within ${Duration.format(apiTimeout)}` })
+        })
+      )
 
     const whenFound = <A>(effect: Effect.Effect<A, KubernetesApiError>): Effect.Effect<Option.Option<A>, KubernetesApiError> =>
       effect.pipe(

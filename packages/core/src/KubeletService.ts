@@ -1,24 +1,14 @@
 import { FileSystem, HttpClientRequest, HttpClientResponse } from "@effect/platform"
-import type { HttpClientError } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Duration, Effect, Layer, Option, Schema } from "effect"
 import { CheckpointerConfig } from "./Config.ts"
 import type { ContainerRef } from "./Domain.ts"
-import { ContainerMissing, PhaseFailed } from "./Errors.ts"
+import { ContainerMissing, PhaseFailed, transportReason } from "./Errors.ts"
 
 const CheckpointResponse = Schema.Struct({ items: Schema.NonEmptyArray(Schema.String) })
 
 const failed = (message: string, cause?: unknown) => new PhaseFailed({ phase: "kubelet", message, cause })
 
-/** The network or TLS reason under an HttpClient error ("self-signed certificate in certificate chain", ...). */
-const transportReason = (error: HttpClientError.HttpClientError): string => {
-  const cause = error.cause
-  if (cause instanceof Error) {
-    const code = "code" in cause && typeof cause.code === "string" ? ` (${cause.code})` : ""
-    return `${cause.message}${code}`
-  }
-  return error.message
-}
 
 /**
  * The kubelet checkpoint API of this node: `POST /checkpoint/{ns}/{pod}/{container}?timeout=N` over HTTPS with the

@@ -6,6 +6,7 @@ import { createServer } from "node:http"
 import { CheckpointHandlers } from "./CheckpointHandlers.ts"
 import { DocsPageLive } from "./DocsPage.ts"
 import { HealthHandlers } from "./HealthHandlers.ts"
+import { RequestForwarding } from "./RequestForwarding.ts"
 
 const describeDecodeError = (error: HttpApiError.HttpApiDecodeError): string =>
   error.issues.length === 0
@@ -37,10 +38,15 @@ export const HttpServerLive = HttpApiBuilder.serve().pipe(
   Layer.provide(DocsPageLive),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(DecodeErrorsAsText),
+  Layer.provide(RequestForwarding),
   Layer.provide(ApiLive),
   Layer.provide(
     Layer.unwrapEffect(
-      CheckpointerConfig.pipe(Effect.map(({ port }) => NodeHttpServer.layer(createServer, { port })))
+      CheckpointerConfig.pipe(
+        Effect.map(({ listenAddress, port }) =>
+          NodeHttpServer.layer(createServer, { port, ...Option.match(listenAddress, { onNone: () => ({}), onSome: (host) => ({ host }) }) })
+        )
+      )
     )
   )
 )

@@ -5,6 +5,7 @@ import {
   Cluster,
   describeConfigError,
   KubeletService,
+  NodeRouter,
   ResultStore
 } from "@checkpointer/core"
 import { Data, Effect, Layer, Logger, LogLevel } from "effect"
@@ -13,8 +14,9 @@ import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
 
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
 
-const CheckpointerLive = Checkpointer.Default.pipe(
-  Layer.provide([KubeletService.DefaultWithoutDependencies, Cluster.Default, ResultStore.File, ImageBuilderLayer])
+const CheckpointerLive = Layer.merge(Checkpointer.Default, NodeRouter.Default).pipe(
+  Layer.provide([KubeletService.DefaultWithoutDependencies, ResultStore.File, ImageBuilderLayer]),
+  Layer.provide(Cluster.Default)
 )
 
 const LoggerLive = Layer.unwrapEffect(

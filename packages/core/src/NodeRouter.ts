@@ -1,0 +1,86 @@
+import { Data, Effect, Option } from "effect"
+import { Cluster } from "./Cluster.ts"
+import { CheckpointerConfig } from "./Config.ts"
+import { parseIdentifier } from "./Domain.ts"
+import type { CheckpointIdentifier, ContainerRef } from "./Domain.ts"
+
+/** Serve the request here, or pass it on unchanged to the Checkpointer at `url` on `node`. */
+export type Route =
+  | { readonly _tag: "Local" }
+  | { readonly _tag: "Forward"; readonly node: string; readonly url: string }
+
+/** Why a request can be neither served here nor forwarded; `status` is what the caller is answered. */
+export class RoutingFailed extends Data.TaggedError("RoutingFailed")<{
+  readonly status: 404 | 421 | 500
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+const local: Route = { _tag: "Local" }
+
+/**
+ * Decides where a request is served: the kubelet only checkpoints containers of its own node, and asynchronous
+ * results live on the node that made them. A request that was already forwarded is never forwarded again.
+ */
+export class NodeRouter extends Effect.Service<NodeRouter>()("checkpointer/NodeRouter", {
+  effect: Effect.gen(function*() {
+    const config = yield* CheckpointerConfig
+    const cluster = yield* Cluster
+
+    const toNode = Effect.fn("NodeRouter.toNode")(function*(node: string, what: string, forwarded: boolean) {
+      if (node === config.node) return local
+      if (forwarded) {
+        return yield* new RoutingFailed({
+          status: 421,
+          message: `${what} is on node ${node}, not on ${config.node}, and this request was already forwarded once`
+        })
+      }
+      const pods = yield* cluster.checkpointerPodsOn(node).pipe(
+        Effect.mapError((error) =>
+          new RoutingFailed({ status: 500, message: `routing failed: ${error.message}`, cause: error })
+        )
+      )
+      const peer = pods[0]?.status?.podIP
+      if (peer === undefined) {
+        return yield* new RoutingFailed({
+          status: 404,
+          message: `no Checkpointer is running on node ${node}, where ${what} is`
+        })
+      }
+      const host = peer.includes(":") ? `[${peer}]` : peer
+      return { _tag: "Forward", node, url: `http://${host}:${config.port}` } satisfies Route
+    })
+
+    /** POST /checkpoint/...: the node the pod runs on. */
+    const forCheckpoint = Effect.fn("NodeRouter.forCheckpoint")(function*(container: ContainerRef, forwarded: boolean) {
+      if (config.disableRouteForward) return local
+      const pod = yield* cluster.getPod(container.namespace, container.pod).pipe(
+        Effect.mapError((error) =>
+          new RoutingFailed({ status: 500, message: `routing failed: ${error.message}`, cause: error })
+        )
+      )
+      if (Option.isNone(pod)) {
+        return yield* new RoutingFailed({
+          status: 404,
+          message: `pod ${container.namespace}/${container.pod} does not exist`
+        })
+      }
+      const node = pod.value.spec?.nodeName
+      if (node === undefined || node === "") {
+        return yield* new RoutingFailed({
+          status: 404,
+          message: `pod ${container.namespace}/${container.pod} is not scheduled to a node`
+        })
+      }
+      return yield* toNode(node, `pod ${container.namespace}/${container.pod}`, forwarded)
+    })
+
+    /** GET /checkpoint?checkpointIdentifier=<node>:<hex>: the node named in the identifier. */
+    const forResult = Effect.fn("NodeRouter.forResult")(function*(identifier: CheckpointIdentifier, forwarded: boolean) {
+      if (config.disableRouteForward) return local
+      return yield* toNode(parseIdentifier(identifier).node, `checkpoint ${identifier}`, forwarded)
+    })
+
+    return { forCheckpoint, forResult } as const
+  })
+}) {}

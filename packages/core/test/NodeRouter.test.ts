@@ -1,0 +1,65 @@
+import { describe, expect, it } from "@effect/vitest"
+import { CheckpointerConfig, Cluster, ContainerRef, KubernetesApiError, NodeRouter } from "@checkpointer/core"
+import type { CheckpointerSettings, CheckpointIdentifier } from "@checkpointer/core"
+import type { V1Pod } from "@kubernetes/client-node"
+import { Effect, Layer, Option } from "effect"
+
+const pods: Record<string, V1Pod> = {
+  "default/here": { spec: { nodeName: "node-a", containers: [] } },
+  "default/there": { spec: { nodeName: "node-c", containers: [] } },
+  "default/orphan": { spec: { nodeName: "node-d", containers: [] } }
+}
+const checkpointers: Record<string, Array<V1Pod>> = {
+  "node-c": [{ status: { phase: "Running", podIP: "10.1.2.3" } }]
+}
+
+const router = (settings: Partial<CheckpointerSettings>) =>
+  NodeRouter.Default.pipe(
+    Layer.provide(Layer.succeed(
+      Cluster,
+      Cluster.make({
+        getPod: (namespace, name) =>
+          name === "broken"
+            ? Effect.fail(new KubernetesApiError({ status: undefined, message: "get pod: connect ECONNREFUSED" }))
+            : Effect.succeed(Option.fromNullable(pods[`${namespace}/${name}`])),
+        deletePod: () => Effect.void,
+        checkpointerPodsOn: (node) => Effect.succeed(checkpointers[node] ?? [])
+      })
+    )),
+    Layer.provide(Layer.succeed(
+      CheckpointerConfig,
+      CheckpointerConfig.make({ node: "node-a", port: 3333, disableRouteForward: false, ...settings } as CheckpointerSettings)
+    ))
+  )
+
+const ref = (pod: string) => ContainerRef.make({ namespace: "default", pod, container: "c" } as never)
+const decide = (pod: string, forwarded = false) => Effect.flatMap(NodeRouter, (r) => r.forCheckpoint(ref(pod), forwarded))
+
+describe("NodeRouter", () => {
+  it.effect("serves pods of this node here and forwards others to that node's Checkpointer", () =>
+    Effect.gen(function*() {
+      expect(yield* decide("here")).toEqual({ _tag: "Local" })
+      expect(yield* decide("there")).toEqual({ _tag: "Forward", node: "node-c", url: "http://10.1.2.3:3333" })
+      const result = yield* Effect.flatMap(NodeRouter, (r) => r.forResult("node-c:0123456789abcdef" as CheckpointIdentifier, false))
+      expect(result).toEqual({ _tag: "Forward", node: "node-c", url: "http://10.1.2.3:3333" })
+    }).pipe(Effect.provide(router({}))))
+
+  it.effect("answers 404, 421 and 500 where it can neither serve nor forward", () =>
+    Effect.gen(function*() {
+      expect((yield* Effect.flip(decide("nobody"))).status).toBe(404)
+      expect((yield* Effect.flip(decide("orphan"))).message).toBe(
+        "no Checkpointer is running on node node-d, where pod default/orphan is"
+      )
+      expect((yield* Effect.flip(decide("there", true))).status).toBe(421)
+      expect(yield* decide("here", true)).toEqual({ _tag: "Local" })
+      const broken = yield* Effect.flip(decide("broken"))
+      expect(broken.status).toBe(500)
+      expect(broken.message).toContain("ECONNREFUSED")
+    }).pipe(Effect.provide(router({}))))
+
+  it.effect("with DISABLE_ROUTE_FORWARD serves everything here", () =>
+    Effect.gen(function*() {
+      expect(yield* decide("there")).toEqual({ _tag: "Local" })
+      expect(yield* decide("nobody")).toEqual({ _tag: "Local" })
+    }).pipe(Effect.provide(router({ disableRouteForward: true }))))
+})
