@@ -49,6 +49,7 @@ export const checkpointerConfig = Config.all({
   node: Schema.Config("CHECKPOINTER_NODE", NodeName),
   nodeIp: required("CHECKPOINTER_NODE_IP"),
   port: port("CHECKPOINTER_PORT", 3333),
+  listenAddress: Config.string("CHECKPOINTER_LISTEN_ADDRESS").pipe(Config.option),
   kubeletPort: port("KUBELET_PORT", 10250),
   kubeletCertFile: Config.string("KUBELET_CERT_FILE").pipe(Config.withDefault("/etc/kubernetes/tls/tls.crt")),
   kubeletKeyFile: Config.string("KUBELET_KEY_FILE").pipe(Config.withDefault("/etc/kubernetes/tls/tls.key")),
