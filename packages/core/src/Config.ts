@@ -4,6 +4,9 @@ import { NodeName } from "./Domain.ts"
 
 export type BuilderName = "native" | "kaniko" | "kaniko-fs"
 
+/** The maintained community fork of Kaniko (upstream was archived in June 2025), pinned. */
+export const defaultKanikoImage = "ghcr.io/osscontainertools/kaniko:v1.28.3"
+
 const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 const required = (name: string) => Config.nonEmptyString(name).pipe(Config.map((value) => value.trim()))
@@ -59,6 +62,7 @@ export const checkpointerConfig = Config.all({
   baseImage: Config.string("CHECKPOINT_BASE_IMAGE").pipe(Config.withDefault("pbaran555/checkpoint-base:1.0.0")),
   kanikoSecretName: Config.string("KANIKO_SECRET_NAME").pipe(Config.withDefault("kaniko-secret")),
   kanikoTimeoutSeconds: nonNegativeInteger("KANIKO_TIMEOUT", 30),
+  kanikoImage: Config.nonEmptyString("KANIKO_IMAGE").pipe(Config.withDefault(defaultKanikoImage)),
   kanikoBuildContextDir: Config.string("KANIKO_BUILD_CTX_DIR").pipe(Config.withDefault("/tmp/build-contexts")),
   storageBasePath: Config.string("STORAGE_BASE_PATH").pipe(Config.withDefault("/checkpointer/storage")),
   disableRouteForward: flag("DISABLE_ROUTE_FORWARD"),

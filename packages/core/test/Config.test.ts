@@ -37,6 +37,7 @@ describe("CheckpointerConfig", () => {
         baseImage: "pbaran555/checkpoint-base:1.0.0",
         kanikoSecretName: "kaniko-secret",
         kanikoTimeoutSeconds: 30,
+        kanikoImage: "ghcr.io/osscontainertools/kaniko:v1.28.3",
         storageBasePath: "/checkpointer/storage",
         kanikoBuildContextDir: "/tmp/build-contexts",
         kubeletCertFile: "/etc/kubernetes/tls/tls.crt",
@@ -74,6 +75,16 @@ describe("CheckpointerConfig", () => {
       expect(yield* problems({ ...required, CHECKPOINT_BUILDER: "native", USE_KANIKO_FS: "true" })).toEqual([
         "CHECKPOINT_BUILDER: CHECKPOINT_BUILDER=native contradicts USE_KANIKO_FS=true (which selects kaniko-fs)"
       ])
+    }))
+
+  it.effect("KANIKO_IMAGE overrides the pinned Kaniko fork", () =>
+    Effect.gen(function*() {
+      const image = (env: Record<string, string>) =>
+        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.kanikoImage)))
+      expect(yield* image({ KANIKO_IMAGE: "gcr.io/kaniko-project/executor:v1.24.0" })).toEqual(
+        Either.right("gcr.io/kaniko-project/executor:v1.24.0")
+      )
+      expect(yield* problems({ ...required, KANIKO_IMAGE: "" })).toHaveLength(1)
     }))
 
   it.effect("ENVIRONMENT=prod selects production logging", () =>
