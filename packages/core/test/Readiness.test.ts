@@ -1,0 +1,75 @@
+import { FileSystem } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
+import { describe, expect, it } from "@effect/vitest"
+import {
+  CheckpointerConfig,
+  Cluster,
+  KubernetesApiError,
+  podRunningNotFaked,
+  Readiness,
+  ResultStore
+} from "@checkpointer/core"
+import type { CheckpointerSettings } from "@checkpointer/core"
+import { Effect, Fiber, Layer, Option, TestClock } from "effect"
+
+type ApiBehaviour = "answers" | "refuses" | "hangs"
+
+const readiness = (storageBasePath: string, api: ApiBehaviour) =>
+  Readiness.Default.pipe(
+    Layer.provide(ResultStore.File),
+    Layer.provide(Layer.succeed(
+      Cluster,
+      Cluster.make({
+        ...podRunningNotFaked,
+        getPod: () => Effect.succeed(Option.none()),
+        deletePod: () => Effect.void,
+        checkpointerPodsOn: () =>
+          api === "answers"
+            ? Effect.succeed([])
+            : api === "refuses"
+            ? Effect.fail(new KubernetesApiError({ status: 403, message: "list pods: 403 forbidden" }))
+            : Effect.never
+      })
+    )),
+    Layer.provide(Layer.succeed(
+      CheckpointerConfig,
+      CheckpointerConfig.make({ node: "node-a", storageBasePath } as CheckpointerSettings)
+    )),
+    Layer.provideMerge(NodeContext.layer)
+  )
+
+const check = Effect.flatMap(Readiness, (r) => r.check())
+
+describe("Readiness", () => {
+  it.scoped("is ready when the store is writable and the API server answers, and leaves no file behind", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped()
+      yield* check.pipe(Effect.provide(readiness(dir, "answers")))
+      expect(yield* fs.readDirectory(dir)).toEqual([])
+    }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped("names every failed check", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const dir = `${yield* fs.makeTempDirectoryScoped()}/store`
+      const failure = yield* Effect.gen(function*() {
+        yield* fs.remove(dir, { recursive: true })
+        return yield* Effect.flip(check)
+      }).pipe(Effect.provide(readiness(dir, "refuses")))
+      expect(failure.message).toMatch(new RegExp(`^result store not writable: cannot write in ${dir}: .*\\n`))
+      expect(failure.message).toContain("API server not reachable: list pods: 403 forbidden")
+    }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped("gives up on an API server that does not answer within 3 s", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped()
+      const failure = yield* Effect.gen(function*() {
+        const fiber = yield* Effect.fork(Effect.flip(check))
+        yield* TestClock.adjust("3 seconds")
+        return yield* Fiber.join(fiber)
+      }).pipe(Effect.provide(readiness(dir, "hangs")))
+      expect(failure.message).toBe("API server not reachable: no answer within 3s")
+    }).pipe(Effect.provide(NodeContext.layer)))
+})
