@@ -1,6 +1,26 @@
+import { FileSystem } from "@effect/platform"
+import { NodeFileSystem } from "@effect/platform-node"
+import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { spawnSync } from "node:child_process"
-import { projectRoot, serverCommand } from "./harness/CheckpointerProcess.ts"
+import { freePort, projectRoot, serverCommand, startCheckpointer } from "./harness/CheckpointerProcess.ts"
+
+/** A kubeconfig whose API server does not answer: the server must start without calling it. */
+const unreachableKubeconfig = Effect.gen(function*() {
+  const fs = yield* FileSystem.FileSystem
+  const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-startup-" })
+  const file = `${dir}/kubeconfig`
+  yield* fs.writeFileString(file, [
+    "apiVersion: v1",
+    "kind: Config",
+    "clusters: [{ name: c, cluster: { server: \"https://127.0.0.1:9\" } }]",
+    "users: [{ name: u, user: { token: t } }]",
+    "contexts: [{ name: x, context: { cluster: c, user: u } }]",
+    "current-context: x",
+    ""
+  ].join("\n"))
+  return file
+}).pipe(Effect.provide(NodeFileSystem.layer))
 
 /** Runs the built server as `pnpm start` does, with only `env`, and returns its exit code and output. */
 const startServer = (env: Record<string, string>) => {
@@ -34,15 +54,23 @@ describe("server startup", () => {
     expect(output).toMatch(/KANIKO_TIMEOUT: Expected an integer value but received "soon"/)
   })
 
-  it("says the Kaniko builders are not available yet instead of starting", () => {
-    const { output, status } = startServer({
-      CHECKPOINT_IMAGE_PREFIX: "r/x",
-      CHECKPOINTER_NODE: "n",
-      CHECKPOINTER_NODE_IP: "127.0.0.1",
-      CHECKPOINTER_PORT: "39990",
-      STORAGE_BASE_PATH: "/tmp/checkpointer-startup-test"
-    })
-    expect(status).toBe(1)
-    expect(output).toContain("CHECKPOINT_BUILDER=kaniko is not available yet")
-  })
+  it.each(["kaniko", "kaniko-fs"])("starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)", (builder) =>
+    Effect.gen(function*() {
+      const port = yield* freePort("127.0.0.1")
+      const checkpointer = yield* startCheckpointer({
+        env: {
+          CHECKPOINT_IMAGE_PREFIX: "r/x",
+          CHECKPOINTER_NODE: "n",
+          CHECKPOINTER_NODE_IP: "127.0.0.1",
+          CHECKPOINTER_PORT: String(port),
+          CHECKPOINT_BUILDER: builder,
+          KUBECONFIG: yield* unreachableKubeconfig,
+          STORAGE_BASE_PATH: `/tmp/checkpointer-startup-test-${builder}`
+        },
+        address: "127.0.0.1",
+        port
+      })
+      expect(checkpointer.exitCode()).toBeNull()
+      expect(checkpointer.logs()).not.toContain("not available")
+    }).pipe(Effect.scoped, Effect.runPromise))
 })

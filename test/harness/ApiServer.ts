@@ -2,12 +2,15 @@ import { CommandExecutor, FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
 import { randomBytes, randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
-import { Clock, Data, Duration, Effect, FiberSet, Option, PubSub, Ref, Schedule, Stream } from "effect"
+import type { Duplex } from "node:stream"
+import { Clock, Data, Duration, Effect, FiberMap, FiberSet, Option, PubSub, Ref, Schedule, Stream } from "effect"
 import type { Scope } from "effect"
 import type { Pki } from "./Certificates.ts"
 import type { HttpsServerError } from "./HttpsServer.ts"
-import { readBody, respondJson, serveHttps } from "./HttpsServer.ts"
+import { readBody, respondJson, respondText, serveHttps } from "./HttpsServer.ts"
 import * as Podman from "./Podman.ts"
+import type { CreateFault, PodHandle, PodRunner } from "./PodRuntime.ts"
+import { decodeSecretData, makeAttachServer, makeContainerStreams, tailLines } from "./PodRuntime.ts"
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Wire shapes (the JSON the real API server sends; only the fields this simulation fills are typed)
@@ -138,6 +141,12 @@ export interface ApiServer {
   readonly secrets: () => Effect.Effect<ReadonlyArray<Secret>>
   readonly events: () => Effect.Effect<ReadonlyArray<PodEvent>>
   readonly requests: () => Effect.Effect<ReadonlyArray<ApiRequest>>
+  /** From now on, pods created through the API that `runner` accepts are run by it (undefined: none). */
+  readonly setPodRunner: (runner: PodRunner | undefined) => Effect.Effect<void>
+  /** Every pod creation is answered with this failure until it is reset with null. */
+  readonly setCreateFault: (fault: CreateFault | null) => Effect.Effect<void>
+  /** A container's log so far (pods created through the API). */
+  readonly containerLog: (namespace: string, pod: string, container: string) => Effect.Effect<string>
 }
 
 export interface ApiServerOptions {
@@ -354,6 +363,10 @@ export const startApiServer = (
     const changes = yield* PubSub.unbounded<PodEvent>()
     const lock = yield* Effect.makeSemaphore(1)
     const background = yield* FiberSet.make()
+    const runner = yield* Ref.make<PodRunner | undefined>(undefined)
+    const createFault = yield* Ref.make<CreateFault | null>(null)
+    const runningPods = yield* FiberMap.make<string>()
+    const containerStreams = makeContainerStreams()
     const log = yield* Ref.make<ReadonlyArray<ApiRequest>>([])
     const now = Effect.map(Clock.currentTimeMillis, timestamp)
 
@@ -438,7 +451,9 @@ export const startApiServer = (
 
     /** The node agent's part of a graceful delete: stop and remove the containers, then let the pod go. */
     const terminate = (pod: Pod, graceSeconds: number) =>
-      removeContainers(pod, graceSeconds).pipe(
+      FiberMap.remove(runningPods, pod.metadata.uid).pipe(
+        Effect.zipRight(containerStreams.forget(pod)),
+        Effect.zipRight(removeContainers(pod, graceSeconds)),
         Effect.zipRight(changePods((current) => {
           const stored = current.pods.get(keyOf(pod.metadata.namespace, pod.metadata.name))
           if (stored === undefined || stored.metadata.uid !== pod.metadata.uid) return changed(undefined, [], current)
@@ -565,6 +580,57 @@ export const startApiServer = (
       )
     }
 
+    const updateStatus = (namespace: string, name: string, update: (status: PodStatus) => PodStatus) =>
+      changePods((current) => {
+        const stored = current.pods.get(keyOf(namespace, name))
+        if (stored === undefined) return Effect.fail(notFound("pods", name))
+        const resourceVersion = current.resourceVersion + 1
+        const updated: Pod = { ...bumped(stored, resourceVersion), status: update(stored.status) }
+        const next = storePod(current, updated, resourceVersion)
+        return changed(updated, [{ type: "MODIFIED", object: updated, previous: stored }], next)
+      })
+
+    const handleOf = (pod: Pod): PodHandle => ({
+      pod,
+      setStatus: (update) => Effect.ignore(updateStatus(pod.metadata.namespace, pod.metadata.name, update)),
+      stdin: (container) => containerStreams.stdinOf(pod, container),
+      log: (container, text) =>
+        Effect.sync(() => containerStreams.appendLog(containerStreams.ioOf(pod, container), text)),
+      secret: (name) =>
+        Effect.map(Ref.get(state), (current) =>
+          Option.fromNullable(current.secrets.get(keyOf(pod.metadata.namespace, name))).pipe(
+            Option.map((secret) => decodeSecretData(secret.data))
+          ))
+    })
+
+    /** GET .../pods/{name}/log: the container's log as text, `tailLines` honoured. */
+    const podLog = (
+      namespace: string,
+      name: string,
+      url: URL,
+      response: ServerResponse,
+      onStarted: Effect.Effect<void>
+    ) =>
+      Effect.gen(function*() {
+        const pod = (yield* Ref.get(state)).pods.get(keyOf(namespace, name))
+        if (pod === undefined) return yield* notFound("pods", name)
+        const container = url.searchParams.get("container") ?? pod.spec.containers[0]?.name ?? ""
+        if (!pod.spec.containers.some((candidate) => candidate.name === container)) {
+          return yield* badRequest(`container ${container} is not valid for pod ${name}`)
+        }
+        if (pod.status.phase === "Pending") {
+          return yield* badRequest(`container "${container}" in pod "${name}" is waiting to start: ContainerCreating`)
+        }
+        const tail = url.searchParams.get("tailLines")
+        const text = tailLines(
+          containerStreams.logOf(pod, container),
+          tail !== null && /^\d+$/.test(tail) ? Number.parseInt(tail, 10) : undefined
+        )
+        yield* Effect.sync(() => respondText(response, 200, text))
+        yield* onStarted
+        return "streamed" as const
+      })
+
     const postPod = (namespace: string, request: IncomingMessage) =>
       Effect.gen(function*() {
         const body = yield* readJson(request)
@@ -616,6 +682,14 @@ export const startApiServer = (
           status: () => ({ phase: "Pending", qosClass: "BestEffort" })
         })
         if (options.onPodCreated !== undefined) yield* FiberSet.run(background, options.onPodCreated(created))
+        const current = yield* Ref.get(runner)
+        if (current !== undefined && current.accepts(created)) {
+          yield* FiberMap.run(
+            runningPods,
+            created.metadata.uid,
+            current.run(handleOf(created)).pipe(Effect.ensuring(containerStreams.markExited(created)))
+          )
+        }
         return created
       })
 
@@ -763,8 +837,15 @@ export const startApiServer = (
           return only("GET", () => watched(list(undefined)))
         case "namespaces/*/pods":
           return method === "POST" && !watchPath
-            ? Effect.map(postPod(resource[1]!, request), ok(201))
+            ? Effect.flatMap(Ref.get(createFault), (fault) =>
+              fault === null
+                ? Effect.map(postPod(resource[1]!, request), ok(201))
+                : Effect.fail(new ApiFailure({ body: statusBody(fault.code, fault.reason, fault.message) })))
             : only("GET", () => watched(list(resource[1]!)))
+        case "namespaces/*/pods/*/log": {
+          const [, namespace, , name] = resource as unknown as [string, string, string, string]
+          return only("GET", () => podLog(namespace, name, url, response, onStreamStarted))
+        }
         case "namespaces/*/pods/*": {
           const [, namespace, , name] = resource as unknown as [string, string, string, string]
           if (method === "GET") {
@@ -830,11 +911,39 @@ export const startApiServer = (
         if (reply !== "streamed") yield* finish(reply.status, reply.body)
       })
 
+    const attachServer = makeAttachServer(containerStreams)
+
+    /** `GET .../namespaces/{ns}/pods/{name}/attach` with a WebSocket upgrade; anything else upgraded is refused. */
+    const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      const url = new URL(request.url ?? "/", "https://apiserver.invalid")
+      const authorized = request.headers.authorization === `Bearer ${token}`
+      const segments = url.pathname.split("/").slice(1).filter((s) => s.length > 0).map(decodeURIComponent)
+      const [api, version, namespaces, namespace, pods, name, attach] = segments
+      const isAttach = segments.length === 7 && api === "api" && version === "v1" && namespaces === "namespaces" &&
+        pods === "pods" && attach === "attach"
+      const pod = isAttach ? Effect.runSync(Ref.get(state)).pods.get(keyOf(namespace!, name!)) : undefined
+      const status = !authorized
+        ? (socket.end("HTTP/1.1 401 Unauthorized\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"), 401)
+        : !isAttach
+        ? (socket.end("HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"), 404)
+        : attachServer.upgrade({ request, socket, head, url, pod, name: name! })
+      Effect.runSync(Ref.update(log, (entries) => [...entries, {
+        method: request.method ?? "GET",
+        path: url.pathname,
+        query: url.search.replace(/^\?/, ""),
+        authorized,
+        status
+      }]))
+    }
+
     const listening = yield* serveHttps({
       address,
       tls: { cert, key },
-      handler: handle
+      handler: handle,
+      onUpgrade
     })
+    // Runs before the server closes: upgraded connections would keep it open.
+    yield* Effect.addFinalizer(() => attachServer.close)
     const kubeconfigPath = path.join(dir, "kubeconfig")
     yield* fs.writeFileString(
       kubeconfigPath,
@@ -926,20 +1035,20 @@ export const startApiServer = (
           data: Object.fromEntries(Object.entries(secret.stringData).map(([k, v]) => [k, base64(v)]))
         }).pipe(Effect.mapError(toHarnessError)),
       updatePodStatus: (namespace, name, update) =>
-        changePods((current) => {
-          const stored = current.pods.get(keyOf(namespace, name))
-          if (stored === undefined) return Effect.fail(notFound("pods", name))
-          const resourceVersion = current.resourceVersion + 1
-          const updated: Pod = { ...bumped(stored, resourceVersion), status: update(stored.status) }
-          const next = storePod(current, updated, resourceVersion)
-          return changed(updated, [{ type: "MODIFIED", object: updated, previous: stored }], next)
-        }).pipe(Effect.mapError(toHarnessError)),
+        updateStatus(namespace, name, update).pipe(Effect.mapError(toHarnessError)),
       findPod: (namespace, name) =>
         Effect.map(Ref.get(state), (current) => Option.fromNullable(current.pods.get(keyOf(namespace, name)))),
       pods: () => Effect.map(Ref.get(state), sortedPods),
       secrets: () => Effect.map(Ref.get(state), (current) => [...current.secrets.values()]),
       events: () => Effect.map(Ref.get(state), (current) => current.events),
-      requests: () => Ref.get(log)
+      requests: () => Ref.get(log),
+      setPodRunner: (next) => Ref.set(runner, next),
+      setCreateFault: (fault) => Ref.set(createFault, fault),
+      containerLog: (namespace, name, container) =>
+        Effect.map(Ref.get(state), (current) => {
+          const pod = current.pods.get(keyOf(namespace, name))
+          return pod === undefined ? "" : containerStreams.logOf(pod, container)
+        })
     }
     return api
   }).pipe(Effect.withSpan("ApiServer.start"))

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import * as https from "node:https"
 import type { AddressInfo } from "node:net"
+import type { Duplex } from "node:stream"
 import type { TLSSocket } from "node:tls"
 import { Cause, Data, Effect, FiberId, FiberSet } from "effect"
 import type { Scope } from "effect"
@@ -27,6 +28,8 @@ export const serveHttps = <R>(options: {
   readonly address: string
   readonly tls: https.ServerOptions
   readonly handler: RequestHandler<R>
+  /** Connection upgrades (WebSocket); without it they are refused. */
+  readonly onUpgrade?: (request: IncomingMessage, socket: Duplex, head: Buffer) => void
 }): Effect.Effect<HttpsServer, HttpsServerError, R | Scope.Scope> =>
   Effect.gen(function*() {
     const run = yield* FiberSet.makeRuntime<R>()
@@ -46,6 +49,8 @@ export const serveHttps = <R>(options: {
             if (!response.writableEnded) fiber.unsafeInterruptAsFork(FiberId.none)
           })
         })
+        const onUpgrade = options.onUpgrade
+        if (onUpgrade !== undefined) server.on("upgrade", onUpgrade)
         const onError = (cause: Error) =>
           resume(Effect.fail(new HttpsServerError({ message: `cannot listen on ${options.address}`, cause })))
         server.once("error", onError)

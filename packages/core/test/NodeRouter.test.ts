@@ -1,5 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
-import { CheckpointerConfig, Cluster, ContainerRef, KubernetesApiError, NodeRouter } from "@checkpointer/core"
+import {
+  CheckpointerConfig,
+  Cluster,
+  ContainerRef,
+  KubernetesApiError,
+  NodeRouter,
+  podRunningNotFaked
+} from "@checkpointer/core"
 import type { CheckpointerSettings, CheckpointIdentifier } from "@checkpointer/core"
 import type { V1Pod } from "@kubernetes/client-node"
 import { Effect, Layer, Option } from "effect"
@@ -18,6 +25,7 @@ const router = (settings: Partial<CheckpointerSettings>) =>
     Layer.provide(Layer.succeed(
       Cluster,
       Cluster.make({
+        ...podRunningNotFaked,
         getPod: (namespace, name) =>
           name === "broken"
             ? Effect.fail(new KubernetesApiError({ status: undefined, message: "get pod: connect ECONNREFUSED" }))

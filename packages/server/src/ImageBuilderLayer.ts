@@ -1,22 +1,19 @@
-import { CheckpointerConfig } from "@checkpointer/core"
-import type { BuilderName, ImageBuilder } from "@checkpointer/core"
-import { NativeImageBuilder } from "@checkpointer/strategies"
-import { Data, Effect, Layer } from "effect"
+import { CheckpointerConfig, Cluster } from "@checkpointer/core"
+import type { BuilderName, ImageBuilder, KubernetesApiError } from "@checkpointer/core"
+import { KanikoFsImageBuilder, KanikoImageBuilder, NativeImageBuilder } from "@checkpointer/strategies"
+import { Effect, Layer } from "effect"
 import type { ConfigError } from "effect"
 
-export class BuilderUnavailable extends Data.TaggedError("BuilderUnavailable")<{ readonly message: string }> {}
-
-const builderLayer = (builder: BuilderName): Layer.Layer<ImageBuilder, ConfigError.ConfigError | BuilderUnavailable> => {
+const builderLayer = (
+  builder: BuilderName
+): Layer.Layer<ImageBuilder, ConfigError.ConfigError | KubernetesApiError, CheckpointerConfig> => {
   switch (builder) {
     case "native":
       return NativeImageBuilder.layer
     case "kaniko":
+      return KanikoImageBuilder.layer.pipe(Layer.provide(Cluster.Default))
     case "kaniko-fs":
-      return Layer.fail(
-        new BuilderUnavailable({
-          message: `CHECKPOINT_BUILDER=${builder} is not available yet in this version; set CHECKPOINT_BUILDER=native`
-        })
-      )
+      return KanikoFsImageBuilder.layer.pipe(Layer.provide(Cluster.Default))
   }
 }
 

@@ -9,6 +9,7 @@ import {
   ImageBuilder,
   KubeletServiceTest,
   KubernetesApiError,
+  podRunningNotFaked,
   ResultStore
 } from "@checkpointer/core"
 import type { BuildRequest, CheckpointerSettings, ContainerRef } from "@checkpointer/core"
@@ -102,6 +103,7 @@ const FakeCluster = Layer.effect(
   Effect.gen(function*() {
     const world = yield* World
     return Cluster.make({
+      ...podRunningNotFaked,
       getPod: () => Effect.succeed(Option.none()),
       checkpointerPodsOn: () => Effect.succeed([]),
       deletePod: (namespace: string, name: string) =>

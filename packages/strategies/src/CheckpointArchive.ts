@@ -323,3 +323,67 @@ export const checkpointFacts = (description: Pick<ArchiveDescription, "configDum
   }
   return Object.fromEntries(Object.entries(facts).filter(([, value]) => value !== undefined)) as CheckpointFacts
 }
+
+/**
+ * config.dump and spec.dump of an archive file (plain, gzip or zstd), read from its start only until both are found:
+ * CRI-O and Podman write them first, so a large archive is not read through.
+ */
+export const readArchiveMetadata = (path: string) =>
+  Effect.scoped(Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const completed = new Map<MetadataFile, string>()
+    const settled = yield* Deferred.make<void, ArchiveError>()
+    const parser = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        new Parser({
+          brotli: false,
+          onwarn: (code: string, message: string | Error) => {
+            if (fatalTarWarnings.has(code)) {
+              Deferred.unsafeDone(
+                settled,
+                Effect.fail(new ArchiveError({ message: `not a readable tar archive: ${describeCause(message)}` }))
+              )
+            }
+          },
+          onReadEntry: (entry: ReadEntry) => {
+            const name = entryName(entry.path)
+            if (!isMetadataFile(name) || entry.type !== "File" || entry.size > maxMetadataSize || completed.has(name)) {
+              entry.resume()
+              return
+            }
+            const chunks: Array<Buffer> = []
+            entry.on("data", (chunk: Buffer) => chunks.push(Buffer.from(chunk)))
+            entry.on("end", () => {
+              completed.set(name, Buffer.concat(chunks).toString("utf8"))
+              if (completed.size === metadataFiles.length) Deferred.unsafeDone(settled, Effect.void)
+            })
+          }
+        })
+      ),
+      (parser) => Effect.sync(() => parser.abort(new Error("metadata read")))
+    )
+    parser.on("error", (cause: unknown) =>
+      Deferred.unsafeDone(
+        settled,
+        Effect.fail(new ArchiveError({ message: `not a readable tar archive: ${describeCause(cause)}`, cause }))
+      ))
+    parser.on("end", () => Deferred.unsafeDone(settled, Effect.void))
+    const write = (chunk: Uint8Array) =>
+      Effect.async<void>((resume) => {
+        if (parser.write(Buffer.from(chunk))) return resume(Effect.void)
+        const onDrain = () => resume(Effect.void)
+        parser.once("drain", onDrain)
+        return Effect.sync(() => parser.off("drain", onDrain))
+      })
+    const feed = fs.stream(path, { chunkSize: 256 * 1024 }).pipe(
+      Stream.mapError((cause) => new ArchiveError({ message: `read failed: ${describeCause(cause)}`, cause })),
+      Stream.runForEach(write),
+      Effect.zipRight(Effect.sync(() => parser.end()))
+    )
+    yield* Effect.raceFirst(Effect.zipRight(feed, Effect.never), Deferred.await(settled))
+    const readDump = (name: MetadataFile) => {
+      const text = completed.get(name)
+      return text === undefined ? Effect.succeedNone : Effect.asSome(parseJsonObject(name, text))
+    }
+    return { configDump: yield* readDump("config.dump"), specDump: yield* readDump("spec.dump") }
+  }))

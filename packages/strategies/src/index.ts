@@ -1,4 +1,7 @@
 export * as CheckpointArchive from "./CheckpointArchive.ts"
+export * as KanikoFsImageBuilder from "./KanikoFsImageBuilder.ts"
+export * as KanikoImageBuilder from "./KanikoImageBuilder.ts"
+export * as KanikoPod from "./KanikoPod.ts"
 export * as NativeImageBuilder from "./NativeImageBuilder.ts"
 export * as OciRegistry from "./OciRegistry.ts"
 export * as RegistryAuth from "./RegistryAuth.ts"

@@ -1,0 +1,280 @@
+import { FileSystem, Path } from "@effect/platform"
+import { CheckpointerConfig, Cluster, ImageBuildError, ImageBuilder } from "@checkpointer/core"
+import type { BuildRequest, BuiltImage, CheckpointerSettings } from "@checkpointer/core"
+import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
+import { Duration, Effect, Option } from "effect"
+import type { Scope } from "effect"
+import { checkpointFacts, readArchiveMetadata } from "./CheckpointArchive.ts"
+import { imageAnnotations, nodeArchitecture } from "./NativeImageBuilder.ts"
+import { platformReason } from "./RegistryAuth.ts"
+
+export type KanikoBuilderName = "kaniko" | "kaniko-fs"
+
+export const kanikoContainer = "kaniko"
+export const dockerfileName = "Dockerfile"
+export const workspace = "/workspace"
+export const podNamePrefix = "checkpointer-kaniko-"
+/** Kaniko writes the digest here; Kubernetes reports it as the container's termination message. */
+export const digestFile = "/dev/termination-log"
+/** `app.kubernetes.io/name` of every Kaniko pod (not `checkpointer`: that label finds Checkpointer pods). */
+export const kanikoAppName = "checkpointer-kaniko"
+
+const logLines = 20
+const maxLogChars = 4000
+
+/** Where the Kaniko pod takes its build context from. */
+export type BuildContext =
+  | { readonly _tag: "Stdin" }
+  | { readonly _tag: "HostPath"; readonly path: string; readonly nodeName: string }
+
+export const dockerfile = (baseImage: string, archiveName: string) => `FROM ${baseImage}\nADD ${archiveName} /\n`
+
+export const kanikoArgs = (options: {
+  readonly context: BuildContext
+  readonly destination: string
+  readonly annotations: Readonly<Record<string, string>>
+}): ReadonlyArray<string> => [
+  `--dockerfile=${dockerfileName}`,
+  `--context=${options.context._tag === "Stdin" ? "tar://stdin" : `dir://${workspace}`}`,
+  `--destination=${options.destination}`,
+  "--image-format=oci",
+  `--digest-file=${digestFile}`,
+  ...Object.entries(options.annotations).map(([key, value]) => `--annotation=${key}=${value}`)
+]
+
+/** The Kaniko pod of one build, as the seed defined it (plus the labels and annotations that say whose it is). */
+export const kanikoPod = (options: {
+  readonly settings: Pick<CheckpointerSettings, "namespace" | "node" | "kanikoImage" | "kanikoSecretName">
+  readonly builder: KanikoBuilderName
+  readonly request: BuildRequest
+  readonly context: BuildContext
+  readonly annotations: Readonly<Record<string, string>>
+}): V1Pod => {
+  const { context, request, settings } = options
+  const hostPath = context._tag === "HostPath" ? context : undefined
+  const volumes: Array<V1Volume> = [{
+    name: "docker-config",
+    secret: { secretName: settings.kanikoSecretName, items: [{ key: ".dockerconfigjson", path: "config.json" }] }
+  }]
+  const volumeMounts: Array<V1VolumeMount> = [{ name: "docker-config", mountPath: "/kaniko/.docker", readOnly: true }]
+  if (hostPath !== undefined) {
+    volumes.push({ name: "build-context", hostPath: { path: hostPath.path, type: "Directory" } })
+    volumeMounts.push({ name: "build-context", mountPath: workspace, readOnly: true })
+  }
+  const { container, namespace, pod } = request.container
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: {
+      generateName: podNamePrefix,
+      namespace: settings.namespace,
+      labels: {
+        "app.kubernetes.io/name": kanikoAppName,
+        "app.kubernetes.io/component": "image-builder",
+        "app.kubernetes.io/managed-by": "checkpointer",
+        "checkpointer/builder": options.builder,
+        "checkpointer/node": settings.node
+      },
+      annotations: {
+        "checkpointer/container": `${namespace}/${pod}/${container}`,
+        "checkpointer/image": request.imageName
+      }
+    },
+    spec: {
+      restartPolicy: "Never",
+      automountServiceAccountToken: false,
+      enableServiceLinks: false,
+      ...(hostPath === undefined ? {} : { nodeName: hostPath.nodeName }),
+      containers: [{
+        name: kanikoContainer,
+        image: settings.kanikoImage,
+        args: [...kanikoArgs({ context, destination: request.imageName, annotations: options.annotations })],
+        ...(context._tag === "Stdin" ? { stdin: true, stdinOnce: true } : {}),
+        terminationMessagePolicy: "FallbackToLogsOnError",
+        volumeMounts
+      }],
+      volumes
+    }
+  }
+}
+
+const containerStatus = (pod: V1Pod) => pod.status?.containerStatuses?.find((status) => status.name === kanikoContainer)
+
+/** `Pending (ContainerCreating: ...)`, `Failed (exit code 1: Error)`: the pod's state in a few words. */
+export const describePodState = (pod: V1Pod): string => {
+  const state = containerStatus(pod)?.state
+  const words = (...parts: ReadonlyArray<string | undefined>) =>
+    parts.filter((part) => part !== undefined && part !== "").join(": ")
+  const detail = state?.waiting !== undefined
+    ? words(state.waiting.reason, state.waiting.message)
+    : state?.terminated !== undefined
+    ? words(`exit code ${state.terminated.exitCode}`, state.terminated.reason)
+    : pod.status?.reason ?? ""
+  return `${pod.status?.phase ?? "Unknown"}${detail === "" ? "" : ` (${detail})`}`
+}
+
+const digestPattern = /^sha256:[0-9a-f]{64}$/
+
+/** The digest Kaniko wrote to the termination log (`--digest-file`), which Kubernetes reports on the pod. */
+export const reportedDigest = (pod: V1Pod): Option.Option<string> =>
+  Option.fromNullable(containerStatus(pod)?.state?.terminated?.message).pipe(
+    Option.map((message) => message.trim()),
+    Option.filter((message) => digestPattern.test(message))
+  )
+
+/** User-info in URLs is the only place a credential could show in Kaniko's output; it is masked anyway. */
+const masked = (text: string) => text.replace(/(\w+:\/\/)[^/\s@]+@/g, "$1***@")
+
+export const phaseOf = (pod: V1Pod) => pod.status?.phase ?? "Unknown"
+
+const isTerminal = (pod: V1Pod) => phaseOf(pod) === "Succeeded" || phaseOf(pod) === "Failed"
+
+/**
+ * A strategy's part of a Kaniko build: how the build context reaches the pod. `prepare` runs before the pod exists
+ * (kaniko-fs writes its directory there, removed when the build ends); `stream` runs once the pod is Running (kaniko
+ * sends its context there).
+ */
+export interface KanikoStrategy {
+  readonly name: KanikoBuilderName
+  /** How long the build may take once the pod exists (kaniko-fs: twice KANIKO_TIMEOUT, as the seed had it). */
+  readonly buildTimeout: (settings: CheckpointerSettings) => Duration.Duration
+  readonly prepare: (build: {
+    readonly settings: CheckpointerSettings
+    readonly request: BuildRequest
+    readonly dockerfile: string
+  }) => Effect.Effect<BuildContext, ImageBuildError, Scope.Scope | FileSystem.FileSystem | Path.Path>
+  readonly stream: Option.Option<
+    (build: {
+      readonly cluster: Cluster
+      readonly namespace: string
+      readonly name: string
+      readonly request: BuildRequest
+      readonly dockerfile: string
+    }) => Effect.Effect<void, ImageBuildError>
+  >
+}
+
+/** An ImageBuilder that runs one Kaniko pod per build; the strategy decides how the build context gets there. */
+export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
+  Effect.gen(function*() {
+    const settings = yield* CheckpointerConfig
+    const cluster = yield* Cluster
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const architecture = nodeArchitecture()
+    const timeout = Duration.seconds(settings.kanikoTimeoutSeconds)
+    const namespace = settings.namespace
+
+    const failure = (phase: string, message: string, cause?: unknown) =>
+      new ImageBuildError({ phase, message, ...(cause === undefined ? {} : { cause }) })
+
+    const lastLogLines = (name: string) =>
+      cluster.podLogTail(namespace, name, kanikoContainer, logLines).pipe(
+        Effect.map((log) => masked(log.trim()).slice(-maxLogChars)),
+        Effect.orElseSucceed(() => "")
+      )
+
+    /** Adds the Kaniko container's last log lines to a failure, when there are any. */
+    const withLogs = (name: string) => (error: ImageBuildError) =>
+      Effect.flatMap(lastLogLines(name), (log) =>
+        Effect.fail(log === "" ? error : new ImageBuildError({
+          ...error,
+          message: `${error.message}; last log lines of the Kaniko container:\n${log}`
+        })))
+
+    /** Waits for the pod to satisfy `until`; a timeout while it is still Pending is a scheduling failure. */
+    const waitFor = (name: string, until: (pod: V1Pod) => boolean, within: Duration.Duration, what: string) =>
+      cluster.waitForPod(namespace, name, until).pipe(
+        Effect.mapError((error) => failure("build", `Kaniko pod ${namespace}/${name}: ${error.message}`, error)),
+        Effect.timeout(within),
+        Effect.catchTag("TimeoutException", () =>
+          Effect.flatMap(Effect.option(cluster.getPod(namespace, name)), (found) => {
+            const current = Option.flatten(found)
+            const pending = Option.exists(current, (pod) => phaseOf(pod) === "Pending")
+            const state = Option.match(current, { onNone: () => "gone", onSome: describePodState })
+            return Effect.fail(failure(
+              pending ? "scheduling" : "build",
+              `Kaniko pod ${namespace}/${name} ${what} within ${Duration.format(within)}: it is ${state}`
+            ))
+          }))
+      )
+
+    const runPod = (
+      request: BuildRequest,
+      context: BuildContext,
+      dockerfileText: string,
+      annotations: Readonly<Record<string, string>>
+    ) =>
+      Effect.gen(function*() {
+        const pod = kanikoPod({ settings, builder: strategy.name, request, context, annotations })
+        const created = yield* Effect.acquireRelease(
+          cluster.createPod(namespace, pod).pipe(
+            Effect.mapError((error) => failure("pod creation", `cannot create the Kaniko pod: ${error.message}`, error))
+          ),
+          (created) =>
+            cluster.requestPodDeletion(namespace, created.metadata?.name ?? "").pipe(
+              Effect.tapError((error) => Effect.logWarning("could not delete the Kaniko pod").pipe(
+                Effect.annotateLogs({ error: error.message })
+              )),
+              Effect.ignore
+            )
+        )
+        const name = created.metadata?.name ?? ""
+        yield* Effect.annotateCurrentSpan({ pod: name })
+        yield* Effect.logDebug("Kaniko pod created").pipe(Effect.annotateLogs({ pod: `${namespace}/${name}` }))
+        const finished = yield* Effect.gen(function*() {
+          if (Option.isSome(strategy.stream)) {
+            const started = yield* waitFor(
+              name,
+              (pod) => phaseOf(pod) === "Running" || isTerminal(pod),
+              timeout,
+              "was not running"
+            )
+            if (isTerminal(started)) {
+              const state = describePodState(started)
+              return yield* failure("build", `Kaniko pod ${namespace}/${name} ended before its context came: ${state}`)
+            }
+            yield* strategy.stream.value({ cluster, namespace, name, request, dockerfile: dockerfileText })
+          }
+          return yield* waitFor(name, isTerminal, strategy.buildTimeout(settings), "did not finish")
+        }).pipe(
+          Effect.filterOrFail(
+            (pod) => phaseOf(pod) === "Succeeded",
+            (pod) => failure("build", `Kaniko pod ${namespace}/${name} failed: it is ${describePodState(pod)}`)
+          ),
+          Effect.flatMap((pod) =>
+            Effect.mapError(
+              reportedDigest(pod),
+              () => failure("build", `Kaniko pod ${namespace}/${name} succeeded without reporting the image digest`)
+            )
+          ),
+          Effect.catchAll(withLogs(name))
+        )
+        return finished
+      })
+
+    const build = Effect.fn("KanikoImageBuilder.build")(function*(request: BuildRequest) {
+      const readFailed = (reason: string, cause: unknown) =>
+        failure("read archive", `cannot read the checkpoint archive ${request.archive}: ${reason}`, cause)
+      const size = yield* fs.stat(request.archive).pipe(
+        Effect.mapError((error) => readFailed(platformReason(error), error)),
+        Effect.map((info) => Number(info.size))
+      )
+      const metadata = yield* readArchiveMetadata(request.archive).pipe(
+        Effect.provideService(FileSystem.FileSystem, fs),
+        Effect.mapError((error) => readFailed(error.message, error))
+      )
+      const annotations = imageAnnotations(checkpointFacts(metadata), request.container, architecture)
+      const dockerfileText = dockerfile(settings.baseImage, path.basename(request.archive))
+      const digest = yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* strategy.prepare({ settings, request, dockerfile: dockerfileText })
+        return yield* runPod(request, context, dockerfileText, annotations)
+      })).pipe(Effect.provideService(FileSystem.FileSystem, fs), Effect.provideService(Path.Path, path))
+      yield* Effect.logInfo("Kaniko pushed the checkpoint image").pipe(
+        Effect.annotateLogs({ image: request.imageName, digest, builder: strategy.name })
+      )
+      return { name: request.imageName, digest, size } satisfies BuiltImage
+    }, Effect.annotateLogs({ service: "KanikoImageBuilder" }))
+
+    return ImageBuilder.of({ name: strategy.name, build })
+  })

@@ -1,0 +1,94 @@
+import { FileSystem } from "@effect/platform"
+import { expect, layer } from "@effect/vitest"
+import { Duration, Effect, Schedule } from "effect"
+import { randomBytes } from "node:crypto"
+import { startCounterPod } from "./harness/Cluster.ts"
+import { describeE2E } from "./harness/E2E.ts"
+import { checkpointBaseAnnotations } from "./harness/KanikoAgent.ts"
+import type { KanikoStack } from "./harness/KanikoStack.ts"
+import { KanikoStackTag } from "./harness/KanikoStack.ts"
+import { checkpointRepository } from "./harness/LocalStack.ts"
+import * as Podman from "./harness/Podman.ts"
+import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
+import { postCheckpoint } from "./HttpCalls.ts"
+
+/** Podman container names are global on this machine, shared with other test runs. */
+const run = randomBytes(3).toString("hex")
+const podName = (name: string) => `kaniko-${run}-${name}`
+
+const kanikoPods = (stack: KanikoStack) =>
+  Effect.map(
+    stack.cluster.apiServer.pods(),
+    (pods) => pods.filter((pod) => pod.metadata.labels?.["app.kubernetes.io/name"] === "checkpointer-kaniko")
+  )
+
+/** Kaniko pods are deleted gracefully (the agent stops them first): bounded wait until none is left. */
+const expectNoKanikoPodLeft = (stack: KanikoStack) =>
+  kanikoPods(stack).pipe(
+    Effect.filterOrFail((pods) => pods.length === 0, (pods) => pods.map((pod) => pod.metadata.name).join(", ")),
+    Effect.retry({ schedule: Schedule.spaced(Duration.millis(100)), times: 100 }),
+    Effect.catchAll((left) => Effect.sync(() => expect.fail(`Kaniko pods left: ${left}`)))
+  )
+
+const expectNoBuildContextLeft = (stack: KanikoStack) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const left = yield* fs.readDirectory(stack.buildContextDir).pipe(Effect.orElseSucceed(() => []))
+    expect(left).toEqual([])
+  })
+
+const expectCleanedUp = (stack: KanikoStack) =>
+  Effect.gen(function*() {
+    yield* expectNoKanikoPodLeft(stack)
+    yield* expectNoBuildContextLeft(stack)
+    yield* expectNoArchiveLeft(stack.node.checkpointsDir)
+  })
+
+describeE2E("Kaniko strategies through the real server, registry, CRIU node and API server", () => {
+  layer(KanikoStackTag.layer, { excludeTestServices: true, timeout: "240 seconds" })((it) => {
+    for (const builder of ["kaniko", "kaniko-fs"] as const) {
+      it.scoped(`${builder}: the image restores and its counter continues`, () =>
+        Effect.gen(function*() {
+          const stack = yield* KanikoStackTag
+          const checkpointer = yield* stack.startKanikoCheckpointer(builder)
+          const name = podName(builder)
+          const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+            namespace: "default",
+            name,
+            nodeName: "node-a"
+          })
+          const before = yield* Podman.waitForCounterAbove(container.name, 10)
+          const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
+          expect(response.status, `${response.text}\n${checkpointer.logs()}`).toBe(201)
+          const body = JSON.parse(response.text)
+          const manifest = yield* stack.registry.manifest(checkpointRepository, tagOf(body.containerImageName))
+          expect(manifest.contentType).toBe("application/vnd.oci.image.manifest.v1+json")
+          expect(manifest.digest).toBe(body.containerImageDigest)
+          expect(manifest.json.annotations).toMatchObject({
+            "io.kubernetes.cri-o.annotations.checkpoint.name": "counter",
+            "org.criu.checkpoint.container.name": `${name}-counter`,
+            "io.podman.annotations.checkpoint.name": `${name}-counter`,
+            "io.podman.annotations.checkpoint.runtime.name": "runc"
+          })
+          expect(manifest.json.annotations?.["org.opencontainers.image.title"]).not.toBe(
+            checkpointBaseAnnotations["org.opencontainers.image.title"]
+          )
+          const ran = (yield* stack.agent.runs()).find((entry) =>
+            entry.args.includes(`--destination=${body.containerImageName}`)
+          )
+          expect(ran?.exitCode).toBe(0)
+          expect(ran?.args).toContain(builder === "kaniko" ? "--context=tar://stdin" : "--context=dir:///workspace")
+          expect(ran?.args).toContain("--image-format=oci")
+          expect(ran?.nodeName).toBe(builder === "kaniko-fs" ? "node-a" : undefined)
+          yield* expectCleanedUp(stack)
+          const restored = yield* expectRestoredCounterContinues(
+            stack.registry,
+            body.containerImageName,
+            `${name}-restored`,
+            before
+          )
+          yield* Effect.log(`${builder}: counter ${before} at the checkpoint, restored ${restored.first}, ${restored.later}`)
+        }))
+    }
+  })
+})
