@@ -1,0 +1,32 @@
+import { FileSystem, Path } from "@effect/platform"
+import { Effect } from "effect"
+import type { TestRegistry } from "../test/harness/Registry.ts"
+import { startRegistry } from "../test/harness/Registry.ts"
+import type { BenchError } from "./Tools.ts"
+import { failedTo } from "./Tools.ts"
+
+export interface BenchRegistry extends TestRegistry {
+  /** Deletes everything the registry stores (it keeps running): the next push lands in an empty registry. */
+  readonly empty: Effect.Effect<void, BenchError>
+}
+
+/**
+ * Scoped: the harness's real docker-registry on loopback, TLS (its own CA) and htpasswd (Basic) auth, shared by every
+ * pipeline. Its storage is emptied before every run instead of starting a registry per run, so that the Checkpointer
+ * process (configured with one registry) stays warm between runs as it does in production.
+ */
+export const startBenchRegistry = Effect.fn("BenchRegistry.start")(function*(dir: string) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const registry = yield* startRegistry({ dir, auth: "htpasswd", tls: true })
+  // startRegistry keeps the registry's filesystem storage in DIR/storage (the registry creates it on demand).
+  const storage = path.join(dir, "storage")
+  const empty = fs.remove(storage, { recursive: true, force: true }).pipe(
+    Effect.zipRight(fs.exists(storage)),
+    Effect.filterOrFail((exists) => !exists, () => `${storage} still exists`),
+    Effect.asVoid,
+    Effect.mapError(failedTo("empty the registry"))
+  )
+  yield* empty
+  return { ...registry, empty } satisfies BenchRegistry
+}, Effect.mapError(failedTo("start the registry")))

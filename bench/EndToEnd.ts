@@ -1,0 +1,143 @@
+import { Path } from "@effect/platform"
+import { Console, Effect, Ref } from "effect"
+import { startCounterPod } from "../test/harness/Cluster.ts"
+import type { BenchEnv } from "./Bench.ts"
+import { nodeName, randomTag } from "./Bench.ts"
+import { loadAverage } from "./Machine.ts"
+import { httpCheckpoint, libraryBuild, rawUpload } from "./Pipelines.ts"
+import type { Sample } from "./Stats.ts"
+import { formatSeconds, MiB } from "./Stats.ts"
+import { currentRss, failedTo, peakRss, resetPeakRss, seconds } from "./Tools.ts"
+import { containerInPod, makeArchive, runMemoryContainer } from "./Workload.ts"
+
+export interface CounterResult {
+  readonly samples: ReadonlyArray<Sample>
+}
+
+/** A sync checkpoint of the harness's counter container through the HTTP API, split into its phases. */
+export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: BenchEnv) {
+  const pod = `bench-${process.pid}-counter`
+  yield* startCounterPod(env.cluster.apiServer, { namespace: "default", name: pod, nodeName }).pipe(
+    Effect.mapError(failedTo("start the counter pod"))
+  )
+  const server = yield* env.startServer("counter")
+  const samples: Array<Sample> = []
+  const total = env.settings.warmups + env.settings.runs
+  for (let run = 1; run <= total; run++) {
+    yield* env.registry.empty
+    const { sample } = yield* httpCheckpoint(server, pod, "counter")
+    const what = run <= env.settings.warmups ? `warm-up ${run}` : `run ${run - env.settings.warmups}`
+    yield* Console.log(
+      `[bench] counter ${what}: ${formatSeconds(sample.seconds)} s (kubelet ${formatSeconds(sample.phases.kubelet!)}, ` +
+        `build/push ${formatSeconds(sample.phases["build/push"]!)})`
+    )
+    if (run > env.settings.warmups) samples.push(sample)
+  }
+  return { samples } satisfies CounterResult
+}, Effect.scoped)
+
+/** One round of N parallel pushes: its wall time and the bytes that reached the registry. */
+export interface Round {
+  readonly seconds: number
+  readonly bytes: number
+  /** Per-request phases (HTTP rounds): kubelet and build/push of each of the N checkpoints, seconds. */
+  readonly kubelet: ReadonlyArray<number>
+  readonly buildPush: ReadonlyArray<number>
+  /** Peak RSS of the pushing process during the round (server for HTTP, this process for the library). */
+  readonly peakRss?: number
+}
+
+export interface ConcurrencyResult {
+  readonly containers: number
+  readonly mibEach: number
+  readonly archiveBytes: number
+  readonly http: ReadonlyArray<Round>
+  readonly library: ReadonlyArray<Round>
+  readonly raw: ReadonlyArray<Round>
+  readonly serverIdleRss: number
+  readonly serverPeakRss: number
+}
+
+/**
+ * N containers holding M MiB each, checkpointed at the same time through the HTTP API (N sync POSTs in parallel),
+ * against N parallel raw curl uploads and N parallel library builds of N archives of the same containers.
+ */
+export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*(env: BenchEnv) {
+  const path = yield* Path.Path
+  const { concurrency, concurrentMiB } = env.settings
+  const pods = Array.from({ length: concurrency }, (_, i) => `bench-${process.pid}-c${i}`)
+  yield* Console.log(`[bench] concurrency: starting ${concurrency} containers holding ${concurrentMiB} MiB each`)
+  const containers = yield* Effect.forEach(pods, (pod) => runMemoryContainer(pod, concurrentMiB), { concurrency: 2 })
+  yield* Effect.forEach(pods, (name) =>
+    env.cluster.apiServer.addPod({ namespace: "default", name, nodeName, containers: [{ name: containerInPod }] }), {
+    discard: true
+  }).pipe(Effect.mapError(failedTo("register the pods")))
+  const archives = yield* Effect.forEach(containers, (container, i) =>
+    makeArchive(container, path.join(env.dir, `concurrent-${i}.tar`)))
+  const archiveBytes = archives.reduce((sum, archive) => sum + archive.bytes, 0)
+  const server = yield* env.startServer("concurrency")
+  const serverIdleRss = yield* currentRss(server.pid)
+
+  const httpRound = Effect.gen(function*() {
+    const [time, answers] = yield* seconds(Effect.forEach(
+      containers,
+      (container) => httpCheckpoint(server, container.pod, container.container),
+      { concurrency: "unbounded" }
+    ))
+    return {
+      seconds: time,
+      bytes: answers.reduce((sum, answer) => sum + (answer.sample.pushedBytes ?? 0), 0),
+      kubelet: answers.map((answer) => answer.sample.phases.kubelet!),
+      buildPush: answers.map((answer) => answer.sample.phases["build/push"]!),
+      peakRss: server.peakRss()
+    } satisfies Round
+  })
+  const rawRound = Effect.map(
+    seconds(Effect.forEach(archives, (archive) => rawUpload(env.registry, archive, "bench/raw"), {
+      concurrency: "unbounded"
+    })),
+    ([time]) => ({ seconds: time, bytes: archiveBytes, kubelet: [], buildPush: [] }) satisfies Round
+  )
+  const libraryRound = Effect.gen(function*() {
+    yield* resetPeakRss("self")
+    const [time, images] = yield* seconds(Effect.forEach(
+      archives,
+      (archive, i) => libraryBuild(env.builder, env.registry, archive, containers[i]!, randomTag()),
+      { concurrency: "unbounded" }
+    ))
+    return {
+      seconds: time,
+      bytes: images.reduce((sum, image) => sum + image.size, 0),
+      kubelet: [],
+      buildPush: [],
+      peakRss: yield* peakRss("self")
+    } satisfies Round
+  })
+
+  const rounds = { http: [] as Array<Round>, raw: [] as Array<Round>, library: [] as Array<Round> }
+  const kinds = [["raw", rawRound], ["library", libraryRound], ["http", httpRound]] as const
+  const total = env.settings.warmups + env.settings.runs
+  for (let run = 1; run <= total; run++) {
+    const order = [...kinds.slice(run % kinds.length), ...kinds.slice(0, run % kinds.length)]
+    for (const [kind, round] of order) {
+      yield* env.registry.empty
+      const load = yield* loadAverage
+      yield* Ref.update(env.loads, (loads) => [...loads, load])
+      const result = yield* round
+      const what = run <= env.settings.warmups ? `warm-up ${run}` : `run ${run - env.settings.warmups}`
+      yield* Console.log(
+        `[bench] concurrency ${what} ${kind}: ${concurrency} × ${concurrentMiB} MiB in ${formatSeconds(result.seconds)} s ` +
+          `= ${(result.bytes / MiB / result.seconds).toFixed(0)} MiB/s`
+      )
+      if (run > env.settings.warmups) rounds[kind].push(result)
+    }
+  }
+  return {
+    containers: concurrency,
+    mibEach: concurrentMiB,
+    archiveBytes,
+    ...rounds,
+    serverIdleRss,
+    serverPeakRss: server.peakRss()
+  } satisfies ConcurrencyResult
+}, Effect.scoped)

@@ -1,0 +1,488 @@
+import type { ProfileResult, SizeResult } from "./Bench.ts"
+import type { ConcurrencyResult, CounterResult, Round } from "./EndToEnd.ts"
+import type { MachineFacts } from "./Machine.ts"
+import type { PipelineId } from "./Pipelines.ts"
+import type { CpuBreakdown } from "./Profile.ts"
+import { pipelineTitles } from "./Pipelines.ts"
+import type { BenchSettings } from "./Settings.ts"
+import type { Sample, Summary } from "./Stats.ts"
+import {
+  formatMiB,
+  formatRange,
+  formatRatio,
+  formatSeconds,
+  maxOf,
+  MiB,
+  phaseSummary,
+  summarize
+} from "./Stats.ts"
+
+export interface BenchReport {
+  readonly command: string
+  readonly startedAt: Date
+  readonly durationSeconds: number
+  readonly settings: BenchSettings
+  readonly machine: MachineFacts
+  readonly loads: ReadonlyArray<number>
+  readonly sizes: ReadonlyArray<SizeResult>
+  readonly counter?: CounterResult
+  readonly concurrency?: ConcurrencyResult
+}
+
+export const targets = { maxRawRatio: 1.2, minBuildahSpeedup: 3.5, maxPeakRssMiB: 150, rssSizeMiB: 1024 } as const
+
+const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) =>
+  [
+    `| ${header.join(" | ")} |`,
+    `|${header.map((_, i) => (i === 0 ? "---" : "---:")).join("|")}|`,
+    ...rows.map((row) => `| ${row.join(" | ")} |`)
+  ].join("\n")
+
+const times = (samples: ReadonlyArray<Sample>) => summarize(samples.map((sample) => sample.seconds))
+
+const phaseNames = (samples: ReadonlyArray<Sample>) => [...new Set(samples.flatMap((s) => Object.keys(s.phases)))]
+
+const phasesText = (samples: ReadonlyArray<Sample>, skip: ReadonlyArray<string> = []) =>
+  phaseNames(samples)
+    .filter((name) => !skip.includes(name))
+    .map((name) => `${name} ${formatSeconds(phaseSummary(samples, name)!.median)}`)
+    .join(" · ")
+
+/** The medians that the targets and ratios are about, for one size. */
+export const keyFigures = (size: SizeResult) => {
+  const get = (id: PipelineId) => size.samples.get(id) ?? []
+  const median = (id: PipelineId) => get(id).length === 0 ? Number.NaN : times(get(id)).median
+  return {
+    raw: median("raw"),
+    library: median("library"),
+    httpTotal: median("http"),
+    httpBuildPush: phaseSummary(get("http"), "build/push")?.median ?? Number.NaN,
+    httpKubelet: phaseSummary(get("http"), "kubelet")?.median ?? Number.NaN,
+    buildah: median("buildah"),
+    podman: median("podman"),
+    podmanPush: phaseSummary(get("podman"), "push")?.median ?? Number.NaN,
+    libraryPeakRss: maxOf(get("library").map((sample) => sample.peakRss))
+  }
+}
+
+const shortMediaType = (mediaType: string) => mediaType.replace(/^application\/vnd\.(oci\.image\.layer\.v1\.|docker\.image\.rootfs\.diff\.)/, "")
+
+/** Largest layer that reached the registry, with its media type (`tar`, `tar+gzip`, ...). */
+const pushedText = (samples: ReadonlyArray<Sample>) => {
+  const bytes = maxOf(samples.map((sample) => sample.pushedBytes))
+  const types = [...new Set(samples.flatMap((sample) => sample.pushedMediaType === undefined ? [] : [sample.pushedMediaType]))]
+  return bytes === undefined ? "–" : `${formatMiB(bytes)}${types.length === 0 ? "" : ` ${types.map(shortMediaType).join(", ")}`}`
+}
+
+/** This process's peak during a build, and (+) how far it rose above its RSS when the build began. */
+const libraryPeak = (samples: ReadonlyArray<Sample>) => {
+  const peak = maxOf(samples.map((sample) => sample.peakRss))
+  const growth = maxOf(samples.map((sample) =>
+    sample.peakRss === undefined || sample.startRss === undefined ? undefined : sample.peakRss - sample.startRss
+  ))
+  return peak === undefined ? "–" : `${formatMiB(peak)} (+${formatMiB(growth)})`
+}
+
+const sizeSection = (size: SizeResult) => {
+  const k = keyFigures(size)
+  const get = (id: PipelineId) => size.samples.get(id) ?? []
+  const mibPerSecond = (value: number) => (size.archive.bytes / MiB / value).toFixed(0)
+  const row = (
+    name: string,
+    summary: Summary,
+    samples: ReadonlyArray<Sample>,
+    options: { readonly skip?: ReadonlyArray<string>; readonly peak?: string; readonly pushed?: boolean }
+  ) => [
+    name,
+    formatSeconds(summary.median),
+    formatRange(summary),
+    formatRatio(summary.median / k.raw),
+    mibPerSecond(summary.median),
+    phasesText(samples, options.skip) || "–",
+    options.pushed === false ? "–" : pushedText(samples),
+    options.peak ?? "–"
+  ]
+  const http = get("http")
+  const podman = get("podman")
+  const measured = (id: PipelineId, options: Parameters<typeof row>[3] = {}) =>
+    get(id).length === 0 ? [] : [row(pipelineTitles[id], times(get(id)), get(id), options)]
+  const archiveRows = [
+    ...measured("raw"),
+    ...measured("rawHashed"),
+    ...measured("pass", { pushed: false }),
+    ...measured("library", { peak: libraryPeak(get("library")) }),
+    row(
+      "native builder, HTTP API: build/push phase (server log)",
+      phaseSummary(http, "build/push") ?? times([]),
+      http,
+      { skip: ["build/push", "kubelet", "other"], peak: formatMiB(size.serverPeakRss) }
+    ),
+    ...measured("buildah"),
+    row("podman push of its checkpoint image (part of the last row below)", phaseSummary(podman, "push") ?? times([]), podman, {
+      skip: ["push", "checkpoint --create-image"]
+    })
+  ]
+  const endToEndRows = [
+    [
+      "native builder, HTTP API: POST round trip",
+      formatSeconds(k.httpTotal),
+      formatRange(times(http)),
+      formatRatio(k.httpTotal / k.raw),
+      formatRatio(1),
+      phasesText(http),
+      formatMiB(size.serverPeakRss)
+    ],
+    [
+      pipelineTitles.podman,
+      formatSeconds(k.podman),
+      formatRange(times(podman)),
+      formatRatio(k.podman / k.raw),
+      formatRatio(k.podman / k.httpTotal),
+      phasesText(podman),
+      "–"
+    ],
+    [
+      "kubelet checkpoint + buildah recipe (sum of the two medians)",
+      formatSeconds(k.httpKubelet + k.buildah),
+      "–",
+      formatRatio((k.httpKubelet + k.buildah) / k.raw),
+      formatRatio((k.httpKubelet + k.buildah) / k.httpTotal),
+      `kubelet ${formatSeconds(k.httpKubelet)} · recipe ${formatSeconds(k.buildah)}`,
+      "–"
+    ]
+  ]
+  return [
+    `### ${size.mib} MiB of memory: archive of ${formatMiB(size.archive.bytes)} MiB (${size.archive.bytes} bytes)`,
+    "",
+    "From the archive on disk to an image in the registry (same archive file for all but the HTTP row, whose archive is",
+    "a fresh kubelet checkpoint of the same container):",
+    "",
+    table(
+      ["pipeline", "median s", "min–max s", "× raw", "MiB/s", "phases (median s)", "pushed layer MiB", "peak RSS MiB"],
+      archiveRows
+    ),
+    "",
+    "From the running container to an image in the registry (CRIU checkpoint included):",
+    "",
+    table(["pipeline", "median s", "min–max s", "× raw", "× native HTTP", "phases (median s)", "peak RSS MiB"], endToEndRows),
+    "",
+    `Checkpointer server process: ${formatMiB(size.serverIdleRss)} MiB resident when idle, peak (VmHWM over its whole ` +
+    `life: start, warm-up and every run of this size) ${formatMiB(size.serverPeakRss)} MiB. Library row: peak of this ` +
+    "benchmark process during a build (VmHWM reset before each run) and, in parentheses, how far it rose above the " +
+    "RSS it had when the build began; the process (harness, simulated cluster, tsx) held " +
+    `${formatMiB(size.benchBaselineRss)} MiB before the first build.`,
+    ""
+  ].join("\n")
+}
+
+interface TargetRow {
+  readonly target: string
+  readonly size: string
+  readonly measured: string
+  readonly verdict: string
+}
+
+const verdict = (met: boolean, missedBy: string) => met ? "met" : `missed by ${missedBy}`
+
+export const targetRows = (sizes: ReadonlyArray<SizeResult>): ReadonlyArray<TargetRow> =>
+  sizes.flatMap((size) => {
+    const k = keyFigures(size)
+    const label = `${size.mib} MiB`
+    const ratio = (value: number): TargetRow => ({
+      target: "",
+      size: label,
+      measured: formatRatio(value / k.raw),
+      verdict: value / k.raw <= targets.maxRawRatio
+        ? "met"
+        : verdict(false, `${((value / k.raw / targets.maxRawRatio - 1) * 100).toFixed(0)}%`)
+    })
+    const speedup = (native: number): TargetRow => ({
+      target: "",
+      size: label,
+      measured: formatRatio(k.buildah / native),
+      verdict: k.buildah / native >= targets.minBuildahSpeedup
+        ? "met"
+        : verdict(false, `${((1 - k.buildah / native / targets.minBuildahSpeedup) * 100).toFixed(0)}%`)
+    })
+    const rows: Array<TargetRow> = [
+      { ...ratio(k.library), target: `native (library) ≤ ${targets.maxRawRatio}× raw upload` },
+      { ...ratio(k.httpBuildPush), target: `native (HTTP, build/push) ≤ ${targets.maxRawRatio}× raw upload` },
+      { ...speedup(k.library), target: `buildah recipe ≥ ${targets.minBuildahSpeedup}× native (library)` },
+      { ...speedup(k.httpBuildPush), target: `buildah recipe ≥ ${targets.minBuildahSpeedup}× native (HTTP, build/push)` }
+    ]
+    if (size.mib === targets.rssSizeMiB) {
+      const peak = size.serverPeakRss / MiB
+      rows.push({
+        target: `server peak RSS ≤ ${targets.maxPeakRssMiB} MiB`,
+        size: label,
+        measured: `${peak.toFixed(0)} MiB`,
+        verdict: peak <= targets.maxPeakRssMiB
+          ? "met"
+          : verdict(false, `${(peak - targets.maxPeakRssMiB).toFixed(0)} MiB`)
+      })
+    }
+    return rows
+  })
+
+const roundRow = (name: string, rounds: ReadonlyArray<Round>, rawThroughput: number) => {
+  const wall = summarize(rounds.map((round) => round.seconds))
+  const throughput = summarize(rounds.map((round) => round.bytes / MiB / round.seconds))
+  return [
+    name,
+    formatSeconds(wall.median),
+    formatRange(wall),
+    throughput.median.toFixed(0),
+    formatRatio(throughput.median / rawThroughput),
+    rounds[0]?.kubelet.length === 0
+      ? "–"
+      : `kubelet ${formatSeconds(summarize(rounds.flatMap((r) => r.kubelet)).median)} · build/push ${
+        formatSeconds(summarize(rounds.flatMap((r) => r.buildPush)).median)
+      }`,
+    formatMiB(maxOf(rounds.map((round) => round.peakRss)))
+  ]
+}
+
+const endToEndSection = (report: BenchReport) => {
+  const lines: Array<string> = ["## End to end", ""]
+  if (report.counter !== undefined) {
+    const samples = report.counter.samples
+    const phaseRow = (name: string, summary: Summary | undefined) =>
+      summary === undefined ? [name, "–", "–"] : [name, formatSeconds(summary.median), formatRange(summary)]
+    lines.push(
+      "### Sync checkpoint of a small counter container through the HTTP API",
+      "",
+      table(["", "median s", "min–max s"], [
+        phaseRow("POST /checkpoint round trip", times(samples)),
+        phaseRow("kubelet (CRIU checkpoint via the kubelet endpoint)", phaseSummary(samples, "kubelet")),
+        phaseRow("build/push (native builder, server log span)", phaseSummary(samples, "build/push")),
+        phaseRow("other (HTTP, orchestration, result store, archive removal)", phaseSummary(samples, "other"))
+      ]),
+      "",
+      `Archive (layer) size: ${formatMiB(maxOf(samples.map((sample) => sample.pushedBytes)))} MiB.`,
+      ""
+    )
+  }
+  const c = report.concurrency
+  if (c !== undefined) {
+    const rawThroughput = summarize(c.raw.map((round) => round.bytes / MiB / round.seconds)).median
+    const largest = report.sizes[report.sizes.length - 1]
+    const single = largest === undefined ? undefined : keyFigures(largest).raw
+    lines.push(
+      `### ${c.containers} concurrent checkpoints of containers holding ${c.mibEach} MiB each`,
+      "",
+      `${c.containers} archives, ${formatMiB(c.archiveBytes)} MiB in all. Wall time from the first request to the last answer.`,
+      "",
+      table(
+        ["pipeline", "median s", "min–max s", "MiB/s", "× raw MiB/s", "per checkpoint (median s)", "peak RSS MiB"],
+        [
+          roundRow(`raw upload, ${c.containers} curl in parallel`, c.raw, rawThroughput),
+          roundRow(`native builder, library, ${c.containers} builds in parallel`, c.library, rawThroughput),
+          roundRow(`native builder, HTTP API, ${c.containers} sync POSTs in parallel (CRIU included)`, c.http, rawThroughput)
+        ]
+      ),
+      "",
+      `Server: ${formatMiB(c.serverIdleRss)} MiB resident when idle, peak ${formatMiB(c.serverPeakRss)} MiB.` +
+        (single === undefined || largest === undefined
+          ? ""
+          : ` For comparison, one raw upload of the ${largest.mib} MiB archive alone ran at ` +
+            `${(largest.archive.bytes / MiB / single).toFixed(0)} MiB/s.`),
+      ""
+    )
+  }
+  return lines.join("\n")
+}
+
+const jsCategories = (category: string) =>
+  ["Effect", "undici", "tar parser", "Checkpointer", "Node.js internals", "bundle JS", "other JS"].some((word) =>
+    category.includes(word)
+  )
+
+const profileShares = (breakdown: CpuBreakdown) => {
+  const pick = (test: (category: string) => boolean) =>
+    [...breakdown.byCategory.entries()].filter(([category]) => test(category)).reduce((sum, [, micros]) => sum + micros, 0) /
+    Math.max(1, breakdown.windowMicros) * 100
+  return {
+    idle: pick((c) => c.startsWith("idle")),
+    sha256: pick((c) => c.startsWith("sha256")),
+    gc: pick((c) => c.startsWith("garbage")),
+    js: pick(jsCategories),
+    native: pick((c) => c.startsWith("native code") || c.startsWith("other native") || c.startsWith("file reads"))
+  }
+}
+
+/** The numbers behind the targets for the largest size, in words. */
+const analysisSection = (report: BenchReport) => {
+  const size = report.sizes[report.sizes.length - 1]
+  if (size === undefined) return ""
+  const k = keyFigures(size)
+  const median = (id: PipelineId) => times(size.samples.get(id) ?? []).median
+  const pass = median("pass")
+  const rawHashed = median("rawHashed")
+  const loads = summarize(report.loads)
+  const lines = [
+    `### Reading the targets (${size.mib} MiB archive)`,
+    "",
+    "- The raw upload sends the archive once with its digest known beforehand (sha256sum took " +
+    `${formatSeconds(size.archive.sha256Seconds)} s, not counted): ${formatSeconds(k.raw)} s. Computing the digest ` +
+    `first and then uploading, as a monolithic PUT needs, takes ${formatSeconds(rawHashed)} s ` +
+    `(${formatRatio(rawHashed / k.raw)} raw).`,
+    "- The native builder reads the archive once and hashes it while it uploads. Its pass alone (read, sha256, tar " +
+    `inspection, no network) takes ${formatSeconds(pass)} s; the library build takes ${formatSeconds(k.library)} s = ` +
+    `raw + ${formatSeconds(k.library - k.raw)} s, the HTTP build/push phase ${formatSeconds(k.httpBuildPush)} s = raw + ` +
+    `${formatSeconds(k.httpBuildPush - k.raw)} s.`,
+    "- The buildah recipe extracts the archive into a working container (add), writes it back as a new layer " +
+    `(commit) and gzips it on push: ${formatSeconds(k.buildah)} s, ${formatRatio(k.buildah / k.library)} the library ` +
+    `build and ${formatRatio(k.buildah / k.httpBuildPush)} the HTTP build/push.`
+  ]
+  if (size.profile !== undefined) {
+    const library = profileShares(size.profile.library)
+    const server = profileShares(size.profile.server)
+    const describe = (shares: ReturnType<typeof profileShares>) =>
+      `idle ${shares.idle.toFixed(0)}%, sha256 ${shares.sha256.toFixed(0)}%, JS (Effect streams, undici, tar, Node ` +
+      `streams) ${shares.js.toFixed(0)}%, native code outside JS (TLS, syscalls) ${shares.native.toFixed(0)}%, GC ` +
+      `${shares.gc.toFixed(0)}%`
+    lines.push(
+      `- CPU profile of the builder's main thread during builds (section at the end): library ${describe(library)}; ` +
+        `server ${describe(server)}. Idle is time spent waiting for the socket to drain, i.e. for the registry.`
+    )
+  }
+  lines.push(
+    `- ${report.machine.cpus} CPUs: the registry (TLS, sha256, file writes) and the client share them, with each other ` +
+      `and with other work (one-minute load average during the runs: median ${loads.median.toFixed(1)}, max ` +
+      `${loads.max.toFixed(1)}). CPU time a client spends beyond curl's (hashing, JS streaming) turns into wall time ` +
+      "when the cores are busy.",
+    ""
+  )
+  return lines.join("\n")
+}
+
+const perRun = (breakdown: CpuBreakdown, micros: number | undefined) =>
+  micros === undefined || breakdown.windows === 0 ? "–" : formatSeconds(micros / 1e6 / breakdown.windows)
+
+const share = (breakdown: CpuBreakdown, micros: number | undefined) =>
+  micros === undefined || breakdown.windowMicros === 0 ? "–" : `${((micros / breakdown.windowMicros) * 100).toFixed(1)}%`
+
+const topFunctions = (breakdown: CpuBreakdown, count: number) =>
+  [...breakdown.byFunction.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, count)
+    .map(([name, micros]) => [`\`${name}\``, perRun(breakdown, micros), share(breakdown, micros)])
+
+const profileSection = (mib: number, profile: ProfileResult) => {
+  const { library, server } = profile
+  const categories = [...new Set([...library.byCategory.keys(), ...server.byCategory.keys()])].sort((a, b) =>
+    (library.byCategory.get(b) ?? 0) - (library.byCategory.get(a) ?? 0)
+  )
+  return [
+    `## Where the native builder's time goes (CPU profiles, ${mib} MiB archive)`,
+    "",
+    `${profile.runs} extra builds after the measured runs (not counted above): through the library under this process's`,
+    "inspector (whole builds), and through a second server started with `node --cpu-prof` (samples inside the",
+    "build/push phases only). Self time per build and share of the build's wall time; the main thread is the only",
+    "thread that runs JS, hashing and TLS.",
+    "",
+    table(
+      ["category", "library s/build", "library %", "server s/build", "server %"],
+      categories.map((category) => [
+        category,
+        perRun(library, library.byCategory.get(category)),
+        share(library, library.byCategory.get(category)),
+        perRun(server, server.byCategory.get(category)),
+        share(server, server.byCategory.get(category))
+      ])
+    ),
+    "",
+    "Heaviest functions (self time), library builds:",
+    "",
+    table(["function", "s/build", "%"], topFunctions(library, 12)),
+    "",
+    "Heaviest functions (self time), server (minified bundle):",
+    "",
+    table(["function", "s/build", "%"], topFunctions(server, 8)),
+    ""
+  ].join("\n")
+}
+
+const methodSection = (report: BenchReport) => {
+  const pipelines = report.sizes[0]?.pipelines ?? []
+  return [
+    "## How it was measured",
+    "",
+    "- Archives: a busybox container fills its /dev/shm (tmpfs, charged to the container's memory) with random bytes;",
+    "  `podman container checkpoint --leave-running --compress=none --export` writes the archive uncompressed, as",
+    "  CRI-O does for the kubelet. Podman stores the container's /dev/shm as `devshm-checkpoint.tar` inside the archive",
+    "  (next to the CRIU images); its size is checked.",
+    "- Registry: one real `docker-registry` (CNCF distribution) on loopback with TLS (a generated CA, trusted by every",
+    "  client) and htpasswd Basic auth, from the test harness. Its storage is deleted before every run (warm-ups",
+    "  included), so each push lands in an empty registry; the registry and the Checkpointer server stay up between runs,",
+    "  warm as in production.",
+    `- ${report.settings.warmups} warm-up run(s), then ${report.settings.runs} measured runs per pipeline and size.`,
+    "  Runs are interleaved round by round (each round starts with a different pipeline), so load from other work",
+    "  on the machine falls on all pipelines alike. Medians and min–max; \"× raw\" divides a median by the raw upload's.",
+    "- Peak RSS: VmHWM from /proc. The server is a fresh process per size (started as `pnpm start` runs it); its",
+    "  VmHWM covers its whole life. For the library, this process's VmHWM is reset (`/proc/self/clear_refs`) before",
+    "  each build.",
+    "- Kubelet time of the HTTP rows: from sending the POST to the server's \"checkpoint archive written\" log line",
+    "  (the server runs with TZ=UTC, log times have millisecond resolution); build/push is the server's own",
+    "  `build/push` log span; \"other\" is the rest of the round trip.",
+    "",
+    "What each pipeline times:",
+    "",
+    ...pipelines.map((pipeline) => `- ${pipeline.title}: ${pipeline.timed}.`),
+    ""
+  ].join("\n")
+}
+
+export const renderReport = (report: BenchReport): string => {
+  const { machine, settings } = report
+  const loads = summarize(report.loads)
+  const archives = table(
+    ["memory held", "archive bytes", "/dev/shm in archive", "podman checkpoint --export s", "sha256sum s"],
+    report.sizes.map((size) => [
+      `${size.mib} MiB`,
+      String(size.archive.bytes),
+      String(size.archive.memoryBytes),
+      formatSeconds(size.archive.checkpointSeconds),
+      formatSeconds(size.archive.sha256Seconds)
+    ])
+  )
+  const targetTable = table(
+    ["target", "size", "measured", "verdict"],
+    targetRows(report.sizes).map((row) => [row.target, row.size, row.measured, row.verdict])
+  )
+  return [
+    "# Benchmark results",
+    "",
+    `Generated by \`${report.command}\` on ${report.startedAt.toISOString()}; the run took ` +
+    `${(report.durationSeconds / 60).toFixed(1)} minutes. Sizes ${settings.sizes.join(", ")} MiB, ${settings.runs} ` +
+    `runs after ${settings.warmups} warm-up(s)${
+      settings.endToEnd ? `, ${settings.concurrency} × ${settings.concurrentMiB} MiB concurrent` : ""
+    }.`,
+    "",
+    "## Machine",
+    "",
+    `- ${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 1024 / MiB).toFixed(1)} GiB memory, ${machine.kernel}`,
+    `- One-minute load average before the runs: median ${loads.median.toFixed(2)}, min ${loads.min.toFixed(2)}, ` +
+    `max ${loads.max.toFixed(2)} (the benchmark itself keeps about one CPU busy; more means other work was running).`,
+    "",
+    "## Versions",
+    "",
+    table(["component", "version"], machine.versions.map(([name, version]) => [name, version])),
+    "",
+    methodSection(report),
+    "## Archives",
+    "",
+    archives,
+    "",
+    "## Targets",
+    "",
+    targetTable,
+    "",
+    analysisSection(report),
+    "## Results per size",
+    "",
+    ...report.sizes.map(sizeSection),
+    settings.endToEnd ? endToEndSection(report) : "",
+    ...report.sizes.flatMap((size) => size.profile === undefined ? [] : [profileSection(size.mib, size.profile)])
+  ].join("\n")
+}

@@ -1,0 +1,75 @@
+import { Command } from "@effect/platform"
+import type { CommandExecutor } from "@effect/platform"
+import { Data, Duration, Effect, Stream } from "effect"
+import { readFileSync, writeFileSync } from "node:fs"
+
+export class BenchError extends Data.TaggedError("BenchError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+/** Wraps any failure of a benchmark step into a BenchError that says which step failed. */
+export const failedTo = (what: string) => (cause: unknown) =>
+  cause instanceof BenchError ? cause : new BenchError({ message: `${what}: ${describe(cause)}`, cause })
+
+const describe = (cause: unknown): string =>
+  typeof cause === "object" && cause !== null && "message" in cause ? String(cause.message) : String(cause)
+
+export interface ExecResult {
+  readonly stdout: string
+  readonly stderr: string
+}
+
+const collectText = <E>(stream: Stream.Stream<Uint8Array, E>) => stream.pipe(Stream.decodeText(), Stream.mkString)
+
+/** Runs a program, fails unless it exits with 0; the password-like argument after `-u`/`--creds` is not echoed. */
+export const exec = (
+  command: string,
+  args: ReadonlyArray<string>,
+  options?: { readonly env?: Readonly<Record<string, string>> }
+): Effect.Effect<ExecResult, BenchError, CommandExecutor.CommandExecutor> =>
+  Effect.scoped(Effect.gen(function*() {
+    const process = yield* Command.start(
+      Command.make(command, ...args).pipe(Command.env({ PODMAN_IGNORE_CGROUPSV1_WARNING: "1", ...options?.env }))
+    )
+    const [stdout, stderr, exitCode] = yield* Effect.all(
+      [collectText(process.stdout), collectText(process.stderr), process.exitCode],
+      { concurrency: "unbounded" }
+    )
+    if (exitCode !== 0) {
+      return yield* new BenchError({
+        message: `${command} ${shown(args).join(" ")} exited with ${exitCode}: ${stderr.trim().slice(-2000)}`
+      })
+    }
+    return { stdout, stderr }
+  })).pipe(Effect.mapError(failedTo(`${command} ${shown(args).join(" ")}`)))
+
+const shown = (args: ReadonlyArray<string>) =>
+  args.map((arg, index) => ["-u", "--creds"].includes(args[index - 1] ?? "") ? "<redacted>" : arg)
+
+/** Trimmed stdout of a program (for versions and facts). */
+export const output = (command: string, args: ReadonlyArray<string>) =>
+  Effect.map(exec(command, args), (result) => result.stdout.trim())
+
+/** Runs `effect` and reports how long it took, in seconds (monotonic clock). */
+export const seconds = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<readonly [number, A], E, R> =>
+  Effect.map(Effect.timed(effect), ([duration, value]) => [Duration.toMillis(duration) / 1000, value] as const)
+
+const statusValue = (pid: number | "self", field: "VmHWM" | "VmRSS"): number => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8")
+  const kib = new RegExp(`^${field}:\\s+(\\d+) kB$`, "m").exec(status)?.[1]
+  return kib === undefined ? 0 : Number(kib) * 1024
+}
+
+/** Peak resident set size (VmHWM) of a process, in bytes. */
+export const peakRss = (pid: number | "self") => Effect.sync(() => statusValue(pid, "VmHWM"))
+
+/** Current resident set size (VmRSS) of a process, in bytes. */
+export const currentRss = (pid: number | "self") => Effect.sync(() => statusValue(pid, "VmRSS"))
+
+/** Resets a process's VmHWM to its current RSS (`echo 5 > /proc/PID/clear_refs`, Linux >= 4.0). */
+export const resetPeakRss = (pid: number | "self") =>
+  Effect.try({
+    try: () => writeFileSync(`/proc/${pid}/clear_refs`, "5"),
+    catch: failedTo(`reset the peak RSS of ${pid}`)
+  })

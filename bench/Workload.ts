@@ -1,0 +1,86 @@
+import { FileSystem } from "@effect/platform"
+import { Duration, Effect, Schedule } from "effect"
+import * as Podman from "../test/harness/Podman.ts"
+import { MiB } from "./Stats.ts"
+import { BenchError, exec, failedTo, seconds } from "./Tools.ts"
+
+/** The pod and container names the simulated kubelet maps to the podman container `<pod>-<container>`. */
+export interface MemoryContainer {
+  readonly pod: string
+  readonly container: string
+  /** The podman container. */
+  readonly name: string
+  /** Bytes of random data it holds in /dev/shm. */
+  readonly bytes: number
+}
+
+/** The container name inside every benchmark pod. */
+export const containerInPod = "main"
+
+/**
+ * Scoped: a busybox container that fills its /dev/shm (a tmpfs sized for it, charged to the container's memory) with
+ * `mib` MiB of random bytes and then idles. Its checkpoint carries those bytes (podman stores the container's /dev/shm
+ * as devshm-checkpoint.tar next to the CRIU images), so the archive is as large as the memory held.
+ */
+export const runMemoryContainer = Effect.fn("Workload.runMemoryContainer")(function*(pod: string, mib: number) {
+  const image = yield* Podman.ensureBusyboxImage()
+  const name = `${pod}-${containerInPod}`
+  const bytes = mib * MiB
+  yield* Effect.acquireRelease(
+    Podman.podman([
+      "run",
+      "--detach",
+      "--name",
+      name,
+      "--network",
+      "none",
+      "--shm-size",
+      `${mib + 16}m`,
+      image,
+      "sh",
+      "-c",
+      `trap "exit 0" TERM; head -c ${bytes} /dev/urandom > /dev/shm/ballast && echo > /ready; ` +
+      "while true; do sleep 1; done"
+    ]),
+    () => Effect.ignore(Podman.removeContainer(name))
+  )
+  yield* Podman.podman(["exec", name, "cat", "/ready"]).pipe(
+    Effect.retry(Schedule.spaced(Duration.millis(250))),
+    Effect.timeout(Duration.minutes(5))
+  )
+  return { pod, container: containerInPod, name, bytes } satisfies MemoryContainer
+}, Effect.mapError(failedTo("start a benchmark container")))
+
+/** A checkpoint archive as the kubelet gets it from CRI-O: uncompressed tar, container left running. */
+export interface Archive {
+  readonly path: string
+  readonly bytes: number
+  /** `sha256:<hex>`, known beforehand for the raw upload. */
+  readonly digest: string
+  /** Size of devshm-checkpoint.tar inside the archive. */
+  readonly memoryBytes: number
+  /** How long `podman container checkpoint --leave-running --compress=none --export` took. */
+  readonly checkpointSeconds: number
+  /** How long `sha256sum` of the archive took (page cache warm): a floor for anything that hashes it. */
+  readonly sha256Seconds: number
+}
+
+/** Scoped: checkpoints `container` into `path` (removed when the scope closes) and checks what the archive holds. */
+export const makeArchive = Effect.fn("Workload.makeArchive")(function*(container: MemoryContainer, path: string) {
+  const fs = yield* FileSystem.FileSystem
+  const [checkpointSeconds] = yield* seconds(Effect.acquireRelease(
+    Podman.checkpointContainer({ name: container.name, archive: path, timeout: Duration.minutes(10) }),
+    () => Effect.ignore(fs.remove(path, { force: true }))
+  ))
+  const bytes = Number((yield* fs.stat(path)).size)
+  const listing = yield* exec("tar", ["-tvf", path, "devshm-checkpoint.tar"])
+  const memoryBytes = Number(listing.stdout.trim().split(/\s+/)[2])
+  if (!(memoryBytes >= container.bytes) || bytes < memoryBytes) {
+    return yield* new BenchError({
+      message: `${path} holds ${memoryBytes} bytes of /dev/shm, expected at least ${container.bytes}`
+    })
+  }
+  const [sha256Seconds, sum] = yield* seconds(exec("sha256sum", [path]))
+  const digest = `sha256:${sum.stdout.trim().split(/\s+/)[0]}`
+  return { path, bytes, digest, memoryBytes, checkpointSeconds, sha256Seconds } satisfies Archive
+}, Effect.mapError(failedTo("make a checkpoint archive")))
