@@ -1,3 +1,4 @@
+export * from "./CheckpointerClient.ts"
 export * from "./CheckpointHandlers.ts"
 export * from "./HttpServer.ts"
 export * from "./ImageBuilderLayer.ts"

@@ -1,0 +1,150 @@
+import { HttpApiClient } from "@effect/platform"
+import type { HttpClientError } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
+import { CheckpointerApi } from "@checkpointer/core"
+import type { AsyncCheckpointAccepted, CheckpointIdentifier, CheckpointResult, ContainerRef } from "@checkpointer/core"
+import { Context, Data, Duration, Effect, Layer, Schedule } from "effect"
+import type { ParseResult } from "effect"
+
+/** The request did not get an answer the contract describes: unreachable server, unexpected status, bad input. */
+export class CheckpointerRequestFailed extends Data.TaggedError("CheckpointerRequestFailed")<{
+  /** The HTTP status, when there was an answer. */
+  readonly status: number | undefined
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+export interface ContainerInput {
+  readonly namespace: string
+  readonly pod: string
+  readonly container: string
+}
+
+export interface CheckpointOptions {
+  /** Delete the pod after its image is pushed. */
+  readonly deletePod?: boolean
+}
+
+/** `checkpoint(container)` answers the result; `checkpoint(container, { async: true })` answers the identifier. */
+export interface CheckpointMethod<E> {
+  (container: ContainerInput, options: CheckpointOptions & { readonly async: true }): Effect.Effect<AsyncCheckpointAccepted, E>
+  (container: ContainerInput, options?: CheckpointOptions & { readonly async?: false }): Effect.Effect<CheckpointResult, E>
+}
+
+export interface WaitOptions {
+  /** Give up after this long (default 30 minutes). */
+  readonly timeout?: Duration.DurationInput
+  /** Called every second while the checkpoint is still running, with the time waited so far. */
+  readonly onWaiting?: (waited: Duration.Duration) => Effect.Effect<void>
+}
+
+const describeClientError = (error: HttpClientError.HttpClientError | ParseResult.ParseError) =>
+  Effect.gen(function*() {
+    if (error._tag === "ParseError") {
+      return new CheckpointerRequestFailed({ status: undefined, message: `not allowed by the API contract: ${error.message}`, cause: error })
+    }
+    if (error._tag === "RequestError") {
+      const cause = error.cause instanceof Error ? `: ${error.cause.message}` : ""
+      return new CheckpointerRequestFailed({
+        status: undefined,
+        message: `no answer from ${error.request.url}${cause}`,
+        cause: error
+      })
+    }
+    const body = yield* error.response.text.pipe(Effect.orElseSucceed(() => ""))
+    return new CheckpointerRequestFailed({
+      status: error.response.status,
+      message: body.trim() === "" ? `${error.response.status} from ${error.request.url}` : body.trim(),
+      cause: error
+    })
+  })
+
+/** Worth asking again: no answer at all, a peer Checkpointer that could not be reached (502), one shutting down (503). */
+const isTransient = (error: { readonly _tag: string; readonly status?: number | undefined }) =>
+  error._tag === "CheckpointerRequestFailed" && (error.status === undefined || error.status === 502 || error.status === 503)
+
+const make = (options: { readonly baseUrl?: string | URL }) =>
+  Effect.gen(function*() {
+    const api = yield* HttpApiClient.make(CheckpointerApi, options.baseUrl === undefined ? {} : { baseUrl: options.baseUrl })
+
+    /** Everything outside the contract becomes CheckpointerRequestFailed; contract errors stay as they are. */
+    const plain = <A, E>(effect: Effect.Effect<A, E | HttpClientError.HttpClientError | ParseResult.ParseError>) =>
+      effect.pipe(
+        Effect.catchIf(
+          (error): error is HttpClientError.HttpClientError | ParseResult.ParseError =>
+            typeof error === "object" && error !== null && "_tag" in error &&
+            (error._tag === "RequestError" || error._tag === "ResponseError" || error._tag === "ParseError"),
+          (error) => Effect.flatMap(describeClientError(error), Effect.fail)
+        )
+      ) as Effect.Effect<A, Exclude<E, HttpClientError.HttpClientError | ParseResult.ParseError> | CheckpointerRequestFailed>
+
+    const post = (container: ContainerInput, payload: { readonly deletePod: boolean; readonly async: boolean }) =>
+      plain(api.checkpoint.checkpoint({ path: container as ContainerRef, payload }))
+
+    const checkpoint = Effect.fn("CheckpointerClient.checkpoint")(function*(
+      container: ContainerInput,
+      options?: CheckpointOptions & { readonly async?: boolean }
+    ) {
+      return yield* post(container, { deletePod: options?.deletePod ?? false, async: options?.async ?? false })
+    })
+
+    const result = Effect.fn("CheckpointerClient.result")(function*(identifier: string) {
+      return yield* plain(
+        api.checkpoint.result({ urlParams: { checkpointIdentifier: identifier as CheckpointIdentifier } })
+      )
+    })
+
+    const waitFor = Effect.fn("CheckpointerClient.waitFor")(function*(identifier: string, options?: WaitOptions) {
+      const timeout = Duration.decode(options?.timeout ?? Duration.minutes(30))
+      const waiting = options?.onWaiting === undefined
+        ? Effect.never
+        : Effect.gen(function*() {
+          const start = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+          const onWaiting = options.onWaiting!
+          return yield* Effect.clockWith((clock) => clock.currentTimeMillis).pipe(
+            Effect.flatMap((now) => onWaiting(Duration.millis(now - start))),
+            Effect.repeat(Schedule.spaced("1 second")),
+            Effect.zipRight(Effect.never)
+          )
+        })
+      return yield* result(identifier).pipe(
+        Effect.retry({ schedule: Schedule.exponential("250 millis").pipe(Schedule.upTo("5 seconds")), while: isTransient }),
+        Effect.raceFirst(waiting),
+        Effect.timeoutFail({
+          duration: timeout,
+          onTimeout: () =>
+            new CheckpointerRequestFailed({
+              status: undefined,
+              message: `checkpoint ${identifier} had no result within ${Duration.format(timeout)}`
+            })
+        })
+      )
+    })
+
+    return {
+      checkpoint: checkpoint as CheckpointMethod<Effect.Effect.Error<ReturnType<typeof post>>>,
+      result,
+      waitFor
+    } as const
+  })
+
+/**
+ * A typed client of the Checkpointer HTTP API, derived from its contract (`CheckpointerApi`). Failures are the
+ * contract's errors (`ContainerNotFound`, `CheckpointFailed`, `CheckpointNotFound`, `InvalidRequest`, ...) or
+ * `CheckpointerRequestFailed` for anything outside it (no answer, unexpected status, invalid names).
+ */
+export class CheckpointerClient extends Context.Tag("checkpointer/CheckpointerClient")<
+  CheckpointerClient,
+  Effect.Effect.Success<ReturnType<typeof make>>
+>() {
+  /** The client over an `HttpClient` you provide (e.g. `FetchHttpClient.layer`). */
+  static readonly make = make
+
+  /** The client over an `HttpClient` you provide. */
+  static readonly layerWithoutHttpClient = (options: { readonly baseUrl?: string | URL }) =>
+    Layer.effect(CheckpointerClient, make(options))
+
+  /** The client over Node's HTTP client, which waits as long as a synchronous checkpoint takes. */
+  static readonly layer = (options: { readonly baseUrl: string | URL }) =>
+    CheckpointerClient.layerWithoutHttpClient(options).pipe(Layer.provide(NodeHttpClient.layer))
+}
