@@ -105,10 +105,14 @@ const describeSample = (sample: Sample) => {
 /** One run of one pipeline against an emptied registry. */
 export const runOnce = (env: BenchEnv, label: string, pipeline: Pipeline, what: string) =>
   Effect.gen(function*() {
-    yield* env.registry.empty
     const load = yield* loadAverage
     yield* Ref.update(env.loads, (loads) => [...loads, load])
-    const sample = yield* pipeline.run(randomTag())
+    // One retry: a run that fails (another job on the machine got in the way) is logged and not counted.
+    const sample = yield* env.registry.empty.pipe(
+      Effect.zipRight(Effect.suspend(() => pipeline.run(randomTag()))),
+      Effect.tapError((error) => Console.log(`[bench] ${label} ${what} ${pipeline.id} failed, once more: ${error.message}`)),
+      Effect.retry({ times: 1 })
+    )
     yield* Console.log(`[bench] ${label} ${what} ${pipeline.id}: ${describeSample(sample)}`)
     return sample
   })

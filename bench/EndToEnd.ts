@@ -45,6 +45,8 @@ export interface Round {
   readonly buildPush: ReadonlyArray<number>
   /** Peak RSS of the pushing process during the round (server for HTTP, this process for the library). */
   readonly peakRss?: number
+  /** RSS of this process when a library round began (its peak was reset to it). */
+  readonly startRss?: number
 }
 
 export interface ConcurrencyResult {
@@ -100,6 +102,7 @@ export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*
   )
   const libraryRound = Effect.gen(function*() {
     yield* resetPeakRss("self")
+    const startRss = yield* currentRss("self")
     const [time, images] = yield* seconds(Effect.forEach(
       archives,
       (archive, i) => libraryBuild(env.builder, env.registry, archive, containers[i]!, randomTag()),
@@ -110,7 +113,8 @@ export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*
       bytes: images.reduce((sum, image) => sum + image.size, 0),
       kubelet: [],
       buildPush: [],
-      peakRss: yield* peakRss("self")
+      peakRss: yield* peakRss("self"),
+      startRss
     } satisfies Round
   })
 

@@ -238,8 +238,16 @@ const roundRow = (name: string, rounds: ReadonlyArray<Round>, rawThroughput: num
       : `kubelet ${formatSeconds(summarize(rounds.flatMap((r) => r.kubelet)).median)} · build/push ${
         formatSeconds(summarize(rounds.flatMap((r) => r.buildPush)).median)
       }`,
-    formatMiB(maxOf(rounds.map((round) => round.peakRss)))
+    roundPeak(rounds)
   ]
+}
+
+const roundPeak = (rounds: ReadonlyArray<Round>) => {
+  const peak = maxOf(rounds.map((round) => round.peakRss))
+  const growth = maxOf(rounds.map((round) =>
+    round.peakRss === undefined || round.startRss === undefined ? undefined : round.peakRss - round.startRss
+  ))
+  return peak === undefined ? "–" : growth === undefined ? formatMiB(peak) : `${formatMiB(peak)} (+${formatMiB(growth)})`
 }
 
 const endToEndSection = (report: BenchReport) => {

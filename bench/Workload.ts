@@ -84,3 +84,44 @@ export const makeArchive = Effect.fn("Workload.makeArchive")(function*(container
   const digest = `sha256:${sum.stdout.trim().split(/\s+/)[0]}`
   return { path, bytes, digest, memoryBytes, checkpointSeconds, sha256Seconds } satisfies Archive
 }, Effect.mapError(failedTo("make a checkpoint archive")))
+
+const ownerAlive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+/** Names made by a benchmark process (`bench-<pid>-...`) whose process is gone. */
+const orphaned = (names: ReadonlyArray<string>, pattern: RegExp) =>
+  names.filter((name) => {
+    const pid = Number(pattern.exec(name)?.[1] ?? Number.NaN)
+    return Number.isInteger(pid) && pid !== process.pid && !ownerAlive(pid)
+  })
+
+const lines = (text: string) => text.split("\n").map((line) => line.trim()).filter((line) => line.length > 0)
+
+/**
+ * Removes what an earlier benchmark run that was killed left behind: its containers, checkpoint images, buildah
+ * working containers and scratch directories (all carry the pid of their run, which must be gone).
+ */
+export const sweepLeftovers = Effect.fn("Workload.sweepLeftovers")(function*(workDir: string) {
+  const fs = yield* FileSystem.FileSystem
+  const containers = lines(yield* Podman.podman(["ps", "--all", "--format", "{{.Names}}"]))
+  const images = lines(yield* Podman.podman(["images", "--format", "{{.Repository}}:{{.Tag}}"]))
+  const working = lines((yield* exec("buildah", ["containers", "--noheading", "--format", "{{.ContainerName}}"])).stdout)
+  const runs = (yield* fs.exists(workDir)) ? yield* fs.readDirectory(workDir) : []
+  const stale = {
+    containers: orphaned(containers, /^bench-(\d+)-/),
+    images: orphaned(images, /^localhost\/bench-(\d+)-/),
+    working: orphaned(working, /^bench-(\d+)-buildah-/),
+    runs: orphaned(runs, /^run-(\d+)-/)
+  }
+  yield* Effect.forEach(stale.containers, (name) => Podman.removeContainer(name), { discard: true })
+  yield* Effect.forEach(stale.working, (name) => exec("buildah", ["rm", name]), { discard: true })
+  yield* Effect.forEach(stale.images, (name) => Podman.podman(["rmi", "--ignore", name]), { discard: true })
+  yield* Effect.forEach(stale.runs, (name) => fs.remove(`${workDir}/${name}`, { recursive: true }), { discard: true })
+  return Object.values(stale).reduce((sum, names) => sum + names.length, 0)
+}, Effect.mapError(failedTo("remove leftovers of earlier runs")))

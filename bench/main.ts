@@ -11,6 +11,7 @@ import { concurrentCheckpoints, counterCheckpoints } from "./EndToEnd.ts"
 import { machineFacts } from "./Machine.ts"
 import { renderReport, targetRows } from "./Report.ts"
 import { settings as benchSettings } from "./Settings.ts"
+import { sweepLeftovers } from "./Workload.ts"
 
 /** How this run was started, with the BENCH_* settings that were given, for the report. */
 const commandLine = () => {
@@ -28,7 +29,11 @@ const program = Effect.gen(function*() {
   const path = yield* Path.Path
   const startedAt = new Date()
   yield* fs.makeDirectory(settings.workDir, { recursive: true })
-  const dir = path.resolve(yield* fs.makeTempDirectoryScoped({ directory: settings.workDir, prefix: "run-" }))
+  const swept = yield* sweepLeftovers(settings.workDir)
+  if (swept > 0) yield* Console.log(`[bench] removed ${swept} leftovers of earlier, killed runs`)
+  const dir = path.resolve(
+    yield* fs.makeTempDirectoryScoped({ directory: settings.workDir, prefix: `run-${process.pid}-` })
+  )
   const machine = yield* machineFacts
   const env = yield* makeEnv(settings, dir)
   const sizes = yield* Effect.forEach(settings.sizes, (mib) => benchSize(env, mib))
