@@ -4,10 +4,10 @@ import { ImageBuilder } from "@checkpointer/core"
 import { NativeImageBuilder } from "@checkpointer/strategies"
 import { Console, Context, Effect, Layer, Option, Ref } from "effect"
 import type { Scope } from "effect"
-import { randomBytes } from "node:crypto"
+import { createHash, randomBytes } from "node:crypto"
 import type { Profiler } from "node:inspector"
 import type { CheckpointerProcess } from "../test/harness/CheckpointerProcess.ts"
-import { freePort, startCheckpointer } from "../test/harness/CheckpointerProcess.ts"
+import { freePort, projectRoot, serverCommand, startCheckpointer } from "../test/harness/CheckpointerProcess.ts"
 import type { LocalCluster } from "../test/harness/Cluster.ts"
 import { startLocalCluster } from "../test/harness/Cluster.ts"
 import type { KubeletNode } from "../test/harness/KubeletNode.ts"
@@ -52,12 +52,15 @@ export interface BenchEnv {
   ) => Effect.Effect<CheckpointerProcess, BenchError, Scope.Scope>
   /** One-minute load averages seen before each run. */
   readonly loads: Ref.Ref<ReadonlyArray<number>>
+  /** sha256 of dist/server/main.mjs at each server start (more than one: it was rebuilt during the run). */
+  readonly bundles: Ref.Ref<ReadonlyArray<string>>
 }
 
 export const nodeName = "bench-node"
 
 /** Scoped: the registry, the simulated API server, the kubelet endpoint of the CRIU node, the library's builder. */
 export const makeEnv = Effect.fn("Bench.makeEnv")(function*(settings: BenchSettings, dir: string) {
+  const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
   const registry = yield* startBenchRegistry(path.join(dir, "registry"))
   const cluster = yield* startLocalCluster({ dir: path.join(dir, "cluster"), nodes: [nodeName] }).pipe(
@@ -69,8 +72,12 @@ export const makeEnv = Effect.fn("Bench.makeEnv")(function*(settings: BenchSetti
     caFile: Option.some(registry.caFile),
     insecure: false
   })).pipe(Effect.mapError(failedTo("make the native builder")))
+  const bundles = yield* Ref.make<ReadonlyArray<string>>([])
   const startServer = (name: string, extra?: Readonly<Record<string, string>>) =>
     Effect.gen(function*() {
+      const bundle = yield* fs.readFile(path.join(projectRoot, serverCommand.argv[serverCommand.argv.length - 1]!))
+      const digest = createHash("sha256").update(bundle).digest("hex").slice(0, 16)
+      yield* Ref.update(bundles, (seen) => seen.includes(digest) ? seen : [...seen, digest])
       const port = yield* freePort(node.address)
       const env = checkpointerEnv({
         registry,
@@ -91,7 +98,8 @@ export const makeEnv = Effect.fn("Bench.makeEnv")(function*(settings: BenchSetti
     node,
     builder: Context.get(builderContext, ImageBuilder),
     startServer,
-    loads: yield* Ref.make<ReadonlyArray<number>>([])
+    loads: yield* Ref.make<ReadonlyArray<number>>([]),
+    bundles
   } satisfies BenchEnv
 })
 

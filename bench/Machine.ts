@@ -53,3 +53,10 @@ export const machineFacts = Effect.gen(function*() {
 
 /** One-minute load average (other work on a shared machine shows here). */
 export const loadAverage = Effect.sync(() => Os.loadavg()[0] ?? 0)
+
+/** The code being measured: HEAD, and how many files under packages/ differ from it (the bundle is built from them). */
+export const codeFacts = Effect.gen(function*() {
+  const commit = yield* output("git", ["-C", projectRoot, "rev-parse", "--short", "HEAD"])
+  const changed = yield* output("git", ["-C", projectRoot, "status", "--porcelain", "--", "packages"])
+  return { commit, changedFiles: changed.split("\n").filter((line) => line.trim().length > 0).length }
+}).pipe(Effect.orElseSucceed(() => ({ commit: "unknown", changedFiles: 0 })))

@@ -23,6 +23,9 @@ export interface BenchReport {
   readonly durationSeconds: number
   readonly settings: BenchSettings
   readonly machine: MachineFacts
+  readonly code: { readonly commit: string; readonly changedFiles: number }
+  /** sha256 prefixes of the server bundle at each server start. */
+  readonly bundles: ReadonlyArray<string>
   readonly loads: ReadonlyArray<number>
   readonly sizes: ReadonlyArray<SizeResult>
   readonly counter?: CounterResult
@@ -476,6 +479,14 @@ export const renderReport = (report: BenchReport): string => {
     "## Versions",
     "",
     table(["component", "version"], machine.versions.map(([name, version]) => [name, version])),
+    "",
+    `Code: commit ${report.code.commit}` +
+    (report.code.changedFiles === 0
+      ? ", no uncommitted changes under packages/."
+      : `, with ${report.code.changedFiles} uncommitted file(s) under packages/ (the bundle and the library are built ` +
+        "from the working tree).") +
+    ` Server bundle (dist/server/main.mjs, built by \`pnpm bench\`) sha256 ${report.bundles.join(", ")}` +
+    (report.bundles.length > 1 ? ": it was rebuilt during the run (another job ran scripts/build.mjs)." : "."),
     "",
     methodSection(report),
     "## Archives",

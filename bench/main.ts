@@ -8,7 +8,7 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Logger, LogLevel, Ref } from "effect"
 import { benchSize, makeEnv } from "./Bench.ts"
 import { concurrentCheckpoints, counterCheckpoints } from "./EndToEnd.ts"
-import { machineFacts } from "./Machine.ts"
+import { codeFacts, machineFacts } from "./Machine.ts"
 import { renderReport, targetRows } from "./Report.ts"
 import { settings as benchSettings } from "./Settings.ts"
 import { sweepLeftovers } from "./Workload.ts"
@@ -35,6 +35,7 @@ const program = Effect.gen(function*() {
     yield* fs.makeTempDirectoryScoped({ directory: settings.workDir, prefix: `run-${process.pid}-` })
   )
   const machine = yield* machineFacts
+  const code = yield* codeFacts
   const env = yield* makeEnv(settings, dir)
   const sizes = yield* Effect.forEach(settings.sizes, (mib) => benchSize(env, mib))
   const counter = settings.endToEnd ? yield* counterCheckpoints(env) : undefined
@@ -45,6 +46,8 @@ const program = Effect.gen(function*() {
     durationSeconds: (Date.now() - startedAt.getTime()) / 1000,
     settings,
     machine,
+    code,
+    bundles: yield* Ref.get(env.bundles),
     loads: yield* Ref.get(env.loads),
     sizes,
     ...(counter === undefined ? {} : { counter }),
