@@ -38,6 +38,8 @@ export interface CheckpointerProcess {
   readonly exitCode: () => number | null
   /** Kills the process at once (SIGKILL), as a crashed node would. */
   readonly kill: Effect.Effect<void>
+  /** Sends SIGTERM, as Kubernetes does when it stops a pod, and waits for the exit code. */
+  readonly terminate: Effect.Effect<number | null>
 }
 
 /** A free TCP port on `address`. */
@@ -127,6 +129,11 @@ export const startCheckpointer = (options: {
         if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
         child.once("exit", () => resume(Effect.void))
         child.kill("SIGKILL")
+      }),
+      terminate: Effect.async<number | null>((resume) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.succeed(child.exitCode))
+        child.once("exit", (code) => resume(Effect.succeed(code)))
+        child.kill("SIGTERM")
       })
     } satisfies CheckpointerProcess
   })

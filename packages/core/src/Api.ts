@@ -37,6 +37,20 @@ export class CheckpointNotFound extends Schema.TaggedError<CheckpointNotFound>()
   message: Schema.String
 }) {}
 
+/** A checkpoint of the same container is already running on this node; the message names its identifier. */
+export class CheckpointInProgress extends Schema.TaggedError<CheckpointInProgress>()("CheckpointInProgress", {
+  message: Schema.String
+}) {}
+
+export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", {
+  message: Schema.String
+}) {}
+
+/** The Checkpointer is shutting down and takes no new checkpoints. */
+export class Unavailable extends Schema.TaggedError<Unavailable>()("Unavailable", {
+  message: Schema.String
+}) {}
+
 /** A checkpoint that failed; the message names the phase (kubelet, build/push, delete pod) and the reason. */
 export class CheckpointFailed extends Schema.TaggedError<CheckpointFailed>()("CheckpointFailed", {
   message: Schema.String
@@ -46,6 +60,13 @@ export const InvalidRequestText = plainText(InvalidRequest, 400, "Malformed requ
 const ContainerNotFoundText = plainText(ContainerNotFound, 404, "The pod or container does not exist.")
 const CheckpointNotFoundText = plainText(CheckpointNotFound, 404, "No checkpoint has this identifier.")
 const CheckpointFailedText = plainText(CheckpointFailed, 500, "The checkpoint failed; the body names the phase.")
+const CheckpointInProgressText = plainText(
+  CheckpointInProgress,
+  409,
+  "A checkpoint of this container is already running; the body names its identifier."
+)
+const PayloadTooLargeText = plainText(PayloadTooLarge, 413, "The request body is larger than 64 KiB.")
+const UnavailableText = plainText(Unavailable, 503, "The Checkpointer is shutting down.")
 
 export const ContainerPath = Schema.Struct({
   namespace: Namespace,
@@ -61,6 +82,9 @@ export class CheckpointGroup extends HttpApiGroup.make("checkpoint")
       .addSuccess(CheckpointResult, { status: 201 })
       .addSuccess(AsyncCheckpointAccepted, { status: 202 })
       .addError(ContainerNotFoundText)
+      .addError(CheckpointInProgressText)
+      .addError(PayloadTooLargeText)
+      .addError(UnavailableText)
       .addError(CheckpointFailedText)
       .annotate(OpenApi.Summary, "Checkpoint a container")
       .annotate(
@@ -82,9 +106,33 @@ export class CheckpointGroup extends HttpApiGroup.make("checkpoint")
   .addError(InvalidRequestText)
 {}
 
+/** This Checkpointer cannot take checkpoints now; the message says which check failed and why. */
+export class NotReady extends Schema.TaggedError<NotReady>()("NotReady", {
+  message: Schema.String
+}) {}
+
+const NotReadyText = plainText(NotReady, 503, "Not ready: the body names the failed check (result store, API server).")
+
+/** Prometheus text exposition format 0.0.4. */
+export const PrometheusText = HttpApiSchema.Text({ contentType: "text/plain; version=0.0.4; charset=utf-8" })
+
 export class HealthGroup extends HttpApiGroup.make("health")
-  .add(HttpApiEndpoint.get("healthz", "/healthz").addSuccess(HttpApiSchema.Text()))
-  .add(HttpApiEndpoint.get("readyz", "/readyz").addSuccess(HttpApiSchema.Text()))
+  .add(
+    HttpApiEndpoint.get("healthz", "/healthz")
+      .addSuccess(HttpApiSchema.Text())
+      .annotate(OpenApi.Summary, "Liveness: the process serves requests")
+  )
+  .add(
+    HttpApiEndpoint.get("readyz", "/readyz")
+      .addSuccess(HttpApiSchema.Text())
+      .addError(NotReadyText)
+      .annotate(OpenApi.Summary, "Readiness: the result store is writable and the API server answers")
+  )
+  .add(
+    HttpApiEndpoint.get("metrics", "/metrics")
+      .addSuccess(PrometheusText)
+      .annotate(OpenApi.Summary, "Metrics in the Prometheus text format")
+  )
   .annotate(OpenApi.Exclude, false)
 {}
 

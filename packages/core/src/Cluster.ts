@@ -1,5 +1,6 @@
 import { Attach, CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node"
 import type { V1Pod } from "@kubernetes/client-node"
+import { transportReason } from "./Errors.ts"
 import { Data, Deferred, Duration, Effect, Option, Schedule, Stream } from "effect"
 import { PassThrough, Writable } from "node:stream"
 
@@ -23,7 +24,10 @@ const reasonOf = (cause: unknown): string => {
       // not a Kubernetes Status body
     }
   }
-  return cause instanceof Error ? cause.message.split("\n")[0] ?? "unknown error" : String(cause)
+  if (!(cause instanceof Error)) return String(cause)
+  const reason = cause.message.split("\n")[0] ?? "unknown error"
+  // fetch reports "fetch failed" and keeps the network reason (ECONNREFUSED, a TLS error) in its cause.
+  return cause.cause instanceof Error ? `${reason}: ${transportReason({ message: reason, cause: cause.cause })}` : reason
 }
 
 const apiTimeout = Duration.seconds(30)

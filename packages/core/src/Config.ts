@@ -68,7 +68,13 @@ export const checkpointerConfig = Config.all({
   disableRouteForward: flag("DISABLE_ROUTE_FORWARD"),
   builder: builderName,
   namespace: Config.string("CHECKPOINTER_NAMESPACE").pipe(Config.option),
-  production: Config.string("ENVIRONMENT").pipe(Config.map((value) => value === "prod"), Config.withDefault(false))
+  production: Config.string("ENVIRONMENT").pipe(Config.map((value) => value === "prod"), Config.withDefault(false)),
+  maxConcurrentCheckpoints: Config.integer("MAX_CONCURRENT_CHECKPOINTS").pipe(
+    Config.validate({ message: "must be a whole number of at least 1", validation: (n) => n >= 1 }),
+    Config.withDefault(2)
+  ),
+  resultTtlSeconds: nonNegativeInteger("RESULT_TTL", 7 * 24 * 3600),
+  shutdownGraceSeconds: nonNegativeInteger("SHUTDOWN_GRACE_SECONDS", 25)
 })
 
 export type CheckpointerSettings = Omit<Config.Config.Success<typeof checkpointerConfig>, "namespace"> & {

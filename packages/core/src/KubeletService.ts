@@ -47,7 +47,7 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
     )
 
     const checkpoint = Effect.fn("KubeletService.checkpoint")(function*(container: ContainerRef) {
-      const timeout = Duration.seconds(config.kubeletTimeoutSeconds)
+      const deadline = Duration.seconds(config.kubeletTimeoutSeconds + Math.min(15, 5 + config.kubeletTimeoutSeconds))
       const url = `${baseUrl}/checkpoint/${encodeURIComponent(container.namespace)}/${
         encodeURIComponent(container.pod)
       }/${encodeURIComponent(container.container)}`
@@ -76,8 +76,8 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
       })).pipe(
         // The kubelet gets its own timeout plus a margin to answer before we give up on it.
         Effect.timeoutFail({
-          duration: Duration.sum(timeout, Duration.seconds(15)),
-          onTimeout: () => failed(`kubelet did not answer within ${Duration.format(Duration.sum(timeout, Duration.seconds(15)))}`)
+          duration: deadline,
+          onTimeout: () => failed(`kubelet did not answer within ${Duration.format(deadline)}`)
         }),
         Effect.annotateLogs({ service: "KubeletService", container: String(container) })
       )

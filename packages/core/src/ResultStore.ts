@@ -30,10 +30,20 @@ export class ResultStoreError extends Data.TaggedError("ResultStoreError")<{
   readonly cause?: unknown
 }> {}
 
+export interface StoredRecord {
+  readonly identifier: CheckpointIdentifier
+  readonly record: CheckpointRecord
+}
+
 /** Durable results of checkpoints, by identifier. */
 export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultStore, {
   readonly put: (identifier: CheckpointIdentifier, record: CheckpointRecord) => Effect.Effect<void, ResultStoreError>
   readonly get: (identifier: CheckpointIdentifier) => Effect.Effect<Option.Option<CheckpointRecord>, ResultStoreError>
+  readonly remove: (identifier: CheckpointIdentifier) => Effect.Effect<void, ResultStoreError>
+  /** Every readable record (corrupt ones are left out, and reported by `get`). */
+  readonly entries: Effect.Effect<ReadonlyArray<StoredRecord>, ResultStoreError>
+  /** Fails when a record could not be written now (for /readyz). */
+  readonly checkWritable: Effect.Effect<void, ResultStoreError>
 }>() {
   /** One JSON file per identifier under STORAGE_BASE_PATH, written to a temporary file and renamed into place. */
   static readonly File = Layer.effect(
@@ -46,6 +56,14 @@ export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultS
         new ResultStoreError({ message: `cannot ${action} in ${storageBasePath}: ${cause.message}`, cause })
       yield* fs.makeDirectory(storageBasePath, { recursive: true }).pipe(Effect.mapError(storeError("create the store")))
       const fileOf = (identifier: CheckpointIdentifier) => path.join(storageBasePath, `${identifier}.json`)
+      const files = fs.readDirectory(storageBasePath).pipe(Effect.mapError(storeError("list the results")))
+      // A write cut short by a crash leaves its temporary file behind.
+      yield* files.pipe(
+        Effect.flatMap(Effect.forEach((name) =>
+          name.endsWith(".tmp") ? fs.remove(path.join(storageBasePath, name)).pipe(Effect.ignore) : Effect.void
+        )),
+        Effect.ignore
+      )
 
       const put = Effect.fn("ResultStore.put")(function*(identifier: CheckpointIdentifier, record: CheckpointRecord) {
         const text = yield* Schema.encode(RecordJson)(record).pipe(Effect.mapError(storeError("encode a record")))
@@ -57,7 +75,9 @@ export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultS
         )
       })
 
-      const get = Effect.fn("ResultStore.get")(function*(identifier: CheckpointIdentifier) {
+      const get = Effect.fn("ResultStore.get")(function*(
+        identifier: CheckpointIdentifier
+      ): Effect.fn.Return<Option.Option<CheckpointRecord>, ResultStoreError> {
         const text = yield* fs.readFileString(fileOf(identifier)).pipe(
           Effect.map(Option.some),
           Effect.catchIf(
@@ -78,7 +98,31 @@ export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultS
         })
       })
 
-      return { put, get }
+      const remove = Effect.fn("ResultStore.remove")(function*(identifier: CheckpointIdentifier) {
+        yield* fs.remove(fileOf(identifier), { force: true }).pipe(Effect.mapError(storeError(`remove ${identifier}`)))
+      })
+
+      const entries = Effect.gen(function*() {
+        const identifiers = (yield* files).filter((name) => name.endsWith(".json")).map((name) =>
+          name.slice(0, -".json".length) as CheckpointIdentifier
+        )
+        const records = yield* Effect.forEach(identifiers, (identifier) =>
+          get(identifier).pipe(
+            Effect.map(Option.map((record): StoredRecord => ({ identifier, record }))),
+            Effect.orElseSucceed(() => Option.none<StoredRecord>())
+          ))
+        return records.flatMap((found) => Option.toArray(found))
+      })
+
+      const checkWritable = Effect.gen(function*() {
+        const probe = path.join(storageBasePath, `.writable-${crypto.randomUUID()}.tmp`)
+        yield* fs.writeFileString(probe, "ok", { mode: 0o600 }).pipe(
+          Effect.ensuring(fs.remove(probe, { force: true }).pipe(Effect.ignore)),
+          Effect.mapError(storeError("write"))
+        )
+      })
+
+      return { put, get, remove, entries, checkWritable }
     })
   )
 
@@ -89,7 +133,17 @@ export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultS
       const records = yield* Ref.make(new Map<CheckpointIdentifier, CheckpointRecord>())
       return {
         put: (identifier, record) => Ref.update(records, (map) => new Map(map).set(identifier, record)),
-        get: (identifier) => Ref.get(records).pipe(Effect.map((map) => Option.fromNullable(map.get(identifier))))
+        get: (identifier) => Ref.get(records).pipe(Effect.map((map) => Option.fromNullable(map.get(identifier)))),
+        remove: (identifier) =>
+          Ref.update(records, (map) => {
+            const next = new Map(map)
+            next.delete(identifier)
+            return next
+          }),
+        entries: Ref.get(records).pipe(
+          Effect.map((map) => Array.from(map, ([identifier, record]) => ({ identifier, record })))
+        ),
+        checkWritable: Effect.void
       }
     })
   )

@@ -1,16 +1,19 @@
 import type { HttpServerRequest } from "@effect/platform"
-import { HttpApiBuilder } from "@effect/platform"
+import { FileSystem, HttpApiBuilder, HttpIncomingMessage } from "@effect/platform"
 import {
   CheckpointerApi,
   Checkpointer,
   CheckpointFailed,
+  CheckpointInProgress,
   CheckpointNotFound,
   CheckpointOptions,
   ContainerNotFound,
   ContainerRef,
-  InvalidRequest
+  InvalidRequest,
+  PayloadTooLarge,
+  Unavailable
 } from "@checkpointer/core"
-import { Effect, ParseResult, Schema } from "effect"
+import { Effect, Option, ParseResult, Schema } from "effect"
 
 const maxBodyBytes = 64 * 1024
 
@@ -19,12 +22,17 @@ const decodeOptions = Schema.decodeUnknown(CheckpointOptions, { errors: "all", o
 /** The optional JSON body of a checkpoint request: no body means `{"deletePod": false, "async": false}`. */
 export const readCheckpointOptions = (request: HttpServerRequest.HttpServerRequest) =>
   Effect.gen(function*() {
+    const tooLarge = new PayloadTooLarge({ message: `request body is larger than ${maxBodyBytes} bytes` })
+    if (Number(request.headers["content-length"] ?? 0) > maxBodyBytes) return yield* tooLarge
     const text = yield* request.text.pipe(
-      Effect.mapError(() => new InvalidRequest({ message: "could not read the request body" }))
+      HttpIncomingMessage.withMaxBodySize(Option.some(FileSystem.Size(maxBodyBytes))),
+      Effect.mapError((error) =>
+        error.reason === "Decode" && String(error.cause).includes("maxBytes exceeded")
+          ? tooLarge
+          : new InvalidRequest({ message: "could not read the request body" })
+      )
     )
-    if (Buffer.byteLength(text) > maxBodyBytes) {
-      return yield* new InvalidRequest({ message: `request body is larger than ${maxBodyBytes} bytes` })
-    }
+    if (Buffer.byteLength(text) > maxBodyBytes) return yield* tooLarge
     if (text.trim() === "") return new CheckpointOptions({})
     const json = yield* Effect.try({
       try: () => JSON.parse(text) as unknown,
@@ -55,7 +63,10 @@ export const CheckpointHandlers = HttpApiBuilder.group(
             Effect.flatMap((options) => checkpointer.checkpoint(new ContainerRef(path), options)),
             Effect.catchTags({
               ContainerMissing: (error) => new ContainerNotFound({ message: error.message }),
-              PhaseFailed: (error) => new CheckpointFailed({ message: error.description })
+              CheckpointConflict: (error) => new CheckpointInProgress({ message: error.message }),
+              ShuttingDown: (error) => new Unavailable({ message: error.message }),
+              PhaseFailed: (error) => new CheckpointFailed({ message: error.description }),
+              CheckpointFailure: (error) => new CheckpointFailed({ message: error.message })
             })
           ))
         .handle("result", ({ urlParams }) =>

@@ -6,15 +6,16 @@ import {
   describeConfigError,
   KubeletService,
   NodeRouter,
+  Readiness,
   ResultStore
 } from "@checkpointer/core"
-import { Data, Effect, Layer, Logger, LogLevel } from "effect"
+import { Data, Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./HttpServer.ts"
 import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
 
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
 
-const CheckpointerLive = Layer.merge(Checkpointer.Default, NodeRouter.Default).pipe(
+const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default, Readiness.Default).pipe(
   Layer.provide([KubeletService.DefaultWithoutDependencies, ResultStore.File, ImageBuilderLayer]),
   Layer.provide(Cluster.Default)
 )
@@ -23,13 +24,27 @@ const LoggerLive = Layer.unwrapEffect(
   CheckpointerConfig.pipe(
     Effect.map(({ production }) =>
       production
-        ? Layer.merge(Logger.json, Logger.minimumLogLevel(LogLevel.Info))
+        // NodeRuntime.runMain has put its pretty logger in place of the default one: JSON lines only.
+        ? Layer.mergeAll(Logger.json, Logger.remove(Logger.prettyLoggerDefault), Logger.minimumLogLevel(LogLevel.Info))
         : Layer.merge(Logger.pretty, Logger.minimumLogLevel(LogLevel.Debug))
     )
   )
 )
 
-const MainLive = HttpServerLive.pipe(
+/**
+ * On SIGTERM, before the HTTP server closes: new checkpoints are refused (503), running ones get
+ * SHUTDOWN_GRACE_SECONDS to finish, the rest are recorded as interrupted. Built after the server, so released before it.
+ */
+const DrainOnShutdown = Layer.scopedDiscard(
+  Effect.gen(function*() {
+    const checkpointer = yield* Checkpointer
+    const { shutdownGraceSeconds } = yield* CheckpointerConfig
+    yield* Effect.addFinalizer(() => checkpointer.drain(Duration.seconds(shutdownGraceSeconds)))
+  })
+)
+
+const MainLive = DrainOnShutdown.pipe(
+  Layer.provide(HttpServerLive),
   Layer.provide(CheckpointerLive),
   Layer.provide(LoggerLive),
   Layer.provide(CheckpointerConfig.Default),

@@ -10,6 +10,7 @@ import {
   KubeletServiceTest,
   KubernetesApiError,
   podRunningNotFaked,
+  Readiness,
   ResultStore
 } from "@checkpointer/core"
 import type { BuildRequest, CheckpointerSettings, ContainerRef } from "@checkpointer/core"
@@ -36,7 +37,10 @@ export const testSettings: CheckpointerSettings = {
   disableRouteForward: true,
   builder: "native",
   namespace: "default",
-  production: false
+  production: false,
+  maxConcurrentCheckpoints: 2,
+  resultTtlSeconds: 7 * 24 * 3600,
+  shutdownGraceSeconds: 5
 }
 
 /** What the fake node, builder and API server saw and what they should do next. */
@@ -115,7 +119,7 @@ const FakeCluster = Layer.effect(
 )
 
 /** Checkpointer with fake kubelet, builder and API server, a memory result store and the real orchestration. */
-export const CheckpointerTest = Checkpointer.Default.pipe(
+export const CheckpointerTest = Layer.merge(Checkpointer.Default, Readiness.Default).pipe(
   Layer.provide([FakeKubelet, FakeBuilder, FakeCluster]),
   Layer.provideMerge(ResultStore.Memory),
   Layer.provideMerge(World.Default),

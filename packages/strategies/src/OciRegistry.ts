@@ -1,6 +1,6 @@
 import { HttpClientRequest } from "@effect/platform"
 import type { HttpClient, HttpClientResponse } from "@effect/platform"
-import { Data, Effect, Either, Option } from "effect"
+import { Data, Duration, Effect, Either, Option, Schedule } from "effect"
 import type { Stream } from "effect"
 import { createHash } from "node:crypto"
 import { failedResponse, makeAuthenticator, RegistryError, transportReason } from "./RegistryAuth.ts"
@@ -82,6 +82,9 @@ export interface SessionOptions {
 }
 
 
+const requestTimeout = Duration.seconds(60)
+const transientRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
+
 /**
  * A push session: pings `/v2/` (choosing https, or http when insecure and TLS fails), authenticates as the registry
  * asks, and pushes blobs and manifests of one repository following the OCI distribution spec.
@@ -101,6 +104,17 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       )
     )
 
+  /** A request whose body can be sent again: bounded in time, and retried with backoff when the network failed. */
+  const sendReplayable = (what: string, request: HttpClientRequest.HttpClientRequest) =>
+    send(what, request).pipe(
+      Effect.timeoutFail({
+        duration: requestTimeout,
+        onTimeout: () =>
+          new RegistryError({ message: `${what} failed: ${reference.apiHost} did not answer within ${Duration.format(requestTimeout)}` })
+      }),
+      Effect.retry({ schedule: transientRetry, while: (error) => error.status === undefined })
+    )
+
   const refused = (what: string, response: HttpClientResponse.HttpClientResponse) =>
     failedResponse(what, response, Option.isNone(options.credentials)).pipe(
       Effect.mapError((error) =>
@@ -116,12 +130,13 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
   /** Sends with authorization; on a 401 follows the challenge and retries once (only for replayable bodies). */
   const exchange = (what: string, request: HttpClientRequest.HttpClientRequest, replayable = true) =>
     Effect.gen(function*() {
-      const response = yield* send(what, yield* auth.authorize(request))
+      const deliver = replayable ? sendReplayable : send
+      const response = yield* deliver(what, yield* auth.authorize(request))
       if (response.status !== 401 || !replayable) return response
       const retry = yield* auth.challenged(response.headers["www-authenticate"])
       if (!retry) return response
       yield* response.text.pipe(Effect.ignore)
-      return yield* send(what, yield* auth.authorize(request))
+      return yield* deliver(what, yield* auth.authorize(request))
     })
 
   const ping = (base: string) =>
