@@ -118,11 +118,13 @@ const FakeCluster = Layer.effect(
   })
 )
 
-/** Checkpointer with fake kubelet, builder and API server, a memory result store and the real orchestration. */
-export const CheckpointerTest = Layer.merge(Checkpointer.Default, Readiness.Default).pipe(
+/** Checkpointer with fake kubelet, builder and API server, the given result store and the real orchestration. */
+export const makeCheckpointerTest = <E>(store: Layer.Layer<ResultStore, E>) => Layer.merge(Checkpointer.Default, Readiness.Default).pipe(
   Layer.provide([FakeKubelet, FakeBuilder, FakeCluster]),
-  Layer.provideMerge(ResultStore.Memory),
+  Layer.provideMerge(store),
   Layer.provideMerge(World.Default),
   Layer.provideMerge(Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(testSettings))),
   Layer.provideMerge(NodeContext.layer)
 )
+
+export const CheckpointerTest = makeCheckpointerTest(ResultStore.Memory)

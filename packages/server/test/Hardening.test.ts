@@ -1,0 +1,130 @@
+import { HttpApiBuilder, HttpClient, HttpClientRequest } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { expect, layer } from "@effect/vitest"
+import {
+  Checkpointer,
+  CheckpointResult,
+  ContainerRef,
+  PendingRecord,
+  ResultStore,
+  SucceededRecord
+} from "@checkpointer/core"
+import type { CheckpointIdentifier } from "@checkpointer/core"
+import { Deferred, Duration, Effect, Fiber, Layer, Ref } from "effect"
+import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
+import { makeCheckpointerTest, World } from "./TestLayers.ts"
+
+const container = ContainerRef.make({ namespace: "default", pod: "counter", container: "main" } as never)
+const expired = "node-a:1111111111111111" as CheckpointIdentifier
+const leftPending = "node-a:2222222222222222" as CheckpointIdentifier
+
+/** A store as a previous process left it: an expired result and a checkpoint that never finished. */
+const StoreFromBefore = Layer.effect(
+  ResultStore,
+  Effect.gen(function*() {
+    const store = yield* ResultStore
+    const result = new CheckpointResult({
+      containerIdentifier: container,
+      beginTimestamp: 1,
+      endTimestamp: 2,
+      containerImageName: "registry.test/checkpoints:1111111111111111"
+    })
+    yield* store.put(expired, new SucceededRecord({ result }))
+    yield* store.put(leftPending, new PendingRecord({ container, beginTimestamp: Math.floor(Date.now() / 1000) }))
+    return store
+  })
+).pipe(Layer.provide(ResultStore.Memory))
+
+const ServerTest = HttpApiBuilder.serve().pipe(
+  Layer.provide(DecodeErrorsAsText),
+  Layer.provide(ApiLive),
+  Layer.provideMerge(makeCheckpointerTest(StoreFromBefore)),
+  Layer.provideMerge(NodeHttpServer.layerTest)
+)
+
+const send = (request: HttpClientRequest.HttpClientRequest) =>
+  Effect.gen(function*() {
+    const response = yield* (yield* HttpClient.HttpClient).execute(request)
+    return { status: response.status, text: yield* response.text }
+  })
+const post = (path: string, body?: unknown) =>
+  send(
+    body === undefined
+      ? HttpClientRequest.post(path)
+      : HttpClientRequest.bodyText(HttpClientRequest.post(path), JSON.stringify(body), "application/json")
+  )
+const get = (path: string) => send(HttpClientRequest.get(path))
+
+/** Holds every build until the returned effect is run. */
+const holdBuilds = Effect.gen(function*() {
+  const world = yield* World
+  const release = yield* Deferred.make<void>()
+  yield* Ref.set(world.buildBehaviour, () => Deferred.await(release))
+  return Deferred.succeed(release, undefined).pipe(Effect.zipRight(Ref.set(world.buildBehaviour, () => Effect.void)))
+})
+
+layer(ServerTest, { excludeTestServices: true })("hardening", (it) => {
+  it.effect("at startup, records left pending become 'interrupted by restart' and expired ones are removed", () =>
+    Effect.gen(function*() {
+      const store = yield* ResultStore
+      expect((yield* store.get(leftPending))._tag).toBe("Some")
+      const pending = yield* get(`/checkpoint?checkpointIdentifier=${leftPending}`)
+      expect(pending.status).toBe(500)
+      expect(pending.text).toContain("interrupted by restart")
+      const record = yield* store.get(leftPending)
+      expect(record).toMatchObject({ value: { _tag: "Failed" } })
+      expect((yield* get(`/checkpoint?checkpointIdentifier=${expired}`)).status).toBe(404)
+    }))
+
+  it.effect("a second checkpoint of a container that is being checkpointed answers 409 with the running identifier", () =>
+    Effect.gen(function*() {
+      const release = yield* holdBuilds
+      const first = yield* post("/checkpoint/default/busy/main", { async: true })
+      const { checkpointIdentifier } = JSON.parse(first.text)
+      const second = yield* post("/checkpoint/default/busy/main")
+      expect(second.status).toBe(409)
+      expect(second.text).toBe(`a checkpoint of default/busy/main is already running: ${checkpointIdentifier}`)
+      const other = yield* post("/checkpoint/default/other/main", { async: true })
+      expect(other.status).toBe(202)
+      yield* release
+      expect((yield* get(`/checkpoint?checkpointIdentifier=${checkpointIdentifier}`)).status).toBe(200)
+      expect((yield* post("/checkpoint/default/busy/main")).status).toBe(201)
+    }))
+
+  it.effect("no more than MAX_CONCURRENT_CHECKPOINTS (2) run at once; the others wait their turn and finish", () =>
+    Effect.gen(function*() {
+      const world = yield* World
+      const release = yield* holdBuilds
+      const buildsBefore = (yield* Ref.get(world.builds)).length
+      const identifiers = yield* Effect.forEach(["q1", "q2", "q3", "q4"], (pod) =>
+        Effect.map(post(`/checkpoint/default/${pod}/main`, { async: true }), (answer) =>
+          JSON.parse(answer.text).checkpointIdentifier as string))
+      const waiting = yield* Effect.fork(get(`/checkpoint?checkpointIdentifier=${identifiers[3]}`))
+      yield* Effect.sleep(Duration.millis(200))
+      expect((yield* Ref.get(world.builds)).length - buildsBefore).toBe(2)
+      expect(yield* Fiber.poll(waiting)).toMatchObject({ _tag: "None" })
+      yield* release
+      expect((yield* Fiber.join(waiting)).status).toBe(200)
+      for (const identifier of identifiers) {
+        expect((yield* get(`/checkpoint?checkpointIdentifier=${identifier}`)).status).toBe(200)
+      }
+    }))
+
+  it.effect("a body over 64 KiB answers 413", () =>
+    Effect.gen(function*() {
+      const answer = yield* post("/checkpoint/default/counter/main", { pad: "x".repeat(70 * 1024) })
+      expect(answer.status).toBe(413)
+      expect(answer.text).toBe("request body is larger than 65536 bytes")
+    }))
+
+  it.effect("while shutting down, new checkpoints answer 503 and results are still served", () =>
+    Effect.gen(function*() {
+      const done = yield* post("/checkpoint/default/last/main")
+      expect(done.status).toBe(201)
+      const checkpointer = yield* Checkpointer
+      yield* checkpointer.drain(Duration.zero)
+      const refused = yield* post("/checkpoint/default/late/main")
+      expect(refused.status).toBe(503)
+      expect(refused.text).toContain("shutting down")
+    }))
+})
