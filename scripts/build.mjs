@@ -1,8 +1,12 @@
 // Bundles the server into one minified ESM file (dist/server/main.mjs): what `pnpm start` and the container image run.
+// Also bundles the kubectl plugin into one executable, packages/server/dist/bin/kubectl-checkpoint (the package's bin).
 import { build } from "esbuild"
+import { chmod } from "node:fs/promises"
 import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
+// Some CommonJS dependencies call require(); give the ESM bundles one.
+const requireShim = "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);"
 
 await build({
   absWorkingDir: root,
@@ -17,6 +21,22 @@ await build({
   minify: true,
   legalComments: "external",
   logLevel: "warning",
-  // Some CommonJS dependencies call require(); give the ESM bundle one.
-  banner: { js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);" }
+  banner: { js: requireShim }
 })
+
+const plugin = "packages/server/dist/bin/kubectl-checkpoint"
+await build({
+  absWorkingDir: root,
+  entryPoints: ["packages/server/src/cli/kubectl-checkpoint.ts"],
+  outfile: plugin,
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node24",
+  mainFields: ["module", "main"],
+  minify: true,
+  legalComments: "none",
+  logLevel: "warning",
+  banner: { js: `#!/usr/bin/env node\n${requireShim}` }
+})
+await chmod(`${root}/${plugin}`, 0o755)

@@ -14,6 +14,8 @@ install_debian_packages() {
   local missing=()
   for pkg in "${wanted[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   if criu --version 2>/dev/null | grep -q 'Version: 3\.'; then missing+=(criu); fi
+  # kubectl runs the kubectl-checkpoint plugin in the tests; kustomize builds k8s-manifests (both from trixie).
+  for tool in kubectl kustomize; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
   [ ${#missing[@]} -eq 0 ] && { log "Debian packages present"; return; }
   log "installing Debian packages: ${missing[*]}"
   if [ ! -f /etc/apt/sources.list.d/trixie.sources ]; then
@@ -33,7 +35,8 @@ PIN
   as_root apt-get update -qq
   # runc stays on bookworm's 1.1.5 (crun does not work on this kernel's hybrid cgroups); the CRIU set comes from trixie.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc/bookworm busybox-static apache2-utils openssl curl ca-certificates
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie criu podman buildah skopeo docker-registry
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie criu podman buildah skopeo docker-registry \
+    kubectl kustomize
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades runc/bookworm
 }
 

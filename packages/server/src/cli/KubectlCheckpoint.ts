@@ -1,0 +1,214 @@
+import { Cluster, KubernetesApiError } from "@checkpointer/core"
+import { KubeConfig } from "@kubernetes/client-node"
+import { Clock, Console, Data, Duration, Effect, Either, Option, Schedule } from "effect"
+import { parseArgs } from "node:util"
+import { CheckpointerClient } from "../CheckpointerClient.ts"
+
+export const usage = `Checkpoints a container with CRIU and prints the name of the image it was pushed as.
+
+Usage:
+  kubectl checkpoint POD [-c CONTAINER] [-n NAMESPACE] [--delete-pod] [--async | --wait] [--url URL]
+
+Options:
+  -c, --container NAME  container to checkpoint (default: the pod's only container, or its
+                        kubectl.kubernetes.io/default-container annotation)
+  -n, --namespace NAME  namespace of the pod (default: the kubeconfig context's namespace, else "default")
+      --delete-pod      delete the pod once its image is pushed
+      --async           start the checkpoint, print its identifier and return
+      --wait            start the checkpoint, then wait for its image, showing progress (with or without --async)
+      --url URL         Checkpointer API (default: $CHECKPOINTER_URL, else http://localhost:3333)
+  -h, --help            show this help
+
+The pod is looked up through the Kubernetes API (KUBECONFIG or ~/.kube/config) only when -c is not given.
+To reach Checkpointer from outside the cluster:
+  kubectl port-forward -n kube-system service/checkpoint-service 3333:80
+Exit status: 0 done, 1 the checkpoint failed or Checkpointer could not be reached, 2 wrong usage.`
+
+export interface Invocation {
+  readonly pod: string
+  readonly container: Option.Option<string>
+  readonly namespace: Option.Option<string>
+  readonly deletePod: boolean
+  readonly async: boolean
+  readonly wait: boolean
+  readonly url: string
+}
+
+/** Wrong arguments: exit 2 with the usage. */
+export class UsageError extends Data.TaggedError("UsageError")<{ readonly message: string }> {}
+
+/** The checkpoint could not be made; the message is the server's (or says why it could not be asked). */
+export class CheckpointCommandFailed extends Data.TaggedError("CheckpointCommandFailed")<{ readonly message: string }> {}
+
+export const parseInvocation = (
+  args: ReadonlyArray<string>,
+  env: Readonly<Record<string, string | undefined>>
+): Either.Either<Invocation | "help", UsageError> => {
+  const parsed = Either.try({
+    try: () =>
+      parseArgs({
+        args: [...args],
+        allowPositionals: true,
+        strict: true,
+        options: {
+          container: { type: "string", short: "c" },
+          namespace: { type: "string", short: "n" },
+          "delete-pod": { type: "boolean", default: false },
+          async: { type: "boolean", default: false },
+          wait: { type: "boolean", default: false },
+          url: { type: "string" },
+          help: { type: "boolean", short: "h", default: false }
+        }
+      }),
+    catch: (error) => new UsageError({ message: error instanceof Error ? error.message : String(error) })
+  })
+  return Either.flatMap(parsed, ({ positionals, values }): Either.Either<Invocation | "help", UsageError> => {
+    if (values.help) return Either.right("help" as const)
+    if (positionals.length !== 1) {
+      return Either.left(
+        new UsageError({ message: positionals.length === 0 ? "name the pod to checkpoint" : "name exactly one pod" })
+      )
+    }
+    return Either.right({
+      pod: positionals[0]!,
+      container: Option.fromNullable(values.container),
+      namespace: Option.fromNullable(values.namespace),
+      deletePod: values["delete-pod"],
+      async: values.async,
+      wait: values.wait,
+      url: values.url ?? env.CHECKPOINTER_URL ?? "http://localhost:3333"
+    })
+  })
+}
+
+/** The namespace of the kubeconfig's current context, as kubectl uses it when -n is not given. */
+const contextNamespace = Effect.try({
+  try: () => {
+    const config = new KubeConfig()
+    config.loadFromDefault()
+    return Option.fromNullable(config.getContextObject(config.getCurrentContext())?.namespace)
+  },
+  catch: (cause) => new KubernetesApiError({ status: undefined, message: `cannot load kubeconfig: ${String(cause)}`, cause })
+}).pipe(Effect.map(Option.filter((namespace) => namespace !== "")))
+
+const defaultContainerAnnotation = "kubectl.kubernetes.io/default-container"
+
+/** The container to checkpoint when -c is not given: the only one, or the one the pod names as its default. */
+const containerOf = (namespace: string, pod: string) =>
+  Effect.gen(function*() {
+    const cluster = yield* Cluster
+    const found = yield* cluster.getPod(namespace, pod)
+    if (Option.isNone(found)) {
+      return yield* new CheckpointCommandFailed({ message: `pod ${namespace}/${pod} not found` })
+    }
+    const names = (found.value.spec?.containers ?? []).map((container) => container.name)
+    const preferred = found.value.metadata?.annotations?.[defaultContainerAnnotation]
+    if (preferred !== undefined && names.includes(preferred)) return preferred
+    if (names.length === 1) return names[0]!
+    return yield* new CheckpointCommandFailed({
+      message: `pod ${namespace}/${pod} has ${names.length} containers (${names.join(", ")}): choose one with -c`
+    })
+  })
+
+/** Shows how long the command has been waiting: one updated line on a terminal, a line every 10 s otherwise. */
+const progress = (what: string, interactive: boolean) =>
+  Effect.gen(function*() {
+    const start = yield* Clock.currentTimeMillis
+    const frames = ["|", "/", "-", "\\"]
+    let tick = 0
+    return yield* Clock.currentTimeMillis.pipe(
+      Effect.flatMap((now) => {
+        const seconds = Math.floor((now - start) / 1000)
+        const frame = frames[tick++ % frames.length]
+        return interactive
+          ? Effect.sync(() => process.stderr.write(`\r\x1b[K${frame} ${what} ${seconds}s`))
+          : seconds > 0 && seconds % 10 === 0
+          ? Console.error(`${what} ${seconds}s`)
+          : Effect.void
+      }),
+      Effect.repeat(Schedule.spaced(interactive ? "250 millis" : "1 second")),
+      Effect.zipRight(Effect.never)
+    )
+  })
+
+const clearProgress = (interactive: boolean) =>
+  interactive ? Effect.sync(() => process.stderr.write("\r\x1b[K")) : Effect.void
+
+/** While `effect` runs, show progress; the progress line is cleared however it ends. */
+const withProgress = (what: string, interactive: boolean) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  effect.pipe(Effect.raceFirst(progress(what, interactive)), Effect.ensuring(clearProgress(interactive)))
+
+const asFailure = (error: { readonly message: string }) => new CheckpointCommandFailed({ message: error.message })
+
+/**
+ * `kubectl checkpoint`: resolves the namespace and container, asks Checkpointer for the checkpoint, and prints the
+ * image name on stdout (or the identifier with --async); progress and summaries go to stderr.
+ */
+export const kubectlCheckpoint = (invocation: Invocation, options: { readonly interactive: boolean }) =>
+  Effect.gen(function*() {
+    const namespace: string = Option.isSome(invocation.namespace)
+      ? invocation.namespace.value
+      : yield* contextNamespace.pipe(Effect.map(Option.getOrElse(() => "default")), Effect.mapError(asFailure))
+    const container: string = Option.isSome(invocation.container)
+      ? invocation.container.value
+      : yield* containerOf(namespace, invocation.pod).pipe(
+        Effect.provide(Cluster.Default),
+        Effect.catchTag("KubernetesApiError", (error) => Effect.fail(asFailure(error)))
+      )
+    const target = { namespace, pod: invocation.pod, container }
+    const named = `${namespace}/${invocation.pod}/${container}`
+    const client = yield* CheckpointerClient
+    const started = yield* Clock.currentTimeMillis
+    const elapsed = Effect.map(Clock.currentTimeMillis, (now) => Duration.format(Duration.millis(now - started)))
+
+    if (!invocation.async && !invocation.wait) {
+      const result = yield* client.checkpoint(target, { deletePod: invocation.deletePod }).pipe(
+        withProgress(`checkpointing ${named}`, options.interactive)
+      )
+      yield* Console.error(`checkpointed ${named} in ${yield* elapsed}${invocation.deletePod ? ", pod deleted" : ""}`)
+      yield* Console.log(result.containerImageName)
+      return
+    }
+    const { checkpointIdentifier } = yield* client.checkpoint(target, { deletePod: invocation.deletePod, async: true })
+    if (!invocation.wait) {
+      yield* Console.error(`checkpoint of ${named} started`)
+      yield* Console.log(checkpointIdentifier)
+      return
+    }
+    yield* Console.error(`checkpoint ${checkpointIdentifier} of ${named} started`)
+    const result = yield* client.waitFor(checkpointIdentifier).pipe(
+      withProgress(`waiting for ${checkpointIdentifier}`, options.interactive)
+    )
+    yield* Console.error(`checkpointed ${named} in ${yield* elapsed}${invocation.deletePod ? ", pod deleted" : ""}`)
+    yield* Console.log(result.containerImageName)
+  }).pipe(
+    Effect.catchIf(
+      (error): error is Exclude<typeof error, CheckpointCommandFailed> => error._tag !== "CheckpointCommandFailed",
+      (error) =>
+        Effect.fail(
+          new CheckpointCommandFailed({
+            message: error._tag === "CheckpointerRequestFailed" && error.status === undefined
+              ? `${error.message} (is Checkpointer reachable at ${invocation.url}? see --help)`
+              : error.message
+          })
+        )
+    ),
+    Effect.provide(CheckpointerClient.layer({ baseUrl: invocation.url }))
+  )
+
+/** Runs the command line and answers the exit status: 0 done, 1 failed, 2 wrong usage. */
+export const runKubectlCheckpoint = (
+  args: ReadonlyArray<string>,
+  env: Readonly<Record<string, string | undefined>>,
+  options: { readonly interactive: boolean }
+): Effect.Effect<number> =>
+  Either.match(parseInvocation(args, env), {
+    onLeft: (error) => Console.error(`error: ${error.message}\n\n${usage}`).pipe(Effect.as(2)),
+    onRight: (invocation) =>
+      invocation === "help"
+        ? Console.log(usage).pipe(Effect.as(0))
+        : kubectlCheckpoint(invocation, options).pipe(
+          Effect.as(0),
+          Effect.catchAll((error) => Console.error(`error: ${error.message}`).pipe(Effect.as(1)))
+        )
+  })

@@ -1,0 +1,32 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Either, Option } from "effect"
+import { parseInvocation } from "../src/cli/KubectlCheckpoint.ts"
+
+describe("kubectl checkpoint arguments", () => {
+  it("reads the pod, -c, -n and the flags", () => {
+    const parsed = parseInvocation(["web-0", "-c", "app", "-n", "team", "--delete-pod", "--wait", "--url", "http://x:1"], {})
+    expect(parsed).toEqual(Either.right({
+      pod: "web-0",
+      container: Option.some("app"),
+      namespace: Option.some("team"),
+      deletePod: true,
+      async: false,
+      wait: true,
+      url: "http://x:1"
+    }))
+  })
+
+  it("takes the URL from CHECKPOINTER_URL, else localhost:3333", () => {
+    const url = (env: Record<string, string>) =>
+      Either.getOrThrow(Either.map(parseInvocation(["p"], env), (parsed) => parsed === "help" ? "" : parsed.url))
+    expect(url({ CHECKPOINTER_URL: "http://checkpointer:8000" })).toBe("http://checkpointer:8000")
+    expect(url({})).toBe("http://localhost:3333")
+  })
+
+  it("refuses no pod, two pods and unknown options", () => {
+    for (const args of [[], ["a", "b"], ["p", "--force"], ["p", "-c"]]) {
+      expect(Either.isLeft(parseInvocation(args, {})), args.join(" ")).toBe(true)
+    }
+    expect(parseInvocation(["--help"], {})).toEqual(Either.right("help"))
+  })
+})

@@ -1,0 +1,160 @@
+import { FileSystem } from "@effect/platform"
+import { expect, layer } from "@effect/vitest"
+import { Effect, Option } from "effect"
+import { execFileSync, spawn } from "node:child_process"
+import { freePort, projectRoot } from "./harness/CheckpointerProcess.ts"
+import { startCounterPod } from "./harness/Cluster.ts"
+import { describeE2E } from "./harness/E2E.ts"
+import { Stack } from "./harness/LocalStack.ts"
+import { getResult } from "./HttpCalls.ts"
+
+/** Where scripts/build.mjs puts the plugin (the bin of @checkpointer/server); kubectl finds it on PATH. */
+const pluginDir = `${projectRoot}/packages/server/dist/bin`
+
+const hasKubectl = (() => {
+  try {
+    execFileSync("sh", ["-c", "command -v kubectl"], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  }
+})()
+
+interface Outcome {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+const run = (command: string, args: ReadonlyArray<string>, env: Record<string, string>) =>
+  Effect.async<Outcome>((resume) => {
+    const child = spawn(command, args, {
+      env: { PATH: `${pluginDir}:${process.env.PATH ?? ""}`, HOME: process.env.HOME ?? "/root", ...env },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk))
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
+    child.on("close", (code) => resume(Effect.succeed({ code, stdout, stderr })))
+  })
+
+/** `kubectl checkpoint ARGS` (the real kubectl when installed, which runs kubectl-checkpoint from PATH). */
+const kubectlCheckpoint = (args: ReadonlyArray<string>, env: Record<string, string>) =>
+  hasKubectl ? run("kubectl", ["checkpoint", ...args], env) : run("kubectl-checkpoint", args, env)
+
+/** The same on a terminal (script(1) gives it one), to see the progress line. */
+const kubectlCheckpointOnTerminal = (args: ReadonlyArray<string>, env: Record<string, string>) =>
+  run("script", ["-qec", ["kubectl-checkpoint", ...args].map((word) => `'${word}'`).join(" "), "/dev/null"], env).pipe(
+    Effect.map(({ code, stderr, stdout }) => ({ code, output: `${stdout}${stderr}` }))
+  )
+
+describeE2E("kubectl checkpoint against the local stack", () => {
+  layer(Stack.layer({ registryAuth: "htpasswd" }), { excludeTestServices: true, timeout: "180 seconds" })((it) => {
+    it.effect("runs as a kubectl plugin", () =>
+      Effect.gen(function*() {
+        if (process.env.REQUIRE_E2E === "1") expect(hasKubectl, "kubectl is installed by scripts/setup.sh").toBe(true)
+        const help = yield* kubectlCheckpoint(["--help"], {})
+        expect(help.code).toBe(0)
+        expect(help.stdout).toContain("kubectl checkpoint POD [-c CONTAINER] [-n NAMESPACE]")
+        const wrong = yield* kubectlCheckpoint(["--frobnicate"], {})
+        expect(wrong.code).toBe(2)
+        expect(wrong.stderr).toContain("error: Unknown option '--frobnicate'")
+      }))
+
+    it.scoped("picks the pod's only container, waits, and prints the image name", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const env = { KUBECONFIG: stack.cluster.apiServer.kubeconfigPath }
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "ops-kc-sync", nodeName: "node-a" })
+        const sync = yield* kubectlCheckpoint(["ops-kc-sync", "--url", stack.checkpointer.url], env)
+        expect(sync.code, sync.stderr).toBe(0)
+        const prefix = `${stack.registry.host}/checkpoints/counter:`
+        expect(sync.stdout.trim().startsWith(prefix)).toBe(true)
+        expect(sync.stdout.trim()).toMatch(/:[0-9a-f]{16}$/)
+        expect(sync.stderr).toContain("checkpointed default/ops-kc-sync/counter in ")
+      }))
+
+    it.scoped("--wait --delete-pod in the kubeconfig context's namespace shows progress on a terminal", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const fs = yield* FileSystem.FileSystem
+        const kubeconfig = `${stack.dir}/ops-team.kubeconfig`
+        const original = yield* fs.readFileString(stack.cluster.apiServer.kubeconfigPath)
+        expect(original).toContain("namespace: default")
+        yield* fs.writeFileString(kubeconfig, original.replace("namespace: default", "namespace: ops-team"))
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "ops-team", name: "ops-kc-wait", nodeName: "node-a" })
+        const { code, output } = yield* kubectlCheckpointOnTerminal(
+          ["ops-kc-wait", "--wait", "--delete-pod", "--url", stack.checkpointer.url],
+          { KUBECONFIG: kubeconfig }
+        )
+        expect(code, output).toBe(0)
+        expect(output).toMatch(/checkpoint node-a:[0-9a-f]{16} of ops-team\/ops-kc-wait\/counter started/)
+        expect(output).toMatch(/[|/\\-] waiting for node-a:[0-9a-f]{16} \d+s/)
+        expect(output).toContain("checkpointed ops-team/ops-kc-wait/counter in ")
+        expect(output).toContain(", pod deleted")
+        expect(output).toContain(`${stack.registry.host}/checkpoints/counter:`)
+        expect(Option.isNone(yield* stack.cluster.apiServer.findPod("ops-team", "ops-kc-wait"))).toBe(true)
+      }))
+
+    it.scoped("--async prints the identifier; -c and the default-container annotation choose among containers", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const env = { KUBECONFIG: stack.cluster.apiServer.kubeconfigPath }
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "ops-kc-async", nodeName: "node-a" })
+        const accepted = yield* kubectlCheckpoint(["ops-kc-async", "-n", "default", "--async", "--url", stack.checkpointer.url], env)
+        expect(accepted.code, accepted.stderr).toBe(0)
+        const identifier = accepted.stdout.trim()
+        expect(identifier).toMatch(/^node-a:[0-9a-f]{16}$/)
+        expect((yield* getResult(stack.checkpointer.url, identifier)).status).toBe(200)
+
+        yield* stack.cluster.apiServer.addPod({
+          namespace: "default",
+          name: "ops-kc-two",
+          nodeName: "node-a",
+          containers: [{ name: "app" }, { name: "sidecar" }]
+        })
+        const ambiguous = yield* kubectlCheckpoint(["ops-kc-two", "--url", stack.checkpointer.url], env)
+        expect(ambiguous.code).toBe(1)
+        expect(ambiguous.stderr).toContain(
+          "error: pod default/ops-kc-two has 2 containers (app, sidecar): choose one with -c"
+        )
+        const chosen = yield* kubectlCheckpoint(["ops-kc-two", "-c", "sidecar", "--url", stack.checkpointer.url], env)
+        expect(chosen.code).toBe(1)
+        expect(chosen.stderr).toContain("default/ops-kc-two/sidecar")
+
+        yield* stack.cluster.apiServer.addPod({
+          namespace: "default",
+          name: "ops-kc-annotated",
+          nodeName: "node-a",
+          annotations: { "kubectl.kubernetes.io/default-container": "counter" },
+          containers: [{ name: "sidecar" }, { name: "counter" }]
+        })
+        const annotated = yield* kubectlCheckpoint(["ops-kc-annotated", "--async", "--url", stack.checkpointer.url], env)
+        expect(annotated.stderr).toContain("checkpoint of default/ops-kc-annotated/counter started")
+      }))
+
+    it.effect("exits 1 with the server's message, or saying why Checkpointer could not be asked", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const env = { KUBECONFIG: stack.cluster.apiServer.kubeconfigPath }
+        const noPod = yield* kubectlCheckpoint(["ops-kc-none", "--url", stack.checkpointer.url], env)
+        expect(noPod.code).toBe(1)
+        expect(noPod.stderr.trim()).toBe("error: pod default/ops-kc-none not found")
+
+        const notFound = yield* kubectlCheckpoint(["ops-kc-none", "-c", "counter", "--url", stack.checkpointer.url], env)
+        expect(notFound.code).toBe(1)
+        expect(notFound.stderr).toMatch(/^error: .*default\/ops-kc-none\/counter/)
+        expect(notFound.stdout).toBe("")
+
+        const port = yield* freePort("127.0.0.1")
+        const unreachable = yield* kubectlCheckpoint(["ops-kc-none", "-c", "counter"], {
+          ...env,
+          CHECKPOINTER_URL: `http://127.0.0.1:${port}`
+        })
+        expect(unreachable.code).toBe(1)
+        expect(unreachable.stderr).toContain(`no answer from http://127.0.0.1:${port}/checkpoint/default/ops-kc-none/counter`)
+        expect(unreachable.stderr).toContain("is Checkpointer reachable at")
+      }))
+  })
+})
