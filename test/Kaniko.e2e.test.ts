@@ -37,6 +37,14 @@ const expectNoBuildContextLeft = (stack: KanikoStack) =>
     expect(left).toEqual([])
   })
 
+const expectNoCredentials = (stack: KanikoStack, ...texts: ReadonlyArray<string>) => {
+  const { password, username } = stack.registry
+  for (const text of texts) {
+    expect(text).not.toContain(password)
+    expect(text).not.toContain(Buffer.from(`${username}:${password}`).toString("base64"))
+  }
+}
+
 const expectCleanedUp = (stack: KanikoStack) =>
   Effect.gen(function*() {
     yield* expectNoKanikoPodLeft(stack)
@@ -90,5 +98,98 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
           yield* Effect.log(`${builder}: counter ${before} at the checkpoint, restored ${restored.first}, ${restored.later}`)
         }))
     }
+
+    it.scoped("a Kaniko container that exits non-zero answers 500 naming the build, with its last log lines", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko", {
+          CHECKPOINT_BASE_IMAGE: `${stack.registry.host}/checkpoint-base:missing`
+        })
+        const name = podName("exit")
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name, nodeName: "node-a" })
+        const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
+        expect(response.status).toBe(500)
+        expect(response.text).toMatch(
+          /^checkpoint failed in phase "build\/push": build: Kaniko pod kube-system\/checkpointer-kaniko-\w+ failed: it is Failed \(exit code 1: Error\); last log lines of the Kaniko container:\n/
+        )
+        expect(response.text).toContain("checkpoint-base:missing")
+        expect(response.text).toContain("error building image")
+        expectNoCredentials(stack, response.text, checkpointer.logs())
+        yield* expectCleanedUp(stack)
+      }))
+
+    it.scoped("kaniko: a pod that is never scheduled answers 500 naming scheduling after KANIKO_TIMEOUT", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        yield* Effect.acquireRelease(stack.agent.setFault("pending"), () => stack.agent.setFault(null))
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko", { KANIKO_TIMEOUT: "2" })
+        const name = podName("pending")
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name, nodeName: "node-a" })
+        const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
+        expect(response.status).toBe(500)
+        expect(response.text).toMatch(
+          /^checkpoint failed in phase "build\/push": scheduling: Kaniko pod kube-system\/checkpointer-kaniko-\w+ was not running within 2s: it is Pending \(ContainerCreating\)$/
+        )
+        yield* expectCleanedUp(stack)
+      }))
+
+    it.scoped("kaniko-fs: a build that never finishes answers 500 after twice KANIKO_TIMEOUT", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        yield* Effect.acquireRelease(stack.agent.setFault("hang"), () => stack.agent.setFault(null))
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko-fs", { KANIKO_TIMEOUT: "1" })
+        const name = podName("hang")
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name, nodeName: "node-a" })
+        const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
+        expect(response.status).toBe(500)
+        expect(response.text).toMatch(
+          /^checkpoint failed in phase "build\/push": build: Kaniko pod kube-system\/checkpointer-kaniko-\w+ did not finish within 2s: it is Running; last log lines/
+        )
+        expect(response.text).toContain("waiting forever (injected fault)")
+        yield* expectCleanedUp(stack)
+      }))
+
+    it.scoped("a refused pod creation answers 500 naming pod creation", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        const apiServer = stack.cluster.apiServer
+        const forbidden = "pods is forbidden: User \"system:serviceaccount:kube-system:checkpointer\" cannot create " +
+          "resource \"pods\" in API group \"\" in the namespace \"kube-system\""
+        yield* Effect.acquireRelease(
+          apiServer.setCreateFault({ code: 403, reason: "Forbidden", message: forbidden }),
+          () => apiServer.setCreateFault(null)
+        )
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko-fs")
+        const name = podName("refused")
+        yield* startCounterPod(apiServer, { namespace: "default", name, nodeName: "node-a" })
+        const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
+        expect(response.status).toBe(500)
+        expect(response.text).toBe(
+          `checkpoint failed in phase "build/push": pod creation: cannot create the Kaniko pod: ` +
+            `create pod kube-system/checkpointer-kaniko-*: 403 ${forbidden}`
+        )
+        yield* expectCleanedUp(stack)
+      }))
+
+    it.scoped("a Checkpointer stopped during a build deletes the Kaniko pod and the archive", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        yield* Effect.acquireRelease(stack.agent.setFault("hang"), () => stack.agent.setFault(null))
+        const name = podName("stopped")
+        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name, nodeName: "node-a" })
+        yield* Effect.scoped(Effect.gen(function*() {
+          const checkpointer = yield* stack.startKanikoCheckpointer("kaniko", {
+            KANIKO_TIMEOUT: "120",
+            SHUTDOWN_GRACE_SECONDS: "0"
+          })
+          const accepted = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`, { async: true })
+          expect(accepted.status).toBe(202)
+          yield* kanikoPods(stack).pipe(
+            Effect.filterOrFail((pods) => pods.some((pod) => pod.status.phase === "Running")),
+            Effect.retry({ schedule: Schedule.spaced(Duration.millis(100)), times: 300 })
+          )
+        }))
+        yield* expectCleanedUp(stack)
+      }))
   })
 })

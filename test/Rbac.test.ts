@@ -1,0 +1,159 @@
+import { readdirSync, readFileSync } from "node:fs"
+import { describe, expect, it } from "vitest"
+import { parseAllDocuments } from "yaml"
+import { projectRoot } from "./harness/CheckpointerProcess.ts"
+
+/**
+ * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in Cluster.ts, the Cluster methods each
+ * strategy uses (found in the sources), and the permission each call needs. A call added without its permission, or a
+ * permission no call needs, fails here.
+ */
+
+const source = (path: string) => readFileSync(`${projectRoot}/${path}`, "utf8")
+
+/** The permission each call of @kubernetes/client-node in Cluster.ts needs. */
+const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
+  "core.readNamespacedPod": ["pods:get"],
+  "core.deleteNamespacedPod": ["pods:delete"],
+  "core.listPodForAllNamespaces": ["pods:list"],
+  "core.createNamespacedPod": ["pods:create"],
+  "core.readNamespacedPodLog": ["pods/log:get"],
+  "watcher.watch": ["pods:watch"],
+  // The WebSocket upgrade is a GET, authorized as `get` before Kubernetes 1.31 and as `create` since.
+  "attacher.attach": ["pods/attach:create", "pods/attach:get"]
+}
+
+const clientCall = /\b(core\.\w+|watcher\.watch|attacher\.attach)\(/g
+
+/** The bodies of the `const name = ...` declarations inside the Cluster service (4 spaces deep). */
+const clusterDeclarations = (): ReadonlyMap<string, string> => {
+  const text = source("packages/core/src/Cluster.ts")
+  const parts = text.split(/\n(?= {4}const \w+ = )/)
+  const declarations = new Map<string, string>()
+  for (const part of parts.slice(1)) {
+    const name = /^ {4}const (\w+) = /.exec(part)![1]!
+    declarations.set(name, part.split(/\n {4}return \{/)[0]!)
+  }
+  return declarations
+}
+
+/** The client calls a Cluster method makes, through the helpers it uses. */
+const callsOf = (declarations: ReadonlyMap<string, string>, name: string, seen = new Set<string>()): Set<string> => {
+  const calls = new Set<string>()
+  if (seen.has(name)) return calls
+  seen.add(name)
+  const body = declarations.get(name) ?? ""
+  for (const match of body.matchAll(clientCall)) calls.add(match[1]!)
+  for (const other of declarations.keys()) {
+    if (other !== name && new RegExp(`\\b${other}\\(`).test(body)) {
+      for (const call of callsOf(declarations, other, seen)) calls.add(call)
+    }
+  }
+  return calls
+}
+
+const clusterMethodsUsedIn = (paths: ReadonlyArray<string>) =>
+  new Set(paths.flatMap((path) => [...source(path).matchAll(/\bcluster\.(\w+)\(/g)].map((match) => match[1]!)))
+
+const corePaths = readdirSync(`${projectRoot}/packages/core/src`)
+  .filter((file) => file.endsWith(".ts") && file !== "Cluster.ts")
+  .map((file) => `packages/core/src/${file}`)
+
+type Scope = "cluster" | "namespace"
+
+/** Permissions as `scope:resource:verb`: the core's are needed in every namespace, the builders' in Checkpointer's. */
+const required = (builder: "native" | "kaniko" | "kaniko-fs") => {
+  const declarations = clusterDeclarations()
+  const permissions = (methods: ReadonlySet<string>, scope: Scope) =>
+    [...methods].flatMap((method) =>
+      [...callsOf(declarations, method)].flatMap((call) =>
+        (permissionsOfCall[call] ?? [`unknown call ${call}`]).map((permission) => `${scope}:${permission}`)
+      )
+    )
+  const strategies = "packages/strategies/src"
+  const builderFiles = builder === "native"
+    ? []
+    : [`${strategies}/KanikoPod.ts`, `${strategies}/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`]
+  const base = new Set(permissions(clusterMethodsUsedIn(corePaths), "cluster"))
+  const builderOnly = permissions(clusterMethodsUsedIn(builderFiles), "namespace")
+    .filter((permission) => !base.has(permission.replace(/^namespace:/, "cluster:")))
+  return new Set([...base, ...builderOnly])
+}
+
+interface Rule {
+  readonly apiGroups: ReadonlyArray<string>
+  readonly resources: ReadonlyArray<string>
+  readonly verbs: ReadonlyArray<string>
+}
+
+interface Manifest {
+  readonly kind: string
+  readonly metadata: { readonly name: string; readonly namespace?: string }
+  readonly rules?: ReadonlyArray<Rule>
+  readonly roleRef?: { readonly kind: string; readonly name: string }
+  readonly subjects?: ReadonlyArray<{ readonly kind: string; readonly name: string; readonly namespace?: string }>
+}
+
+const manifests = (file: string): ReadonlyArray<Manifest> =>
+  parseAllDocuments(source(`k8s-manifests/${file}`)).map((document) => {
+    expect(document.errors, file).toEqual([])
+    return document.toJS() as Manifest
+  })
+
+/** What the `checkpointer` service account is granted by these files, as `scope:resource:verb` (duplicates kept). */
+const granted = (files: ReadonlyArray<string>) => {
+  const all = files.flatMap(manifests)
+  const account = all.find((manifest) => manifest.kind === "ServiceAccount")
+  expect(account?.metadata).toEqual({ name: "checkpointer", namespace: "checkpointer", labels: expect.anything() })
+  const permissions: Array<string> = []
+  for (const binding of all.filter((manifest) => manifest.kind.endsWith("Binding"))) {
+    expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: "checkpointer", namespace: "checkpointer" }])
+    const role = all.find((manifest) =>
+      manifest.kind === binding.roleRef?.kind && manifest.metadata.name === binding.roleRef.name
+    )
+    expect(role, `${binding.kind} ${binding.metadata.name} refers to a role in these files`).toBeDefined()
+    const scope: Scope = binding.kind === "ClusterRoleBinding" ? "cluster" : "namespace"
+    if (scope === "namespace") {
+      expect(binding.metadata.namespace).toBe("checkpointer")
+      expect(role!.metadata.namespace).toBe("checkpointer")
+    }
+    for (const rule of role!.rules ?? []) {
+      expect(rule.apiGroups).toEqual([""])
+      for (const resource of rule.resources) {
+        for (const verb of rule.verbs) permissions.push(`${scope}:${resource}:${verb}`)
+      }
+    }
+  }
+  return permissions
+}
+
+const rbacFiles = {
+  native: ["rbac.yaml"],
+  kaniko: ["rbac.yaml", "rbac-kaniko.yaml"],
+  "kaniko-fs": ["rbac.yaml", "rbac-kaniko-fs.yaml"]
+}
+
+describe("RBAC in k8s-manifests", () => {
+  it("knows the permission of every Kubernetes call in Cluster.ts", () => {
+    const calls = new Set([...source("packages/core/src/Cluster.ts").matchAll(clientCall)].map((match) => match[1]!))
+    expect([...calls].sort()).toEqual(Object.keys(permissionsOfCall).sort())
+  })
+
+  it.each(["native", "kaniko", "kaniko-fs"] as const)("grants %s exactly what it calls", (builder) => {
+    const permissions = granted(rbacFiles[builder])
+    expect(permissions.length, `no permission granted twice: ${permissions.join(", ")}`).toBe(new Set(permissions).size)
+    expect(new Set(permissions)).toEqual(required(builder))
+  })
+
+  it("grants pods/attach for kaniko only, and nothing on secrets or nodes", () => {
+    expect(granted(rbacFiles.kaniko).filter((permission) => permission.includes("pods/attach"))).toEqual([
+      "namespace:pods/attach:create",
+      "namespace:pods/attach:get"
+    ])
+    for (const files of Object.values(rbacFiles)) {
+      expect(granted(files).filter((permission) => /secrets|nodes/.test(permission))).toEqual([])
+    }
+    expect(granted(rbacFiles["kaniko-fs"]).some((permission) => permission.includes("pods/attach"))).toBe(false)
+    expect(granted(rbacFiles.native).some((permission) => permission.endsWith(":create"))).toBe(false)
+  })
+})
