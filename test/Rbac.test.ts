@@ -11,7 +11,7 @@ import { projectRoot } from "./harness/CheckpointerProcess.ts"
 
 const source = (path: string) => readFileSync(`${projectRoot}/${path}`, "utf8")
 
-/** The permission each call of @kubernetes/client-node in Cluster.ts needs. */
+/** The permission each call of @kubernetes/client-node in Cluster.ts needs: `resource[.group]:verb`. */
 const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "core.readNamespacedPod": ["pods:get"],
   "core.deleteNamespacedPod": ["pods:delete"],
@@ -23,7 +23,14 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "attacher.attach": ["pods/attach:create", "pods/attach:get"]
 }
 
-const clientCall = /\b(core\.\w+|watcher\.watch|attacher\.attach)\(/g
+/** Calls on the API clients, the Watch and the Attach that Cluster.ts makes from its kubeconfig. */
+const clientCallPattern = () => {
+  const text = source("packages/core/src/Cluster.ts")
+  const clients = [...text.matchAll(/const (\w+) = (?:kubeConfig\.makeApiClient\(|new (?:Watch|Attach)\(kubeConfig)/g)]
+    .map((match) => match[1]!)
+  expect(clients.length).toBeGreaterThan(0)
+  return new RegExp(`\\b((?:${clients.join("|")})\\.\\w+)\\(`, "g")
+}
 
 /** The bodies of the `const name = ...` declarations inside the Cluster service (4 spaces deep). */
 const clusterDeclarations = (): ReadonlyMap<string, string> => {
@@ -43,7 +50,7 @@ const callsOf = (declarations: ReadonlyMap<string, string>, name: string, seen =
   if (seen.has(name)) return calls
   seen.add(name)
   const body = declarations.get(name) ?? ""
-  for (const match of body.matchAll(clientCall)) calls.add(match[1]!)
+  for (const match of body.matchAll(clientCallPattern())) calls.add(match[1]!)
   for (const other of declarations.keys()) {
     if (other !== name && new RegExp(`\\b${other}\\(`).test(body)) {
       for (const call of callsOf(declarations, other, seen)) calls.add(call)
@@ -118,9 +125,10 @@ const granted = (files: ReadonlyArray<string>) => {
       expect(role!.metadata.namespace).toBe("checkpointer")
     }
     for (const rule of role!.rules ?? []) {
-      expect(rule.apiGroups).toEqual([""])
-      for (const resource of rule.resources) {
-        for (const verb of rule.verbs) permissions.push(`${scope}:${resource}:${verb}`)
+      for (const group of rule.apiGroups) {
+        for (const resource of rule.resources) {
+          for (const verb of rule.verbs) permissions.push(`${scope}:${resource}${group === "" ? "" : `.${group}`}:${verb}`)
+        }
       }
     }
   }
@@ -135,7 +143,8 @@ const rbacFiles = {
 
 describe("RBAC in k8s-manifests", () => {
   it("knows the permission of every Kubernetes call in Cluster.ts", () => {
-    const calls = new Set([...source("packages/core/src/Cluster.ts").matchAll(clientCall)].map((match) => match[1]!))
+    const text = source("packages/core/src/Cluster.ts")
+    const calls = new Set([...text.matchAll(clientCallPattern())].map((match) => match[1]!))
     expect([...calls].sort()).toEqual(Object.keys(permissionsOfCall).sort())
   })
 
