@@ -127,7 +127,8 @@ const granted = (files: ReadonlyArray<string>) => {
     for (const rule of role!.rules ?? []) {
       for (const group of rule.apiGroups) {
         for (const resource of rule.resources) {
-          for (const verb of rule.verbs) permissions.push(`${scope}:${resource}${group === "" ? "" : `.${group}`}:${verb}`)
+          const qualified = group === "" ? resource : `${resource}.${group}`
+          for (const verb of rule.verbs) permissions.push(`${scope}:${qualified}:${verb}`)
         }
       }
     }
