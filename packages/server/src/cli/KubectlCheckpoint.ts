@@ -21,7 +21,7 @@ Options:
 
 The pod is looked up through the Kubernetes API (KUBECONFIG or ~/.kube/config) only when -c is not given.
 To reach Checkpointer from outside the cluster:
-  kubectl port-forward -n kube-system service/checkpoint-service 3333:80
+  kubectl port-forward -n checkpointer service/checkpoint-service 3333:80
 Exit status: 0 done, 1 the checkpoint failed or Checkpointer could not be reached, 2 wrong usage.`
 
 export interface Invocation {
