@@ -144,6 +144,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(docs.text).toContain("POST /checkpoint/{namespace}/{pod}/{container}")
         expect((yield* call(`${stack.checkpointer.url}/healthz`)).text).toBe("ok")
         expect((yield* call(`${stack.checkpointer.url}/readyz`)).text).toBe("ok")
+        expect(stack.checkpointer.logs()).toContain("AUTH_MODE=none: any caller that reaches this service may checkpoint")
       }))
 
     it.scoped("malformed input answers 400 in plain text", () =>

@@ -123,6 +123,14 @@ export interface ApiServer {
     readonly address: string
     readonly labels?: Readonly<Record<string, string>>
   }) => Effect.Effect<Node>
+  /** A caller known to the TokenReview, allowed what `allow` lists (SubjectAccessReview); `namespace` omitted = all. */
+  readonly addUser: (user: {
+    readonly token: string
+    readonly username: string
+    readonly allow: ReadonlyArray<
+      { readonly verb: string; readonly resource: string; readonly subresource?: string; readonly namespace?: string }
+    >
+  }) => Effect.Effect<void>
   readonly addSecret: (options: {
     readonly namespace: string
     readonly name: string
@@ -368,6 +376,33 @@ export const startApiServer = (
     const runningPods = yield* FiberMap.make<string>()
     const containerStreams = makeContainerStreams()
     const log = yield* Ref.make<ReadonlyArray<ApiRequest>>([])
+    const users = yield* Ref.make<ReadonlyArray<Parameters<ApiServer["addUser"]>[0]>>([])
+
+    const reviewToken = (request: IncomingMessage) =>
+      Effect.gen(function*() {
+        const spec = asRecord((yield* readJson(request))["spec"])
+        const user = (yield* Ref.get(users)).find((candidate) => candidate.token === spec["token"])
+        return {
+          apiVersion: "authentication.k8s.io/v1",
+          kind: "TokenReview",
+          status: user === undefined
+            ? { authenticated: false, error: "token not recognized" }
+            : { authenticated: true, user: { username: user.username, uid: user.username, groups: ["system:authenticated"] } }
+        }
+      })
+
+    const reviewAccess = (request: IncomingMessage) =>
+      Effect.gen(function*() {
+        const spec = asRecord((yield* readJson(request))["spec"])
+        const wanted = asRecord(spec["resourceAttributes"])
+        const user = (yield* Ref.get(users)).find((candidate) => candidate.username === spec["user"])
+        const allowed = user?.allow.some((rule) =>
+          rule.verb === wanted["verb"] && rule.resource === wanted["resource"] &&
+          (rule.subresource ?? "") === (wanted["subresource"] ?? "") &&
+          (rule.namespace === undefined || rule.namespace === wanted["namespace"])
+        ) ?? false
+        return { apiVersion: "authorization.k8s.io/v1", kind: "SubjectAccessReview", status: { allowed } }
+      })
     const now = Effect.map(Clock.currentTimeMillis, timestamp)
 
     /** Applies a change to the pods under the lock and publishes its events in order. */
@@ -820,6 +855,12 @@ export const startApiServer = (
             ok(200)({ major: "1", minor: "33", gitVersion: "v1.33.0-harness", platform: "linux/amd64" })
           ))
       }
+      if (segments.join("/") === "apis/authentication.k8s.io/v1/tokenreviews") {
+        return only("POST", () => Effect.map(reviewToken(request), ok(201)))
+      }
+      if (segments.join("/") === "apis/authorization.k8s.io/v1/subjectaccessreviews") {
+        return only("POST", () => Effect.map(reviewAccess(request), ok(201)))
+      }
       if (api !== "api" || version !== "v1") {
         return Effect.fail(unknownResource())
       }
@@ -1028,6 +1069,7 @@ export const startApiServer = (
           yield* Ref.set(state, { ...current, resourceVersion, nodes: new Map(current.nodes).set(node.name, created) })
           return created
         })),
+      addUser: (user) => Ref.update(users, (all) => [...all, user]),
       addSecret: (secret) =>
         createSecret(secret.namespace, {
           name: secret.name,

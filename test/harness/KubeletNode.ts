@@ -42,6 +42,8 @@ export interface KubeletNode {
   readonly checkpointsDir: string
   readonly requests: () => Effect.Effect<ReadonlyArray<KubeletRequest>>
   readonly setFault: (fault: KubeletFault | null) => Effect.Effect<void>
+  /** Accepts `Authorization: Bearer <token>` in place of a client certificate (the kubelet's webhook token auth). */
+  readonly allowToken: (token: string) => Effect.Effect<void>
 }
 
 export interface KubeletNodeOptions {
@@ -146,6 +148,8 @@ export const startKubeletNode = (
         )
       })
 
+    const tokens = yield* Ref.make<ReadonlySet<string>>(new Set())
+
     const handle = (request: IncomingMessage, response: ServerResponse) =>
       Effect.gen(function*() {
         const url = new URL(request.url ?? "/", "https://kubelet.invalid")
@@ -170,6 +174,12 @@ export const startKubeletNode = (
                 }
               ))
           )
+        // As the kubelet with anonymous auth off: a verified client certificate or an accepted bearer token, else 401.
+        const certified = (request.socket as { readonly authorized?: boolean }).authorized === true
+        const bearer = /^Bearer (\S+)$/.exec(request.headers.authorization ?? "")?.[1]
+        if (!certified && (bearer === undefined || !(yield* Ref.get(tokens)).has(bearer))) {
+          return yield* answer(401, "Unauthorized")
+        }
         const segments = url.pathname.split("/").slice(1).map(decodeURIComponent)
         if (segments.length !== 4 || segments[0] !== "checkpoint" || segments.some((s) => s.length === 0)) {
           return yield* answer(404, "404 page not found")
@@ -193,7 +203,7 @@ export const startKubeletNode = (
 
     const listening = yield* serveHttps({
       address: options.address,
-      tls: { cert, key, ca, requestCert: true, rejectUnauthorized: true },
+      tls: { cert, key, ca, requestCert: true, rejectUnauthorized: false },
       handler: handle
     })
     return {
@@ -207,6 +217,7 @@ export const startKubeletNode = (
       clientKey: client.key,
       checkpointsDir,
       requests: () => Ref.get(log),
-      setFault: (next) => Ref.set(fault, next)
+      setFault: (next) => Ref.set(fault, next),
+      allowToken: (token) => Ref.update(tokens, (all) => new Set([...all, token]))
     } satisfies KubeletNode
   }).pipe(Effect.withSpan("KubeletNode.start", { attributes: { nodeName: options.nodeName } }))

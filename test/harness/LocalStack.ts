@@ -146,6 +146,8 @@ export const startMultiNodeStack = (options: {
   readonly dir: string
   readonly nodes: ReadonlyArray<string>
   readonly withoutCheckpointer?: ReadonlyArray<string>
+  /** Settings for every Checkpointer of the stack. */
+  readonly extra?: Readonly<Record<string, string>>
 }) =>
   Effect.gen(function*() {
     const path = yield* Path.Path
@@ -160,10 +162,14 @@ export const startMultiNodeStack = (options: {
           node,
           port: extra.port ?? port,
           storage: path.join(options.dir, `storage-${name}`),
-          extra: { CHECKPOINTER_LISTEN_ADDRESS: node.address, ...extra.extra }
+          extra: { CHECKPOINTER_LISTEN_ADDRESS: node.address }
         })
         delete env.DISABLE_ROUTE_FORWARD
-        return yield* startCheckpointer({ env: { ...env, ...extra.extra }, address: node.address, port: extra.port ?? port })
+        return yield* startCheckpointer({
+          env: { ...env, ...options.extra, ...extra.extra },
+          address: node.address,
+          port: extra.port ?? port
+        })
       })
     const processes = new Map<string, CheckpointerProcess>()
     for (const name of options.nodes.filter((node) => !(options.withoutCheckpointer ?? []).includes(node))) {

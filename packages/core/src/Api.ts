@@ -51,6 +51,16 @@ export class Unavailable extends Schema.TaggedError<Unavailable>()("Unavailable"
   message: Schema.String
 }) {}
 
+/** AUTH_MODE=kubernetes: no bearer token, or one the API server does not accept. */
+export class AuthenticationRequired extends Schema.TaggedError<AuthenticationRequired>()("AuthenticationRequired", {
+  message: Schema.String
+}) {}
+
+/** AUTH_MODE=kubernetes: the caller may not do this (a SubjectAccessReview said no). */
+export class AccessDenied extends Schema.TaggedError<AccessDenied>()("AccessDenied", {
+  message: Schema.String
+}) {}
+
 /** A checkpoint that failed; the message names the phase (kubelet, build/push, delete pod) and the reason. */
 export class CheckpointFailed extends Schema.TaggedError<CheckpointFailed>()("CheckpointFailed", {
   message: Schema.String
@@ -67,6 +77,8 @@ const CheckpointInProgressText = plainText(
 )
 const PayloadTooLargeText = plainText(PayloadTooLarge, 413, "The request body is larger than 64 KiB.")
 const UnavailableText = plainText(Unavailable, 503, "The Checkpointer is shutting down.")
+const AuthenticationRequiredText = plainText(AuthenticationRequired, 401, "A valid bearer token is required.")
+const AccessDeniedText = plainText(AccessDenied, 403, "The caller may not do this.")
 
 export const ContainerPath = Schema.Struct({
   namespace: Namespace,
@@ -98,6 +110,8 @@ export class CheckpointGroup extends HttpApiGroup.make("checkpoint")
     HttpApiEndpoint.get("result", "/checkpoint")
       .setUrlParams(Schema.Struct({ checkpointIdentifier: CheckpointIdentifier }))
       .addSuccess(CheckpointResult)
+      .addError(AuthenticationRequiredText)
+      .addError(AccessDeniedText)
       .addError(CheckpointNotFoundText)
       .addError(CheckpointFailedText)
       .annotate(OpenApi.Summary, "Result of an asynchronous checkpoint")

@@ -1,5 +1,5 @@
-import { Attach, CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node"
-import type { V1Pod } from "@kubernetes/client-node"
+import { Attach, AuthenticationV1Api, AuthorizationV1Api, CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node"
+import type { V1Pod, V1ResourceAttributes, V1UserInfo } from "@kubernetes/client-node"
 import { transportReason } from "./Errors.ts"
 import { Data, Deferred, Duration, Effect, Option, Schedule, Stream } from "effect"
 import { PassThrough, Writable } from "node:stream"
@@ -41,7 +41,7 @@ interface AttachSocket {
 }
 
 /** Bytes allowed in flight towards an attached container before writing waits (the WebSocket's buffer included). */
-const attachHighWaterMark = 2 * 1024 * 1024
+const attachHighWaterMark = 1024 * 1024
 
 const discardingWritable = () => new Writable({ write: (_chunk, _encoding, callback) => callback() })
 
@@ -69,7 +69,9 @@ export const podRunningNotFaked = {
   requestPodDeletion: notFaked("requestPodDeletion"),
   waitForPod: notFaked("waitForPod"),
   podLogTail: notFaked("podLogTail"),
-  attachStdin: notFaked("attachStdin")
+  attachStdin: notFaked("attachStdin"),
+  reviewToken: notFaked("reviewToken"),
+  reviewAccess: notFaked("reviewAccess")
 } as const
 
 /** The Kubernetes API as Checkpointer uses it (in-cluster config, or KUBECONFIG outside a cluster). */
@@ -84,6 +86,8 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
       catch: (cause) => new KubernetesApiError({ status: undefined, message: `cannot load kubeconfig: ${reasonOf(cause)}`, cause })
     })
     const core = kubeConfig.makeApiClient(CoreV1Api)
+    const authentication = kubeConfig.makeApiClient(AuthenticationV1Api)
+    const authorization = kubeConfig.makeApiClient(AuthorizationV1Api)
 
     const call = <A>(action: string, request: () => Promise<A>) =>
       Effect.tryPromise({
@@ -295,7 +299,37 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
         yield* Effect.raceFirst(send, Deferred.await(closed))
       }).pipe(Effect.scoped, Effect.withSpan("Cluster.attachStdin", { attributes: { namespace, name, container } }))
 
+    /** TokenReview: who the bearer of `token` is, or None when the API server does not know the token. */
+    const reviewToken = Effect.fn("Cluster.reviewToken")(function*(token: string) {
+      const review = yield* retried(call("token review", () =>
+        authentication.createTokenReview({ body: { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token } } })))
+      return review.status?.authenticated === true && review.status.user !== undefined
+        ? Option.some(review.status.user)
+        : Option.none()
+    })
+
+    /** SubjectAccessReview: whether `user` may do what `access` says. */
+    const reviewAccess = Effect.fn("Cluster.reviewAccess")(function*(user: V1UserInfo, access: V1ResourceAttributes) {
+      const review = yield* retried(call("access review", () =>
+        authorization.createSubjectAccessReview({
+          body: {
+            apiVersion: "authorization.k8s.io/v1",
+            kind: "SubjectAccessReview",
+            spec: {
+              resourceAttributes: access,
+              ...(user.username === undefined ? {} : { user: user.username }),
+              ...(user.uid === undefined ? {} : { uid: user.uid }),
+              ...(user.groups === undefined ? {} : { groups: user.groups }),
+              ...(user.extra === undefined ? {} : { extra: user.extra })
+            }
+          }
+        })))
+      return review.status?.allowed === true
+    })
+
     return {
+      reviewToken,
+      reviewAccess,
       getPod,
       deletePod,
       checkpointerPodsOn,

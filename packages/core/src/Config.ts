@@ -74,7 +74,12 @@ export const checkpointerConfig = Config.all({
     Config.withDefault(2)
   ),
   resultTtlSeconds: nonNegativeInteger("RESULT_TTL", 7 * 24 * 3600),
-  shutdownGraceSeconds: nonNegativeInteger("SHUTDOWN_GRACE_SECONDS", 25)
+  shutdownGraceSeconds: nonNegativeInteger("SHUTDOWN_GRACE_SECONDS", 25),
+  authMode: Config.literal("none", "kubernetes")("AUTH_MODE").pipe(Config.withDefault("none" as const)),
+  kubeletAuth: Config.literal("certificate", "token")("KUBELET_AUTH").pipe(Config.withDefault("certificate" as const)),
+  kubeletTokenFile: Config.string("KUBELET_TOKEN_FILE").pipe(
+    Config.withDefault("/var/run/secrets/kubernetes.io/serviceaccount/token")
+  )
 })
 
 export type CheckpointerSettings = Omit<Config.Config.Success<typeof checkpointerConfig>, "namespace"> & {

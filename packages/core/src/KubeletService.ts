@@ -22,26 +22,31 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
       fs.readFileString(path).pipe(
         Effect.mapError((cause) => failed(`cannot read the kubelet ${what} ${path}: ${cause.message}`, cause))
       )
-    const credentials = Effect.all({
-      cert: readPem(config.kubeletCertFile, "client certificate"),
-      key: readPem(config.kubeletKeyFile, "client key"),
-      ca: Option.match(config.kubeletCaFile, {
-        onNone: () => Effect.succeed(undefined),
-        onSome: (file) => readPem(file, "CA file")
-      })
+    const ca: Effect.Effect<{ readonly ca?: string }, PhaseFailed> = Option.match(config.kubeletCaFile, {
+      onNone: () => Effect.succeed({}),
+      onSome: (file) => Effect.map(readPem(file, "CA file"), (pem) => ({ ca: pem }))
     })
+    // KUBELET_AUTH=token: the service-account token (RBAC `create` on nodes/checkpoint) instead of a client certificate.
+    const credentials: Effect.Effect<{ readonly ca?: string; readonly cert?: string; readonly key?: string }, PhaseFailed> =
+      config.kubeletAuth === "token"
+      ? ca
+      : Effect.all({
+        cert: readPem(config.kubeletCertFile, "client certificate"),
+        key: readPem(config.kubeletKeyFile, "client key"),
+        ca
+      }).pipe(Effect.map(({ ca, cert, key }) => ({ cert, key, ...ca })))
+    const authorization = config.kubeletAuth === "token"
+      ? fs.readFileString(config.kubeletTokenFile).pipe(
+        Effect.map((token) => HttpClientRequest.bearerToken(token.trim())),
+        Effect.mapError((cause) => failed(`cannot read the token file ${config.kubeletTokenFile}: ${cause.message}`, cause))
+      )
+      : Effect.succeed((request: HttpClientRequest.HttpClientRequest) => request)
     const baseUrl = `https://${config.nodeIp.includes(":") ? `[${config.nodeIp}]` : config.nodeIp}:${config.kubeletPort}`
 
-    // The certificate is read per request: Kubernetes rotates mounted Secrets in place.
+    // Certificates and tokens are read per request: Kubernetes rotates mounted Secrets and tokens in place.
     const client = credentials.pipe(
-      Effect.flatMap(({ ca, cert, key }) =>
-        NodeHttpClient.makeAgent({
-          cert,
-          key,
-          ...(ca === undefined ? {} : { ca }),
-          rejectUnauthorized: !config.kubeletAllowInsecure,
-          keepAlive: false
-        })
+      Effect.flatMap((tls) =>
+        NodeHttpClient.makeAgent({ ...tls, rejectUnauthorized: !config.kubeletAllowInsecure, keepAlive: false })
       ),
       Effect.flatMap((agent) => Effect.provideService(NodeHttpClient.make, NodeHttpClient.HttpAgent, agent))
     )
@@ -56,7 +61,7 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
       )
       return yield* Effect.scoped(Effect.gen(function*() {
         const http = yield* client
-        const response = yield* http.execute(request).pipe(
+        const response = yield* http.execute((yield* authorization)(request)).pipe(
           Effect.mapError((cause) => failed(`kubelet at ${baseUrl} unreachable: ${transportReason(cause)}`, cause))
         )
         if (response.status === 404) {

@@ -1,4 +1,5 @@
 export * from "./Api.ts"
+export * from "./CallerAuth.ts"
 export * from "./Checkpointer.ts"
 export * from "./Cluster.ts"
 export * from "./Config.ts"

@@ -1,6 +1,9 @@
 import type { HttpServerRequest } from "@effect/platform"
 import { FileSystem, HttpApiBuilder, HttpIncomingMessage } from "@effect/platform"
 import {
+  AccessDenied,
+  AuthenticationRequired,
+  CallerAuth,
   CheckpointerApi,
   Checkpointer,
   CheckpointFailed,
@@ -20,7 +23,8 @@ const maxBodyBytes = 64 * 1024
 const decodeOptions = Schema.decodeUnknown(CheckpointOptions, { errors: "all", onExcessProperty: "ignore" })
 
 /** The optional JSON body of a checkpoint request: no body means `{"deletePod": false, "async": false}`. */
-export const readCheckpointOptions = (request: HttpServerRequest.HttpServerRequest) =>
+/** The raw body of a checkpoint request, at most 64 KiB (read once; later reads get the same text). */
+export const readCheckpointBody = (request: HttpServerRequest.HttpServerRequest) =>
   Effect.gen(function*() {
     const tooLarge = new PayloadTooLarge({ message: `request body is larger than ${maxBodyBytes} bytes` })
     if (Number(request.headers["content-length"] ?? 0) > maxBodyBytes) return yield* tooLarge
@@ -32,7 +36,12 @@ export const readCheckpointOptions = (request: HttpServerRequest.HttpServerReque
           : new InvalidRequest({ message: "could not read the request body" })
       )
     )
-    if (Buffer.byteLength(text) > maxBodyBytes) return yield* tooLarge
+    return Buffer.byteLength(text) > maxBodyBytes ? yield* tooLarge : text
+  })
+
+export const readCheckpointOptions = (request: HttpServerRequest.HttpServerRequest) =>
+  Effect.gen(function*() {
+    const text = yield* readCheckpointBody(request)
     if (text.trim() === "") return new CheckpointOptions({})
     const json = yield* Effect.try({
       try: () => JSON.parse(text) as unknown,
@@ -57,6 +66,7 @@ export const CheckpointHandlers = HttpApiBuilder.group(
   (handlers) =>
     Effect.gen(function*() {
       const checkpointer = yield* Checkpointer
+      const auth = yield* CallerAuth
       return handlers
         .handleRaw("checkpoint", ({ path, request }) =>
           readCheckpointOptions(request).pipe(
@@ -69,9 +79,24 @@ export const CheckpointHandlers = HttpApiBuilder.group(
               CheckpointFailure: (error) => new CheckpointFailed({ message: error.message })
             })
           ))
-        .handle("result", ({ urlParams }) =>
-          checkpointer.result(urlParams.checkpointIdentifier).pipe(
+        .handle("result", ({ request, urlParams }) =>
+          Effect.gen(function*() {
+            // The namespace of a result is known only here, where it is stored.
+            if (auth.enabled) {
+              const namespace = yield* checkpointer.namespaceOf(urlParams.checkpointIdentifier)
+              yield* auth.authorize(request.headers.authorization, [{
+                verb: "get",
+                resource: "pods",
+                subresource: "checkpoint",
+                ...Option.match(namespace, { onNone: () => ({}), onSome: (namespace) => ({ namespace }) })
+              }])
+            }
+            return yield* checkpointer.result(urlParams.checkpointIdentifier)
+          }).pipe(
             Effect.catchTags({
+              Unauthenticated: (error) => new AuthenticationRequired({ message: error.message }),
+              Forbidden: (error) => new AccessDenied({ message: error.message }),
+              AuthUnavailable: (error) => new CheckpointFailed({ message: error.message }),
               CheckpointUnknown: (error) => new CheckpointNotFound({ message: error.message }),
               CheckpointFailure: (error) => new CheckpointFailed({ message: error.message })
             })

@@ -6,7 +6,7 @@ import { createServer } from "node:http"
 import { CheckpointHandlers } from "./CheckpointHandlers.ts"
 import { DocsPageLive } from "./DocsPage.ts"
 import { HealthHandlers } from "./HealthHandlers.ts"
-import { RequestForwarding } from "./RequestForwarding.ts"
+import { RequestGate } from "./RequestGate.ts"
 
 const describeDecodeError = (error: HttpApiError.HttpApiDecodeError): string =>
   error.issues.length === 0
@@ -38,7 +38,7 @@ export const HttpServerLive = HttpApiBuilder.serve().pipe(
   Layer.provide(DocsPageLive),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(DecodeErrorsAsText),
-  Layer.provide(RequestForwarding),
+  Layer.provide(RequestGate),
   Layer.provide(ApiLive),
   Layer.provide(
     Layer.unwrapEffect(

@@ -1,5 +1,6 @@
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import {
+  CallerAuth,
   Checkpointer,
   CheckpointerConfig,
   Cluster,
@@ -15,7 +16,7 @@ import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
 
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
 
-const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default, Readiness.Default).pipe(
+const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default, Readiness.Default, CallerAuth.Default).pipe(
   Layer.provide([KubeletService.DefaultWithoutDependencies, ResultStore.File, ImageBuilderLayer]),
   Layer.provide(Cluster.Default)
 )

@@ -1,6 +1,7 @@
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import {
+  CallerAuth,
   Checkpointer,
   CheckpointerConfig,
   Cluster,
@@ -40,7 +41,10 @@ export const testSettings: CheckpointerSettings = {
   production: false,
   maxConcurrentCheckpoints: 2,
   resultTtlSeconds: 7 * 24 * 3600,
-  shutdownGraceSeconds: 5
+  shutdownGraceSeconds: 5,
+  authMode: "none",
+  kubeletAuth: "certificate",
+  kubeletTokenFile: "/nonexistent/token"
 }
 
 /** What the fake node, builder and API server saw and what they should do next. */
@@ -119,7 +123,8 @@ const FakeCluster = Layer.effect(
 )
 
 /** Checkpointer with fake kubelet, builder and API server, the given result store and the real orchestration. */
-export const makeCheckpointerTest = <E>(store: Layer.Layer<ResultStore, E>) => Layer.merge(Checkpointer.Default, Readiness.Default).pipe(
+export const makeCheckpointerTest = <E>(store: Layer.Layer<ResultStore, E>) =>
+  Layer.mergeAll(Checkpointer.Default, Readiness.Default, CallerAuth.Default).pipe(
   Layer.provide([FakeKubelet, FakeBuilder, FakeCluster]),
   Layer.provideMerge(store),
   Layer.provideMerge(World.Default),
