@@ -20,7 +20,10 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "core.readNamespacedPodLog": ["pods/log:get"],
   "watcher.watch": ["pods:watch"],
   // The WebSocket upgrade is a GET, authorized as `get` before Kubernetes 1.31 and as `create` since.
-  "attacher.attach": ["pods/attach:create", "pods/attach:get"]
+  "attacher.attach": ["pods/attach:create", "pods/attach:get"],
+  // AUTH_MODE=kubernetes: who the caller is, and whether the caller may do what it asks.
+  "authentication.createTokenReview": ["tokenreviews.authentication.k8s.io:create"],
+  "authorization.createSubjectAccessReview": ["subjectaccessreviews.authorization.k8s.io:create"]
 }
 
 /** Calls on the API clients, the Watch and the Attach that Cluster.ts makes from its kubeconfig. */
@@ -164,6 +167,9 @@ describe("RBAC in k8s-manifests", () => {
       expect(granted(files).filter((permission) => /secrets|nodes/.test(permission))).toEqual([])
     }
     expect(granted(rbacFiles["kaniko-fs"]).some((permission) => permission.includes("pods/attach"))).toBe(false)
-    expect(granted(rbacFiles.native).some((permission) => permission.endsWith(":create"))).toBe(false)
+    expect(granted(rbacFiles.native).filter((permission) => permission.endsWith(":create"))).toEqual([
+      "cluster:tokenreviews.authentication.k8s.io:create",
+      "cluster:subjectaccessreviews.authorization.k8s.io:create"
+    ])
   })
 })
