@@ -14,6 +14,8 @@ export class BuildContextError extends Data.TaggedError("BuildContextError")<{
 
 /** node-tar reads files in slices of at most this size (its default allocates 16 MiB at a time). */
 const readSize = 1024 * 1024
+/** gzip output in pieces of this size: fewer, larger WebSocket messages than zlib's default 16 KiB. */
+const gzipChunkSize = 256 * 1024
 
 /**
  * The build context as a tar.gz made while it is read: the Dockerfile, then the archive straight from its file (never
@@ -23,7 +25,12 @@ export const buildContext = (archive: string, dockerfileText: string): Stream.St
   Stream.unwrapScoped(
     Effect.acquireRelease(
       Effect.sync(() => {
-        const pack = new Pack({ cwd: dirname(archive), gzip: { level: 1 }, portable: true, maxReadSize: readSize })
+        const pack = new Pack({
+          cwd: dirname(archive),
+          gzip: { level: 1, chunkSize: gzipChunkSize },
+          portable: true,
+          maxReadSize: readSize
+        })
         // Failures reach the reader through the async iterator; this listener only keeps a late one from throwing.
         pack.on("error", () => undefined)
         const text = Buffer.from(dockerfileText, "utf8")

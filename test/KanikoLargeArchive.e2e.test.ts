@@ -1,0 +1,52 @@
+import { expect, layer } from "@effect/vitest"
+import { Effect, Schedule } from "effect"
+import { randomBytes } from "node:crypto"
+import { describeE2E } from "./harness/E2E.ts"
+import { KanikoStackTag } from "./harness/KanikoStack.ts"
+import * as Podman from "./harness/Podman.ts"
+import { postCheckpoint } from "./HttpCalls.ts"
+
+const MiB = 1024 * 1024
+const ballastBytes = 560 * MiB
+const name = `kaniko-${randomBytes(3).toString("hex")}-ballast`
+
+describeE2E("a checkpoint archive larger than 512 MiB through the kaniko builder", () => {
+  layer(KanikoStackTag.layer, { excludeTestServices: true, timeout: "300 seconds" })((it) => {
+    it.scoped("is streamed over pod attach while the server's peak RSS stays under 160 MiB", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko", { KANIKO_TIMEOUT: "240" })
+        yield* Podman.ensureBusyboxImage()
+        // Random bytes in the container's rootfs end up in the archive's rootfs-diff.tar (and do not compress).
+        yield* Podman.runContainer({
+          name: `${name}-main`,
+          command: [
+            "sh",
+            "-c",
+            `trap "exit 0" TERM; head -c ${ballastBytes} /dev/urandom > /ballast && echo > /ready; ` +
+            "while true; do sleep 0.2; done"
+          ]
+        })
+        yield* Podman.podman(["exec", `${name}-main`, "cat", "/ready"]).pipe(
+          Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 240 })
+        )
+        yield* stack.cluster.apiServer.addPod({
+          namespace: "default",
+          name,
+          nodeName: "node-a",
+          containers: [{ name: "main" }]
+        })
+        const rssBefore = checkpointer.peakRss()
+        const started = Date.now()
+        const response = yield* postCheckpoint(checkpointer.url, `default/${name}/main`)
+        const seconds = (Date.now() - started) / 1000
+        expect(response.status, response.text).toBe(201)
+        const peak = checkpointer.peakRss()
+        yield* Effect.log(
+          `560 MiB of ballast checkpointed and built by Kaniko in ${seconds.toFixed(1)} s; server peak RSS ` +
+            `${(rssBefore / MiB).toFixed(0)} MiB before, ${(peak / MiB).toFixed(0)} MiB after`
+        )
+        expect(peak).toBeLessThan(160 * MiB)
+      }), 300_000)
+  })
+})
