@@ -165,7 +165,7 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
         const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
         expect(response.status).toBe(500)
         expect(response.text).toBe(
-          `checkpoint failed in phase "build/push": pod creation: cannot create the Kaniko pod: ` +
+          "checkpoint failed in phase \"build/push\": pod creation: cannot create the Kaniko pod: " +
             `create pod kube-system/checkpointer-kaniko-*: 403 ${forbidden}`
         )
         yield* expectCleanedUp(stack)

@@ -14,8 +14,8 @@ export class BuildContextError extends Data.TaggedError("BuildContextError")<{
 
 /** node-tar reads files in slices of at most this size (its default allocates 16 MiB at a time). */
 const readSize = 1024 * 1024
-/** gzip output in pieces of this size: fewer, larger WebSocket messages than zlib's default 16 KiB. */
-const gzipChunkSize = 256 * 1024
+/** gzip output in 256 KiB pieces (node:zlib's chunkSize, passed on by node-tar): fewer, larger WebSocket messages. */
+const gzipOptions = { level: 1, chunkSize: 256 * 1024 }
 
 /**
  * The build context as a tar.gz made while it is read: the Dockerfile, then the archive straight from its file (never
@@ -27,7 +27,7 @@ export const buildContext = (archive: string, dockerfileText: string): Stream.St
       Effect.sync(() => {
         const pack = new Pack({
           cwd: dirname(archive),
-          gzip: { level: 1, chunkSize: gzipChunkSize },
+          gzip: gzipOptions,
           portable: true,
           maxReadSize: readSize
         })

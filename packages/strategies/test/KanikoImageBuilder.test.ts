@@ -7,7 +7,8 @@ import {
   ContainerRef,
   ImageBuilder,
   Namespace,
-  PodName
+  PodName,
+  podRunningNotFaked
 } from "@checkpointer/core"
 import type { BuildRequest, CheckpointerSettings, KubernetesApiError } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
@@ -224,6 +225,7 @@ const fakeCluster = (options: {
     const waits = yield* Ref.make(options.waits)
     const record = (call: string) => Ref.update(options.calls, (calls) => [...calls, call])
     return Cluster.make({
+      ...podRunningNotFaked,
       getPod: () => Effect.succeed(Option.some(pod("Pending"))),
       deletePod: () => Effect.void,
       checkpointerPodsOn: () => Effect.succeed([]),
