@@ -56,6 +56,14 @@ const attachFailure = (data: unknown): string | undefined => {
   }
 }
 
+/** The WebSocket client rejects a refused attach with an ErrorEvent, not an Error. */
+const attachError = (cause: unknown): Error =>
+  cause instanceof Error
+    ? cause
+    : new Error(
+      typeof cause === "object" && cause !== null && "message" in cause ? String(cause.message) : String(cause)
+    )
+
 const watchStatusOf = (error: unknown): number | undefined =>
   typeof error === "object" && error !== null && "statusCode" in error && typeof error.statusCode === "number"
     ? error.statusCode
@@ -263,7 +271,9 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
         const socket: AttachSocket = yield* Effect.acquireRelease(
           call(
             `attach to pod ${namespace}/${name}`,
-            () => attacher.attach(namespace, name, container, discardingWritable(), discardingWritable(), stdin, false)
+            () =>
+              attacher.attach(namespace, name, container, discardingWritable(), discardingWritable(), stdin, false)
+                .catch((cause: unknown) => Promise.reject(attachError(cause)))
           ),
           (socket) => Effect.sync(() => socket.close())
         )
