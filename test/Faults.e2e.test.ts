@@ -2,13 +2,12 @@ import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Exit, Fiber, Schedule, Scope } from "effect"
 import { execFileSync } from "node:child_process"
-import { startCounterPod } from "./harness/Cluster.ts"
+import { startBallastPod, startCounterPod } from "./harness/Cluster.ts"
 import type { CheckpointerProcess } from "./harness/CheckpointerProcess.ts"
 import { freePort } from "./harness/CheckpointerProcess.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import type { LocalStack } from "./harness/LocalStack.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
-import * as Podman from "./harness/Podman.ts"
 import { startRegistry } from "./harness/Registry.ts"
 import { expectNoArchiveLeft } from "./Expectations.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
@@ -82,20 +81,11 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
           extra: { CHECKPOINT_IMAGE_PREFIX: `${registry.host}/${checkpointRepository}`, REGISTRY_CA_FILE: `${dir}/ca.crt` }
         })
         // A container whose archive takes a while to push (its rootfs holds 300 MiB of random bytes).
-        yield* Podman.ensureBusyboxImage()
-        yield* Podman.runContainer({
-          name: "fault-ballast-main",
-          command: ["sh", "-c", `trap "exit 0" TERM; head -c ${300 * 1024 * 1024} /dev/urandom > /ballast && echo > /ready; ` +
-            "while true; do sleep 0.2; done"]
-        })
-        yield* Podman.podman(["exec", "fault-ballast-main", "cat", "/ready"]).pipe(
-          Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 120 })
-        )
-        yield* stack.cluster.apiServer.addPod({
+        yield* startBallastPod(stack.cluster.apiServer, {
           namespace: "default",
           name: "fault-ballast",
           nodeName: "node-a",
-          containers: [{ name: "main" }]
+          bytes: 300 * 1024 * 1024
         })
         const killedDuring = yield* Effect.fork(postCheckpoint(server.url, "default/fault-ballast/main"))
         const uploads = `${dir}/registry/storage/docker/registry/v2/repositories/${checkpointRepository}/_uploads`

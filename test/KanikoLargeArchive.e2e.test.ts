@@ -1,9 +1,9 @@
 import { expect, layer } from "@effect/vitest"
-import { Effect, Schedule } from "effect"
+import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
+import { startBallastPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { KanikoStackTag } from "./harness/KanikoStack.ts"
-import * as Podman from "./harness/Podman.ts"
 import { postCheckpoint } from "./HttpCalls.ts"
 
 const MiB = 1024 * 1024
@@ -16,26 +16,7 @@ describeE2E("a checkpoint archive larger than 512 MiB through the kaniko builder
       Effect.gen(function*() {
         const stack = yield* KanikoStackTag
         const checkpointer = yield* stack.startKanikoCheckpointer("kaniko", { KANIKO_TIMEOUT: "240" })
-        yield* Podman.ensureBusyboxImage()
-        // Random bytes in the container's rootfs end up in the archive's rootfs-diff.tar (and do not compress).
-        yield* Podman.runContainer({
-          name: `${name}-main`,
-          command: [
-            "sh",
-            "-c",
-            `trap "exit 0" TERM; head -c ${ballastBytes} /dev/urandom > /ballast && echo > /ready; ` +
-            "while true; do sleep 0.2; done"
-          ]
-        })
-        yield* Podman.podman(["exec", `${name}-main`, "cat", "/ready"]).pipe(
-          Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 240 })
-        )
-        yield* stack.cluster.apiServer.addPod({
-          namespace: "default",
-          name,
-          nodeName: "node-a",
-          containers: [{ name: "main" }]
-        })
+        yield* startBallastPod(stack.cluster.apiServer, { namespace: "default", name, nodeName: "node-a", bytes: ballastBytes })
         const rssBefore = checkpointer.peakRss()
         const started = Date.now()
         const response = yield* postCheckpoint(checkpointer.url, `default/${name}/main`)

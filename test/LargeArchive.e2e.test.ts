@@ -1,8 +1,8 @@
 import { expect, layer } from "@effect/vitest"
-import { Effect, Schedule } from "effect"
+import { Effect } from "effect"
+import { startBallastPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
-import * as Podman from "./harness/Podman.ts"
 import { postCheckpoint } from "./HttpCalls.ts"
 
 const StackLive = Stack.layer({ registryAuth: "htpasswd" })
@@ -15,25 +15,11 @@ describeE2E("a checkpoint archive larger than 512 MiB", () => {
     it.scoped("is streamed to the registry while the server's peak RSS stays under 150 MiB", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* Podman.ensureBusyboxImage()
-        // 560 MiB of random bytes in the container's rootfs end up in the archive's rootfs-diff.tar.
-        yield* Podman.runContainer({
-          name: "ballast-main",
-          command: [
-            "sh",
-            "-c",
-            `trap "exit 0" TERM; head -c ${ballastBytes} /dev/urandom > /ballast && echo > /ready; ` +
-            "while true; do sleep 0.2; done"
-          ]
-        })
-        yield* Podman.podman(["exec", "ballast-main", "cat", "/ready"]).pipe(
-          Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 240 })
-        )
-        yield* stack.cluster.apiServer.addPod({
+        yield* startBallastPod(stack.cluster.apiServer, {
           namespace: "default",
           name: "ballast",
           nodeName: "node-a",
-          containers: [{ name: "main" }]
+          bytes: ballastBytes
         })
         const rssBefore = stack.checkpointer.peakRss()
         const response = yield* postCheckpoint(stack.checkpointer.url, "default/ballast/main")

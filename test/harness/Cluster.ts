@@ -1,7 +1,7 @@
 import type { CommandExecutor } from "@effect/platform"
 import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
-import { Effect, Option } from "effect"
+import { Effect, Option, Schedule } from "effect"
 import type { Scope } from "effect"
 import type { ApiServer, ApiServerError, Pod } from "./ApiServer.ts"
 import { startApiServer } from "./ApiServer.ts"
@@ -96,4 +96,35 @@ export const startCounterPod = (
       ...(options.podIP === undefined ? {} : { podIP: options.podIP })
     })
     return { pod, container }
+  })
+
+/**
+ * A Running pod whose container `main` holds `bytes` random bytes in its rootfs: they end up in the checkpoint
+ * archive's rootfs-diff.tar (and do not compress), which makes archives of a chosen size.
+ */
+export const startBallastPod = (
+  apiServer: ApiServer,
+  options: { readonly namespace: string; readonly name: string; readonly nodeName: string; readonly bytes: number }
+): Effect.Effect<Pod, Podman.PodmanError | PlatformError | ApiServerError, Requirements | Scope.Scope> =>
+  Effect.gen(function*() {
+    const container = `${options.name}-main`
+    yield* Podman.ensureBusyboxImage()
+    yield* Podman.runContainer({
+      name: container,
+      command: [
+        "sh",
+        "-c",
+        `trap "exit 0" TERM; head -c ${options.bytes} /dev/urandom > /ballast && echo > /ready; ` +
+        "while true; do sleep 0.2; done"
+      ]
+    })
+    yield* Podman.podman(["exec", container, "cat", "/ready"]).pipe(
+      Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 240 })
+    )
+    return yield* apiServer.addPod({
+      namespace: options.namespace,
+      name: options.name,
+      nodeName: options.nodeName,
+      containers: [{ name: "main" }]
+    })
   })
