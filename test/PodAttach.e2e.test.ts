@@ -143,7 +143,8 @@ describeE2E("pod attach, logs and watches of the simulated API server through Ch
         const { cluster } = yield* TestCluster
         const api = yield* clusterService(cluster.apiServer.kubeconfigPath)
         const name = `attach-pending-${randomBytes(3).toString("hex")}`
-        yield* api.createPod("default", { metadata: { name }, spec: { containers: [{ name: "sink", image: "x/other" }] } })
+        const notRun = { metadata: { name }, spec: { containers: [{ name: "sink", image: "x/other" }] } }
+        yield* api.createPod("default", notRun)
         const refused = yield* Effect.flip(api.attachStdin("default", name, "sink", Stream.make(new Uint8Array([1]))))
         expect(refused.message).toMatch(/attach to pod default\/.*400/)
         const waiting = yield* Effect.fork(api.waitForPod("default", name, (pod) => pod.status?.phase === "Running"))
