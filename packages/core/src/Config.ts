@@ -62,7 +62,10 @@ export const checkpointerConfig = Config.all({
   baseImage: Config.string("CHECKPOINT_BASE_IMAGE").pipe(Config.withDefault("pbaran555/checkpoint-base:1.0.0")),
   kanikoSecretName: Config.string("KANIKO_SECRET_NAME").pipe(Config.withDefault("kaniko-secret")),
   kanikoTimeoutSeconds: nonNegativeInteger("KANIKO_TIMEOUT", 30),
-  kanikoImage: Config.nonEmptyString("KANIKO_IMAGE").pipe(Config.withDefault(defaultKanikoImage)),
+  kanikoImage: Config.string("KANIKO_IMAGE").pipe(
+    Config.validate({ message: "must name an image", validation: (image) => image.trim() !== "" }),
+    Config.withDefault(defaultKanikoImage)
+  ),
   kanikoBuildContextDir: Config.string("KANIKO_BUILD_CTX_DIR").pipe(Config.withDefault("/tmp/build-contexts")),
   storageBasePath: Config.string("STORAGE_BASE_PATH").pipe(Config.withDefault("/checkpointer/storage")),
   disableRouteForward: flag("DISABLE_ROUTE_FORWARD"),
