@@ -134,6 +134,40 @@ describeE2E("kubectl checkpoint against the local stack", () => {
         expect(annotated.stderr).toContain("checkpoint of default/ops-kc-annotated/counter started")
       }))
 
+    it.scoped("sends the kubeconfig user's token to a Checkpointer that checks callers (AUTH_MODE=kubernetes)", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const fs = yield* FileSystem.FileSystem
+        const api = stack.cluster.apiServer
+        yield* api.addUser({
+          token: "ops-carol-token-5e1f",
+          username: "ops-carol",
+          allow: [{ verb: "create", resource: "pods", subresource: "checkpoint", namespace: "default" }]
+        })
+        yield* startCounterPod(api, { namespace: "default", name: "ops-kc-auth", nodeName: "node-a" })
+        const checking = yield* stack.startAnotherCheckpointer({ extra: { AUTH_MODE: "kubernetes" } })
+        const kubeconfig = `${stack.dir}/ops-carol.kubeconfig`
+        const original = yield* fs.readFileString(api.kubeconfigPath)
+        yield* fs.writeFileString(kubeconfig, original.replace(/token: \S+/, "token: ops-carol-token-5e1f"))
+        const env = { KUBECONFIG: kubeconfig }
+
+        const allowed = yield* kubectlCheckpoint(["ops-kc-auth", "-c", "counter", "--url", checking.url], env)
+        expect(allowed.code, allowed.stderr).toBe(0)
+        expect(allowed.stdout).toContain(`${stack.registry.host}/checkpoints/counter:`)
+
+        const denied = yield* kubectlCheckpoint(["ops-kc-auth", "-c", "counter", "--delete-pod", "--url", checking.url], env)
+        expect(denied.code).toBe(1)
+        expect(denied.stderr).toMatch(/^error: .*ops-carol/)
+
+        const unknown = yield* kubectlCheckpoint(["ops-kc-auth", "-c", "counter", "--url", checking.url], {
+          ...env,
+          CHECKPOINTER_TOKEN: "ops-nobody"
+        })
+        expect(unknown.code).toBe(1)
+        expect(unknown.stderr).toMatch(/^error: /)
+        expect(Option.isSome(yield* api.findPod("default", "ops-kc-auth"))).toBe(true)
+      }))
+
     it.effect("exits 1 with the server's message, or saying why Checkpointer could not be asked", () =>
       Effect.gen(function*() {
         const stack = yield* Stack

@@ -1,9 +1,9 @@
-import { HttpApiClient } from "@effect/platform"
+import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientError } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { CheckpointerApi } from "@checkpointer/core"
 import type { AsyncCheckpointAccepted, CheckpointIdentifier, CheckpointResult, ContainerRef } from "@checkpointer/core"
-import { Context, Data, Duration, Effect, Layer, Schedule } from "effect"
+import { Context, Data, Duration, Effect, Layer, Redacted, Schedule } from "effect"
 import type { ParseResult } from "effect"
 
 /** The request did not get an answer the contract describes: unreachable server, unexpected status, bad input. */
@@ -63,9 +63,24 @@ const describeClientError = (error: HttpClientError.HttpClientError | ParseResul
 const isTransient = (error: { readonly _tag: string; readonly status?: number | undefined }) =>
   error._tag === "CheckpointerRequestFailed" && (error.status === undefined || error.status === 502 || error.status === 503)
 
-const make = (options: { readonly baseUrl?: string | URL }) =>
+export interface ClientOptions {
+  /** Where Checkpointer answers, e.g. `http://checkpoint-service.checkpointer` inside the cluster. */
+  readonly baseUrl?: string | URL
+  /** Sent as `Authorization: Bearer ...`: a Kubernetes token, which Checkpointer checks with AUTH_MODE=kubernetes. */
+  readonly token?: string | Redacted.Redacted<string>
+}
+
+const make = (options: ClientOptions) =>
   Effect.gen(function*() {
-    const api = yield* HttpApiClient.make(CheckpointerApi, options.baseUrl === undefined ? {} : { baseUrl: options.baseUrl })
+    const token = options.token
+    const api = yield* HttpApiClient.make(CheckpointerApi, {
+      ...(options.baseUrl === undefined ? {} : { baseUrl: options.baseUrl }),
+      ...(token === undefined ? {} : {
+        transformClient: HttpClient.mapRequest(
+          HttpClientRequest.bearerToken(Redacted.isRedacted(token) ? token : Redacted.make(token))
+        )
+      })
+    })
 
     /** Everything outside the contract becomes CheckpointerRequestFailed; contract errors stay as they are. */
     const plain = <A, E>(effect: Effect.Effect<A, E | HttpClientError.HttpClientError | ParseResult.ParseError>) =>
@@ -141,10 +156,10 @@ export class CheckpointerClient extends Context.Tag("checkpointer/CheckpointerCl
   static readonly make = make
 
   /** The client over an `HttpClient` you provide. */
-  static readonly layerWithoutHttpClient = (options: { readonly baseUrl?: string | URL }) =>
+  static readonly layerWithoutHttpClient = (options: ClientOptions) =>
     Layer.effect(CheckpointerClient, make(options))
 
   /** The client over Node's HTTP client, which waits as long as a synchronous checkpoint takes. */
-  static readonly layer = (options: { readonly baseUrl: string | URL }) =>
+  static readonly layer = (options: ClientOptions & { readonly baseUrl: string | URL }) =>
     CheckpointerClient.layerWithoutHttpClient(options).pipe(Layer.provide(NodeHttpClient.layer))
 }

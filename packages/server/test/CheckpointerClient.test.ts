@@ -2,7 +2,7 @@ import { HttpApiBuilder, HttpClient, HttpClientResponse } from "@effect/platform
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { CheckpointResult, ImageBuildError } from "@checkpointer/core"
-import { Deferred, Duration, Effect, Fiber, Layer, Ref } from "effect"
+import { Deferred, Duration, Effect, Fiber, Layer, Redacted, Ref } from "effect"
 import { CheckpointerClient } from "../src/CheckpointerClient.ts"
 import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
 import { CheckpointerTest, World } from "./TestLayers.ts"
@@ -118,6 +118,24 @@ describe("CheckpointerClient transport", () => {
       expect(failure).toMatchObject({ _tag: "CheckpointerRequestFailed", status: undefined })
       expect(failure.message).toBe("checkpoint node-b:0123456789abcdef had no result within 1s")
     }), { timeout: 10_000 })
+
+  it.effect("sends the token as a bearer token", () =>
+    Effect.gen(function*() {
+      const seen = yield* Ref.make<ReadonlyArray<string | undefined>>([])
+      const http = HttpClient.make((request) =>
+        Effect.as(
+          Ref.update(seen, (all) => [...all, request.headers.authorization]),
+          HttpClientResponse.fromWeb(request, new Response(done, { headers: { "content-type": "application/json" } }))
+        )
+      )
+      for (const token of ["plain-token", Redacted.make("redacted-token")]) {
+        const client = yield* CheckpointerClient.make({ baseUrl: "http://checkpointer.test", token }).pipe(
+          Effect.provideService(HttpClient.HttpClient, http)
+        )
+        yield* client.result("node-a:0123456789abcdef")
+      }
+      expect(yield* Ref.get(seen)).toEqual(["Bearer plain-token", "Bearer redacted-token"])
+    }))
 
   it.effect("a server that does not answer is a CheckpointerRequestFailed without a status", () =>
     Effect.gen(function*() {

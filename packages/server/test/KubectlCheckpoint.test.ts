@@ -12,7 +12,8 @@ describe("kubectl checkpoint arguments", () => {
       deletePod: true,
       async: false,
       wait: true,
-      url: "http://x:1"
+      url: "http://x:1",
+      token: Option.none()
     }))
   })
 
@@ -21,6 +22,14 @@ describe("kubectl checkpoint arguments", () => {
       Either.getOrThrow(Either.map(parseInvocation(["p"], env), (parsed) => parsed === "help" ? "" : parsed.url))
     expect(url({ CHECKPOINTER_URL: "http://checkpointer:8000" })).toBe("http://checkpointer:8000")
     expect(url({})).toBe("http://localhost:3333")
+  })
+
+  it("takes the token from --token, else CHECKPOINTER_TOKEN", () => {
+    const token = (args: ReadonlyArray<string>, env: Record<string, string>) =>
+      Either.getOrThrow(Either.map(parseInvocation(["p", ...args], env), (parsed) => parsed === "help" ? undefined : parsed.token))
+    expect(token(["--token", "abc"], { CHECKPOINTER_TOKEN: "env" })).toEqual(Option.some("abc"))
+    expect(token([], { CHECKPOINTER_TOKEN: "env" })).toEqual(Option.some("env"))
+    expect(token([], {})).toEqual(Option.none())
   })
 
   it("refuses no pod, two pods and unknown options", () => {

@@ -1,6 +1,7 @@
 import { Cluster, KubernetesApiError } from "@checkpointer/core"
 import { KubeConfig } from "@kubernetes/client-node"
-import { Clock, Console, Data, Duration, Effect, Either, Option, Schedule } from "effect"
+import { Clock, Console, Data, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
+import type { RequestOptions } from "node:https"
 import { parseArgs } from "node:util"
 import { CheckpointerClient } from "../CheckpointerClient.ts"
 
@@ -17,9 +18,12 @@ Options:
       --async           start the checkpoint, print its identifier and return
       --wait            start the checkpoint, then wait for its image, showing progress (with or without --async)
       --url URL         Checkpointer API (default: $CHECKPOINTER_URL, else http://localhost:3333)
+      --token TOKEN     bearer token for Checkpointer's AUTH_MODE=kubernetes (default: $CHECKPOINTER_TOKEN,
+                        else the credentials of the kubeconfig's current user, when it has a token or exec plugin)
   -h, --help            show this help
 
 The pod is looked up through the Kubernetes API (KUBECONFIG or ~/.kube/config) only when -c is not given.
+Checkpointer's answers are printed as they are (401/403 when it checks callers and denies this one).
 To reach Checkpointer from outside the cluster:
   kubectl port-forward -n checkpointer service/checkpoint-service 3333:80
 Exit status: 0 done, 1 the checkpoint failed or Checkpointer could not be reached, 2 wrong usage.`
@@ -32,6 +36,7 @@ export interface Invocation {
   readonly async: boolean
   readonly wait: boolean
   readonly url: string
+  readonly token: Option.Option<string>
 }
 
 /** Wrong arguments: exit 2 with the usage. */
@@ -57,6 +62,7 @@ export const parseInvocation = (
           async: { type: "boolean", default: false },
           wait: { type: "boolean", default: false },
           url: { type: "string" },
+          token: { type: "string" },
           help: { type: "boolean", short: "h", default: false }
         }
       }),
@@ -76,7 +82,8 @@ export const parseInvocation = (
       deletePod: values["delete-pod"],
       async: values.async,
       wait: values.wait,
-      url: values.url ?? env.CHECKPOINTER_URL ?? "http://localhost:3333"
+      url: values.url ?? env.CHECKPOINTER_URL ?? "http://localhost:3333",
+      token: Option.fromNullable(values.token ?? env.CHECKPOINTER_TOKEN).pipe(Option.filter((token) => token !== ""))
     })
   })
 }
@@ -90,6 +97,16 @@ const contextNamespace = Effect.try({
   },
   catch: (cause) => new KubernetesApiError({ status: undefined, message: `cannot load kubeconfig: ${String(cause)}`, cause })
 }).pipe(Effect.map(Option.filter((namespace) => namespace !== "")))
+
+/** The bearer credentials of the kubeconfig's current user (its token, or what its exec plugin answers), if any. */
+const kubeconfigToken = Effect.tryPromise(async () => {
+  const config = new KubeConfig()
+  config.loadFromDefault()
+  const options: RequestOptions = {}
+  await config.applyToHTTPSOptions(options)
+  const header = (options.headers as Record<string, unknown> | undefined)?.["Authorization"]
+  return Option.fromNullable(typeof header === "string" && header.startsWith("Bearer ") ? header.slice(7) : undefined)
+}).pipe(Effect.orElseSucceed(() => Option.none<string>()))
 
 const defaultContainerAnnotation = "kubectl.kubernetes.io/default-container"
 
@@ -193,7 +210,16 @@ export const kubectlCheckpoint = (invocation: Invocation, options: { readonly in
           })
         )
     ),
-    Effect.provide(CheckpointerClient.layer({ baseUrl: invocation.url }))
+    Effect.provide(Layer.unwrapEffect(
+      Effect.map(
+        Option.isSome(invocation.token) ? Effect.succeed(invocation.token) : kubeconfigToken,
+        (token) =>
+          CheckpointerClient.layer({
+            baseUrl: invocation.url,
+            ...(Option.isSome(token) ? { token: Redacted.make(token.value) } : {})
+          })
+      )
+    ))
   )
 
 /** Runs the command line and answers the exit status: 0 done, 1 failed, 2 wrong usage. */
