@@ -222,7 +222,7 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
         const name = created.metadata?.name ?? ""
         yield* Effect.annotateCurrentSpan({ pod: name })
         yield* Effect.logDebug("Kaniko pod created").pipe(Effect.annotateLogs({ pod: `${namespace}/${name}` }))
-        const finished = yield* Effect.gen(function*() {
+        return yield* Effect.gen(function*() {
           if (Option.isSome(strategy.stream)) {
             const started = yield* waitFor(
               name,
@@ -250,7 +250,6 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
           ),
           Effect.catchAll(withLogs(name))
         )
-        return finished
       })
 
     const build = Effect.fn("KanikoImageBuilder.build")(function*(request: BuildRequest) {
