@@ -16,6 +16,8 @@ import { postCheckpoint } from "./HttpCalls.ts"
 const run = randomBytes(3).toString("hex")
 const podName = (name: string) => `kaniko-${run}-${name}`
 
+const upstreamKaniko = "gcr.io/kaniko-project/executor:v1.24.0"
+
 const kanikoPods = (stack: KanikoStack) =>
   Effect.map(
     stack.cluster.apiServer.pods(),
@@ -58,7 +60,12 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
       it.scoped(`${builder}: the image restores and its counter continues`, () =>
         Effect.gen(function*() {
           const stack = yield* KanikoStackTag
-          const checkpointer = yield* stack.startKanikoCheckpointer(builder)
+          // kaniko-fs runs the archived upstream executor that KANIKO_IMAGE may still name.
+          const image = builder === "kaniko" ? "ghcr.io/osscontainertools/kaniko:v1.28.3" : upstreamKaniko
+          const checkpointer = yield* stack.startKanikoCheckpointer(
+            builder,
+            builder === "kaniko" ? {} : { KANIKO_IMAGE: upstreamKaniko }
+          )
           const name = podName(builder)
           const { container } = yield* startCounterPod(stack.cluster.apiServer, {
             namespace: "default",
@@ -85,6 +92,7 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
             entry.args.includes(`--destination=${body.containerImageName}`)
           )
           expect(ran?.exitCode).toBe(0)
+          expect(ran?.image).toBe(image)
           expect(ran?.args).toContain(builder === "kaniko" ? "--context=tar://stdin" : "--context=dir:///workspace")
           expect(ran?.args).toContain("--image-format=oci")
           expect(ran?.nodeName).toBe(builder === "kaniko-fs" ? "node-a" : undefined)

@@ -14,6 +14,7 @@ export type KanikoFault = "pending" | "hang" | null
 /** One Kaniko pod the agent ran. */
 export interface KanikoRun {
   readonly pod: string
+  readonly image: string | undefined
   readonly args: ReadonlyArray<string>
   readonly nodeName: string | undefined
   /** undefined while it runs (or if it never started). */
@@ -125,6 +126,7 @@ export const startKanikoAgent = (options: {
         const record = (exitCode?: number) =>
           Ref.update(runs, (all) => [...all.filter((entry) => entry.pod !== pod.metadata.name), {
             pod: pod.metadata.name,
+            image: container.image,
             args,
             nodeName: pod.spec.nodeName,
             ...(exitCode === undefined ? {} : { exitCode })
