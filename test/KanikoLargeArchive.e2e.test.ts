@@ -9,7 +9,7 @@ import { postCheckpoint } from "./HttpCalls.ts"
 const MiB = 1024 * 1024
 const ballastBytes = 560 * MiB
 /**
- * Measured 140 to 152 MiB, flat while the archive streams. Unlike the native builder, fresh buffers cannot be avoided
+ * Measured 140 to 155 MiB, flat while the archive streams. Unlike the native builder, fresh buffers cannot be avoided
  * (gzip output, client-node's and ws's copies of each WebSocket message): garbage buffers pile up until V8 collects
  * them, which it does at the latest 64 MiB of external memory after the last collection. The bound says the archive is
  * never held in memory, whatever its size.
