@@ -107,7 +107,8 @@ export const randomTag = () => randomBytes(8).toString("hex")
 
 const describeSample = (sample: Sample) => {
   const phases = Object.entries(sample.phases).map(([name, value]) => `${name} ${formatSeconds(value)}`)
-  return `${formatSeconds(sample.seconds)} s${phases.length === 0 ? "" : ` (${phases.join(", ")})`}`
+  const cpu = sample.cpu === undefined ? "" : `, CPU ${sample.cpu.client.toFixed(2)} · registry ${sample.cpu.registry.toFixed(2)}`
+  return `${formatSeconds(sample.seconds)} s${phases.length === 0 ? "" : ` (${phases.join(", ")})`}${cpu}`
 }
 
 /** One run of one pipeline against an emptied registry. */
@@ -117,7 +118,12 @@ export const runOnce = (env: BenchEnv, label: string, pipeline: Pipeline, what: 
     yield* Ref.update(env.loads, (loads) => [...loads, load])
     // One retry: a run that fails (another job on the machine got in the way) is logged and not counted.
     const sample = yield* env.registry.empty.pipe(
-      Effect.zipRight(Effect.suspend(() => pipeline.run(randomTag()))),
+      Effect.zipRight(Effect.gen(function*() {
+        const [client, registry] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
+        const sample = yield* pipeline.run(randomTag())
+        const [clientAfter, registryAfter] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
+        return { ...sample, cpu: { client: clientAfter - client, registry: registryAfter - registry } }
+      })),
       Effect.tapError((error) => Console.log(`[bench] ${label} ${what} ${pipeline.id} failed, once more: ${error.message}`)),
       Effect.retry({ times: 1 })
     )

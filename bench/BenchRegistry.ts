@@ -3,11 +3,13 @@ import { Effect } from "effect"
 import type { TestRegistry } from "../test/harness/Registry.ts"
 import { startRegistry } from "../test/harness/Registry.ts"
 import type { BenchError } from "./Tools.ts"
-import { failedTo } from "./Tools.ts"
+import { failedTo, findProcess, processCpu } from "./Tools.ts"
 
 export interface BenchRegistry extends TestRegistry {
   /** Deletes everything the registry stores (it keeps running): the next push lands in an empty registry. */
   readonly empty: Effect.Effect<void, BenchError>
+  /** CPU seconds the docker-registry process has used so far (0 if it could not be found). */
+  readonly cpu: Effect.Effect<number>
 }
 
 /**
@@ -28,5 +30,10 @@ export const startBenchRegistry = Effect.fn("BenchRegistry.start")(function*(dir
     Effect.mapError(failedTo("empty the registry"))
   )
   yield* empty
-  return { ...registry, empty } satisfies BenchRegistry
+  const pid = yield* findProcess(["docker-registry", "serve", path.join(dir, "config.yml")])
+  return {
+    ...registry,
+    empty,
+    cpu: pid === undefined ? Effect.succeed(0) : processCpu(pid)
+  } satisfies BenchRegistry
 }, Effect.mapError(failedTo("start the registry")))

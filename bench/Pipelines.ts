@@ -13,7 +13,7 @@ import type { BenchRegistry } from "./BenchRegistry.ts"
 import { checkpointTimings, parseLogs } from "./ServerLogs.ts"
 import type { Sample } from "./Stats.ts"
 import type { BenchError } from "./Tools.ts"
-import { currentRss, exec, failedTo, peakRss, resetPeakRss, seconds } from "./Tools.ts"
+import { currentRss, exec, failedTo, peakRss, processCpu, resetPeakRss, seconds, selfCpu } from "./Tools.ts"
 import type { Archive, MemoryContainer } from "./Workload.ts"
 
 export type PipelineId = "raw" | "rawHashed" | "pass" | "library" | "http" | "buildah" | "podman"
@@ -24,6 +24,8 @@ export interface Pipeline {
   readonly title: string
   /** What the measured time covers. */
   readonly timed: string
+  /** CPU seconds used so far by the processes that do this pipeline's work (this one, its children, the server). */
+  readonly clientCpu: Effect.Effect<number>
   readonly run: (
     tag: string
   ) => Effect.Effect<Sample, BenchError, CommandExecutor.CommandExecutor | FileSystem.FileSystem>
@@ -38,6 +40,9 @@ export const pipelineTitles: Readonly<Record<PipelineId, string>> = {
   buildah: "buildah recipe (Kubernetes docs)",
   podman: "podman checkpoint --create-image + push"
 }
+
+const ownCpu = Effect.map(selfCpu, (cpu) => cpu.own)
+const childrenCpu = Effect.map(selfCpu, (cpu) => cpu.children)
 
 /** The image's layers as the registry serves its manifest: total size and media type(s). */
 const pushedLayers = (registry: BenchRegistry, repository: string, tag: string) =>
@@ -101,6 +106,7 @@ export const rawUpload = Effect.fn("Pipelines.rawUpload")(function*(
 export const rawPipeline = (registry: BenchRegistry, archive: Archive): Pipeline => ({
   id: "raw",
   title: pipelineTitles.raw,
+  clientCpu: childrenCpu,
   timed: "curl POST + PUT ?digest of the archive (the layer only)",
   run: () =>
     seconds(rawUpload(registry, archive, "bench/raw")).pipe(
@@ -112,6 +118,7 @@ export const rawPipeline = (registry: BenchRegistry, archive: Archive): Pipeline
 export const rawHashedPipeline = (registry: BenchRegistry, archive: Archive): Pipeline => ({
   id: "rawHashed",
   title: pipelineTitles.rawHashed,
+  clientCpu: childrenCpu,
   timed: "sha256sum of the archive, then curl POST + PUT ?digest (the file read twice)",
   run: () =>
     seconds(Effect.gen(function*() {
@@ -127,6 +134,7 @@ export const rawHashedPipeline = (registry: BenchRegistry, archive: Archive): Pi
 export const archivePassPipeline = (archive: Archive): Pipeline => ({
   id: "pass",
   title: pipelineTitles.pass,
+  clientCpu: ownCpu,
   timed: "read + sha256 + tar inspection in this process (CheckpointArchive.describeArchive of readArchive), no upload",
   run: () =>
     Effect.flatMap(FileSystem.FileSystem, (fs) =>
@@ -171,6 +179,7 @@ export const libraryPipeline = (
 ): Pipeline => ({
   id: "library",
   title: pipelineTitles.library,
+  clientCpu: ownCpu,
   timed: "ImageBuilder.build in this process: read + hash + push layer, config, manifest",
   run: (tag) =>
     Effect.gen(function*() {
@@ -218,6 +227,7 @@ export const httpCheckpoint = Effect.fn("Pipelines.httpCheckpoint")(function*(
 export const httpPipeline = (registry: BenchRegistry, server: CheckpointerProcess, container: MemoryContainer): Pipeline => ({
   id: "http",
   title: pipelineTitles.http,
+  clientCpu: processCpu(server.pid),
   timed: "POST /checkpoint round trip (kubelet CRIU checkpoint + build/push + HTTP); build/push from the server log",
   run: () =>
     Effect.gen(function*() {
@@ -236,6 +246,7 @@ const buildah = (args: ReadonlyArray<string>) => exec("buildah", args)
 export const buildahPipeline = (registry: BenchRegistry, archive: Archive, container: MemoryContainer): Pipeline => ({
   id: "buildah",
   title: pipelineTitles.buildah,
+  clientCpu: childrenCpu,
   timed: "buildah from scratch, add, config --annotation, commit, rm, push",
   run: (tag) =>
     Effect.scoped(Effect.gen(function*() {
@@ -276,6 +287,7 @@ export const buildahPipeline = (registry: BenchRegistry, archive: Archive, conta
 export const podmanPipeline = (registry: BenchRegistry, container: MemoryContainer): Pipeline => ({
   id: "podman",
   title: pipelineTitles.podman,
+  clientCpu: childrenCpu,
   timed: "podman container checkpoint --leave-running --create-image (CRIU dump included) + podman push",
   run: (tag) =>
     Effect.scoped(Effect.gen(function*() {

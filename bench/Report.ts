@@ -77,6 +77,15 @@ const pushedText = (samples: ReadonlyArray<Sample>) => {
   return bytes === undefined ? "–" : `${formatMiB(bytes)}${types.length === 0 ? "" : ` ${types.map(shortMediaType).join(", ")}`}`
 }
 
+/** Median CPU seconds of the pushing processes and of the registry during a run. */
+const cpuText = (samples: ReadonlyArray<Sample>) => {
+  const measured = samples.flatMap((sample) => sample.cpu === undefined ? [] : [sample.cpu])
+  if (measured.length === 0) return "–"
+  const client = summarize(measured.map((cpu) => cpu.client)).median
+  const registry = summarize(measured.map((cpu) => cpu.registry)).median
+  return `${client.toFixed(2)} · ${registry.toFixed(2)}`
+}
+
 /** This process's peak during a build, and (+) how far it rose above its RSS when the build began. */
 const libraryPeak = (samples: ReadonlyArray<Sample>) => {
   const peak = maxOf(samples.map((sample) => sample.peakRss))
@@ -94,7 +103,12 @@ const sizeSection = (size: SizeResult) => {
     name: string,
     summary: Summary,
     samples: ReadonlyArray<Sample>,
-    options: { readonly skip?: ReadonlyArray<string>; readonly peak?: string; readonly pushed?: boolean }
+    options: {
+      readonly skip?: ReadonlyArray<string>
+      readonly peak?: string
+      readonly pushed?: boolean
+      readonly cpu?: boolean
+    }
   ) => [
     name,
     formatSeconds(summary.median),
@@ -103,6 +117,7 @@ const sizeSection = (size: SizeResult) => {
     mibPerSecond(summary.median),
     phasesText(samples, options.skip) || "–",
     options.pushed === false ? "–" : pushedText(samples),
+    options.cpu === false ? "–" : cpuText(samples),
     options.peak ?? "–"
   ]
   const http = get("http")
@@ -122,7 +137,8 @@ const sizeSection = (size: SizeResult) => {
     ),
     ...measured("buildah"),
     row("podman push of its checkpoint image (part of the last row below)", phaseSummary(podman, "push") ?? times([]), podman, {
-      skip: ["push", "checkpoint --create-image"]
+      skip: ["push", "checkpoint --create-image"],
+      cpu: false
     })
   ]
   const endToEndRows = [
@@ -161,7 +177,17 @@ const sizeSection = (size: SizeResult) => {
     "a fresh kubelet checkpoint of the same container):",
     "",
     table(
-      ["pipeline", "median s", "min–max s", "× raw", "MiB/s", "phases (median s)", "pushed layer MiB", "peak RSS MiB"],
+      [
+        "pipeline",
+        "median s",
+        "min–max s",
+        "× raw",
+        "MiB/s",
+        "phases (median s)",
+        "pushed layer MiB",
+        "CPU s: pusher · registry",
+        "peak RSS MiB"
+      ],
       archiveRows
     ),
     "",
@@ -344,6 +370,9 @@ const profileShares = (breakdown: CpuBreakdown) => {
   }
 }
 
+const overlap = (cpu: { readonly client: number; readonly registry: number }, wall: number) =>
+  ((cpu.client + cpu.registry) / wall).toFixed(2)
+
 const signed = (value: number) => `${value < 0 ? "−" : "+"} ${formatSeconds(Math.abs(value))}`
 
 /** The numbers behind the targets for the largest size, in words. */
@@ -371,6 +400,24 @@ const analysisSection = (report: BenchReport) => {
     `(commit) and gzips it on push: ${formatSeconds(k.buildah)} s, ${formatRatio(k.buildah / k.library)} the library ` +
     `build and ${formatRatio(k.buildah / k.httpBuildPush)} the HTTP build/push.`
   ]
+  const cpu = (id: PipelineId) => {
+    const measured = (size.samples.get(id) ?? []).flatMap((sample) => sample.cpu === undefined ? [] : [sample.cpu])
+    return {
+      client: summarize(measured.map((c) => c.client)).median,
+      registry: summarize(measured.map((c) => c.registry)).median
+    }
+  }
+  const [rawCpu, libraryCpu, httpCpu] = [cpu("raw"), cpu("library"), cpu("http")]
+  lines.push(
+    `- CPU per run, which hardly depends on other load: curl ${formatSeconds(rawCpu.client)} s, the library build ` +
+      `${formatSeconds(libraryCpu.client)} s (${formatRatio(libraryCpu.client / rawCpu.client)} curl's), the server ` +
+      `${formatSeconds(httpCpu.client)} s for a whole request; docker-registry ${formatSeconds(rawCpu.registry)} s, ` +
+      `${formatSeconds(libraryCpu.registry)} s and ${formatSeconds(httpCpu.registry)} s. The builder's extra CPU is ` +
+      "mostly the sha256 that curl did not have to compute (see the profile).",
+    `- Overlap, (pusher CPU + registry CPU) / wall time: curl ${overlap(rawCpu, k.raw)}, library ` +
+      `${overlap(libraryCpu, k.library)}. Near 1 the two sides take turns instead of working at the same time: ` +
+      "the builder waits for the socket to drain after each 1 MiB chunk before it reads and hashes the next one."
+  )
   if (size.profile !== undefined) {
     const library = profileShares(size.profile.library)
     const server = profileShares(size.profile.server)
@@ -381,6 +428,18 @@ const analysisSection = (report: BenchReport) => {
     lines.push(
       `- CPU profile of the builder's main thread during builds (section at the end): library ${describe(library)}; ` +
         `server ${describe(server)}. Idle is time spent waiting for the socket to drain, i.e. for the registry.`
+    )
+  }
+  const smallest = report.sizes[0]
+  const counterBuildPush = report.counter === undefined ? undefined : phaseSummary(report.counter.samples, "build/push")
+  if (smallest !== undefined && smallest !== size && counterBuildPush !== undefined) {
+    const small = keyFigures(smallest)
+    lines.push(
+      `- Fixed cost per image: the build/push of the counter's ${formatMiB(
+        maxOf(report.counter!.samples.map((sample) => sample.pushedBytes))
+      )} MiB archive takes ${formatSeconds(counterBuildPush.median)} s (registry ping, auth, the streamed layer, ` +
+        `config blob, manifest). At ${smallest.mib} MiB it weighs on the ratio: HTTP build/push ` +
+        `${formatSeconds(small.httpBuildPush)} s against ${formatSeconds(small.raw)} s for the raw layer upload.`
     )
   }
   lines.push(
@@ -462,6 +521,10 @@ const methodSection = (report: BenchReport) => {
     "- Kubelet time of the HTTP rows: from sending the POST to the server's \"checkpoint archive written\" log line",
     "  (the server runs with TZ=UTC, log times have millisecond resolution); build/push is the server's own",
     "  `build/push` log span; \"other\" is the rest of the round trip.",
+    "- CPU (\"pusher · registry\"): CPU seconds used during a run (median) by the processes doing the work, read",
+    "  from /proc: curl, sha256sum, buildah, podman and the programs they wait for (ended children of this process);",
+    "  this process for the library and the archive pass; the server process for the HTTP rows (whole request); and",
+    "  the docker-registry process. Unlike wall time it hardly depends on other load on the machine.",
     "",
     "What each pipeline times:",
     "",

@@ -12,6 +12,8 @@ export interface Sample {
   readonly pushedBytes?: number
   /** Media type of that layer. */
   readonly pushedMediaType?: string
+  /** CPU seconds used during the run by the pushing side (see Pipeline.clientCpu) and by the registry. */
+  readonly cpu?: { readonly client: number; readonly registry: number }
 }
 
 export interface Summary {

@@ -1,7 +1,7 @@
 import { Command } from "@effect/platform"
 import type { CommandExecutor } from "@effect/platform"
 import { Data, Duration, Effect, Stream } from "effect"
-import { readFileSync, writeFileSync } from "node:fs"
+import { readdirSync, readFileSync, writeFileSync } from "node:fs"
 
 export class BenchError extends Data.TaggedError("BenchError")<{
   readonly message: string
@@ -72,4 +72,41 @@ export const resetPeakRss = (pid: number | "self") =>
   Effect.try({
     try: () => writeFileSync(`/proc/${pid}/clear_refs`, "5"),
     catch: failedTo(`reset the peak RSS of ${pid}`)
+  })
+
+const clockTicks = 100
+
+/** utime, stime, cutime, cstime of a process, in seconds (/proc/PID/stat, after the command name). */
+const statTimes = (pid: number | "self") => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  const at = (index: number) => Number(fields[index - 3]) / clockTicks
+  return { own: at(14) + at(15), children: at(16) + at(17) }
+}
+
+/** CPU seconds (user + system) a process has used; 0 once it is gone. */
+export const processCpu = (pid: number) =>
+  Effect.try(() => statTimes(pid).own).pipe(Effect.orElseSucceed(() => 0))
+
+/** CPU seconds of this process, and of its children that have ended (curl, buildah, podman and their children). */
+export const selfCpu = Effect.sync(() => {
+  const usage = process.cpuUsage()
+  return { own: (usage.user + usage.system) / 1e6, children: statTimes("self").children }
+})
+
+const commandLineOf = (pid: string): string => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ")
+  } catch {
+    return ""
+  }
+}
+
+/** The pid of the process whose command line contains all `words`, if exactly one does. */
+export const findProcess = (words: ReadonlyArray<string>) =>
+  Effect.sync(() => {
+    const found = readdirSync("/proc")
+      .filter((entry) => /^\d+$/.test(entry))
+      .filter((pid) => words.every((word) => commandLineOf(pid).includes(word)))
+    return found.length === 1 ? Number(found[0]) : undefined
   })
