@@ -5,8 +5,8 @@ import { describe, expect, it } from "vitest"
 import { spawnSync } from "node:child_process"
 import { freePort, projectRoot, serverCommand, startCheckpointer } from "./harness/CheckpointerProcess.ts"
 
-/** A kubeconfig whose API server does not answer: the server must start without calling it. */
-const unreachableKubeconfig = Effect.gen(function*() {
+/** A scoped directory with a kubeconfig whose API server does not answer: the server must start without calling it. */
+const startupDir = Effect.gen(function*() {
   const fs = yield* FileSystem.FileSystem
   const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-startup-" })
   const file = `${dir}/kubeconfig`
@@ -19,7 +19,7 @@ const unreachableKubeconfig = Effect.gen(function*() {
     "current-context: x",
     ""
   ].join("\n"))
-  return file
+  return { kubeconfig: file, storage: `${dir}/storage` }
 }).pipe(Effect.provide(NodeFileSystem.layer))
 
 /** Runs the built server as `pnpm start` does, with only `env`, and returns its exit code and output. */
@@ -57,6 +57,7 @@ describe("server startup", () => {
   it.each(["kaniko", "kaniko-fs"])("starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)", (builder) =>
     Effect.gen(function*() {
       const port = yield* freePort("127.0.0.1")
+      const { kubeconfig, storage } = yield* startupDir
       const checkpointer = yield* startCheckpointer({
         env: {
           CHECKPOINT_IMAGE_PREFIX: "r/x",
@@ -64,8 +65,8 @@ describe("server startup", () => {
           CHECKPOINTER_NODE_IP: "127.0.0.1",
           CHECKPOINTER_PORT: String(port),
           CHECKPOINT_BUILDER: builder,
-          KUBECONFIG: yield* unreachableKubeconfig,
-          STORAGE_BASE_PATH: `/tmp/checkpointer-startup-test-${builder}`
+          KUBECONFIG: kubeconfig,
+          STORAGE_BASE_PATH: storage
         },
         address: "127.0.0.1",
         port
