@@ -180,7 +180,9 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
 
     /** Asks for the pod's deletion and returns without waiting for it to go; a pod already gone is fine. */
     const requestPodDeletion = Effect.fn("Cluster.requestPodDeletion")(function*(namespace: string, name: string) {
-      yield* whenFound(call(`delete pod ${namespace}/${name}`, () => core.deleteNamespacedPod({ namespace, name })))
+      yield* whenFound(
+        retried(call(`delete pod ${namespace}/${name}`, () => core.deleteNamespacedPod({ namespace, name })))
+      )
     })
 
     const podGone = (namespace: string, name: string) =>
