@@ -50,6 +50,25 @@ const isMetadataFile = (name: string): name is MetadataFile => (metadataFiles as
 
 const describeCause = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 
+/**
+ * A tar entry handler that keeps config.dump and spec.dump in `completed` and lets every other entry pass. The bytes
+ * are copied: the archive reader reuses its buffers (see readArchive).
+ */
+const collectMetadata = (completed: Map<MetadataFile, string>, onCollected: () => void = () => {}) =>
+(entry: ReadEntry) => {
+  const name = entryName(entry.path)
+  if (!isMetadataFile(name) || entry.type !== "File" || entry.size > maxMetadataSize || completed.has(name)) {
+    entry.resume()
+    return
+  }
+  const chunks: Array<Buffer> = []
+  entry.on("data", (chunk: Buffer) => chunks.push(Buffer.from(chunk)))
+  entry.on("end", () => {
+    completed.set(name, Buffer.concat(chunks).toString("utf8"))
+    onCollected()
+  })
+}
+
 const parseJsonObject = (name: MetadataFile, text: string) =>
   Effect.try({
     try: () => JSON.parse(text) as unknown,
@@ -88,17 +107,7 @@ const makeInspector = Effect.sync(() => {
     onwarn: (code: string, message: string | Error) => {
       if (fatalTarWarnings.has(code)) fail(`not a readable tar archive: ${describeCause(message)}`)
     },
-    onReadEntry: (entry: ReadEntry) => {
-      const name = entryName(entry.path)
-      if (!isMetadataFile(name) || entry.type !== "File" || entry.size > maxMetadataSize || completed.has(name)) {
-        entry.resume()
-        return
-      }
-      const chunks: Array<Buffer> = []
-      // Copied: the archive reader reuses its buffers (see readArchive).
-      entry.on("data", (chunk: Buffer) => chunks.push(Buffer.from(chunk)))
-      entry.on("end", () => completed.set(name, Buffer.concat(chunks).toString("utf8")))
-    }
+    onReadEntry: collectMetadata(completed)
   })
   parser.on("error", (cause: unknown) => fail(`not a readable tar archive: ${describeCause(cause)}`, cause))
 
@@ -345,19 +354,9 @@ export const readArchiveMetadata = (path: string) =>
               )
             }
           },
-          onReadEntry: (entry: ReadEntry) => {
-            const name = entryName(entry.path)
-            if (!isMetadataFile(name) || entry.type !== "File" || entry.size > maxMetadataSize || completed.has(name)) {
-              entry.resume()
-              return
-            }
-            const chunks: Array<Buffer> = []
-            entry.on("data", (chunk: Buffer) => chunks.push(Buffer.from(chunk)))
-            entry.on("end", () => {
-              completed.set(name, Buffer.concat(chunks).toString("utf8"))
-              if (completed.size === metadataFiles.length) Deferred.unsafeDone(settled, Effect.void)
-            })
-          }
+          onReadEntry: collectMetadata(completed, () => {
+            if (completed.size === metadataFiles.length) Deferred.unsafeDone(settled, Effect.void)
+          })
         })
       ),
       (parser) => Effect.sync(() => parser.abort(new Error("metadata read")))
