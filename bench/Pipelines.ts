@@ -268,20 +268,23 @@ export const buildahPipeline = (registry: BenchRegistry, archive: Archive, conta
           () => Effect.ignore(buildah(["rmi", local]))
         ))
         const [rm] = yield* seconds(buildah(["rm", working]))
-        const [push] = yield* seconds(buildah([
-          "push",
-          "--authfile",
-          registry.authFile,
-          "--cert-dir",
-          registry.certDir,
-          local,
-          `docker://${registry.host}/bench/buildah:${tag}`
-        ]))
+        const [push] = yield* seconds(buildah(pushArguments(registry, local, `bench/buildah:${tag}`)))
         return { "from+add+config": from + add + config, commit, rm, push }
       }))
       return { seconds: time, phases, ...yield* pushedLayers(registry, "bench/buildah", tag) }
     }))
 })
+
+/** `push` arguments shared by buildah and podman: the bench registry's credentials and CA, to `repositoryAndTag`. */
+const pushArguments = (registry: BenchRegistry, local: string, repositoryAndTag: string) => [
+  "push",
+  "--authfile",
+  registry.authFile,
+  "--cert-dir",
+  registry.certDir,
+  local,
+  `docker://${registry.host}/${repositoryAndTag}`
+]
 
 /** Podman's own checkpoint image (CRIU dump included, container left running) and `podman push` (gzip by default). */
 export const podmanPipeline = (registry: BenchRegistry, container: MemoryContainer): Pipeline => ({
@@ -297,15 +300,7 @@ export const podmanPipeline = (registry: BenchRegistry, container: MemoryContain
           Podman.podman(["container", "checkpoint", "--leave-running", "--create-image", local, container.name]),
           () => Effect.ignore(Podman.podman(["rmi", "--ignore", local]))
         ))
-        const [push] = yield* seconds(Podman.podman([
-          "push",
-          "--authfile",
-          registry.authFile,
-          "--cert-dir",
-          registry.certDir,
-          local,
-          `docker://${registry.host}/bench/podman:${tag}`
-        ]))
+        const [push] = yield* seconds(Podman.podman(pushArguments(registry, local, `bench/podman:${tag}`)))
         return { "checkpoint --create-image": checkpoint, push }
       }).pipe(Effect.mapError(failedTo("podman checkpoint image"))))
       return { seconds: time, phases, ...yield* pushedLayers(registry, "bench/podman", tag) }

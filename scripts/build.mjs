@@ -8,35 +8,33 @@ const root = fileURLToPath(new URL("..", import.meta.url))
 // Some CommonJS dependencies call require(); give the ESM bundles one.
 const requireShim = "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);"
 
-await build({
+/** What every bundle shares: one minified ESM file for Node 24. */
+const bundle = {
   absWorkingDir: root,
-  entryPoints: { main: "packages/server/src/main.ts" },
-  outdir: "dist/server",
-  outExtension: { ".js": ".mjs" },
   bundle: true,
   platform: "node",
   format: "esm",
   target: "node24",
   mainFields: ["module", "main"],
   minify: true,
+  logLevel: "warning"
+}
+
+await build({
+  ...bundle,
+  entryPoints: { main: "packages/server/src/main.ts" },
+  outdir: "dist/server",
+  outExtension: { ".js": ".mjs" },
   legalComments: "external",
-  logLevel: "warning",
   banner: { js: requireShim }
 })
 
 const plugin = "packages/server/dist/bin/kubectl-checkpoint"
 await build({
-  absWorkingDir: root,
+  ...bundle,
   entryPoints: ["packages/server/src/cli/kubectl-checkpoint.ts"],
   outfile: plugin,
-  bundle: true,
-  platform: "node",
-  format: "esm",
-  target: "node24",
-  mainFields: ["module", "main"],
-  minify: true,
   legalComments: "none",
-  logLevel: "warning",
   banner: { js: `#!/usr/bin/env node\n${requireShim}` }
 })
 await chmod(`${root}/${plugin}`, 0o755)
