@@ -10,7 +10,7 @@ import type { LocalCluster } from "./harness/Cluster.ts"
 import { startCounterPod, startLocalCluster } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import type { KubeletNode } from "./harness/KubeletNode.ts"
-import * as Podman from "./harness/Podman.ts"
+import { archivedCounterValue } from "./harness/Podman.ts"
 
 class TestCluster extends Context.Tag("harness.test/TestCluster")<TestCluster, LocalCluster>() {}
 
@@ -23,7 +23,7 @@ const TestClusterLive = Layer.scoped(
   })
 ).pipe(Layer.provideMerge(NodeContext.layer))
 
-/** Pod names unique to this run: podman's container names are global on the machine. */
+/** Pod names unique to this run. */
 const run = randomBytes(3).toString("hex")
 const podName = (name: string) => `hx-${run}-${name}`
 
@@ -88,7 +88,7 @@ describeE2E("local cluster harness", () => {
         const cluster = yield* TestCluster
         const node = cluster.node("node-a")
         const name = podName("archive")
-        yield* startCounterPod(cluster.apiServer, { namespace: "default", name, nodeName: "node-a" })
+        const { container } = yield* startCounterPod(cluster, { namespace: "default", name, nodeName: "node-a" })
 
         const response = yield* checkpointRequest(node, `/checkpoint/default/${name}/counter?timeout=60`)
         expect(response.status).toBe(200)
@@ -113,9 +113,12 @@ describeE2E("local cluster harness", () => {
           clientCommonName: "checkpointer-client-node-a",
           status: 200
         })
-        // --leave-running: the original goes on counting
-        const value = yield* Podman.counterValue(`${name}-counter`)
-        yield* Podman.waitForCounterAbove(`${name}-counter`, value)
+        // The runtime's archive: what CRI-O (or containerd) writes for the kubelet, a CRIU image of the running counter
+        const config = JSON.parse(yield* Command.string(Command.make("tar", "-xOf", archive, "config.dump")))
+        expect(JSON.stringify(config)).toContain(name)
+        // the original goes on counting
+        const value = yield* container.value
+        yield* container.waitAbove(value)
       }))
 
     it.scoped("without a client certificate or an accepted token the kubelet answers 401 and checkpoints nothing", () =>
@@ -136,7 +139,7 @@ describeE2E("local cluster harness", () => {
       Effect.gen(function*() {
         const cluster = yield* TestCluster
         const name = podName("missing")
-        yield* startCounterPod(cluster.apiServer, { namespace: "default", name, nodeName: "node-a" })
+        yield* startCounterPod(cluster, { namespace: "default", name, nodeName: "node-a" })
         const nodeA = cluster.node("node-a")
 
         const noContainer = yield* checkpointRequest(nodeA, `/checkpoint/default/${name}/nope`)
@@ -157,7 +160,7 @@ describeE2E("local cluster harness", () => {
         const cluster = yield* TestCluster
         const node = cluster.node("node-b")
         const name = podName("faults")
-        yield* startCounterPod(cluster.apiServer, { namespace: "default", name, nodeName: "node-b" })
+        yield* startCounterPod(cluster, { namespace: "default", name, nodeName: "node-b" })
         yield* Effect.acquireRelease(node.setFault("500"), () => node.setFault(null))
         const failed = yield* checkpointRequest(node, `/checkpoint/default/${name}/counter`)
         expect(failed.status).toBe(500)
@@ -181,7 +184,7 @@ describeE2E("local cluster harness", () => {
         const cluster = yield* TestCluster
         const core = coreApi(cluster).makeApiClient(CoreV1Api)
         const web = podName("web")
-        const { container } = yield* startCounterPod(cluster.apiServer, {
+        const { container } = yield* startCounterPod(cluster, {
           namespace: "default",
           name: web,
           nodeName: "node-a",
@@ -202,7 +205,10 @@ describeE2E("local cluster harness", () => {
         expect(pod.spec?.nodeName).toBe("node-a")
         expect(pod.status?.phase).toBe("Running")
         expect(pod.status?.hostIP).toBe("127.0.0.2")
-        expect(pod.status?.containerStatuses?.[0]?.containerID).toBe(`cri-o://${container.id}`)
+        const id = yield* cluster.agent.containerId("default", web, "counter")
+        const scheme = cluster.runtime.kind === "containerd" ? "containerd" : "cri-o"
+        expect(pod.status?.containerStatuses?.[0]?.containerID).toBe(`${scheme}://${id}`)
+        expect(yield* container.value).toBeGreaterThan(0)
 
         const names = (pods: ReadonlyArray<V1Pod>) => pods.map((p) => `${p.metadata?.namespace}/${p.metadata?.name}`)
         const byLabel = yield* call(() => core.listNamespacedPod({ namespace: "default", labelSelector: `app=${web}` }))
@@ -241,12 +247,12 @@ describeE2E("local cluster harness", () => {
 
         const deleted = yield* call(() => core.deleteNamespacedPod({ namespace: "default", name: web }))
         expect(deleted.metadata?.deletionTimestamp).toBeInstanceOf(Date)
-        expect(deleted.metadata?.deletionGracePeriodSeconds).toBe(30)
+        expect(deleted.metadata?.deletionGracePeriodSeconds).toBe(5)
         // Poll the API; the moment it answers 404 the container must already be gone.
         const containerWhenGone = yield* call(() => core.readNamespacedPod({ namespace: "default", name: web })).pipe(
           Effect.flatMap(() => Effect.fail("still there" as const)),
           Effect.catchIf((error) => error !== "still there" && error.code === 404, () =>
-            Podman.containerExists(`${web}-counter`)),
+            cluster.runtime.crictl(["ps", "--all", "--quiet", "--id", id!]).pipe(Effect.map((out) => out !== ""))),
           Effect.retry({
             while: (error) => error === "still there",
             schedule: Schedule.spaced("50 millis"),
@@ -280,7 +286,11 @@ describeE2E("local cluster harness", () => {
             namespace: "default",
             body: {
               metadata: { generateName: `${app}-`, labels: { app } },
-              spec: { containers: [{ name: "kaniko", image: "gcr.io/kaniko-project/executor" }] }
+              spec: {
+                // no node has this label: the pod stays unscheduled and no node agent touches it
+                nodeSelector: { "kubernetes.io/hostname": "no-such-node" },
+                containers: [{ name: "kaniko", image: "gcr.io/kaniko-project/executor" }]
+              }
             }
           })
         )
@@ -304,26 +314,28 @@ describeE2E("local cluster harness", () => {
         expect(Buffer.from(secret.data?.["token"] ?? "", "base64").toString()).toBe("s3cr3t")
       }))
 
-    it.scoped("a restored checkpoint continues counting from its checkpointed value", () =>
+    it.scoped("the archive holds the counter's checkpointed value; a failing runtime call leaves no archive", () =>
       Effect.gen(function*() {
         const cluster = yield* TestCluster
         const node = cluster.node("node-a")
-        const name = podName("restore")
-        yield* startCounterPod(cluster.apiServer, { namespace: "default", name, nodeName: "node-a" })
+        const name = podName("value")
+        const { container } = yield* startCounterPod(cluster, { namespace: "default", name, nodeName: "node-a" })
         // Far enough from 1 that a counter starting over could not pass for a continued one.
-        const before = yield* Podman.waitForCounterAbove(`${name}-counter`, 10)
-
+        const before = yield* container.waitAbove(10)
         const response = yield* checkpointRequest(node, `/checkpoint/default/${name}/counter`)
         expect(response.status).toBe(200)
         const archive = (JSON.parse(response.body) as { readonly items: ReadonlyArray<string> }).items[0]!
-        const checkpointed = yield* Podman.archivedCounterValue(archive)
-        expect(checkpointed).toBeGreaterThanOrEqual(before)
+        expect(yield* archivedCounterValue(archive)).toBeGreaterThanOrEqual(before)
 
-        const restored = yield* Podman.restoreFromArchive({ archive, name: podName("restored") })
-        const first = yield* Podman.counterValue(restored.name)
-        expect(first).toBeGreaterThanOrEqual(checkpointed)
-        const later = yield* Podman.waitForCounterAbove(restored.name, first + 2)
-        expect(later).toBeGreaterThan(first)
+        // The container is gone from the runtime but the pod is still known: the runtime's error, no archive.
+        const id = yield* cluster.agent.containerId("default", name, "counter")
+        yield* cluster.runtime.crictl(["rm", "--force", id!])
+        const fs = yield* FileSystem.FileSystem
+        const archivesBefore = yield* fs.readDirectory(node.checkpointsDir)
+        const failed = yield* checkpointRequest(node, `/checkpoint/default/${name}/counter`)
+        expect(failed.status).toBe(500)
+        expect(failed.body).toMatch(new RegExp(`^checkpointing of default/${name}/counter failed \\(.+\\)$`))
+        expect(yield* fs.readDirectory(node.checkpointsDir)).toEqual(archivesBefore)
       }))
   })
 })

@@ -3,12 +3,11 @@ import type { PlatformError } from "@effect/platform/Error"
 import { randomBytes, randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import type { Duplex } from "node:stream"
-import { Clock, Data, Duration, Effect, FiberMap, FiberSet, Option, PubSub, Ref, Schedule, Stream } from "effect"
+import { Clock, Data, Duration, Effect, FiberMap, FiberSet, Option, PubSub, Ref, Stream } from "effect"
 import type { Scope } from "effect"
 import type { Pki } from "./Certificates.ts"
 import type { HttpsServerError } from "./HttpsServer.ts"
 import { readBody, respondJson, respondText, serveHttps } from "./HttpsServer.ts"
-import * as Podman from "./Podman.ts"
 import type { CreateFault, PodHandle, PodRunner } from "./PodRuntime.ts"
 import { decodeSecretData, makeAttachServer, makeContainerStreams, tailLines } from "./PodRuntime.ts"
 
@@ -116,8 +115,15 @@ export interface ApiServer {
   /** A kubeconfig (server URL, CA, bearer-token user) for @kubernetes/client-node's KubeConfig.loadFromFile. */
   readonly kubeconfigPath: string
   readonly token: string
-  /** Registers a Running pod bound to `nodeName` whose containers are the podman containers `<pod>-<container>`. */
+  /**
+   * Registers a Running pod bound to `nodeName` that no node agent runs: it stands for a process outside the harness's
+   * runtime (a Checkpointer process registered as its DaemonSet pod).
+   */
   readonly addPod: (options: AddPodOptions) => Effect.Effect<Pod, ApiServerError>
+  /** Deletes a pod as `DELETE .../pods/NAME` does (the agent stops its containers, then it goes). */
+  readonly deletePod: (namespace: string, name: string, gracePeriodSeconds?: number) => Effect.Effect<void, ApiServerError>
+  /** Creates a pod as `POST /api/v1/namespaces/NS/pods` does (scheduled, then run by the node agent). */
+  readonly createPod: (namespace: string, pod: unknown) => Effect.Effect<Pod, ApiServerError>
   readonly addNode: (options: {
     readonly name: string
     readonly address: string
@@ -296,6 +302,17 @@ interface State {
 
 const keyOf = (namespace: string, name: string) => `${namespace}/${name}`
 
+const nodeArchitecture = ({ x64: "amd64", arm64: "arm64" } as Record<string, string>)[process.arch] ?? process.arch
+
+/** The scheduler's part: the first node (by name) whose labels match the pod's nodeSelector; none fits: unscheduled. */
+const schedule = (nodes: ReadonlyMap<string, Node>, nodeSelector: Readonly<Record<string, string>>) =>
+  [...nodes.values()].map((node) => node.metadata).sort((a, b) => a.name.localeCompare(b.name)).find((node) =>
+    Object.entries(nodeSelector).every(([key, value]) => node.labels?.[key] === value)
+  )?.name
+
+/** The image shown for pods registered with `addPod` (no agent pulls it). */
+const staticPodImage = "registry.k8s.io/pause:3.10"
+
 /** RFC 3339 with second precision, as Kubernetes writes metav1.Time. */
 const timestamp = (millis: number) => new Date(millis).toISOString().replace(/\.\d{3}Z$/, "Z")
 
@@ -350,7 +367,6 @@ export const startApiServer = (
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
-    const executor = yield* CommandExecutor.CommandExecutor
     const address = options.address ?? "127.0.0.1"
     const dir = path.resolve(options.dir)
     yield* fs.makeDirectory(dir, { recursive: true })
@@ -374,6 +390,7 @@ export const startApiServer = (
     const runner = yield* Ref.make<PodRunner | undefined>(undefined)
     const createFault = yield* Ref.make<CreateFault | null>(null)
     const runningPods = yield* FiberMap.make<string>()
+    const graceOf = yield* Ref.make<ReadonlyMap<string, number>>(new Map())
     const containerStreams = makeContainerStreams()
     const log = yield* Ref.make<ReadonlyArray<ApiRequest>>([])
     const users = yield* Ref.make<ReadonlyArray<Parameters<ApiServer["addUser"]>[0]>>([])
@@ -472,23 +489,14 @@ export const startApiServer = (
         return changed(created, [{ type: "ADDED", object: created }], storePod(current, created, resourceVersion))
       })
 
-    const removeContainers = (pod: Pod, graceSeconds: number) =>
-      Effect.forEach(
-        pod.spec.containers,
-        (container) =>
-          Podman.removeContainer(`${pod.metadata.name}-${container.name}`, { stopTimeoutSeconds: graceSeconds }).pipe(
-            Effect.zipRight(Podman.containerExists(`${pod.metadata.name}-${container.name}`)),
-            Effect.filterOrFail((exists) => !exists, () => new ApiServerError({ message: "container still exists" })),
-            Effect.retry({ schedule: Schedule.spaced(Duration.millis(500)), times: 10 })
-          ),
-        { concurrency: "unbounded", discard: true }
-      ).pipe(Effect.provideService(CommandExecutor.CommandExecutor, executor))
-
-    /** The node agent's part of a graceful delete: stop and remove the containers, then let the pod go. */
+    /**
+     * The node agent's part of a graceful delete: its run is interrupted (its finalizers stop and remove the containers
+     * within the grace period), then the pod goes.
+     */
     const terminate = (pod: Pod, graceSeconds: number) =>
-      FiberMap.remove(runningPods, pod.metadata.uid).pipe(
+      Ref.update(graceOf, (all) => new Map(all).set(pod.metadata.uid, graceSeconds)).pipe(
+        Effect.zipRight(FiberMap.remove(runningPods, pod.metadata.uid)),
         Effect.zipRight(containerStreams.forget(pod)),
-        Effect.zipRight(removeContainers(pod, graceSeconds)),
         Effect.zipRight(changePods((current) => {
           const stored = current.pods.get(keyOf(pod.metadata.namespace, pod.metadata.name))
           if (stored === undefined || stored.metadata.uid !== pod.metadata.uid) return changed(undefined, [], current)
@@ -497,7 +505,7 @@ export const startApiServer = (
           return changed(undefined, [{ type: "DELETED", object: gone }], withoutPod(current, stored, resourceVersion))
         })),
         Effect.catchAll((error) =>
-          Effect.logWarning(`node agent could not remove the containers of ${pod.metadata.name}: ${error.message}`)
+          Effect.logWarning(`node agent could not remove the pod ${pod.metadata.name}: ${String(error)}`)
         )
       )
 
@@ -629,6 +637,10 @@ export const startApiServer = (
       pod,
       setStatus: (update) => Effect.ignore(updateStatus(pod.metadata.namespace, pod.metadata.name, update)),
       stdin: (container) => containerStreams.stdinOf(pod, container),
+      graceSeconds: Effect.map(
+        Ref.get(graceOf),
+        (all) => all.get(pod.metadata.uid) ?? pod.spec.terminationGracePeriodSeconds ?? 30
+      ),
       log: (container, text) =>
         Effect.sync(() => containerStreams.appendLog(containerStreams.ioOf(pod, container), text)),
       secret: (name) =>
@@ -667,8 +679,10 @@ export const startApiServer = (
       })
 
     const postPod = (namespace: string, request: IncomingMessage) =>
+      Effect.flatMap(readJson(request), (body) => createPodFrom(namespace, body))
+
+    const createPodFrom = (namespace: string, body: Record<string, unknown>) =>
       Effect.gen(function*() {
-        const body = yield* readJson(request)
         const metadata = asRecord(body["metadata"])
         const spec = asRecord(body["spec"])
         if (typeof metadata["namespace"] === "string" && metadata["namespace"] !== namespace) {
@@ -698,6 +712,9 @@ export const startApiServer = (
         }
         const labels = asStringMap(metadata["labels"])
         const annotations = asStringMap(metadata["annotations"])
+        const nodeName = typeof spec["nodeName"] === "string"
+          ? spec["nodeName"]
+          : schedule((yield* Ref.get(state)).nodes, asStringMap(spec["nodeSelector"]) ?? {})
         const created = yield* createPod({
           metadata: {
             name,
@@ -712,6 +729,7 @@ export const startApiServer = (
             dnsPolicy: "ClusterFirst",
             schedulerName: "default-scheduler",
             ...spec,
+            ...(nodeName === undefined ? {} : { nodeName }),
             containers: containers as unknown as ReadonlyArray<PodContainer>
           },
           status: () => ({ phase: "Pending", qosClass: "BestEffort" })
@@ -995,11 +1013,6 @@ export const startApiServer = (
 
     const addPod = (pod: AddPodOptions) =>
       Effect.gen(function*() {
-        const ids = yield* Effect.forEach(pod.containers, (container) =>
-          Podman.containerId(`${pod.name}-${container.name}`).pipe(
-            Effect.orElseSucceed(() => undefined),
-            Effect.provideService(CommandExecutor.CommandExecutor, executor)
-          ))
         const current = yield* Ref.get(state)
         const hostIP = pod.hostIP ?? current.nodes.get(pod.nodeName)?.status.addresses[0]?.address
         const podIP = pod.podIP ?? `10.244.0.${(current.pods.size % 250) + 2}`
@@ -1012,7 +1025,7 @@ export const startApiServer = (
           },
           spec: {
             nodeName: pod.nodeName,
-            containers: pod.containers.map((container) => ({ image: Podman.busyboxImage, ...container })),
+            containers: pod.containers.map((container) => ({ image: staticPodImage, ...container })),
             restartPolicy: "Always",
             terminationGracePeriodSeconds: 30
           },
@@ -1028,11 +1041,10 @@ export const startApiServer = (
               status: "True",
               lastTransitionTime: at
             })),
-            containerStatuses: pod.containers.map((container, i) => ({
+            containerStatuses: pod.containers.map((container) => ({
               name: container.name,
-              image: container.image ?? Podman.busyboxImage,
+              image: container.image ?? staticPodImage,
               imageID: "",
-              ...(ids[i] === undefined ? {} : { containerID: `cri-o://${ids[i]}` }),
               ready: true,
               started: true,
               restartCount: 0,
@@ -1050,12 +1062,21 @@ export const startApiServer = (
       kubeconfigPath,
       token,
       addPod,
+      deletePod: (namespace, name, gracePeriodSeconds) =>
+        deletePod(namespace, name, gracePeriodSeconds).pipe(Effect.asVoid, Effect.mapError(toHarnessError)),
+      createPod: (namespace, body) =>
+        createPodFrom(namespace, body as Record<string, unknown>).pipe(Effect.mapError(toHarnessError)),
       addNode: (node) =>
         lock.withPermits(1)(Effect.gen(function*() {
           const current = yield* Ref.get(state)
           const [resourceVersion, metadata] = nextMeta(current, {
             name: node.name,
-            labels: { "kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", ...node.labels }
+            labels: {
+              "kubernetes.io/hostname": node.name,
+              "kubernetes.io/os": "linux",
+              "kubernetes.io/arch": nodeArchitecture,
+              ...node.labels
+            }
           }, yield* now)
           const created: Node = {
             apiVersion: "v1",

@@ -7,7 +7,7 @@ import type { Scope } from "effect"
 import type { Pki } from "./Certificates.ts"
 import type { HttpsServerError } from "./HttpsServer.ts"
 import { clientCommonName, respondJson, respondText, serveHttps } from "./HttpsServer.ts"
-import * as Podman from "./Podman.ts"
+import type { NodeAgent } from "./NodeAgent.ts"
 
 export interface KubeletRequest {
   readonly method: string
@@ -52,11 +52,10 @@ export interface KubeletNodeOptions {
   readonly address: string
   readonly pki: Pki
   readonly checkpointsDir: string
-  /**
-   * Where the kubelet learns which pods it runs. Without it the node looks at podman: a pod exists if a container
-   * `<pod>-*` exists (namespaces are not distinguished).
-   */
-  readonly lookupPod?: PodLookup
+  /** Where the kubelet learns which pods it runs. */
+  readonly lookupPod: PodLookup
+  /** The node's runtime, which checkpoints the containers. */
+  readonly agent: NodeAgent
   /** Used when the request has no (or a non-positive) timeout; the kubelet falls back to the CRI timeout (2 min). */
   readonly defaultTimeoutSeconds?: number
 }
@@ -64,13 +63,10 @@ export interface KubeletNodeOptions {
 /** Go's time.RFC3339 in UTC, as the kubelet puts it into archive names: 2024-02-29T18:28:17Z */
 const rfc3339 = (millis: number) => new Date(millis).toISOString().replace(/\.\d{3}Z$/, "Z")
 
-const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
-
-const containerNameOf = (pod: string, container: string) => `${pod}-${container}`
 
 /**
  * A kubelet-compatible HTTPS endpoint (client certificate required) whose `POST /checkpoint/{ns}/{pod}/{container}`
- * runs a real `podman container checkpoint --leave-running` of the container `<pod>-<container>`.
+ * asks the node's container runtime for a CRI CheckpointContainer (the container goes on running), as the kubelet does.
  */
 export const startKubeletNode = (
   options: KubeletNodeOptions
@@ -97,17 +93,7 @@ export const startKubeletNode = (
     const log = yield* Ref.make<ReadonlyArray<KubeletRequest>>([])
     const fault = yield* Ref.make<KubeletFault | null>(null)
 
-    const knownContainers: (
-      namespace: string,
-      pod: string
-    ) => Effect.Effect<ReadonlyArray<string> | undefined, never, CommandExecutor.CommandExecutor> = options.lookupPod ??
-      ((_namespace, pod) =>
-      Podman.containerNames(`^${escapeRegExp(pod)}-`).pipe(
-        Effect.map((names) =>
-          names.length === 0 ? undefined : names.map((name) => name.slice(pod.length + 1))
-        ),
-        Effect.orDie
-      ))
+    const knownContainers = options.lookupPod
 
     const checkpoint = (
       segments: { readonly namespace: string; readonly pod: string; readonly container: string },
@@ -131,18 +117,15 @@ export const startKubeletNode = (
           checkpointsDir,
           `checkpoint-${pod}_${namespace}-${container}-${rfc3339(yield* Clock.currentTimeMillis)}.tar`
         )
-        const failed = (reason: string) =>
-          answer(500, `checkpointing of ${namespace}/${pod}/${container} failed (${reason})`)
-        return yield* Podman.checkpointContainer({
-          name: containerNameOf(pod, container),
+        return yield* options.agent.checkpoint({
+          namespace,
+          pod,
+          container,
           archive,
           timeout: Duration.seconds(timeoutSeconds)
         }).pipe(
           Effect.matchEffect({
-            onFailure: (error) =>
-              error.timedOut
-                ? failed("rpc error: code = DeadlineExceeded desc = context deadline exceeded")
-                : failed(`rpc error: code = Unknown desc = ${error.stderr.trim()}`),
+            onFailure: (failure) => answer(failure.status, failure.message),
             onSuccess: () => answer(200, { items: [archive] })
           })
         )

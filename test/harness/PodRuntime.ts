@@ -10,6 +10,8 @@ import type { Pod, PodContainer, PodStatus } from "./ApiServer.ts"
 /** What a node agent sees of a pod it runs. */
 export interface PodHandle {
   readonly pod: Pod
+  /** The grace period of the pod's deletion once it is being deleted (its spec's until then). */
+  readonly graceSeconds: Effect.Effect<number>
   /** Replaces the pod's status (published on watches); a pod already gone is ignored. */
   readonly setStatus: (update: (status: PodStatus) => PodStatus) => Effect.Effect<void>
   /** What attach sessions write to the container's stdin; ends when stdin closes (stdinOnce: when the first ends). */

@@ -15,7 +15,8 @@ export class RegistryHarnessError extends Data.TaggedError("RegistryHarnessError
   readonly cause?: unknown
 }> {}
 
-export type RegistryAuthMode = "htpasswd" | "token"
+/** `anonymous`: anyone may pull and push, as the workloads' registry of a cluster that pulls without credentials. */
+export type RegistryAuthMode = "htpasswd" | "token" | "anonymous"
 
 export interface FetchedManifest {
   /** The Content-Type the registry served. */
@@ -86,7 +87,7 @@ const registryConfig = (options: {
   readonly port: number
   readonly storage: string
   readonly tls: { readonly cert: string; readonly key: string } | undefined
-  readonly auth: string
+  readonly auth: string | undefined
 }) =>
   [
     "version: 0.1",
@@ -104,8 +105,7 @@ const registryConfig = (options: {
     ...(options.tls === undefined
       ? []
       : ["  tls:", `    certificate: ${options.tls.cert}`, `    key: ${options.tls.key}`]),
-    "auth:",
-    options.auth,
+    ...(options.auth === undefined ? [] : ["auth:", options.auth]),
     ""
   ].join("\n")
 
@@ -145,8 +145,10 @@ export const startRegistry = (options: {
     const port = yield* freePort
     const host = `127.0.0.1:${port}`
 
-    let authSection: string
-    if (options.auth === "htpasswd") {
+    let authSection: string | undefined
+    if (options.auth === "anonymous") {
+      authSection = undefined
+    } else if (options.auth === "htpasswd") {
       const line = yield* Command.make("htpasswd", "-Bbn", username, password).pipe(Command.string)
       const htpasswdFile = path.join(options.dir, "htpasswd")
       yield* fs.writeFileString(htpasswdFile, line.trim() + "\n")
@@ -230,6 +232,7 @@ export const startRegistry = (options: {
 
     const authorize = (repository: string, request: HttpClientRequest.HttpClientRequest) =>
       Effect.gen(function*() {
+        if (options.auth === "anonymous") return request
         if (options.auth === "htpasswd") return HttpClientRequest.basicAuth(request, username, password)
         const challenge = yield* http.get(`${base}/v2/`)
         const header = challenge.headers["www-authenticate"] ?? ""

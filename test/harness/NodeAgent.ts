@@ -1,0 +1,503 @@
+import type { CommandExecutor } from "@effect/platform"
+import { FileSystem, Path } from "@effect/platform"
+import type { PlatformError } from "@effect/platform/Error"
+import { Clock, Data, Duration, Effect, Option, Ref, Schedule } from "effect"
+import type { Scope } from "effect"
+import type { ApiServer, Pod, PodContainer, PodStatus } from "./ApiServer.ts"
+import type { CriRuntime } from "./CriRuntime.ts"
+import type { PodHandle } from "./PodRuntime.ts"
+import type { ProcessError } from "./Process.ts"
+
+/** One pod the agent ran (Kaniko tests look at the executor's image, arguments and node). */
+export interface PodRun {
+  readonly namespace: string
+  readonly pod: string
+  readonly image: string | undefined
+  readonly args: ReadonlyArray<string>
+  readonly nodeName: string | undefined
+  /** The first container's exit code once it exited. */
+  readonly exitCode?: number
+}
+
+export class CheckpointFailure extends Data.TaggedError("CheckpointFailure")<{
+  readonly status: 404 | 500
+  readonly message: string
+}> {}
+
+export interface NodeAgent {
+  readonly runtime: CriRuntime
+  /** The CRI container ID of a running pod's container, if this agent runs it. */
+  readonly containerId: (namespace: string, pod: string, container: string) => Effect.Effect<string | undefined>
+  /**
+   * The kubelet's checkpoint: CRI CheckpointContainer into `archive` (the container goes on running). A failure leaves
+   * no archive behind.
+   */
+  readonly checkpoint: (options: {
+    readonly namespace: string
+    readonly pod: string
+    readonly container: string
+    readonly archive: string
+    readonly timeout: Duration.DurationInput
+  }) => Effect.Effect<void, CheckpointFailure, FileSystem.FileSystem>
+  /** `crictl exec` in a running pod's container; the trimmed stdout. */
+  readonly exec: (
+    namespace: string,
+    pod: string,
+    container: string,
+    command: ReadonlyArray<string>
+  ) => Effect.Effect<string, ProcessError | CheckpointFailure>
+  readonly runs: () => Effect.Effect<ReadonlyArray<PodRun>>
+}
+
+interface Volume {
+  readonly name: string
+  readonly secret?: {
+    readonly secretName: string
+    readonly items?: ReadonlyArray<{ readonly key: string; readonly path: string }>
+  }
+  readonly hostPath?: { readonly path: string }
+  readonly emptyDir?: unknown
+}
+
+interface VolumeMount {
+  readonly name: string
+  readonly mountPath: string
+  readonly readOnly?: boolean
+}
+
+interface ContainerState {
+  readonly state: "CONTAINER_CREATED" | "CONTAINER_RUNNING" | "CONTAINER_EXITED" | "CONTAINER_UNKNOWN"
+  readonly exitCode: number
+  readonly startedAt: string
+  readonly finishedAt: string
+}
+
+const fallbackLogLines = 80
+const fallbackLogBytes = 2048
+const maxGraceSeconds = 10
+
+const rfc3339 = (millis: number) => new Date(millis).toISOString().replace(/\.\d{3}Z$/, "Z")
+const criTime = (time: string) => rfc3339(Date.parse(time))
+
+const stringArray = (value: unknown): ReadonlyArray<string> =>
+  Array.isArray(value) ? value.filter((item): item is string => typeof item === "string") : []
+
+const listOf = <A>(value: unknown): ReadonlyArray<A> => (Array.isArray(value) ? value : []) as ReadonlyArray<A>
+
+/** The kubelet's default: Always for `:latest` or untagged images, IfNotPresent otherwise. */
+const pullPolicyOf = (container: PodContainer) => {
+  const explicit = container["imagePullPolicy"]
+  if (typeof explicit === "string") return explicit
+  const image = container.image ?? ""
+  const tag = /:([^/:@]+)$/.exec(image.split("@")[0]!)?.[1]
+  return image.includes("@") || (tag !== undefined && tag !== "latest") ? "IfNotPresent" : "Always"
+}
+
+/** `host` of an image reference (the part before the first slash when it looks like a host). */
+const registryOf = (image: string) => {
+  const first = image.split("/")[0]!
+  return image.includes("/") && /[.:]|^localhost$/.test(first) ? first : "docker.io"
+}
+
+/** Credentials for `image` from docker config JSON texts (dockerconfigjson secrets). */
+const credentialsFor = (image: string, configs: ReadonlyArray<string>) => {
+  const host = registryOf(image)
+  for (const config of configs) {
+    const auths = (JSON.parse(config) as { auths?: Record<string, { auth?: string }> }).auths ?? {}
+    const found = Object.entries(auths).find(([key]) => key.replace(/^https?:\/\//, "").replace(/\/.*$/, "") === host)
+    if (found?.[1].auth !== undefined) return Buffer.from(found[1].auth, "base64").toString("utf8")
+  }
+  return undefined
+}
+
+/** Parses CRI log lines (`TIME STREAM P|F TEXT`) into the text the container wrote. */
+const criLogText = (chunk: string) =>
+  chunk.split("\n").filter((line) => line !== "").map((line) => {
+    const match = /^\S+ (?:stdout|stderr) ([PF]) ?(.*)$/.exec(line)
+    if (match === null) return line + "\n"
+    return match[1] === "P" ? match[2]! : match[2]! + "\n"
+  }).join("")
+
+/**
+ * The kubelet's pod work on one real container runtime, for the nodes `nodes` (several harness nodes may share one
+ * runtime): runs each pod the API server binds to one of them through the CRI (crictl), with the kubelet's bind mounts
+ * (`/etc/hosts`, the termination log, hostPath, emptyDir and Secret volumes), pulls images with the pod's
+ * imagePullSecrets, reports phase and container states (termination message included), copies container output into
+ * the pod log, feeds stdin from attach sessions, and removes the containers and sandbox when the pod is deleted.
+ * Pods use host networking and a PID namespace per container (no infra container on CRI-O).
+ */
+export const startNodeAgent = (options: {
+  readonly apiServer: ApiServer
+  readonly runtime: CriRuntime
+  readonly nodes: ReadonlyArray<{ readonly name: string; readonly address: string }>
+  readonly dir: string
+}): Effect.Effect<
+  NodeAgent,
+  PlatformError,
+  CommandExecutor.CommandExecutor | FileSystem.FileSystem | Path.Path | Scope.Scope
+> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const context = yield* Effect.context<CommandExecutor.CommandExecutor | FileSystem.FileSystem | Path.Path>()
+    const { runtime } = options
+    const dir = path.resolve(options.dir)
+    yield* fs.makeDirectory(dir, { recursive: true })
+    const containers = yield* Ref.make<ReadonlyMap<string, string>>(new Map())
+    const runs = yield* Ref.make<ReadonlyArray<PodRun>>([])
+    const keyOf = (namespace: string, pod: string, container: string) => `${namespace}/${pod}/${container}`
+    const now = Effect.map(Clock.currentTimeMillis, rfc3339)
+
+    const run = (handle: PodHandle) =>
+      Effect.scoped(Effect.gen(function*() {
+        const pod = handle.pod
+        const { name, namespace, uid } = pod.metadata
+        const node = options.nodes.find((candidate) => candidate.name === pod.spec.nodeName)!
+        const specContainers = pod.spec.containers
+        const first = specContainers[0]!
+        const record = (exitCode?: number) =>
+          Ref.update(runs, (all) => [
+            ...all.filter((entry) => entry.namespace !== namespace || entry.pod !== name),
+            {
+              namespace,
+              pod: name,
+              image: first.image,
+              args: stringArray(first["args"]),
+              nodeName: pod.spec.nodeName,
+              ...(exitCode === undefined ? {} : { exitCode })
+            }
+          ])
+        yield* record()
+        const waiting = (reason: string, message?: string) =>
+          handle.setStatus((current) => ({
+            ...current,
+            phase: "Pending",
+            hostIP: node.address,
+            containerStatuses: specContainers.map((container) => ({
+              name: container.name,
+              image: container.image,
+              imageID: "",
+              ready: false,
+              started: false,
+              restartCount: 0,
+              state: { waiting: { reason, ...(message === undefined ? {} : { message }) } }
+            }))
+          }))
+        const event = (text: string) => Effect.logDebug(`node agent: ${namespace}/${name}: ${text}`)
+        yield* waiting("ContainerCreating")
+
+        const podDir = path.join(dir, "pods", uid)
+        yield* Effect.acquireRelease(
+          fs.makeDirectory(podDir, { recursive: true }),
+          () => Effect.ignore(fs.remove(podDir, { recursive: true }))
+        )
+        yield* fs.writeFileString(
+          path.join(podDir, "etc-hosts"),
+          `# Kubernetes-managed hosts file (host network).\n127.0.0.1\tlocalhost\n${node.address}\t${name}\n`
+        )
+
+        const volumes = listOf<Volume>(pod.spec["volumes"])
+        const volumePaths = new Map<string, string>()
+        for (const volume of volumes) {
+          if (volume.secret !== undefined) {
+            const data = yield* handle.secret(volume.secret.secretName)
+            if (Option.isNone(data)) {
+              // As the kubelet: MountVolume.SetUp fails again and again, the pod stays in ContainerCreating.
+              yield* event(`MountVolume.SetUp failed for volume "${volume.name}": secret not found`)
+              return yield* Effect.never
+            }
+            const target = path.join(podDir, "volumes", volume.name)
+            yield* fs.makeDirectory(target, { recursive: true })
+            const items = volume.secret.items ?? Object.keys(data.value).map((key) => ({ key, path: key }))
+            for (const item of items) {
+              const value = data.value[item.key]
+              if (value !== undefined) yield* fs.writeFileString(path.join(target, item.path), value)
+            }
+            volumePaths.set(volume.name, target)
+          } else if (volume.hostPath !== undefined) {
+            if (!(yield* fs.exists(volume.hostPath.path).pipe(Effect.orElseSucceed(() => false)))) {
+              yield* event(`MountVolume.SetUp failed for volume "${volume.name}": hostPath missing`)
+              return yield* Effect.never
+            }
+            volumePaths.set(volume.name, volume.hostPath.path)
+          } else {
+            const target = path.join(podDir, "volumes", volume.name)
+            yield* fs.makeDirectory(target, { recursive: true })
+            volumePaths.set(volume.name, target)
+          }
+        }
+
+        const pullConfigs = yield* Effect.forEach(
+          listOf<{ readonly name: string }>(pod.spec["imagePullSecrets"]),
+          (secret) =>
+            Effect.map(handle.secret(secret.name), (data) =>
+              Option.flatMap(data, (values) => Option.fromNullable(values[".dockerconfigjson"])))
+        ).pipe(Effect.map((found) => found.flatMap(Option.toArray)))
+        for (const container of specContainers) {
+          const image = container.image ?? ""
+          const policy = pullPolicyOf(container)
+          if (policy === "Never") continue
+          if (policy === "IfNotPresent" && (yield* runtime.crictlResult(["inspecti", image])).exitCode === 0) continue
+          const creds = credentialsFor(image, pullConfigs)
+          yield* runtime.crictl(["pull", ...(creds === undefined ? [] : ["--creds", creds]), image], {
+            shownAs: ["pull", image],
+            timeout: Duration.minutes(5)
+          }).pipe(
+            Effect.tapError((error) => waiting("ErrImagePull", error.message)),
+            Effect.retry(Schedule.spaced(Duration.seconds(2)))
+          )
+        }
+
+        const logDir = path.join(podDir, "logs")
+        yield* fs.makeDirectory(logDir, { recursive: true })
+        const podConfig = path.join(podDir, "pod.json")
+        const namespaceOptions = { network: 2, pid: 1 }
+        const podLabels = {
+          "io.kubernetes.pod.name": name,
+          "io.kubernetes.pod.namespace": namespace,
+          "io.kubernetes.pod.uid": uid
+        }
+        yield* fs.writeFileString(
+          podConfig,
+          JSON.stringify({
+            metadata: { name, namespace, uid, attempt: 0 },
+            hostname: name,
+            log_directory: logDir,
+            labels: { ...pod.metadata.labels, ...podLabels },
+            annotations: pod.metadata.annotations ?? {},
+            linux: { security_context: { namespace_options: namespaceOptions } }
+          })
+        )
+        const sandbox = yield* Effect.acquireRelease(
+          runtime.crictl(["runp", podConfig], { timeout: Duration.minutes(2) }),
+          (id) =>
+            Effect.ignore(
+              runtime.crictl(["stopp", id]).pipe(Effect.zipRight(runtime.crictl(["rmp", "--force", id])))
+            )
+        ).pipe(Effect.tapError((error) => waiting("CreatePodSandboxError", error.message)))
+
+        const created: Array<{ readonly spec: PodContainer; readonly id: string; readonly terminationLog: string }> = []
+        for (const container of specContainers) {
+          const terminationLog = path.join(podDir, "containers", container.name, "termination-log")
+          yield* fs.makeDirectory(path.dirname(terminationLog), { recursive: true })
+          yield* fs.writeFileString(terminationLog, "")
+          yield* fs.makeDirectory(path.join(logDir, container.name), { recursive: true })
+          const mounts = [
+            { container_path: "/etc/hosts", host_path: path.join(podDir, "etc-hosts") },
+            {
+              container_path: typeof container["terminationMessagePath"] === "string"
+                ? container["terminationMessagePath"]
+                : "/dev/termination-log",
+              host_path: terminationLog
+            },
+            ...listOf<VolumeMount>(container["volumeMounts"]).flatMap((mount) => {
+              const hostPath = volumePaths.get(mount.name)
+              return hostPath === undefined ? [] : [{
+                container_path: mount.mountPath,
+                host_path: hostPath,
+                readonly: mount.readOnly === true
+              }]
+            })
+          ]
+          const containerConfig = path.join(podDir, "containers", container.name, "container.json")
+          yield* fs.writeFileString(
+            containerConfig,
+            JSON.stringify({
+              metadata: { name: container.name, attempt: 0 },
+              image: { image: container.image },
+              command: stringArray(container["command"]),
+              args: stringArray(container["args"]),
+              ...(typeof container["workingDir"] === "string" ? { working_dir: container["workingDir"] } : {}),
+              envs: listOf<{ readonly name: string; readonly value?: string }>(container["env"])
+                .filter((env) => typeof env.value === "string")
+                .map((env) => ({ key: env.name, value: env.value })),
+              mounts,
+              labels: { ...podLabels, "io.kubernetes.container.name": container.name },
+              log_path: `${container.name}/0.log`,
+              stdin: container["stdin"] === true,
+              stdin_once: container["stdinOnce"] === true,
+              linux: { security_context: { namespace_options: namespaceOptions } }
+            })
+          )
+          const id = yield* Effect.acquireRelease(
+            runtime.crictl(["create", "--no-pull", sandbox, containerConfig, podConfig], {
+              timeout: Duration.minutes(5)
+            }),
+            (id) =>
+              Effect.gen(function*() {
+                yield* Ref.update(containers, (all) => {
+                  const next = new Map(all)
+                  next.delete(keyOf(namespace, name, container.name))
+                  return next
+                })
+                const grace = Math.min(yield* handle.graceSeconds, maxGraceSeconds)
+                yield* Effect.ignore(runtime.crictl(["stop", "--timeout", String(grace), id]))
+                yield* Effect.ignore(runtime.crictl(["rm", "--force", id]))
+              })
+          ).pipe(Effect.tapError((error) => waiting("CreateContainerError", error.message)))
+          yield* runtime.crictl(["start", id]).pipe(Effect.tapError((error) => waiting("RunContainerError", error.message)))
+          yield* Ref.update(containers, (all) => new Map(all).set(keyOf(namespace, name, container.name), id))
+          created.push({ spec: container, id, terminationLog })
+          if (container["stdin"] === true) {
+            yield* Effect.forkScoped(
+              runtime.crictlResult(["attach", "--stdin", id], {
+                stdin: handle.stdin(container.name),
+                shownAs: ["attach", id]
+              })
+            )
+          }
+        }
+
+        // Container output into the pod log, as the kubelet serves it from the CRI log files.
+        const logOffsets = new Map<string, number>()
+        const copyLogs = Effect.forEach(created, ({ spec }) =>
+          Effect.gen(function*() {
+            const file = path.join(logDir, spec.name, "0.log")
+            const bytes = yield* fs.readFile(file).pipe(Effect.orElseSucceed(() => new Uint8Array()))
+            const offset = logOffsets.get(spec.name) ?? 0
+            const complete = Buffer.from(bytes).subarray(offset).lastIndexOf(10)
+            if (complete < 0) return
+            logOffsets.set(spec.name, offset + complete + 1)
+            yield* handle.log(spec.name, criLogText(Buffer.from(bytes).subarray(offset, offset + complete).toString()))
+          }), { discard: true })
+
+        const inspect = (id: string) =>
+          runtime.crictl(["inspect", "-o", "json", id]).pipe(
+            Effect.map((text) => (JSON.parse(text) as { status: ContainerState }).status)
+          )
+        const restartAlways = (pod.spec["restartPolicy"] ?? "Always") === "Always"
+        const startTime = yield* now
+        let lastStates = ""
+        while (true) {
+          yield* copyLogs
+          const states = yield* Effect.forEach(created, ({ id }) => inspect(id))
+          const statuses = yield* Effect.forEach(created, ({ spec, id, terminationLog }, i) =>
+            Effect.gen(function*() {
+              const state = states[i]!
+              const base = {
+                name: spec.name,
+                image: spec.image,
+                imageID: "",
+                containerID: `${runtime.kind === "containerd" ? "containerd" : "cri-o"}://${id}`,
+                restartCount: 0
+              }
+              if (state.state !== "CONTAINER_EXITED") {
+                return {
+                  ...base,
+                  ready: true,
+                  started: true,
+                  state: { running: { startedAt: criTime(state.startedAt) } }
+                }
+              }
+              const written = (yield* fs.readFileString(terminationLog).pipe(Effect.orElseSucceed(() => ""))).trim()
+              const message = written !== ""
+                ? written
+                : spec["terminationMessagePolicy"] === "FallbackToLogsOnError" && state.exitCode !== 0
+                ? (yield* options.apiServer.containerLog(namespace, name, spec.name)).split("\n")
+                  .filter((line) => line !== "").slice(-fallbackLogLines).join("\n").slice(-fallbackLogBytes)
+                : undefined
+              return {
+                ...base,
+                ready: false,
+                started: false,
+                state: {
+                  terminated: {
+                    exitCode: state.exitCode,
+                    reason: state.exitCode === 0 ? "Completed" : "Error",
+                    startedAt: criTime(state.startedAt),
+                    finishedAt: criTime(state.finishedAt),
+                    ...(message === undefined || message === "" ? {} : { message })
+                  }
+                }
+              }
+            }))
+          const allExited = states.every((state) => state.state === "CONTAINER_EXITED")
+          const phase: PodStatus["phase"] = !allExited || restartAlways
+            ? "Running"
+            : states.every((state) => state.exitCode === 0)
+            ? "Succeeded"
+            : "Failed"
+          const summary = JSON.stringify([phase, statuses])
+          if (summary !== lastStates) {
+            lastStates = summary
+            yield* handle.setStatus((current) => ({
+              ...current,
+              phase,
+              hostIP: node.address,
+              hostIPs: [{ ip: node.address }],
+              podIP: node.address,
+              podIPs: [{ ip: node.address }],
+              startTime,
+              containerStatuses: statuses
+            }))
+          }
+          if (allExited && !restartAlways) {
+            yield* record(states[0]!.exitCode)
+            return
+          }
+          yield* Effect.sleep(Duration.millis(250))
+        }
+      })).pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning("node agent: pod run failed", cause)),
+        Effect.provide(context)
+      )
+
+    yield* Effect.acquireRelease(
+      options.apiServer.setPodRunner({
+        accepts: (pod: Pod) => options.nodes.some((node) => node.name === pod.spec.nodeName),
+        run
+      }),
+      () => options.apiServer.setPodRunner(undefined)
+    )
+
+    const containerId = (namespace: string, pod: string, container: string) =>
+      Effect.map(Ref.get(containers), (all) => all.get(keyOf(namespace, pod, container)))
+
+    const requireContainer = (namespace: string, pod: string, container: string) =>
+      Effect.flatMap(containerId(namespace, pod, container), (id) =>
+        id === undefined
+          ? Effect.fail(
+            new CheckpointFailure({ status: 404, message: `container ${namespace}/${pod}/${container} not found` })
+          )
+          : Effect.succeed(id))
+
+    const checkpoint: NodeAgent["checkpoint"] = (request) =>
+      Effect.gen(function*() {
+        const id = yield* requireContainer(request.namespace, request.pod, request.container)
+        const result = yield* runtime.crictlResult(["checkpoint", `--export=${request.archive}`, id], {
+          timeout: request.timeout
+        }).pipe(
+          Effect.catchTag("ProcessError", (error) =>
+            Effect.succeed({
+              exitCode: -1,
+              stdout: "",
+              stderr: error.timedOut ? "rpc error: code = DeadlineExceeded desc = context deadline exceeded" : error.message
+            })),
+          Effect.provide(context)
+        )
+        if (result.exitCode !== 0) {
+          yield* Effect.ignore(fs.remove(request.archive, { force: true }))
+          const reason = result.stderr.split("\n").filter((line) => line.trim() !== "").at(-1) ?? ""
+          return yield* new CheckpointFailure({
+            status: 500,
+            message: `checkpointing of ${request.namespace}/${request.pod}/${request.container} failed (${
+              reason.replace(/^.*msg="(.*)"$/, "$1")
+            })`
+          })
+        }
+      })
+
+    const exec: NodeAgent["exec"] = (namespace, pod, container, command) =>
+      Effect.flatMap(
+        requireContainer(namespace, pod, container),
+        (id) => runtime.crictl(["exec", id, ...command], { timeout: Duration.seconds(30) })
+      ).pipe(Effect.provide(context))
+
+    return {
+      runtime,
+      containerId,
+      checkpoint,
+      exec,
+      runs: () => Ref.get(runs)
+    } satisfies NodeAgent
+  })
