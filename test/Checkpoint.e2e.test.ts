@@ -3,7 +3,6 @@ import { Effect, Option } from "effect"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
-import * as Podman from "./harness/Podman.ts"
 import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
@@ -14,12 +13,12 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
     it.scoped("a sync checkpoint pushes a restorable image with the checkpoint annotations", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+        const { container } = yield* startCounterPod(stack.cluster, {
           namespace: "default",
           name: "counter-sync",
           nodeName: "node-a"
         })
-        const before = yield* Podman.waitForCounterAbove(container.name, 10)
+        const before = yield* container.waitAbove(10)
         const response = yield* postCheckpoint(stack.checkpointer.url, "default/counter-sync/counter")
         expect(response.status, response.text).toBe(201)
         const body = JSON.parse(response.text)
@@ -33,8 +32,8 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(manifest.digest).toBe(body.containerImageDigest)
         expect(manifest.json.annotations).toMatchObject({
           "io.kubernetes.cri-o.annotations.checkpoint.name": "counter",
-          "org.criu.checkpoint.container.name": "counter-sync-counter",
-          "io.podman.annotations.checkpoint.name": "counter-sync-counter",
+          "org.criu.checkpoint.container.name": "counter",
+          "io.podman.annotations.checkpoint.name": "counter",
           "io.podman.annotations.checkpoint.runtime.name": "runc"
         })
         expect(manifest.json.layers).toHaveLength(1)
@@ -49,19 +48,19 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(config.os).toBe("linux")
 
         yield* expectNoArchiveLeft(stack.node.checkpointsDir)
-        const restored = yield* expectRestoredCounterContinues(stack.registry, body.containerImageName, "restored-sync", before)
+        const restored = yield* expectRestoredCounterContinues(stack, body.containerImageName, "restored-sync", before)
         yield* Effect.log(`counter before checkpoint ${before}, restored at ${restored.first}, then ${restored.later}`)
       }))
 
     it.scoped("an async checkpoint answers an identifier and GET returns the restorable image", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+        const { container } = yield* startCounterPod(stack.cluster, {
           namespace: "default",
           name: "counter-async",
           nodeName: "node-a"
         })
-        const before = yield* Podman.waitForCounterAbove(container.name, 10)
+        const before = yield* container.waitAbove(10)
         const accepted = yield* postCheckpoint(stack.checkpointer.url, "default/counter-async/counter", { async: true })
         expect(accepted.status, accepted.text).toBe(202)
         const { checkpointIdentifier } = JSON.parse(accepted.text)
@@ -73,25 +72,27 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         const again = yield* getResult(stack.checkpointer.url, checkpointIdentifier)
         expect(JSON.parse(again.text)).toEqual(body)
         yield* expectNoArchiveLeft(stack.node.checkpointsDir)
-        yield* expectRestoredCounterContinues(stack.registry, body.containerImageName, "restored-async", before)
+        yield* expectRestoredCounterContinues(stack, body.containerImageName, "restored-async", before)
       }))
 
     it.scoped("deletePod=true deletes the pod, and its image still restores", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+        const { container } = yield* startCounterPod(stack.cluster, {
           namespace: "default",
           name: "counter-delete",
           nodeName: "node-a"
         })
-        const before = yield* Podman.waitForCounterAbove(container.name, 10)
+        const before = yield* container.waitAbove(10)
         const response = yield* postCheckpoint(stack.checkpointer.url, "default/counter-delete/counter", {
           deletePod: true
         })
         expect(response.status, response.text).toBe(201)
         expect(Option.isNone(yield* stack.cluster.apiServer.findPod("default", "counter-delete"))).toBe(true)
-        expect(yield* Podman.containerExists(container.name)).toBe(false)
-        yield* expectRestoredCounterContinues(stack.registry, JSON.parse(response.text).containerImageName, "restored-delete", before)
+        expect(yield* stack.cluster.agent.containerId("default", "counter-delete", "counter")).toBeUndefined()
+        expect(yield* stack.cluster.runtime.crictl(["ps", "--quiet", "--label", "io.kubernetes.pod.name=counter-delete"]))
+          .toBe("")
+        yield* expectRestoredCounterContinues(stack, JSON.parse(response.text).containerImageName, "restored-delete", before)
       }))
 
     it.scoped("an unknown container answers 404 and an unknown identifier 404", () =>
@@ -109,7 +110,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
     it.scoped("the kubelet is called with the client certificate and ?timeout=, and its certificate is verified", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "counter-tls", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "counter-tls", nodeName: "node-a" })
         const untrusting = yield* stack.startAnotherCheckpointer({ without: ["KUBELET_CA_FILE"] })
         const refused = yield* postCheckpoint(untrusting.url, "default/counter-tls/counter")
         expect(refused.status).toBe(500)
@@ -168,7 +169,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
     it.scoped("refused registry credentials answer 500 naming the push, without the password anywhere", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "counter-creds", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "counter-creds", nodeName: "node-a" })
         const badCheckpointer = yield* stack.startAnotherCheckpointer({ authFile: stack.registry.wrongAuthFile })
         const response = yield* postCheckpoint(badCheckpointer.url, "default/counter-creds/counter")
         expect(response.status).toBe(500)

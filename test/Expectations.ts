@@ -1,27 +1,48 @@
 import { FileSystem } from "@effect/platform"
 import { expect } from "@effect/vitest"
 import { Effect } from "effect"
-import * as Podman from "./harness/Podman.ts"
+import type { LocalCluster } from "./harness/Cluster.ts"
+import { counterOf, counterPodManifest, runPod } from "./harness/Cluster.ts"
 import type { TestRegistry } from "./harness/Registry.ts"
 
-/** The counter of a restored container goes on from where its checkpoint was taken, not from 1. */
+const pullSecret = "checkpoint-registry"
+
+/**
+ * Restores a checkpoint image the way a cluster does: a pod (deleted when the scope closes) whose container image is
+ * the checkpoint image, pulled with an imagePullSecret and run by the node's runtime, which restores the process.
+ * Its counter must go on from where the checkpoint was taken, not start from 1.
+ */
 export const expectRestoredCounterContinues = (
-  registry: TestRegistry,
+  stack: { readonly cluster: LocalCluster; readonly registry: TestRegistry },
   image: string,
   name: string,
-  valueBeforeCheckpoint: number
+  valueBeforeCheckpoint: number,
+  options: { readonly nodeName?: string; readonly namespace?: string } = {}
 ) =>
   Effect.gen(function*() {
-    const restored = yield* Podman.restoreFromImage({
-      image,
-      name,
-      certDir: registry.certDir,
-      tlsVerify: true,
-      creds: { username: registry.username, password: registry.password }
-    })
-    const first = yield* Podman.counterValue(restored.name)
+    const fs = yield* FileSystem.FileSystem
+    const { apiServer } = stack.cluster
+    const namespace = options.namespace ?? "default"
+    yield* Effect.ignore(apiServer.addSecret({
+      namespace,
+      name: pullSecret,
+      type: "kubernetes.io/dockerconfigjson",
+      stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.authFile) }
+    }))
+    yield* runPod(
+      stack.cluster,
+      namespace,
+      counterPodManifest({
+        name,
+        image,
+        nodeName: options.nodeName ?? stack.cluster.nodes[0]!.nodeName,
+        imagePullSecrets: [pullSecret]
+      })
+    )
+    const counter = counterOf(stack.cluster, namespace, name)
+    const first = yield* counter.value
     expect(first).toBeGreaterThanOrEqual(valueBeforeCheckpoint)
-    const later = yield* Podman.waitForCounterAbove(restored.name, first + 2)
+    const later = yield* counter.waitAbove(first + 2)
     expect(later).toBeGreaterThan(first)
     return { first, later }
   })

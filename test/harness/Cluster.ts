@@ -111,7 +111,7 @@ export const waitForPodRunning = (
   cluster: Pick<LocalCluster, "apiServer">,
   namespace: string,
   name: string,
-  timeout: Duration.DurationInput = Duration.minutes(2)
+  timeout: Duration.DurationInput = Duration.seconds(60)
 ) => {
   let last: Pod | undefined
   return pollUntil(

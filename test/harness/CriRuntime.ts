@@ -94,7 +94,6 @@ runtime_path = "/usr/sbin/runc"
 runtime_root = "${dir}/runc"
 monitor_path = "/usr/bin/conmon"
 [crio.image]
-signature_policy = "${dir}/policy.json"
 pause_image = "${pauseImage}"
 [crio.network]
 network_dir = "${dir}/cni"
@@ -219,9 +218,6 @@ export const startCriRuntime = (options: {
       command = ["containerd", "--config", configFile]
     } else {
       yield* fs.writeFileString(configFile, crioConfig(dir, options.pauseImage))
-      yield* fs.writeFileString(path.join(dir, "policy.json"), JSON.stringify({
-        default: [{ type: "insecureAcceptAnything" }]
-      }))
       yield* fs.writeFileString(path.join(dir, "registries.conf"), registriesConf(options.registries))
       env = { CONTAINER_REGISTRIES_CONF: path.join(dir, "registries.conf") }
       const storage = `containers-storage:[overlay@${dir}/root+${dir}/run]`

@@ -5,6 +5,7 @@ import type { CheckpointerProcess } from "./CheckpointerProcess.ts"
 import { freePort, startCheckpointer } from "./CheckpointerProcess.ts"
 import type { LocalCluster } from "./Cluster.ts"
 import { startLocalCluster } from "./Cluster.ts"
+import type { RuntimeKind } from "./CriRuntime.ts"
 import type { KubeletNode } from "./KubeletNode.ts"
 import type { RegistryAuthMode, TestRegistry } from "./Registry.ts"
 import { startRegistry } from "./Registry.ts"
@@ -58,24 +59,35 @@ const startInfrastructure = (options: {
   readonly dir: string
   readonly registryAuth: RegistryAuthMode
   readonly nodes: ReadonlyArray<string>
+  readonly runtime?: RuntimeKind
+  readonly kaniko?: boolean
 }) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     yield* fs.makeDirectory(options.dir, { recursive: true })
     const registry = yield* startRegistry({ dir: path.join(options.dir, "registry"), auth: options.registryAuth })
-    const cluster = yield* startLocalCluster({ dir: path.join(options.dir, "cluster"), nodes: options.nodes })
+    const cluster = yield* startLocalCluster({
+      dir: path.join(options.dir, "cluster"),
+      nodes: options.nodes,
+      registries: [{ host: registry.host, caFile: registry.caFile }],
+      ...(options.runtime === undefined ? {} : { runtime: options.runtime }),
+      ...(options.kaniko === undefined ? {} : { kaniko: options.kaniko })
+    })
     return { registry, cluster }
   })
 
 /**
- * A real registry, one real CRIU node behind a kubelet endpoint, the simulated API server, and the real
+ * A real registry, one node on a real container runtime (CRI-O by default) behind a kubelet endpoint, the simulated API
+ * server, and the real
  * Checkpointer server process started the way README tells users to. Everything stops when the scope closes.
  */
 export const startLocalStack = (options: {
   readonly dir: string
   readonly registryAuth: RegistryAuthMode
   readonly viaPnpm?: boolean
+  readonly runtime?: RuntimeKind
+  readonly kaniko?: boolean
 }) =>
   Effect.gen(function*() {
     const path = yield* Path.Path
@@ -112,13 +124,13 @@ export const startLocalStack = (options: {
 
 /** The local stack as a test layer, in a temporary directory removed afterwards. */
 export class Stack extends Context.Tag("test/LocalStack")<Stack, LocalStack>() {
-  static readonly layer = (options: { readonly registryAuth: RegistryAuthMode }) =>
+  static readonly layer = (options: { readonly registryAuth: RegistryAuthMode; readonly runtime?: RuntimeKind }) =>
     Layer.scoped(
       Stack,
       Effect.gen(function*() {
         const fs = yield* FileSystem.FileSystem
         const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-stack-" })
-        return yield* startLocalStack({ dir, registryAuth: options.registryAuth })
+        return yield* startLocalStack({ dir, ...options })
       })
     ).pipe(Layer.provideMerge(NodeContext.layer))
 }
