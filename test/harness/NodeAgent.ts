@@ -260,8 +260,8 @@ export const startNodeAgent = (options: {
         yield* fs.writeFileString(
           podConfig,
           JSON.stringify({
+            // host network: the kubelet sets no hostname (runc refuses one without a private UTS namespace)
             metadata: { name, namespace, uid, attempt: 0 },
-            hostname: name,
             log_directory: logDir,
             labels: { ...pod.metadata.labels, ...podLabels },
             annotations: pod.metadata.annotations ?? {},
