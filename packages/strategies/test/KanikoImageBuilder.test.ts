@@ -19,9 +19,22 @@ import { gunzipSync } from "node:zlib"
 import { create, Parser } from "tar"
 import type { ReadEntry } from "tar"
 import { readArchiveMetadata } from "../src/CheckpointArchive.ts"
+import { buildContext } from "../src/KanikoContext.ts"
 import * as KanikoFsImageBuilder from "../src/KanikoFsImageBuilder.ts"
 import * as KanikoImageBuilder from "../src/KanikoImageBuilder.ts"
-import { describePodState, dockerfile, kanikoPod, reportedDigest } from "../src/KanikoPod.ts"
+import {
+  contextFiles,
+  describePodState,
+  dockerfile,
+  kanikoArgs,
+  kanikoMemory,
+  kanikoMemoryBytes,
+  kanikoPod,
+  noRegistryTrust,
+  registryHost,
+  reportedDigest,
+  sizeAllowance
+} from "../src/KanikoPod.ts"
 
 const container = ContainerRef.make({
   namespace: Namespace.make("team-a"),
@@ -38,8 +51,15 @@ const settings = {
   kanikoSecretName: "kaniko-secret",
   kanikoTimeoutSeconds: 30,
   kanikoBuildContextDir: "/tmp/build-contexts",
+  kanikoMaxMemoryBytes: 8 * 1024 ** 3,
+  kanikoCpuRequest: "500m",
   baseImage: "registry.test/checkpoint-base:1.0.0"
 } as CheckpointerSettings
+
+const mib = 1024 * 1024
+
+/** What every pod of these tests gets besides its context: no registry CA, 1 GiB, amd64. */
+const podDefaults = { trust: noRegistryTrust, memoryBytes: 1024 * mib, architecture: "amd64" }
 
 const request = (archive: string): BuildRequest => ({
   archive,
@@ -71,6 +91,9 @@ const makeArchive = Effect.gen(function*() {
   )
   return { dir, archive }
 })
+
+const plainContextArchive = (path: string) =>
+  ({ path, name: path.slice(path.lastIndexOf("/") + 1), size: 0, compression: "none" as const })
 
 /** The entries of a tar.gz: name and sha256 of the content. */
 const entriesOf = (targz: Uint8Array) =>
@@ -114,7 +137,8 @@ describe("Kaniko pod", () => {
       builder: "kaniko",
       request: request("/a.tar"),
       context: { _tag: "Stdin" },
-      annotations
+      annotations,
+      ...podDefaults
     })
     expect(spec.metadata?.generateName).toBe("checkpointer-kaniko-")
     expect(spec.metadata?.namespace).toBe("kube-system")
@@ -152,9 +176,11 @@ describe("Kaniko pod", () => {
       builder: "kaniko-fs",
       request: request("/a.tar"),
       context: { _tag: "HostPath", path: "/tmp/build-contexts/checkpoint-x", nodeName: "worker-1" },
-      annotations
+      annotations,
+      ...podDefaults
     })
     expect(spec.spec?.nodeName).toBe("worker-1")
+    expect(spec.spec?.nodeSelector).toEqual({ "kubernetes.io/arch": "amd64" })
     const [kaniko] = spec.spec?.containers ?? []
     expect(kaniko?.stdin).toBeUndefined()
     expect(kaniko?.args).toContain("--context=dir:///workspace")
@@ -185,7 +211,7 @@ describe("build context and archive metadata", () => {
       const fs = yield* FileSystem.FileSystem
       const { archive } = yield* makeArchive
       const text = dockerfile("base:1", "x.tar")
-      const chunks = yield* Stream.runCollect(KanikoImageBuilder.buildContext(archive, text))
+      const chunks = yield* Stream.runCollect(buildContext(plainContextArchive(archive), contextFiles(text, noRegistryTrust)))
       const entries = yield* entriesOf(Buffer.concat([...chunks]))
       const archiveBytes = yield* fs.readFile(archive)
       expect(entries.map((entry) => entry.path)).toEqual(["Dockerfile", archive.slice(archive.lastIndexOf("/") + 1)])
@@ -195,9 +221,9 @@ describe("build context and archive metadata", () => {
 
   it.scoped("a missing archive fails the build context stream", () =>
     Effect.gen(function*() {
-      const error = yield* Stream.runDrain(KanikoImageBuilder.buildContext("/nonexistent/x.tar", "FROM x\n")).pipe(
-        Effect.flip
-      )
+      const error = yield* Stream.runDrain(
+        buildContext(plainContextArchive("/nonexistent/x.tar"), contextFiles("FROM x\n", noRegistryTrust))
+      ).pipe(Effect.flip)
       expect(error.message).toContain("/nonexistent/x.tar")
     }))
 
@@ -250,15 +276,16 @@ const fakeCluster = (options: {
 
 const builderWith = (
   layer: typeof KanikoImageBuilder.layer,
-  cluster: Effect.Effect<Cluster>
+  cluster: Effect.Effect<Cluster>,
+  overrides: Partial<CheckpointerSettings> = {}
 ) =>
   Layer.provide(
     layer,
     Layer.mergeAll(
       Layer.effect(Cluster, cluster),
-      Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings))
+      Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ ...settings, ...overrides }))
     )
-  )
+  ).pipe(Layer.orDie)
 
 const build = (archive: string) => Effect.flatMap(ImageBuilder, (builder) => builder.build(request(archive)))
 
@@ -322,13 +349,7 @@ describe("Kaniko builders with a scripted cluster", () => {
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const waiting = yield* Deferred.make<void>()
       const cluster = fakeCluster({ waits: [], calls, waiting })
-      const layer = Layer.provide(
-        KanikoFsImageBuilder.layer,
-        Layer.mergeAll(
-          Layer.effect(Cluster, cluster),
-          Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ ...settings, kanikoBuildContextDir: contexts }))
-        )
-      )
+      const layer = builderWith(KanikoFsImageBuilder.layer, cluster, { kanikoBuildContextDir: contexts })
       const fiber = yield* build(archive).pipe(Effect.provide(layer), Effect.fork)
       yield* Deferred.await(waiting)
       const [context] = yield* fs.readDirectory(contexts)
