@@ -27,7 +27,9 @@ export const kanikoImageProblem = (image: string): Option.Option<string> => {
   }
   if (tag === undefined) {
     return Option.some(
-      digest === undefined ? "it has no version tag" : "a digest alone does not tell its version: keep the tag (name:vX.Y.Z@sha256:...)"
+      digest === undefined
+        ? "it has no version tag"
+        : "a digest alone does not tell its version: keep the tag (name:vX.Y.Z@sha256:...)"
     )
   }
   const version = /^v(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?$/.exec(tag)
@@ -133,7 +135,7 @@ const kanikoImage = Config.all({
           `${image} cannot build a restorable checkpoint image: ${reason}. The Kaniko builders need the ` +
             `${forkRepository} fork at v${minimumForkVersion.join(".")} or later (only it has --annotation and ` +
             `--image-format), e.g. ${defaultKanikoImage}; a mirror must keep a path ending in ${forkRepository} and ` +
-            `the vX.Y.Z tag. KANIKO_IMAGE_UNCHECKED=true accepts a renamed copy of such a release.`
+            "the vX.Y.Z tag. KANIKO_IMAGE_UNCHECKED=true accepts a renamed copy of such a release."
         ))
     })
   )

@@ -99,15 +99,14 @@ describe("CheckpointerConfig", () => {
       const refusal = (image: string) =>
         problems({ ...required, KANIKO_IMAGE: image }).pipe(Effect.map((lines) => lines.join("\n")))
       const upstream = yield* refusal("gcr.io/kaniko-project/executor:v1.24.0")
-      expect(upstream).toMatch(
-        /^KANIKO_IMAGE: gcr\.io\/kaniko-project\/executor:v1\.24\.0 cannot build a restorable checkpoint image: its repository is not osscontainertools\/kaniko/
-      )
+      expect(upstream).toMatch(/^KANIKO_IMAGE: gcr\.io\/kaniko-project\/executor:v1\.24\.0 cannot build a restorable/)
+      expect(upstream).toContain("checkpoint image: its repository is not osscontainertools/kaniko")
       expect(upstream).toContain("only it has --annotation and --image-format")
       expect(upstream).toContain("KANIKO_IMAGE_UNCHECKED=true")
       expect(yield* refusal("ghcr.io/osscontainertools/kaniko:v1.28.0")).toContain("v1.28.0 is older than v1.28.1")
       expect(yield* refusal("ghcr.io/osscontainertools/kaniko:v1.25.3")).toContain("is older than v1.28.1")
       expect(yield* refusal("ghcr.io/osscontainertools/kaniko:latest")).toContain(
-        `its tag "latest" is not a version vMAJOR.MINOR.PATCH`
+        "its tag \"latest\" is not a version vMAJOR.MINOR.PATCH"
       )
       expect(yield* refusal("ghcr.io/osscontainertools/kaniko")).toContain("it has no version tag")
       expect(yield* refusal(`ghcr.io/osscontainertools/kaniko@sha256:${"0".repeat(64)}`)).toContain(
@@ -136,7 +135,7 @@ describe("CheckpointerConfig", () => {
       })
       expect((yield* config({ KANIKO_MAX_MEMORY: "4G" })).kanikoMaxMemoryBytes).toBe(4e9)
       expect(yield* problems({ ...required, KANIKO_MAX_MEMORY: "lots", KANIKO_CPU_REQUEST: "fast" })).toEqual([
-        `KANIKO_MAX_MEMORY: must be a memory quantity such as 8Gi or 512Mi, not "lots"`,
+        "KANIKO_MAX_MEMORY: must be a memory quantity such as 8Gi or 512Mi, not \"lots\"",
         "KANIKO_CPU_REQUEST: must be a CPU quantity such as 500m or 1"
       ])
     }))

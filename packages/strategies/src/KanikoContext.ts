@@ -64,13 +64,33 @@ const decompressor = (compression: Exclude<Compression, "none">) =>
 
 const reason = (cause: unknown) => cause instanceof Error ? cause.message : String(cause)
 
-/** Decompresses while the bytes flow: the decompressor's buffers are all that is held, whatever the archive's size. */
+/**
+ * Decompresses while the bytes flow: each chunk is written only when the decompressor has taken the previous one
+ * (NodeStream.pipeThroughDuplex does not wait for "drain" after a chunk's last item), and output is read as it is
+ * pulled, so the decompressor's buffers are all that is held, whatever the archive's size.
+ */
 export const decompress = (compression: Exclude<Compression, "none">) =>
 <E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<Uint8Array, E | BuildContextError> =>
-  NodeStream.pipeThroughDuplex(
-    bytes,
-    () => decompressor(compression),
-    (cause) => new BuildContextError({ message: `cannot decompress the ${compression} archive: ${reason(cause)}`, cause })
+  Stream.unwrapScoped(
+    Effect.map(
+      Effect.acquireRelease(Effect.sync(() => decompressor(compression)), (zlib) => Effect.sync(() => zlib.destroy())),
+      (zlib) => {
+        const write = (chunk: Uint8Array) =>
+          Effect.async<void>((resume) => {
+            if (zlib.write(chunk)) return resume(Effect.void)
+            const onDrain = () => resume(Effect.void)
+            zlib.once("drain", onDrain)
+            return Effect.sync(() => zlib.off("drain", onDrain))
+          })
+        const feed = Stream.runForEach(bytes, write).pipe(Effect.zipRight(Effect.sync(() => zlib.end())))
+        const output = NodeStream.fromReadable<BuildContextError, Uint8Array>(
+          () => zlib,
+          (cause) =>
+            new BuildContextError({ message: `cannot decompress the ${compression} archive: ${reason(cause)}`, cause })
+        )
+        return Stream.merge(output, Stream.drain(Stream.fromEffect(feed)))
+      }
+    )
   )
 
 const readFailed = (path: string) => (cause: unknown) =>
@@ -108,7 +128,10 @@ const fileEntry = (name: string, size: number) =>
  * file (never copied; a zstd archive decompressed on the way). gzip level 1 keeps the CPU from holding the stream up;
  * checkpointed memory still compresses well.
  */
-export const buildContext = (archive: ContextArchive, files: ContextFiles): Stream.Stream<Uint8Array, BuildContextError> =>
+export const buildContext = (
+  archive: ContextArchive,
+  files: ContextFiles
+): Stream.Stream<Uint8Array, BuildContextError> =>
   Stream.unwrapScoped(
     Effect.acquireRelease(
       Effect.sync(() => {

@@ -53,7 +53,7 @@ export const kanikoMemory = (archiveBytes: number, maxBytes: number): Either.Eit
     `the archive Kaniko would ADD is ${inMiB(archiveBytes)}: the executor needs ` +
       `${memoryFormula.perArchiveByte} x that + ${inMiB(memoryFormula.baseBytes)} = ${inMiB(bytes)} of memory, more ` +
       `than KANIKO_MAX_MEMORY (${inMiB(maxBytes)}); raise KANIKO_MAX_MEMORY or use CHECKPOINT_BUILDER=native, ` +
-      `which streams the archive`
+      "which streams the archive"
   )
 }
 
@@ -225,7 +225,7 @@ const isTerminal = (pod: V1Pod) => phaseOf(pod) === "Succeeded" || phaseOf(pod) 
  */
 export interface KanikoStrategy {
   readonly name: KanikoBuilderName
-  /** How long the build may take once the pod exists, before the archive's allowance (kaniko-fs: twice KANIKO_TIMEOUT). */
+  /** Build time once the pod exists, before the archive's allowance (kaniko-fs: twice KANIKO_TIMEOUT). */
   readonly buildTimeout: (settings: CheckpointerSettings) => Duration.Duration
   readonly prepare: (build: {
     readonly settings: CheckpointerSettings
