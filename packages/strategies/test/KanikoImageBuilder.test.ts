@@ -413,6 +413,28 @@ const builderWith = (
 
 const build = (archive: string) => Effect.flatMap(ImageBuilder, (builder) => builder.build(request(archive)))
 
+/** A build whose pod never gets anywhere, forked; returns once the build waits for the pod. */
+const stuckBuild = (
+  layer: typeof KanikoImageBuilder.layer,
+  archive: string,
+  overrides: Partial<CheckpointerSettings> = {}
+) =>
+  Effect.gen(function*() {
+    const calls = yield* Ref.make<ReadonlyArray<string>>([])
+    const waiting = yield* Deferred.make<void>()
+    const fiber = yield* build(archive).pipe(
+      Effect.provide(builderWith(layer, fakeCluster({ waits: [], calls, waiting }), overrides)),
+      Effect.flip,
+      Effect.fork
+    )
+    yield* Deferred.await(waiting)
+    return { calls, fiber }
+  })
+
+/** Moves the TestClock on by `seconds`, one second at a time, letting the build's fibers run in between. */
+const advance = (seconds: number) =>
+  Effect.yieldNow().pipe(Effect.zipRight(TestClock.adjust(Duration.seconds(1))), Effect.repeatN(seconds - 1))
+
 describe("Kaniko builders with a scripted cluster", () => {
   it.scoped("kaniko streams the context once the pod runs, answers the reported digest, deletes the pod", () =>
     Effect.gen(function*() {
@@ -448,16 +470,8 @@ describe("Kaniko builders with a scripted cluster", () => {
   it.scoped("KANIKO_TIMEOUT without Running is a scheduling failure (TestClock), and the pod is deleted", () =>
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
-      const calls = yield* Ref.make<ReadonlyArray<string>>([])
-      const waiting = yield* Deferred.make<void>()
-      const cluster = fakeCluster({ waits: [], calls, waiting })
-      const fiber = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoImageBuilder.layer, cluster)),
-        Effect.flip,
-        Effect.fork
-      )
-      yield* Deferred.await(waiting)
-      yield* Effect.yieldNow().pipe(Effect.zipRight(TestClock.adjust(Duration.seconds(1))), Effect.repeatN(31))
+      const { calls, fiber } = yield* stuckBuild(KanikoImageBuilder.layer, archive)
+      yield* advance(32)
       const error = yield* Fiber.join(fiber)
       expect(error.phase).toBe("scheduling")
       expect(error.message).toMatch(/was not running within 30s: it is Pending/)
@@ -470,12 +484,7 @@ describe("Kaniko builders with a scripted cluster", () => {
       const path = yield* Path.Path
       const { archive, dir } = yield* makeArchive
       const contexts = path.join(dir, "contexts")
-      const calls = yield* Ref.make<ReadonlyArray<string>>([])
-      const waiting = yield* Deferred.make<void>()
-      const cluster = fakeCluster({ waits: [], calls, waiting })
-      const layer = builderWith(KanikoFsImageBuilder.layer, cluster, { kanikoBuildContextDir: contexts })
-      const fiber = yield* build(archive).pipe(Effect.provide(layer), Effect.fork)
-      yield* Deferred.await(waiting)
+      const { calls, fiber } = yield* stuckBuild(KanikoFsImageBuilder.layer, archive, { kanikoBuildContextDir: contexts })
       const [context] = yield* fs.readDirectory(contexts)
       expect((yield* fs.readDirectory(path.join(contexts, context!))).sort()).toEqual(
         ["Dockerfile", path.basename(archive)].sort()
@@ -629,19 +638,10 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
   it.scoped("the build may take KANIKO_TIMEOUT's share plus 10 s per started 100 MiB (TestClock)", () =>
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
-      const calls = yield* Ref.make<ReadonlyArray<string>>([])
-      const waiting = yield* Deferred.make<void>()
-      const cluster = fakeCluster({ waits: [], calls, waiting })
-      const fiber = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoFsImageBuilder.layer, cluster)),
-        Effect.flip,
-        Effect.fork
-      )
-      yield* Deferred.await(waiting)
-      const tick = Effect.yieldNow().pipe(Effect.zipRight(TestClock.adjust(Duration.seconds(1))))
-      yield* Effect.repeatN(tick, 68)
+      const { calls, fiber } = yield* stuckBuild(KanikoFsImageBuilder.layer, archive)
+      yield* advance(69)
       expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
-      yield* Effect.repeatN(tick, 1)
+      yield* advance(2)
       const error = yield* Fiber.join(fiber)
       expect(error.message).toMatch(/did not finish within 1m 10s/)
       expect(yield* Ref.get(calls)).toEqual(["create kaniko-fs", "delete kube-system/checkpointer-kaniko-abcde"])
