@@ -54,7 +54,7 @@ describe("server startup", () => {
     expect(output).toMatch(/KANIKO_TIMEOUT: Expected an integer value but received "soon"/)
   })
 
-  it.each(["kaniko", "kaniko-fs"])("refuses upstream Kaniko for CHECKPOINT_BUILDER=%s, naming KANIKO_IMAGE", (builder) => {
+  it.each(["kaniko", "kaniko-fs"])("refuses upstream Kaniko for CHECKPOINT_BUILDER=%s", (builder) => {
     const { output, status } = startServer({
       CHECKPOINT_IMAGE_PREFIX: "r/x",
       CHECKPOINTER_NODE: "n",
