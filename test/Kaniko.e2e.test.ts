@@ -16,7 +16,7 @@ import { postCheckpoint } from "./HttpCalls.ts"
 const run = randomBytes(3).toString("hex")
 const podName = (name: string) => `kaniko-${run}-${name}`
 
-const upstreamKaniko = "gcr.io/kaniko-project/executor:v1.24.0"
+const pinnedKaniko = "ghcr.io/osscontainertools/kaniko:v1.28.3"
 
 const kanikoPods = (stack: KanikoStack) =>
   Effect.map(
@@ -66,11 +66,11 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
       it.scoped(`${builder}: the image restores and its counter continues`, () =>
         Effect.gen(function*() {
           const stack = yield* KanikoStackTag
-          // kaniko-fs runs the archived upstream executor that KANIKO_IMAGE may still name.
-          const image = builder === "kaniko" ? "ghcr.io/osscontainertools/kaniko:v1.28.3" : upstreamKaniko
+          // kaniko-fs names KANIKO_IMAGE explicitly: the pinned fork, the only kind of image the Kaniko builders accept.
+          const image = pinnedKaniko
           const checkpointer = yield* stack.startKanikoCheckpointer(
             builder,
-            builder === "kaniko" ? {} : { KANIKO_IMAGE: upstreamKaniko }
+            builder === "kaniko" ? {} : { KANIKO_IMAGE: pinnedKaniko }
           )
           const name = podName(builder)
           const { container } = yield* startCounterPod(stack.cluster.apiServer, {

@@ -54,6 +54,37 @@ describe("server startup", () => {
     expect(output).toMatch(/KANIKO_TIMEOUT: Expected an integer value but received "soon"/)
   })
 
+  it.each(["kaniko", "kaniko-fs"])("refuses upstream Kaniko for CHECKPOINT_BUILDER=%s", (builder) => {
+    const { output, status } = startServer({
+      CHECKPOINT_IMAGE_PREFIX: "r/x",
+      CHECKPOINTER_NODE: "n",
+      CHECKPOINTER_NODE_IP: "127.0.0.1",
+      CHECKPOINT_BUILDER: builder,
+      KANIKO_IMAGE: "gcr.io/kaniko-project/executor:v1.24.0"
+    })
+    expect(status).toBe(1)
+    expect(output).toContain("invalid configuration")
+    expect(output).toContain(
+      "KANIKO_IMAGE: gcr.io/kaniko-project/executor:v1.24.0 cannot build a restorable checkpoint image: " +
+        "its repository is not osscontainertools/kaniko"
+    )
+    expect(output).toContain("only it has --annotation and --image-format")
+  })
+
+  it("lists an old fork release and an invalid KANIKO_MAX_MEMORY in one error", () => {
+    const { output, status } = startServer({
+      CHECKPOINT_IMAGE_PREFIX: "r/x",
+      CHECKPOINTER_NODE: "n",
+      CHECKPOINTER_NODE_IP: "127.0.0.1",
+      KANIKO_IMAGE: "ghcr.io/osscontainertools/kaniko:v1.25.3",
+      KANIKO_MAX_MEMORY: "lots"
+    })
+    expect(status).toBe(1)
+    expect(output).toContain("KANIKO_IMAGE: ghcr.io/osscontainertools/kaniko:v1.25.3 cannot build")
+    expect(output).toContain("v1.25.3 is older than v1.28.1")
+    expect(output).toContain("KANIKO_MAX_MEMORY: must be a memory quantity such as 8Gi or 512Mi, not \"lots\"")
+  })
+
   it.each(["kaniko", "kaniko-fs"])("starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)", (builder) =>
     Effect.gen(function*() {
       const port = yield* freePort("127.0.0.1")

@@ -7,6 +7,43 @@ export type BuilderName = "native" | "kaniko" | "kaniko-fs"
 /** The maintained community fork of Kaniko (upstream was archived in June 2025), pinned. */
 export const defaultKanikoImage = "ghcr.io/osscontainertools/kaniko:v1.28.3"
 
+const forkRepository = "osscontainertools/kaniko"
+/** The first fork release with both `--annotation` (v1.25.3) and `--image-format` (v1.28.1). */
+const minimumForkVersion = [1, 28, 1] as const
+
+/**
+ * Why an executor image cannot build a restorable image, if it cannot: its repository path must end in
+ * osscontainertools/kaniko (any registry or mirror) and its tag be vMAJOR.MINOR.PATCH, optionally with a variant
+ * suffix such as -debug, at least v1.28.1. A digest alone does not tell the version: the tag must be there too.
+ */
+export const kanikoImageProblem = (image: string): Option.Option<string> => {
+  const [name = "", digest] = image.split("@")
+  const colon = name.lastIndexOf(":")
+  const tagged = colon > name.lastIndexOf("/")
+  const repository = tagged ? name.slice(0, colon) : name
+  const tag = tagged ? name.slice(colon + 1) : undefined
+  if (repository !== forkRepository && !repository.endsWith(`/${forkRepository}`)) {
+    return Option.some(`its repository is not ${forkRepository} (upstream Kaniko has neither flag)`)
+  }
+  if (tag === undefined) {
+    return Option.some(
+      digest === undefined
+        ? "it has no version tag"
+        : "a digest alone does not tell its version: keep the tag (name:vX.Y.Z@sha256:...)"
+    )
+  }
+  const version = /^v(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?$/.exec(tag)
+  if (version === null) return Option.some(`its tag "${tag}" is not a version vMAJOR.MINOR.PATCH`)
+  const [major, minor, patch] = version.slice(1, 4).map(Number) as [number, number, number]
+  const [minMajor, minMinor, minPatch] = minimumForkVersion
+  const recent = major !== minMajor
+    ? major > minMajor
+    : minor !== minMinor
+    ? minor > minMinor
+    : patch >= minPatch
+  return recent ? Option.none() : Option.some(`${tag} is older than v${minimumForkVersion.join(".")}`)
+}
+
 const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 const required = (name: string) => Config.nonEmptyString(name).pipe(Config.map((value) => value.trim()))
@@ -25,6 +62,39 @@ const port = (name: string, fallback: number) =>
 
 /** The seed's boolean flags are "true" or unset; anything else that is not a boolean is an error. */
 export const flag = (name: string) => Config.boolean(name).pipe(Config.withDefault(false))
+
+const binaryUnits: Readonly<Record<string, number>> = { "": 1, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40 }
+const decimalUnits: Readonly<Record<string, number>> = { k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12 }
+
+/** A Kubernetes memory quantity (`8Gi`, `512Mi`, `4G`, `1073741824`) in bytes. */
+export const parseMemoryQuantity = (text: string): Option.Option<number> => {
+  const match = /^(\d+)(Ki|Mi|Gi|Ti|k|K|M|G|T)?$/.exec(text.trim())
+  if (match === null) return Option.none()
+  const unit = match[2] ?? ""
+  return Option.some(Number(match[1]) * (binaryUnits[unit] ?? decimalUnits[unit] ?? 1))
+}
+
+const memoryQuantity = (name: string, fallback: string) =>
+  Config.string(name).pipe(
+    Config.withDefault(fallback),
+    Config.mapOrFail((text) =>
+      Option.match(Option.filter(parseMemoryQuantity(text), (bytes) => bytes > 0), {
+        onNone: () =>
+          Either.left(ConfigError.InvalidData([name], `must be a memory quantity such as 8Gi or 512Mi, not "${text}"`)),
+        onSome: Either.right
+      })
+    )
+  )
+
+const cpuQuantity = (name: string, fallback: string) =>
+  Config.string(name).pipe(
+    Config.validate({
+      message: "must be a CPU quantity such as 500m or 1",
+      validation: (text) => /^(\d+m|\d+(\.\d+)?)$/.test(text.trim()) && !/^0+(m|\.0+)?$/.test(text.trim())
+    }),
+    Config.map((text) => text.trim()),
+    Config.withDefault(fallback)
+  )
 
 const builderName = Config.all({
   explicit: Config.literal("native", "kaniko", "kaniko-fs")("CHECKPOINT_BUILDER").pipe(Config.option),
@@ -46,6 +116,31 @@ const builderName = Config.all({
   )
 )
 
+/** KANIKO_IMAGE, checked against the fork's name and version when a Kaniko builder will run it. */
+const kanikoImage = Config.all({
+  image: Config.string("KANIKO_IMAGE").pipe(
+    Config.validate({ message: "must name an image", validation: (image) => image.trim() !== "" }),
+    Config.map((image) => image.trim()),
+    Config.withDefault(defaultKanikoImage)
+  ),
+  unchecked: flag("KANIKO_IMAGE_UNCHECKED"),
+  builder: builderName
+}).pipe(
+  Config.mapOrFail(({ builder, image, unchecked }) =>
+    Option.match(unchecked || builder === "native" ? Option.none() : kanikoImageProblem(image), {
+      onNone: () => Either.right(image),
+      onSome: (reason) =>
+        Either.left(ConfigError.InvalidData(
+          ["KANIKO_IMAGE"],
+          `${image} cannot build a restorable checkpoint image: ${reason}. The Kaniko builders need the ` +
+            `${forkRepository} fork at v${minimumForkVersion.join(".")} or later (only it has --annotation and ` +
+            `--image-format), e.g. ${defaultKanikoImage}; a mirror must keep a path ending in ${forkRepository} and ` +
+            "the vX.Y.Z tag. KANIKO_IMAGE_UNCHECKED=true accepts a renamed copy of such a release."
+        ))
+    })
+  )
+)
+
 /** Everything Checkpointer reads from its environment, with the seed's names and defaults. */
 export const checkpointerConfig = Config.all({
   imagePrefix: required("CHECKPOINT_IMAGE_PREFIX"),
@@ -62,10 +157,9 @@ export const checkpointerConfig = Config.all({
   baseImage: Config.string("CHECKPOINT_BASE_IMAGE").pipe(Config.withDefault("pbaran555/checkpoint-base:1.0.0")),
   kanikoSecretName: Config.string("KANIKO_SECRET_NAME").pipe(Config.withDefault("kaniko-secret")),
   kanikoTimeoutSeconds: nonNegativeInteger("KANIKO_TIMEOUT", 30),
-  kanikoImage: Config.string("KANIKO_IMAGE").pipe(
-    Config.validate({ message: "must name an image", validation: (image) => image.trim() !== "" }),
-    Config.withDefault(defaultKanikoImage)
-  ),
+  kanikoImage: kanikoImage,
+  kanikoMaxMemoryBytes: memoryQuantity("KANIKO_MAX_MEMORY", "8Gi"),
+  kanikoCpuRequest: cpuQuantity("KANIKO_CPU_REQUEST", "500m"),
   kanikoBuildContextDir: Config.string("KANIKO_BUILD_CTX_DIR").pipe(Config.withDefault("/tmp/build-contexts")),
   storageBasePath: Config.string("STORAGE_BASE_PATH").pipe(Config.withDefault("/checkpointer/storage")),
   disableRouteForward: flag("DISABLE_ROUTE_FORWARD"),

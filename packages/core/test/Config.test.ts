@@ -77,14 +77,67 @@ describe("CheckpointerConfig", () => {
       ])
     }))
 
-  it.effect("KANIKO_IMAGE overrides the pinned Kaniko fork", () =>
+  it.effect("KANIKO_IMAGE overrides the pinned Kaniko fork with another release or a mirror of it", () =>
     Effect.gen(function*() {
       const image = (env: Record<string, string>) =>
         load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.kanikoImage)))
-      expect(yield* image({ KANIKO_IMAGE: "gcr.io/kaniko-project/executor:v1.24.0" })).toEqual(
-        Either.right("gcr.io/kaniko-project/executor:v1.24.0")
+      for (
+        const accepted of [
+          "ghcr.io/osscontainertools/kaniko:v1.28.1",
+          "mirror.example.com:5000/ghcr.io/osscontainertools/kaniko:v1.28.3-debug",
+          "osscontainertools/kaniko:v1.29.0",
+          `ghcr.io/osscontainertools/kaniko:v2.0.0@sha256:${"0".repeat(64)}`
+        ]
+      ) {
+        expect(yield* image({ KANIKO_IMAGE: accepted })).toEqual(Either.right(accepted))
+      }
+      expect(yield* problems({ ...required, KANIKO_IMAGE: "" })).toEqual(["KANIKO_IMAGE: must name an image"])
+    }))
+
+  it.effect("refuses images other than the fork >= v1.28.1, naming KANIKO_IMAGE and why", () =>
+    Effect.gen(function*() {
+      const refusal = (image: string) =>
+        problems({ ...required, KANIKO_IMAGE: image }).pipe(Effect.map((lines) => lines.join("\n")))
+      const upstream = yield* refusal("gcr.io/kaniko-project/executor:v1.24.0")
+      expect(upstream).toMatch(/^KANIKO_IMAGE: gcr\.io\/kaniko-project\/executor:v1\.24\.0 cannot build a restorable/)
+      expect(upstream).toContain("checkpoint image: its repository is not osscontainertools/kaniko")
+      expect(upstream).toContain("only it has --annotation and --image-format")
+      expect(upstream).toContain("KANIKO_IMAGE_UNCHECKED=true")
+      expect(yield* refusal("ghcr.io/osscontainertools/kaniko:v1.28.0")).toContain("v1.28.0 is older than v1.28.1")
+      expect(yield* refusal("ghcr.io/osscontainertools/kaniko:v1.25.3")).toContain("is older than v1.28.1")
+      expect(yield* refusal("ghcr.io/osscontainertools/kaniko:latest")).toContain(
+        "its tag \"latest\" is not a version vMAJOR.MINOR.PATCH"
       )
-      expect(yield* problems({ ...required, KANIKO_IMAGE: "" })).toHaveLength(1)
+      expect(yield* refusal("ghcr.io/osscontainertools/kaniko")).toContain("it has no version tag")
+      expect(yield* refusal(`ghcr.io/osscontainertools/kaniko@sha256:${"0".repeat(64)}`)).toContain(
+        "a digest alone does not tell its version"
+      )
+      expect(yield* refusal("ghcr.io/osscontainertools/kaniko-fork:v1.28.3")).toContain("its repository is not")
+    }))
+
+  it.effect("checks KANIKO_IMAGE only for the Kaniko builders; KANIKO_IMAGE_UNCHECKED=true accepts any image", () =>
+    Effect.gen(function*() {
+      const image = (env: Record<string, string>) =>
+        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.kanikoImage)))
+      const renamed = "registry.corp/tools/kaniko-executor:2026-01"
+      expect(yield* image({ KANIKO_IMAGE: renamed, CHECKPOINT_BUILDER: "native" })).toEqual(Either.right(renamed))
+      expect(yield* image({ KANIKO_IMAGE: renamed, KANIKO_IMAGE_UNCHECKED: "true" })).toEqual(Either.right(renamed))
+      expect(yield* problems({ ...required, KANIKO_IMAGE: renamed, USE_KANIKO_FS: "true" })).toHaveLength(1)
+    }))
+
+  it.effect("KANIKO_MAX_MEMORY and KANIKO_CPU_REQUEST take Kubernetes quantities", () =>
+    Effect.gen(function*() {
+      const config = (env: Record<string, string>) => load({ ...required, ...env }).pipe(Effect.map(Either.getOrThrow))
+      expect(yield* config({})).toMatchObject({ kanikoMaxMemoryBytes: 8 * 1024 ** 3, kanikoCpuRequest: "500m" })
+      expect(yield* config({ KANIKO_MAX_MEMORY: "512Mi", KANIKO_CPU_REQUEST: "2" })).toMatchObject({
+        kanikoMaxMemoryBytes: 512 * 1024 ** 2,
+        kanikoCpuRequest: "2"
+      })
+      expect((yield* config({ KANIKO_MAX_MEMORY: "4G" })).kanikoMaxMemoryBytes).toBe(4e9)
+      expect(yield* problems({ ...required, KANIKO_MAX_MEMORY: "lots", KANIKO_CPU_REQUEST: "fast" })).toEqual([
+        "KANIKO_MAX_MEMORY: must be a memory quantity such as 8Gi or 512Mi, not \"lots\"",
+        "KANIKO_CPU_REQUEST: must be a CPU quantity such as 500m or 1"
+      ])
     }))
 
   it.effect("ENVIRONMENT=prod selects production logging", () =>

@@ -33,6 +33,8 @@ export const testSettings: CheckpointerSettings = {
   kanikoSecretName: "kaniko-secret",
   kanikoTimeoutSeconds: 30,
   kanikoImage: "ghcr.io/osscontainertools/kaniko:v1.28.3",
+  kanikoMaxMemoryBytes: 8 * 1024 ** 3,
+  kanikoCpuRequest: "500m",
   kanikoBuildContextDir: "/tmp/build-contexts",
   storageBasePath: "/nonexistent",
   disableRouteForward: true,

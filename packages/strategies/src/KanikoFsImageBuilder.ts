@@ -2,15 +2,17 @@ import { FileSystem, Path } from "@effect/platform"
 import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
 import type { CheckpointerConfig, Cluster } from "@checkpointer/core"
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
-import { Duration, Effect, Layer, Option } from "effect"
-import { dockerfileName, makeKanikoBuilder } from "./KanikoPod.ts"
+import { Duration, Effect, Layer, Option, Stream } from "effect"
+import type { ConfigError } from "effect"
+import { contextArchiveBytes } from "./KanikoContext.ts"
+import { makeKanikoBuilder } from "./KanikoPod.ts"
 import type { KanikoStrategy } from "./KanikoPod.ts"
 import { platformReason } from "./RegistryAuth.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko-fs",
   buildTimeout: ({ kanikoTimeoutSeconds }) => Duration.seconds(2 * kanikoTimeoutSeconds),
-  prepare: ({ dockerfile, request, settings }) =>
+  prepare: ({ files, format, request, settings }) =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const path = yield* Path.Path
@@ -27,16 +29,26 @@ const strategy: KanikoStrategy = {
             Effect.ignore
           )
       )
-      yield* fs.writeFileString(path.join(dir, dockerfileName), dockerfile)
-      const target = path.join(dir, path.basename(request.archive))
-      // A hard link costs nothing; another filesystem needs a copy.
-      yield* fs.link(request.archive, target).pipe(Effect.orElse(() => fs.copyFile(request.archive, target)))
-      return { _tag: "HostPath" as const, path: dir, nodeName: settings.node }
+      yield* Effect.forEach(files, (file) => fs.writeFileString(path.join(dir, file.name), file.text))
+      const name = path.basename(request.archive)
+      const target = path.join(dir, name)
+      yield* format === "zstd"
+        // ADD cannot extract zstd: the context holds the plain tar, decompressed while it is written.
+        ? Stream.run(contextArchiveBytes(request.archive, format), fs.sink(target))
+        // A hard link costs nothing; another filesystem needs a copy.
+        : fs.link(request.archive, target).pipe(Effect.orElse(() => fs.copyFile(request.archive, target)))
+      const size = Number((yield* fs.stat(target)).size)
+      return {
+        context: { _tag: "HostPath" as const, path: dir, nodeName: settings.node },
+        archive: { path: target, name, size, compression: "none" as const }
+      }
     }).pipe(
       Effect.mapError((error) =>
         new ImageBuildError({
           phase: "build context",
-          message: `cannot prepare the build context under ${settings.kanikoBuildContextDir}: ${platformReason(error)}`,
+          message: `cannot prepare the build context under ${settings.kanikoBuildContextDir}: ${
+            error._tag === "BuildContextError" ? error.message : platformReason(error)
+          }`,
           cause: error
         })
       )
@@ -48,7 +60,7 @@ const strategy: KanikoStrategy = {
  * The `kaniko-fs` strategy (the seed's USE_KANIKO_FS=true): the build context is written to a fresh directory under
  * KANIKO_BUILD_CTX_DIR, which a Kaniko pod pinned to this node mounts as a hostPath volume.
  */
-export const layer: Layer.Layer<ImageBuilder, never, CheckpointerConfig | Cluster> = Layer.effect(
+export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError, CheckpointerConfig | Cluster> = Layer.effect(
   ImageBuilder,
   makeKanikoBuilder(strategy)
 ).pipe(Layer.provide([NodeFileSystem.layer, NodePath.layer]))

@@ -2,17 +2,23 @@ import { FileSystem, Path } from "@effect/platform"
 import { CheckpointerConfig, Cluster, ImageBuildError, ImageBuilder } from "@checkpointer/core"
 import type { BuildRequest, BuiltImage, CheckpointerSettings } from "@checkpointer/core"
 import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
-import { Duration, Effect, Option } from "effect"
+import { Duration, Effect, Either, Option } from "effect"
 import type { Scope } from "effect"
 import { checkpointFacts, readArchiveMetadata } from "./CheckpointArchive.ts"
+import type { Compression } from "./CheckpointArchive.ts"
+import { readArchiveFormat } from "./KanikoContext.ts"
+import type { ContextArchive, ContextFiles } from "./KanikoContext.ts"
 import { imageAnnotations, nodeArchitecture } from "./NativeImageBuilder.ts"
-import { platformReason } from "./RegistryAuth.ts"
+import { platformReason, readRegistryCa, registryTrustConfig } from "./RegistryAuth.ts"
 
 export type KanikoBuilderName = "kaniko" | "kaniko-fs"
 
 export const kanikoContainer = "kaniko"
 export const dockerfileName = "Dockerfile"
+export const registryCaName = "registry-ca.pem"
 export const workspace = "/workspace"
+/** Where the executor unpacks a `tar://stdin` context (its KANIKO_DIR, /kaniko, + /buildcontext), before it pushes. */
+export const stdinContextDir = "/kaniko/buildcontext"
 export const podNamePrefix = "checkpointer-kaniko-"
 /** Kaniko writes the digest here; Kubernetes reports it as the container's termination message. */
 export const digestFile = "/dev/termination-log"
@@ -21,34 +27,103 @@ export const kanikoAppName = "checkpointer-kaniko"
 
 const logLines = 20
 const maxLogChars = 4000
+const mebibyte = 1024 * 1024
+
+/**
+ * The executor's memory for an archive of `archiveBytes` (as ADD reads it): ADD reads the whole file into memory
+ * twice (once to recognise the tar, once to extract it), and a growing Go slice briefly holds 2.25 times its size.
+ */
+export const memoryFormula = { perArchiveByte: 2.5, baseBytes: 256 * mebibyte } as const
+
+export const kanikoMemoryBytes = (archiveBytes: number): number =>
+  Math.ceil((memoryFormula.perArchiveByte * archiveBytes + memoryFormula.baseBytes) / mebibyte) * mebibyte
+
+/** Extra build time per started 100 MiB of the archive, on top of KANIKO_TIMEOUT (or twice it for kaniko-fs). */
+export const secondsPer100MiB = 10
+
+export const sizeAllowance = (archiveBytes: number): Duration.Duration =>
+  Duration.seconds(secondsPer100MiB * Math.ceil(archiveBytes / (100 * mebibyte)))
+
+const inMiB = (bytes: number) => `${Math.ceil(bytes / mebibyte)} MiB`
+
+/** The pod's memory for the archive, or why it cannot have enough under KANIKO_MAX_MEMORY. */
+export const kanikoMemory = (archiveBytes: number, maxBytes: number): Either.Either<number, string> => {
+  const bytes = kanikoMemoryBytes(archiveBytes)
+  return bytes <= maxBytes ? Either.right(bytes) : Either.left(
+    `the archive Kaniko would ADD is ${inMiB(archiveBytes)}: the executor needs ` +
+      `${memoryFormula.perArchiveByte} x that + ${inMiB(memoryFormula.baseBytes)} = ${inMiB(bytes)} of memory, more ` +
+      `than KANIKO_MAX_MEMORY (${inMiB(maxBytes)}); raise KANIKO_MAX_MEMORY or use CHECKPOINT_BUILDER=native, ` +
+      "which streams the archive"
+  )
+}
 
 /** Where the Kaniko pod takes its build context from. */
 export type BuildContext =
   | { readonly _tag: "Stdin" }
   | { readonly _tag: "HostPath"; readonly path: string; readonly nodeName: string }
 
+const contextDir = (context: BuildContext) => context._tag === "Stdin" ? stdinContextDir : workspace
+
 export const dockerfile = (baseImage: string, archiveName: string) => `FROM ${baseImage}\nADD ${archiveName} /\n`
+
+/** The registry host of an image as the executor names it (go-containerregistry: Docker Hub is index.docker.io). */
+export const registryHost = (image: string): string => {
+  const slash = image.indexOf("/")
+  const first = slash === -1 ? "" : image.slice(0, slash)
+  const hasDomain = /[.:]/.test(first) || first === "localhost"
+  return !hasDomain || first === "docker.io" ? "index.docker.io" : first
+}
+
+/** How the executor reaches registries: REGISTRY_CA_FILE's PEM (sent in the build context), REGISTRY_INSECURE. */
+export interface KanikoRegistryTrust {
+  readonly caPem: Option.Option<string>
+  readonly insecure: boolean
+}
+
+export const noRegistryTrust: KanikoRegistryTrust = { caPem: Option.none(), insecure: false }
+
+/** The Dockerfile, and the registry's CA when there is one. */
+export const contextFiles = (dockerfileText: string, trust: KanikoRegistryTrust): ContextFiles => [
+  { name: dockerfileName, text: dockerfileText },
+  ...Option.match(trust.caPem, { onNone: () => [], onSome: (text) => [{ name: registryCaName, text }] })
+]
 
 export const kanikoArgs = (options: {
   readonly context: BuildContext
   readonly destination: string
+  readonly baseImage: string
   readonly annotations: Readonly<Record<string, string>>
-}): ReadonlyArray<string> => [
-  `--dockerfile=${dockerfileName}`,
-  `--context=${options.context._tag === "Stdin" ? "tar://stdin" : `dir://${workspace}`}`,
-  `--destination=${options.destination}`,
-  "--image-format=oci",
-  `--digest-file=${digestFile}`,
-  ...Object.entries(options.annotations).map(([key, value]) => `--annotation=${key}=${value}`)
-]
+  readonly trust: KanikoRegistryTrust
+}): ReadonlyArray<string> => {
+  const hosts = [...new Set([registryHost(options.destination), registryHost(options.baseImage)])]
+  const caPath = `${contextDir(options.context)}/${registryCaName}`
+  return [
+    `--dockerfile=${dockerfileName}`,
+    `--context=${options.context._tag === "Stdin" ? "tar://stdin" : `dir://${workspace}`}`,
+    `--destination=${options.destination}`,
+    "--image-format=oci",
+    `--digest-file=${digestFile}`,
+    ...(Option.isSome(options.trust.caPem) ? hosts.map((host) => `--registry-certificate=${host}=${caPath}`) : []),
+    ...(options.trust.insecure ? ["--insecure", "--skip-tls-verify", "--insecure-pull", "--skip-tls-verify-pull"] : []),
+    ...Object.entries(options.annotations).map(([key, value]) => `--annotation=${key}=${value}`)
+  ]
+}
 
 /** The Kaniko pod of one build, as the seed defined it (plus the labels and annotations that say whose it is). */
 export const kanikoPod = (options: {
-  readonly settings: Pick<CheckpointerSettings, "namespace" | "node" | "kanikoImage" | "kanikoSecretName">
+  readonly settings: Pick<
+    CheckpointerSettings,
+    "namespace" | "node" | "kanikoImage" | "kanikoSecretName" | "kanikoCpuRequest" | "baseImage"
+  >
   readonly builder: KanikoBuilderName
   readonly request: BuildRequest
   readonly context: BuildContext
   readonly annotations: Readonly<Record<string, string>>
+  readonly trust: KanikoRegistryTrust
+  /** Memory request and limit, from kanikoMemory. */
+  readonly memoryBytes: number
+  /** This node's architecture: the image is built for it, so the pod runs on a node of it. */
+  readonly architecture: string
 }): V1Pod => {
   const { context, request, settings } = options
   const hostPath = context._tag === "HostPath" ? context : undefined
@@ -61,6 +136,7 @@ export const kanikoPod = (options: {
     volumes.push({ name: "build-context", hostPath: { path: hostPath.path, type: "Directory" } })
     volumeMounts.push({ name: "build-context", mountPath: workspace, readOnly: true })
   }
+  const memory = `${options.memoryBytes / mebibyte}Mi`
   const { container, namespace, pod } = request.container
   return {
     apiVersion: "v1",
@@ -85,11 +161,24 @@ export const kanikoPod = (options: {
       automountServiceAccountToken: false,
       enableServiceLinks: false,
       ...(hostPath === undefined ? {} : { nodeName: hostPath.nodeName }),
+      nodeSelector: { "kubernetes.io/arch": options.architecture },
       containers: [{
         name: kanikoContainer,
         image: settings.kanikoImage,
-        args: [...kanikoArgs({ context, destination: request.imageName, annotations: options.annotations })],
+        args: [...kanikoArgs({
+          context,
+          destination: request.imageName,
+          baseImage: settings.baseImage,
+          annotations: options.annotations,
+          trust: options.trust
+        })],
         ...(context._tag === "Stdin" ? { stdin: true, stdinOnce: true } : {}),
+        // The Go runtime collects the first read of the archive before the second one grows past the limit.
+        env: [{ name: "GOMEMLIMIT", value: `${Math.floor(options.memoryBytes * 0.9 / mebibyte)}MiB` }],
+        resources: {
+          requests: { memory, cpu: settings.kanikoCpuRequest },
+          limits: { memory }
+        },
         terminationMessagePolicy: "FallbackToLogsOnError",
         volumeMounts
       }],
@@ -131,25 +220,30 @@ const isTerminal = (pod: V1Pod) => phaseOf(pod) === "Succeeded" || phaseOf(pod) 
 
 /**
  * A strategy's part of a Kaniko build: how the build context reaches the pod. `prepare` runs before the pod exists
- * (kaniko-fs writes its directory there, removed when the build ends); `stream` runs once the pod is Running (kaniko
- * sends its context there).
+ * (kaniko-fs writes its directory there, removed when the build ends) and tells the archive as ADD will read it;
+ * `stream` runs once the pod is Running (kaniko sends its context there).
  */
 export interface KanikoStrategy {
   readonly name: KanikoBuilderName
-  /** How long the build may take once the pod exists (kaniko-fs: twice KANIKO_TIMEOUT, as the seed had it). */
+  /** Build time once the pod exists, before the archive's allowance (kaniko-fs: twice KANIKO_TIMEOUT). */
   readonly buildTimeout: (settings: CheckpointerSettings) => Duration.Duration
   readonly prepare: (build: {
     readonly settings: CheckpointerSettings
     readonly request: BuildRequest
-    readonly dockerfile: string
-  }) => Effect.Effect<BuildContext, ImageBuildError, Scope.Scope | FileSystem.FileSystem | Path.Path>
+    readonly format: Compression
+    readonly files: ContextFiles
+  }) => Effect.Effect<
+    { readonly context: BuildContext; readonly archive: ContextArchive },
+    ImageBuildError,
+    Scope.Scope | FileSystem.FileSystem | Path.Path
+  >
   readonly stream: Option.Option<
     (build: {
       readonly cluster: Cluster
       readonly namespace: string
       readonly name: string
-      readonly request: BuildRequest
-      readonly dockerfile: string
+      readonly archive: ContextArchive
+      readonly files: ContextFiles
     }) => Effect.Effect<void, ImageBuildError>
   >
 }
@@ -161,6 +255,8 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
     const cluster = yield* Cluster
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
+    const { caFile, insecure } = yield* registryTrustConfig
+    const trust: KanikoRegistryTrust = { caPem: yield* readRegistryCa(caFile), insecure }
     const architecture = nodeArchitecture()
     const timeout = Duration.seconds(settings.kanikoTimeoutSeconds)
     const namespace = settings.namespace
@@ -199,14 +295,29 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
           }))
       )
 
-    const runPod = (
-      request: BuildRequest,
-      context: BuildContext,
-      dockerfileText: string,
-      annotations: Readonly<Record<string, string>>
-    ) =>
+    const runPod = (build: {
+      readonly request: BuildRequest
+      readonly context: BuildContext
+      readonly archive: ContextArchive
+      readonly files: ContextFiles
+      readonly annotations: Readonly<Record<string, string>>
+    }) =>
       Effect.gen(function*() {
-        const pod = kanikoPod({ settings, builder: strategy.name, request, context, annotations })
+        const { archive, context, files, request } = build
+        const memoryBytes = yield* Either.match(kanikoMemory(archive.size, settings.kanikoMaxMemoryBytes), {
+          onLeft: (reason) => Effect.fail(failure("pod resources", reason)),
+          onRight: Effect.succeed
+        })
+        const pod = kanikoPod({
+          settings,
+          builder: strategy.name,
+          request,
+          context,
+          annotations: build.annotations,
+          trust,
+          memoryBytes,
+          architecture
+        })
         const created = yield* Effect.acquireRelease(
           cluster.createPod(namespace, pod).pipe(
             Effect.mapError((error) => failure("pod creation", `cannot create the Kaniko pod: ${error.message}`, error))
@@ -234,9 +345,10 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
               const state = describePodState(started)
               return yield* failure("build", `Kaniko pod ${namespace}/${name} ended before its context came: ${state}`)
             }
-            yield* strategy.stream.value({ cluster, namespace, name, request, dockerfile: dockerfileText })
+            yield* strategy.stream.value({ cluster, namespace, name, archive, files })
           }
-          return yield* waitFor(name, isTerminal, strategy.buildTimeout(settings), "did not finish")
+          const within = Duration.sum(strategy.buildTimeout(settings), sizeAllowance(archive.size))
+          return yield* waitFor(name, isTerminal, within, "did not finish")
         }).pipe(
           Effect.filterOrFail(
             (pod) => phaseOf(pod) === "Succeeded",
@@ -259,15 +371,29 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
         Effect.mapError((error) => readFailed(platformReason(error), error)),
         Effect.map((info) => Number(info.size))
       )
+      const format = yield* readArchiveFormat(request.archive).pipe(
+        Effect.provideService(FileSystem.FileSystem, fs),
+        Effect.mapError((error) => readFailed(platformReason(error), error)),
+        Effect.filterOrFail(
+          (format): format is Compression => format !== "xz",
+          () =>
+            readFailed(
+              "it is xz-compressed, which the Kaniko builders cannot build: the executor's ADD extracts plain, gzip " +
+                "and bzip2 tars only, and Checkpointer has no streaming xz decompressor (use an uncompressed, gzip " +
+                "or zstd archive, or CHECKPOINT_BUILDER=native)",
+              undefined
+            )
+        )
+      )
       const metadata = yield* readArchiveMetadata(request.archive).pipe(
         Effect.provideService(FileSystem.FileSystem, fs),
         Effect.mapError((error) => readFailed(error.message, error))
       )
       const annotations = imageAnnotations(checkpointFacts(metadata), request.container, architecture)
-      const dockerfileText = dockerfile(settings.baseImage, path.basename(request.archive))
+      const files = contextFiles(dockerfile(settings.baseImage, path.basename(request.archive)), trust)
       const digest = yield* Effect.scoped(Effect.gen(function*() {
-        const context = yield* strategy.prepare({ settings, request, dockerfile: dockerfileText })
-        return yield* runPod(request, context, dockerfileText, annotations)
+        const { archive, context } = yield* strategy.prepare({ settings, request, format, files })
+        return yield* runPod({ request, context, archive, files, annotations })
       })).pipe(Effect.provideService(FileSystem.FileSystem, fs), Effect.provideService(Path.Path, path))
       yield* Effect.logInfo("Kaniko pushed the checkpoint image").pipe(
         Effect.annotateLogs({ image: request.imageName, digest, builder: strategy.name })

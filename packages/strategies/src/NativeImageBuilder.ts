@@ -3,13 +3,14 @@ import { NodeFileSystem, NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
 import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
 import type { BuildRequest, ContainerRef } from "@checkpointer/core"
-import { Clock, Config, ConfigError, Effect, Either, Layer, Option, Stream } from "effect"
+import type { ConfigError} from "effect"
+import { Clock, Config, Effect, Either, Layer, Option, Stream } from "effect"
 import { rootCertificates } from "node:tls"
 import { checkpointFacts, inspectWhileStreaming, readArchive } from "./CheckpointArchive.ts"
 import type { ArchiveDescription, ArchiveError, CheckpointFacts } from "./CheckpointArchive.ts"
 import { formatReference, makeSession, parseImageReference } from "./OciRegistry.ts"
 import type { RegistryError } from "./OciRegistry.ts"
-import { credentialsFor, platformReason, readAuthFile } from "./RegistryAuth.ts"
+import { credentialsFor, platformReason, readAuthFile, readRegistryCa, registryTrustConfig } from "./RegistryAuth.ts"
 
 export interface NativeImageBuilderOptions {
   /** Docker config JSON with `auths` (REGISTRY_AUTH_FILE). */
@@ -22,9 +23,8 @@ export interface NativeImageBuilderOptions {
 
 export const options: Config.Config<NativeImageBuilderOptions> = Config.all({
   authFile: Config.option(Config.string("REGISTRY_AUTH_FILE")),
-  caFile: Config.option(Config.string("REGISTRY_CA_FILE")),
-  insecure: Config.withDefault(Config.boolean("REGISTRY_INSECURE"), false)
-})
+  trust: registryTrustConfig
+}).pipe(Config.map(({ authFile, trust }) => ({ authFile, ...trust })))
 
 export const manifestMediaType = "application/vnd.oci.image.manifest.v1+json"
 export const configMediaType = "application/vnd.oci.image.config.v1+json"
@@ -83,16 +83,7 @@ const archiveChunkSize = 1024 * 1024
 /** The native strategy: streams the archive straight into the registry as the single layer of an OCI image. */
 export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: NativeImageBuilderOptions) {
   const fs = yield* FileSystem.FileSystem
-  const extraCa = yield* Option.match(settings.caFile, {
-    onNone: () => Effect.succeed(Option.none<string>()),
-    onSome: (path) =>
-      fs.readFileString(path).pipe(
-        Effect.map(Option.some),
-        Effect.mapError((error) =>
-          ConfigError.InvalidData(["REGISTRY_CA_FILE"], `cannot read ${path} (${platformReason(error)})`)
-        )
-      )
-  })
+  const extraCa = yield* readRegistryCa(settings.caFile)
   const dispatcher = yield* Effect.acquireRelease(
     Effect.sync(() =>
       new Agent({

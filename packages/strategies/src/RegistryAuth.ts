@@ -2,7 +2,7 @@ import { FileSystem } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
 import type { HttpClient, HttpClientResponse } from "@effect/platform"
 import { HttpClientRequest } from "@effect/platform"
-import { Data, Effect, Option, Redacted, Ref } from "effect"
+import { Config, ConfigError, Data, Effect, Option, Redacted, Ref } from "effect"
 
 /** A failure talking to a registry or its token server. Messages carry statuses and error codes, never secrets. */
 export class RegistryError extends Data.TaggedError("RegistryError")<{
@@ -71,6 +71,25 @@ export const platformReason = (error: PlatformError): string => {
   if (error._tag !== "SystemError") return error.message
   return error.description === undefined ? error.reason : `${error.reason}: ${error.description}`
 }
+
+/** REGISTRY_CA_FILE (an extra CA, PEM) and REGISTRY_INSECURE (plain HTTP or unverified TLS allowed). */
+export const registryTrustConfig = Config.all({
+  caFile: Config.option(Config.string("REGISTRY_CA_FILE")),
+  insecure: Config.withDefault(Config.boolean("REGISTRY_INSECURE"), false)
+})
+
+/** The PEM text of REGISTRY_CA_FILE, read at startup: an unreadable file is a startup error naming the variable. */
+export const readRegistryCa = (caFile: Option.Option<string>) =>
+  Option.match(caFile, {
+    onNone: () => Effect.succeed(Option.none<string>()),
+    onSome: (path) =>
+      Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFileString(path)).pipe(
+        Effect.map(Option.some),
+        Effect.mapError((error) =>
+          ConfigError.InvalidData(["REGISTRY_CA_FILE"], `cannot read ${path} (${platformReason(error)})`)
+        )
+      )
+  })
 
 export const readAuthFile = (path: string) =>
   Effect.gen(function*() {

@@ -1,4 +1,5 @@
 export * as CheckpointArchive from "./CheckpointArchive.ts"
+export * as KanikoContext from "./KanikoContext.ts"
 export * as KanikoFsImageBuilder from "./KanikoFsImageBuilder.ts"
 export * as KanikoImageBuilder from "./KanikoImageBuilder.ts"
 export * as KanikoPod from "./KanikoPod.ts"

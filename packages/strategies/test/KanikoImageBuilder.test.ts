@@ -4,6 +4,7 @@ import {
   CheckpointerConfig,
   Cluster,
   ContainerName,
+  describeConfigError,
   ContainerRef,
   ImageBuilder,
   Namespace,
@@ -13,15 +14,40 @@ import {
 import type { BuildRequest, CheckpointerSettings, KubernetesApiError } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
 import type { V1Pod } from "@kubernetes/client-node"
-import { Deferred, Duration, Effect, Fiber, Layer, Option, Ref, Stream, TestClock } from "effect"
+import {
+  ConfigProvider,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Fiber,
+  Layer,
+  Option,
+  Ref,
+  Stream,
+  TestClock
+} from "effect"
 import { createHash, randomBytes } from "node:crypto"
-import { gunzipSync } from "node:zlib"
+import { gunzipSync, zstdCompressSync } from "node:zlib"
 import { create, Parser } from "tar"
 import type { ReadEntry } from "tar"
 import { readArchiveMetadata } from "../src/CheckpointArchive.ts"
+import { buildContext } from "../src/KanikoContext.ts"
 import * as KanikoFsImageBuilder from "../src/KanikoFsImageBuilder.ts"
 import * as KanikoImageBuilder from "../src/KanikoImageBuilder.ts"
-import { describePodState, dockerfile, kanikoPod, reportedDigest } from "../src/KanikoPod.ts"
+import {
+  contextFiles,
+  describePodState,
+  dockerfile,
+  kanikoArgs,
+  kanikoMemory,
+  kanikoMemoryBytes,
+  kanikoPod,
+  noRegistryTrust,
+  registryHost,
+  reportedDigest,
+  sizeAllowance
+} from "../src/KanikoPod.ts"
 
 const container = ContainerRef.make({
   namespace: Namespace.make("team-a"),
@@ -38,8 +64,15 @@ const settings = {
   kanikoSecretName: "kaniko-secret",
   kanikoTimeoutSeconds: 30,
   kanikoBuildContextDir: "/tmp/build-contexts",
+  kanikoMaxMemoryBytes: 8 * 1024 ** 3,
+  kanikoCpuRequest: "500m",
   baseImage: "registry.test/checkpoint-base:1.0.0"
 } as CheckpointerSettings
+
+const mib = 1024 * 1024
+
+/** What every pod of these tests gets besides its context: no registry CA, 1 GiB, amd64. */
+const podDefaults = { trust: noRegistryTrust, memoryBytes: 1024 * mib, architecture: "amd64" }
 
 const request = (archive: string): BuildRequest => ({
   archive,
@@ -71,6 +104,9 @@ const makeArchive = Effect.gen(function*() {
   )
   return { dir, archive }
 })
+
+const plainContextArchive = (path: string) =>
+  ({ path, name: path.slice(path.lastIndexOf("/") + 1), size: 0, compression: "none" as const })
 
 /** The entries of a tar.gz: name and sha256 of the content. */
 const entriesOf = (targz: Uint8Array) =>
@@ -114,7 +150,8 @@ describe("Kaniko pod", () => {
       builder: "kaniko",
       request: request("/a.tar"),
       context: { _tag: "Stdin" },
-      annotations
+      annotations,
+      ...podDefaults
     })
     expect(spec.metadata?.generateName).toBe("checkpointer-kaniko-")
     expect(spec.metadata?.namespace).toBe("kube-system")
@@ -126,6 +163,7 @@ describe("Kaniko pod", () => {
     expect(spec.metadata?.annotations?.["checkpointer/container"]).toBe("team-a/notebook-0/lab")
     expect(spec.spec?.restartPolicy).toBe("Never")
     expect(spec.spec?.nodeName).toBeUndefined()
+    expect(spec.spec?.nodeSelector).toEqual({ "kubernetes.io/arch": "amd64" })
     const [kaniko] = spec.spec?.containers ?? []
     expect(kaniko?.image).toBe("ghcr.io/osscontainertools/kaniko:v1.28.3")
     expect(kaniko?.stdin).toBe(true)
@@ -152,9 +190,11 @@ describe("Kaniko pod", () => {
       builder: "kaniko-fs",
       request: request("/a.tar"),
       context: { _tag: "HostPath", path: "/tmp/build-contexts/checkpoint-x", nodeName: "worker-1" },
-      annotations
+      annotations,
+      ...podDefaults
     })
     expect(spec.spec?.nodeName).toBe("worker-1")
+    expect(spec.spec?.nodeSelector).toEqual({ "kubernetes.io/arch": "amd64" })
     const [kaniko] = spec.spec?.containers ?? []
     expect(kaniko?.stdin).toBeUndefined()
     expect(kaniko?.args).toContain("--context=dir:///workspace")
@@ -163,6 +203,99 @@ describe("Kaniko pod", () => {
       name: "build-context",
       hostPath: { path: "/tmp/build-contexts/checkpoint-x", type: "Directory" }
     })
+  })
+
+  it("memory requested and limited from the archive, CPU requested, GOMEMLIMIT below the limit", () => {
+    const spec = kanikoPod({
+      settings,
+      builder: "kaniko",
+      request: request("/a.tar"),
+      context: { _tag: "Stdin" },
+      annotations,
+      ...podDefaults,
+      memoryBytes: kanikoMemoryBytes(600 * mib),
+      architecture: "arm64"
+    })
+    expect(spec.spec?.nodeSelector).toEqual({ "kubernetes.io/arch": "arm64" })
+    const [kaniko] = spec.spec?.containers ?? []
+    expect(kaniko?.resources).toEqual({ requests: { memory: "1756Mi", cpu: "500m" }, limits: { memory: "1756Mi" } })
+    expect(kaniko?.env).toEqual([{ name: "GOMEMLIMIT", value: "1580MiB" }])
+  })
+
+  it("memory is 2.5 x the archive + 256 MiB in whole MiB, refused over KANIKO_MAX_MEMORY with the numbers", () => {
+    expect(kanikoMemoryBytes(0)).toBe(256 * mib)
+    expect(kanikoMemoryBytes(1)).toBe(257 * mib)
+    expect(kanikoMemoryBytes(600 * mib)).toBe(1756 * mib)
+    expect(kanikoMemory(3072 * mib, 8192 * mib)).toEqual(Either.right(7936 * mib))
+    expect(kanikoMemory(4096 * mib, 8192 * mib)).toEqual(Either.left(
+      "the archive Kaniko would ADD is 4096 MiB: the executor needs 2.5 x that + 256 MiB = 10496 MiB of memory, " +
+        "more than KANIKO_MAX_MEMORY (8192 MiB); raise KANIKO_MAX_MEMORY or use CHECKPOINT_BUILDER=native, " +
+        "which streams the archive"
+    ))
+  })
+
+  it("the build timeout grows by 10 s per started 100 MiB of the archive", () => {
+    expect(Duration.toSeconds(sizeAllowance(0))).toBe(0)
+    expect(Duration.toSeconds(sizeAllowance(1))).toBe(10)
+    expect(Duration.toSeconds(sizeAllowance(100 * mib))).toBe(10)
+    expect(Duration.toSeconds(sizeAllowance(100 * mib + 1))).toBe(20)
+    expect(Duration.toSeconds(sizeAllowance(600 * mib))).toBe(60)
+  })
+
+  it("REGISTRY_CA_FILE: --registry-certificate for the destination's and the base image's registry", () => {
+    const withCa = { caPem: Option.some("-----BEGIN CERTIFICATE-----"), insecure: false }
+    const stdin = kanikoArgs({
+      context: { _tag: "Stdin" },
+      destination: "registry.test:5443/checkpoints/app:0123456789abcdef",
+      baseImage: "pbaran555/checkpoint-base:1.0.0",
+      annotations: {},
+      trust: withCa
+    })
+    expect(stdin.filter((arg) => arg.startsWith("--registry-certificate"))).toEqual([
+      "--registry-certificate=registry.test:5443=/kaniko/buildcontext/registry-ca.pem",
+      "--registry-certificate=index.docker.io=/kaniko/buildcontext/registry-ca.pem"
+    ])
+    expect(stdin.some((arg) => arg.includes("insecure") || arg.includes("skip-tls"))).toBe(false)
+    const hostPath = kanikoArgs({
+      context: { _tag: "HostPath", path: "/tmp/build-contexts/checkpoint-x", nodeName: "worker-1" },
+      destination: "registry.test/checkpoints/app:0123456789abcdef",
+      baseImage: "registry.test/checkpoint-base:1.0.0",
+      annotations: {},
+      trust: withCa
+    })
+    expect(hostPath.filter((arg) => arg.startsWith("--registry-certificate"))).toEqual([
+      "--registry-certificate=registry.test=/workspace/registry-ca.pem"
+    ])
+    expect(contextFiles("FROM x\n", withCa)).toEqual([
+      { name: "Dockerfile", text: "FROM x\n" },
+      { name: "registry-ca.pem", text: "-----BEGIN CERTIFICATE-----" }
+    ])
+  })
+
+  it("REGISTRY_INSECURE=true: plain HTTP and unverified TLS for the push and the base image's pull", () => {
+    const args = kanikoArgs({
+      context: { _tag: "Stdin" },
+      destination: "registry.test/checkpoints/app:0123456789abcdef",
+      baseImage: "registry.test/checkpoint-base:1.0.0",
+      annotations: { a: "b" },
+      trust: { caPem: Option.none(), insecure: true }
+    })
+    expect(args.slice(5)).toEqual([
+      "--insecure",
+      "--skip-tls-verify",
+      "--insecure-pull",
+      "--skip-tls-verify-pull",
+      "--annotation=a=b"
+    ])
+  })
+
+  it("names registries as the executor does (Docker Hub is index.docker.io)", () => {
+    expect(registryHost("pbaran555/checkpoint-base:1.0.0")).toBe("index.docker.io")
+    expect(registryHost("docker.io/library/busybox")).toBe("index.docker.io")
+    expect(registryHost("busybox")).toBe("index.docker.io")
+    expect(registryHost("localhost/x/y:1")).toBe("localhost")
+    expect(registryHost("127.0.0.1:5000/x@sha256:00")).toBe("127.0.0.1:5000")
+    expect(registryHost("quay.io/team/app")).toBe("quay.io")
   })
 
   it("the Dockerfile adds the archive to the base image", () => {
@@ -185,7 +318,9 @@ describe("build context and archive metadata", () => {
       const fs = yield* FileSystem.FileSystem
       const { archive } = yield* makeArchive
       const text = dockerfile("base:1", "x.tar")
-      const chunks = yield* Stream.runCollect(KanikoImageBuilder.buildContext(archive, text))
+      const chunks = yield* Stream.runCollect(
+        buildContext(plainContextArchive(archive), contextFiles(text, noRegistryTrust))
+      )
       const entries = yield* entriesOf(Buffer.concat([...chunks]))
       const archiveBytes = yield* fs.readFile(archive)
       expect(entries.map((entry) => entry.path)).toEqual(["Dockerfile", archive.slice(archive.lastIndexOf("/") + 1)])
@@ -195,9 +330,9 @@ describe("build context and archive metadata", () => {
 
   it.scoped("a missing archive fails the build context stream", () =>
     Effect.gen(function*() {
-      const error = yield* Stream.runDrain(KanikoImageBuilder.buildContext("/nonexistent/x.tar", "FROM x\n")).pipe(
-        Effect.flip
-      )
+      const error = yield* Stream.runDrain(
+        buildContext(plainContextArchive("/nonexistent/x.tar"), contextFiles("FROM x\n", noRegistryTrust))
+      ).pipe(Effect.flip)
       expect(error.message).toContain("/nonexistent/x.tar")
     }))
 
@@ -220,6 +355,9 @@ const fakeCluster = (options: {
   readonly calls: Ref.Ref<ReadonlyArray<string>>
   readonly streamed?: Ref.Ref<number>
   readonly waiting?: Deferred.Deferred<void>
+  /** The pods created, and the bytes sent to stdin (copied). */
+  readonly pods?: Ref.Ref<ReadonlyArray<V1Pod>>
+  readonly received?: Ref.Ref<ReadonlyArray<Uint8Array>>
 }) =>
   Effect.gen(function*() {
     const waits = yield* Ref.make(options.waits)
@@ -230,10 +368,16 @@ const fakeCluster = (options: {
       deletePod: () => Effect.void,
       checkpointerPodsOn: () => Effect.succeed([]),
       createPod: (_namespace, spec) =>
-        Effect.as(record(`create ${spec.metadata?.labels?.["checkpointer/builder"]}`), {
-          ...spec,
-          metadata: { ...spec.metadata, name: "checkpointer-kaniko-abcde" }
-        }),
+        Effect.as(
+          Effect.zipRight(
+            Ref.update(options.pods ?? Ref.unsafeMake<ReadonlyArray<V1Pod>>([]), (pods) => [...pods, spec]),
+            record(`create ${spec.metadata?.labels?.["checkpointer/builder"]}`)
+          ),
+          {
+            ...spec,
+            metadata: { ...spec.metadata, name: "checkpointer-kaniko-abcde" }
+          }
+        ),
       requestPodDeletion: (namespace, name) => record(`delete ${namespace}/${name}`),
       waitForPod: () =>
         Effect.flatMap(Ref.modify(waits, ([next, ...rest]) => [next ?? Effect.never, rest]), (wait) => wait).pipe(
@@ -243,24 +387,53 @@ const fakeCluster = (options: {
         ),
       podLogTail: () => Effect.succeed("INFO[0000] Retrieving image manifest\nerror building image: boom\n"),
       attachStdin: (_namespace, _name, _container, input) =>
-        Stream.runForEach(input, (chunk) => Ref.update(options.streamed ?? Ref.unsafeMake(0), (n) => n + chunk.length))
-          .pipe(Effect.zipRight(record("attach")))
+        Stream.runForEach(input, (chunk) =>
+          Effect.zipRight(
+            Ref.update(options.streamed ?? Ref.unsafeMake(0), (n) => n + chunk.length),
+            Ref.update(options.received ?? Ref.unsafeMake<ReadonlyArray<Uint8Array>>([]), (all) => [
+              ...all,
+              Uint8Array.from(chunk)
+            ])
+          )).pipe(Effect.zipRight(record("attach")))
     })
   })
 
 const builderWith = (
   layer: typeof KanikoImageBuilder.layer,
-  cluster: Effect.Effect<Cluster>
+  cluster: Effect.Effect<Cluster>,
+  overrides: Partial<CheckpointerSettings> = {}
 ) =>
   Layer.provide(
     layer,
     Layer.mergeAll(
       Layer.effect(Cluster, cluster),
-      Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings))
+      Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ ...settings, ...overrides }))
     )
-  )
+  ).pipe(Layer.orDie)
 
 const build = (archive: string) => Effect.flatMap(ImageBuilder, (builder) => builder.build(request(archive)))
+
+/** A build whose pod never gets anywhere, forked; returns once the build waits for the pod. */
+const stuckBuild = (
+  layer: typeof KanikoImageBuilder.layer,
+  archive: string,
+  overrides: Partial<CheckpointerSettings> = {}
+) =>
+  Effect.gen(function*() {
+    const calls = yield* Ref.make<ReadonlyArray<string>>([])
+    const waiting = yield* Deferred.make<void>()
+    const fiber = yield* build(archive).pipe(
+      Effect.provide(builderWith(layer, fakeCluster({ waits: [], calls, waiting }), overrides)),
+      Effect.flip,
+      Effect.fork
+    )
+    yield* Deferred.await(waiting)
+    return { calls, fiber }
+  })
+
+/** Moves the TestClock on by `seconds`, one second at a time, letting the build's fibers run in between. */
+const advance = (seconds: number) =>
+  Effect.yieldNow().pipe(Effect.zipRight(TestClock.adjust(Duration.seconds(1))), Effect.repeatN(seconds - 1))
 
 describe("Kaniko builders with a scripted cluster", () => {
   it.scoped("kaniko streams the context once the pod runs, answers the reported digest, deletes the pod", () =>
@@ -297,16 +470,8 @@ describe("Kaniko builders with a scripted cluster", () => {
   it.scoped("KANIKO_TIMEOUT without Running is a scheduling failure (TestClock), and the pod is deleted", () =>
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
-      const calls = yield* Ref.make<ReadonlyArray<string>>([])
-      const waiting = yield* Deferred.make<void>()
-      const cluster = fakeCluster({ waits: [], calls, waiting })
-      const fiber = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoImageBuilder.layer, cluster)),
-        Effect.flip,
-        Effect.fork
-      )
-      yield* Deferred.await(waiting)
-      yield* Effect.yieldNow().pipe(Effect.zipRight(TestClock.adjust(Duration.seconds(1))), Effect.repeatN(31))
+      const { calls, fiber } = yield* stuckBuild(KanikoImageBuilder.layer, archive)
+      yield* advance(32)
       const error = yield* Fiber.join(fiber)
       expect(error.phase).toBe("scheduling")
       expect(error.message).toMatch(/was not running within 30s: it is Pending/)
@@ -319,18 +484,7 @@ describe("Kaniko builders with a scripted cluster", () => {
       const path = yield* Path.Path
       const { archive, dir } = yield* makeArchive
       const contexts = path.join(dir, "contexts")
-      const calls = yield* Ref.make<ReadonlyArray<string>>([])
-      const waiting = yield* Deferred.make<void>()
-      const cluster = fakeCluster({ waits: [], calls, waiting })
-      const layer = Layer.provide(
-        KanikoFsImageBuilder.layer,
-        Layer.mergeAll(
-          Layer.effect(Cluster, cluster),
-          Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ ...settings, kanikoBuildContextDir: contexts }))
-        )
-      )
-      const fiber = yield* build(archive).pipe(Effect.provide(layer), Effect.fork)
-      yield* Deferred.await(waiting)
+      const { calls, fiber } = yield* stuckBuild(KanikoFsImageBuilder.layer, archive, { kanikoBuildContextDir: contexts })
       const [context] = yield* fs.readDirectory(contexts)
       expect((yield* fs.readDirectory(path.join(contexts, context!))).sort()).toEqual(
         ["Dockerfile", path.basename(archive)].sort()
@@ -339,5 +493,157 @@ describe("Kaniko builders with a scripted cluster", () => {
       expect(yield* fs.readDirectory(contexts)).toEqual([])
       expect(yield* Ref.get(calls)).toEqual(["create kaniko-fs", "delete kube-system/checkpointer-kaniko-abcde"])
       expect(yield* fs.exists(archive)).toBe(true)
+    }).pipe(Effect.provide(NodeContext.layer)))
+})
+
+/** The archive compressed with zstd, next to it; and the sha256 of the plain tar. */
+const zstdArchive = (archive: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const plain = yield* fs.readFile(archive)
+    const compressed = `${archive}.zst`
+    yield* fs.writeFile(compressed, zstdCompressSync(plain))
+    return { compressed, plainSize: plain.length, plainSha256: createHash("sha256").update(plain).digest("hex") }
+  })
+
+const caPem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+describe("Kaniko builders: archive formats, registry trust, resources", () => {
+  it.scoped("kaniko: a zstd archive reaches the executor as the plain tar, next to the registry's CA", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const path = yield* Path.Path
+      const { archive, dir } = yield* makeArchive
+      const { compressed, plainSha256, plainSize } = yield* zstdArchive(archive)
+      yield* fs.writeFileString(path.join(dir, "ca.pem"), caPem)
+      const calls = yield* Ref.make<ReadonlyArray<string>>([])
+      const pods = yield* Ref.make<ReadonlyArray<V1Pod>>([])
+      const received = yield* Ref.make<ReadonlyArray<Uint8Array>>([])
+      const cluster = fakeCluster({
+        waits: [Effect.succeed(pod("Running")), Effect.succeed(pod("Succeeded", { exitCode: 0, message: digest }))],
+        calls,
+        pods,
+        received
+      })
+      const image = yield* build(compressed).pipe(
+        Effect.provide(builderWith(KanikoImageBuilder.layer, cluster)),
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["REGISTRY_CA_FILE", path.join(dir, "ca.pem")]])))
+      )
+      expect(image.digest).toBe(digest)
+      const entries = yield* entriesOf(Buffer.concat([...(yield* Ref.get(received))]))
+      expect(entries.map((entry) => entry.path)).toEqual(["Dockerfile", "registry-ca.pem", path.basename(compressed)])
+      expect(entries[1]!.text).toBe(caPem)
+      expect(entries[2]!.sha256).toBe(plainSha256)
+      const [created] = yield* Ref.get(pods)
+      const [kaniko] = created?.spec?.containers ?? []
+      expect(kaniko?.args).toContain("--registry-certificate=registry.test=/kaniko/buildcontext/registry-ca.pem")
+      expect(kaniko?.resources?.limits).toEqual({ memory: `${kanikoMemoryBytes(plainSize) / mib}Mi` })
+      expect(yield* Ref.get(calls)).toEqual(["create kaniko", "attach", "delete kube-system/checkpointer-kaniko-abcde"])
+    }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped("kaniko-fs: a zstd archive is written decompressed into the build context, with the registry's CA", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const path = yield* Path.Path
+      const { archive, dir } = yield* makeArchive
+      const { compressed, plainSha256, plainSize } = yield* zstdArchive(archive)
+      yield* fs.writeFileString(path.join(dir, "ca.pem"), caPem)
+      const contexts = path.join(dir, "contexts")
+      const calls = yield* Ref.make<ReadonlyArray<string>>([])
+      const pods = yield* Ref.make<ReadonlyArray<V1Pod>>([])
+      const waiting = yield* Deferred.make<void>()
+      const cluster = fakeCluster({ waits: [], calls, waiting, pods })
+      const fiber = yield* build(compressed).pipe(
+        Effect.provide(builderWith(KanikoFsImageBuilder.layer, cluster, { kanikoBuildContextDir: contexts })),
+        Effect.withConfigProvider(
+          ConfigProvider.fromMap(
+            new Map([["REGISTRY_CA_FILE", path.join(dir, "ca.pem")], ["REGISTRY_INSECURE", "true"]])
+          )
+        ),
+        Effect.fork
+      )
+      yield* Deferred.await(waiting)
+      const [context] = yield* fs.readDirectory(contexts)
+      const contextDir = path.join(contexts, context!)
+      expect((yield* fs.readDirectory(contextDir)).sort()).toEqual(
+        ["Dockerfile", "registry-ca.pem", path.basename(compressed)].sort()
+      )
+      const written = yield* fs.readFile(path.join(contextDir, path.basename(compressed)))
+      expect(createHash("sha256").update(written).digest("hex")).toBe(plainSha256)
+      expect(yield* fs.readFileString(path.join(contextDir, "registry-ca.pem"))).toBe(caPem)
+      const [created] = yield* Ref.get(pods)
+      const [kaniko] = created?.spec?.containers ?? []
+      expect(kaniko?.args).toContain("--registry-certificate=registry.test=/workspace/registry-ca.pem")
+      expect(kaniko?.args).toContain("--skip-tls-verify")
+      expect(kaniko?.resources?.requests).toEqual({ memory: `${kanikoMemoryBytes(plainSize) / mib}Mi`, cpu: "500m" })
+      expect(created?.spec?.nodeName).toBe("worker-1")
+      yield* Fiber.interrupt(fiber)
+      expect(yield* fs.readDirectory(contexts)).toEqual([])
+      expect(yield* Ref.get(calls)).toEqual(["create kaniko-fs", "delete kube-system/checkpointer-kaniko-abcde"])
+    }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped("an unreadable REGISTRY_CA_FILE stops the Kaniko builder at startup, naming the variable", () =>
+    Effect.gen(function*() {
+      const calls = yield* Ref.make<ReadonlyArray<string>>([])
+      const layer = Layer.provide(
+        KanikoImageBuilder.layer,
+        Layer.mergeAll(
+          Layer.effect(Cluster, fakeCluster({ waits: [], calls })),
+          Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings))
+        )
+      )
+      const error = yield* Layer.build(layer).pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["REGISTRY_CA_FILE", "/nonexistent/ca.pem"]]))),
+        Effect.flip
+      )
+      expect(describeConfigError(error).join("\n")).toMatch(/^REGISTRY_CA_FILE: cannot read \/nonexistent\/ca\.pem/)
+    }))
+
+  it.scoped("an xz archive fails in \"read archive\", naming the format, before any pod", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const { archive } = yield* makeArchive
+      yield* fs.writeFile(archive, Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), randomBytes(512)]))
+      const calls = yield* Ref.make<ReadonlyArray<string>>([])
+      const error = yield* build(archive).pipe(
+        Effect.provide(builderWith(KanikoImageBuilder.layer, fakeCluster({ waits: [], calls }))),
+        Effect.flip
+      )
+      expect(error.phase).toBe("read archive")
+      expect(error.message).toContain("is xz-compressed, which the Kaniko builders cannot build")
+      expect(yield* Ref.get(calls)).toEqual([])
+    }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped("an archive too large for KANIKO_MAX_MEMORY fails in \"pod resources\" before any pod or context", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const path = yield* Path.Path
+      const { archive, dir } = yield* makeArchive
+      const contexts = path.join(dir, "contexts")
+      const calls = yield* Ref.make<ReadonlyArray<string>>([])
+      const error = yield* build(archive).pipe(
+        Effect.provide(builderWith(KanikoFsImageBuilder.layer, fakeCluster({ waits: [], calls }), {
+          kanikoBuildContextDir: contexts,
+          kanikoMaxMemoryBytes: 256 * mib
+        })),
+        Effect.flip
+      )
+      expect(error.phase).toBe("pod resources")
+      expect(error.message).toContain("needs 2.5 x that + 256 MiB = 262 MiB of memory")
+      expect(error.message).toContain("more than KANIKO_MAX_MEMORY (256 MiB)")
+      expect(yield* Ref.get(calls)).toEqual([])
+      expect(yield* fs.readDirectory(contexts)).toEqual([])
+    }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped("the build may take KANIKO_TIMEOUT's share plus 10 s per started 100 MiB (TestClock)", () =>
+    Effect.gen(function*() {
+      const { archive } = yield* makeArchive
+      const { calls, fiber } = yield* stuckBuild(KanikoFsImageBuilder.layer, archive)
+      yield* advance(69)
+      expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
+      yield* advance(2)
+      const error = yield* Fiber.join(fiber)
+      expect(error.message).toMatch(/did not finish within 1m 10s/)
+      expect(yield* Ref.get(calls)).toEqual(["create kaniko-fs", "delete kube-system/checkpointer-kaniko-abcde"])
     }).pipe(Effect.provide(NodeContext.layer)))
 })
