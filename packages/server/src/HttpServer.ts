@@ -1,8 +1,7 @@
 import { HttpApiBuilder, HttpApiError, HttpRouter, HttpServerResponse } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
 import { CheckpointerApi, CheckpointerConfig } from "@checkpointer/core"
 import { Cause, Effect, Layer, Option } from "effect"
-import { createServer } from "node:http"
+import { listenerLayer } from "./ApiListener.ts"
 import { CheckpointHandlers } from "./CheckpointHandlers.ts"
 import { DocsPageLive } from "./DocsPage.ts"
 import { HealthHandlers } from "./HealthHandlers.ts"
@@ -33,20 +32,16 @@ export const ApiLive = HttpApiBuilder.api(CheckpointerApi).pipe(
   Layer.provideMerge(RouterConfigLive)
 )
 
-/** The HTTP server on CHECKPOINTER_PORT with the API, /openapi.json and the /docs page. */
-export const HttpServerLive = HttpApiBuilder.serve().pipe(
+/** The API with /openapi.json, the /docs page and the request gate (authentication, forwarding), on any HttpServer. */
+export const AppLive = HttpApiBuilder.serve().pipe(
   Layer.provide(DocsPageLive),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(DecodeErrorsAsText),
   Layer.provide(RequestGate),
-  Layer.provide(ApiLive),
-  Layer.provide(
-    Layer.unwrapEffect(
-      CheckpointerConfig.pipe(
-        Effect.map(({ listenAddress, port }) =>
-          NodeHttpServer.layer(createServer, { port, ...Option.match(listenAddress, { onNone: () => ({}), onSome: (host) => ({ host }) }) })
-        )
-      )
-    )
-  )
+  Layer.provide(ApiLive)
+)
+
+/** The API on CHECKPOINTER_PORT: HTTP, or HTTPS with CHECKPOINTER_TLS_CERT_FILE/KEY_FILE, every client time-bounded. */
+export const HttpServerLive = AppLive.pipe(
+  Layer.provide(Layer.unwrapEffect(CheckpointerConfig.pipe(Effect.map((settings) => listenerLayer(settings)))))
 )

@@ -11,6 +11,7 @@ import {
   ImageBuilder,
   KubeletServiceTest,
   KubernetesApiError,
+  NodeRouter,
   podRunningNotFaked,
   Readiness,
   ResultStore
@@ -149,7 +150,7 @@ const TestConfig = Layer.scoped(
 
 /** Checkpointer with fake kubelet, builder and API server, the given result store and the real orchestration. */
 export const makeCheckpointerTest = <E>(store: Layer.Layer<ResultStore, E>) =>
-  Layer.mergeAll(Checkpointer.Default, Readiness.Default, CallerAuth.Default).pipe(
+  Layer.mergeAll(Checkpointer.Default, Readiness.Default, CallerAuth.Default, NodeRouter.Default).pipe(
   Layer.provide([FakeKubelet, FakeBuilder, FakeCluster, CheckpointDirectory.Default]),
   Layer.provideMerge(store),
   Layer.provideMerge(World.Default),
