@@ -32,7 +32,7 @@ interface KeyPair {
 const refusal = (maxConnections: number) => {
   const text = `too many connections: this Checkpointer serves at most ${maxConnections} at once ` +
     "(CHECKPOINTER_MAX_CONNECTIONS); try again later"
-  return `HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+  return "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n" +
     `content-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`
 }
 

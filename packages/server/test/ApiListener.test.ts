@@ -128,7 +128,7 @@ const issue = (dir: string, name: string, cn: string) =>
       run("req", "-x509", ...curve, "-days", "1", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt")
     }
     execFileSync("sh", ["-c", `printf 'subjectAltName=IP:127.0.0.1\\n' > ${dir}/san.ext`])
-    run("req", ...curve, "-subj", `/CN=${cn}`, "-keyout", `next.key`, "-out", "next.csr")
+    run("req", ...curve, "-subj", `/CN=${cn}`, "-keyout", "next.key", "-out", "next.csr")
     run("x509", "-req", "-in", "next.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
       "-extfile", "san.ext", "-out", "next.crt")
     // Replaced as a mounted Secret is: each file at once.
