@@ -83,7 +83,9 @@ const readKeyPair = (tls: ApiTls) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const read = (variable: string, file: string) =>
-      fs.readFileString(file).pipe(Effect.mapError((error) => tlsProblem(variable, `cannot read ${file}: ${error.message}`)))
+      fs.readFileString(file).pipe(
+        Effect.mapError((error) => tlsProblem(variable, `cannot read ${file}: ${error.message}`))
+      )
     return {
       cert: yield* read("CHECKPOINTER_TLS_CERT_FILE", tls.certFile),
       key: yield* read("CHECKPOINTER_TLS_KEY_FILE", tls.keyFile)
@@ -97,7 +99,10 @@ export const defaultReloadInterval = Duration.seconds(10)
  * The API's listener. With CHECKPOINTER_TLS_CERT_FILE/KEY_FILE it serves HTTPS and reads both files again every
  * `reloadInterval`; a changed pair is used for new connections, an unusable one is logged and the old one kept.
  */
-export const listenerLayer = (settings: ListenerSettings, reloadInterval: Duration.DurationInput = defaultReloadInterval) =>
+export const listenerLayer = (
+  settings: ListenerSettings,
+  reloadInterval: Duration.DurationInput = defaultReloadInterval
+) =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const pair = yield* Option.match(settings.tls, {
       onNone: () => Effect.succeed(Option.none<KeyPair>()),

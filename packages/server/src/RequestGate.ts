@@ -1,4 +1,11 @@
-import { FileSystem, HttpApiBuilder, HttpBody, HttpClientRequest, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import {
+  FileSystem,
+  HttpApiBuilder,
+  HttpBody,
+  HttpClientRequest,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
 import {

@@ -12,7 +12,12 @@ import { listenerLayer } from "../src/ApiListener.ts"
 import { AppLive } from "../src/HttpServer.ts"
 import { CheckpointerTest, World } from "./TestLayers.ts"
 
-const quick: ClientLimits = { requestTimeoutSeconds: 2, headersTimeoutSeconds: 1, keepAliveTimeoutSeconds: 1, maxConnections: 50 }
+const quick: ClientLimits = {
+  requestTimeoutSeconds: 2,
+  headersTimeoutSeconds: 1,
+  keepAliveTimeoutSeconds: 1,
+  maxConnections: 50
+}
 
 /** The whole API on a real port of 127.0.0.1 with these limits (and TLS), with the fake kubelet and builder. */
 const serve = (limits: ClientLimits, tls?: { readonly certFile: string; readonly keyFile: string }) =>
@@ -80,7 +85,8 @@ describe("the API listener", () => {
 
   it.scopedLive("beyond CHECKPOINTER_MAX_CONNECTIONS a connection gets a plain-text 503 and is closed, unread", () =>
     Effect.gen(function*() {
-      const { port, world } = yield* serve({ ...quick, requestTimeoutSeconds: 60, headersTimeoutSeconds: 60, maxConnections: 2 })
+      const patient = { ...quick, requestTimeoutSeconds: 60, headersTimeoutSeconds: 60, maxConnections: 2 }
+      const { port, world } = yield* serve(patient)
       const held = yield* Effect.acquireRelease(
         Effect.forEach([1, 2], () =>
           Effect.async<Socket>((resume) => {

@@ -26,7 +26,10 @@ describe("kubectl checkpoint arguments", () => {
     expect(tls(["--ca-file", "/ca.crt", "--tls-server-name", "checkpoint-service.checkpointer.svc"], {
       CHECKPOINTER_CA_FILE: "/env.crt"
     })).toEqual({ caFile: Option.some("/ca.crt"), serverName: Option.some("checkpoint-service.checkpointer.svc") })
-    expect(tls([], { CHECKPOINTER_CA_FILE: "/env.crt" })).toEqual({ caFile: Option.some("/env.crt"), serverName: Option.none() })
+    expect(tls([], { CHECKPOINTER_CA_FILE: "/env.crt" })).toEqual({
+      caFile: Option.some("/env.crt"),
+      serverName: Option.none()
+    })
   })
 
   it("takes the URL from CHECKPOINTER_URL, else localhost:3333", () => {

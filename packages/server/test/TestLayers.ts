@@ -48,7 +48,12 @@ export const testSettings: CheckpointerSettings = {
   authMode: "none",
   kubeletAuth: "certificate",
   kubeletTokenFile: "/nonexistent/token",
-  clientLimits: { requestTimeoutSeconds: 30, headersTimeoutSeconds: 10, keepAliveTimeoutSeconds: 5, maxConnections: 256 },
+  clientLimits: {
+    requestTimeoutSeconds: 30,
+    headersTimeoutSeconds: 10,
+    keepAliveTimeoutSeconds: 5,
+    maxConnections: 256
+  },
   tls: Option.none(),
   tlsCaFile: Option.none(),
   tlsServerName: "checkpoint-service.default.svc"

@@ -94,7 +94,9 @@ export const parseInvocation = (
       wait: values.wait,
       url: values.url ?? env.CHECKPOINTER_URL ?? "http://localhost:3333",
       token: Option.fromNullable(values.token ?? env.CHECKPOINTER_TOKEN).pipe(Option.filter((token) => token !== "")),
-      caFile: Option.fromNullable(values["ca-file"] ?? env.CHECKPOINTER_CA_FILE).pipe(Option.filter((file) => file !== "")),
+      caFile: Option.fromNullable(values["ca-file"] ?? env.CHECKPOINTER_CA_FILE).pipe(
+        Option.filter((file) => file !== "")
+      ),
       tlsServerName: Option.fromNullable(values["tls-server-name"])
     })
   })
