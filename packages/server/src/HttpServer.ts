@@ -1,4 +1,5 @@
 import { HttpApiBuilder, HttpApiError, HttpRouter, HttpServerResponse } from "@effect/platform"
+import type { HttpServerError } from "@effect/platform"
 import { CheckpointerApi, CheckpointerConfig } from "@checkpointer/core"
 import { Cause, Effect, Layer, Option } from "effect"
 import { listenerLayer } from "./ApiListener.ts"
@@ -12,13 +13,24 @@ const describeDecodeError = (error: HttpApiError.HttpApiDecodeError): string =>
     ? error.message
     : error.issues.map((issue) => `invalid ${issue.path.join(".") || "request"}: ${issue.message}`).join("; ")
 
-/** Requests that do not match the contract (path names, identifiers) get a plain-text 400, as every other error. */
+const isRouteNotFound = (error: unknown): error is HttpServerError.RouteNotFound =>
+  typeof error === "object" && error !== null && "_tag" in error && error._tag === "RouteNotFound"
+
+/**
+ * Requests that do not match the contract (path names, identifiers) get a plain-text 400, and requests for no
+ * endpoint a plain-text 404, as every other error.
+ */
 export const DecodeErrorsAsText = HttpApiBuilder.middleware((app) =>
   Effect.catchAllCause(app, (cause) =>
     Option.match(Cause.failureOption(cause as Cause.Cause<unknown>), {
       onSome: (error) =>
         error instanceof HttpApiError.HttpApiDecodeError
           ? Effect.succeed(HttpServerResponse.text(describeDecodeError(error), { status: 400 }))
+          : isRouteNotFound(error)
+          ? Effect.succeed(HttpServerResponse.text(
+            `no endpoint ${error.request.method} ${error.request.url.split("?")[0]}: see /openapi.json`,
+            { status: 404 }
+          ))
           : Effect.failCause(cause),
       onNone: () => Effect.failCause(cause)
     }))

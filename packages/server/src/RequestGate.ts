@@ -53,7 +53,9 @@ type Target =
 
 const targetOf = (request: HttpServerRequest.HttpServerRequest) =>
   Effect.gen(function*() {
-    const url = new URL(request.url, "http://localhost")
+    const parsed = Either.try(() => new URL(`http://localhost${request.url.startsWith("/") ? "" : "/"}${request.url}`))
+    if (Either.isLeft(parsed)) return Option.none<Target>()
+    const url = parsed.right
     const segments = url.pathname.split("/")
     if (request.method === "POST" && segments.length === 5 && segments[1] === "checkpoint") {
       const path = decodeContainer({ namespace: segments[2], pod: segments[3], container: segments[4] })
