@@ -1,4 +1,5 @@
 import { Effect } from "effect"
+import { request as httpsRequest } from "node:https"
 
 export interface Answer {
   readonly status: number
@@ -21,3 +22,24 @@ export const postCheckpoint = (base: string, path: string, body?: unknown) =>
 
 export const getResult = (base: string, identifier: string) =>
   call(`${base}/checkpoint?checkpointIdentifier=${encodeURIComponent(identifier)}`)
+
+/** A call to a Checkpointer that serves HTTPS, verified with `ca` (PEM), as curl --cacert would make it. */
+export const callTls = (
+  url: string,
+  ca: string,
+  init?: { readonly method?: string; readonly headers?: Record<string, string>; readonly body?: string }
+) =>
+  Effect.async<Answer, Error>((resume) => {
+    const request = httpsRequest(url, { method: init?.method ?? "GET", headers: init?.headers ?? {}, ca }, (response) => {
+      const chunks: Array<Buffer> = []
+      response.on("data", (chunk: Buffer) => chunks.push(chunk))
+      response.on("end", () =>
+        resume(Effect.succeed({
+          status: response.statusCode ?? 0,
+          contentType: String(response.headers["content-type"] ?? ""),
+          text: Buffer.concat(chunks).toString()
+        })))
+    })
+    request.on("error", (error) => resume(Effect.fail(error)))
+    request.end(init?.body)
+  })

@@ -232,6 +232,10 @@ describe("k8s-manifests", () => {
         expect(knownVariables.has(name), `${name} is read by Checkpointer`).toBe(true)
       }
       expect(mounts.map((mount) => mount.mountPath)).toContain(config.STORAGE_BASE_PATH)
+      // The kubelet's checkpoint directory: the only place archives are read from, mounted from the node as it is.
+      const checkpoints = mounts.find((mount) => mount.mountPath === config.KUBELET_CHECKPOINT_DIR)
+      expect(checkpoints, "KUBELET_CHECKPOINT_DIR is mounted").toBeDefined()
+      expect(volumes.get(checkpoints!.name)?.hostPath?.path).toBe(config.KUBELET_CHECKPOINT_DIR)
       const kubeletTls = volumes.get("kubelet-tls")!.secret!.secretName
       expect(find<k8s.V1Secret>(resources, "Secret", kubeletTls).type).toBe("kubernetes.io/tls")
       expect(find<k8s.V1Secret>(resources, "Secret", config.KANIKO_SECRET_NAME).type).toBe("kubernetes.io/dockerconfigjson")
@@ -267,6 +271,28 @@ describe("k8s-manifests", () => {
       expect(volume.secret!.secretName).toBe(config.KANIKO_SECRET_NAME)
       expect(volume.secret!.items).toEqual([{ key: ".dockerconfigjson", path: authFile.split("/").at(-1) }])
       expect(resources.filter((r) => r.kind === "Role")).toEqual([])
+    })
+
+    it("the TLS component serves HTTPS from a mounted Secret, probes with HTTPS, and the Service answers on 443", () => {
+      const resources = build("overlays/native-tls")
+      for (const resource of resources) {
+        expect(schemaErrors(resource), `${resource.kind} ${resource.metadata.name}`).toBe("")
+        expect(strictErrors(resource), `${resource.kind} ${resource.metadata.name}`).toEqual([])
+      }
+      const config = find<k8s.V1ConfigMap>(resources, "ConfigMap", "checkpointer-config").data!
+      const pod = find<k8s.V1DaemonSet>(resources, "DaemonSet", "checkpointer").spec!.template.spec!
+      const container = pod.containers[0]!
+      expect(container.readinessProbe!.httpGet).toEqual({ path: "/readyz", port: "http", scheme: "HTTPS" })
+      expect(container.livenessProbe!.httpGet).toEqual({ path: "/healthz", port: "http", scheme: "HTTPS" })
+      for (const name of ["CHECKPOINTER_TLS_CERT_FILE", "CHECKPOINTER_TLS_KEY_FILE", "CHECKPOINTER_TLS_CA_FILE"]) {
+        const file = config[name]!
+        const mount = container.volumeMounts!.find((m) => file.startsWith(`${m.mountPath}/`))!
+        const secretName = pod.volumes!.find((v) => v.name === mount.name)!.secret!.secretName!
+        const secret = find<k8s.V1Secret>(resources, "Secret", secretName)
+        expect(Object.keys(secret.stringData ?? {}), name).toContain(file.slice(mount.mountPath.length + 1))
+      }
+      const service = find<k8s.V1Service>(resources, "Service", "checkpoint-service")
+      expect(service.spec!.ports).toEqual([{ name: "https", protocol: "TCP", port: 443, targetPort: "http" }])
     })
 
     it("the kaniko-fs overlay shares its build-context directory with the node and has no pod attach", () => {

@@ -85,6 +85,19 @@ describe("server startup", () => {
     expect(output).toContain("KANIKO_MAX_MEMORY: must be a memory quantity such as 8Gi or 512Mi, not \"lots\"")
   })
 
+  it("names the TLS variable whose file cannot be read", () => {
+    const { output, status } = startServer({
+      CHECKPOINT_IMAGE_PREFIX: "r/x",
+      CHECKPOINTER_NODE: "n",
+      CHECKPOINTER_NODE_IP: "127.0.0.1",
+      CHECKPOINTER_TLS_CERT_FILE: "/nonexistent/tls.crt",
+      CHECKPOINTER_TLS_KEY_FILE: "/nonexistent/tls.key"
+    })
+    expect(status).toBe(1)
+    expect(output).toContain("invalid configuration")
+    expect(output).toMatch(/CHECKPOINTER_TLS_CERT_FILE: cannot read \/nonexistent\/tls\.crt/)
+  })
+
   it.each(["kaniko", "kaniko-fs"])("starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)", (builder) =>
     Effect.gen(function*() {
       const port = yield* freePort("127.0.0.1")

@@ -2,6 +2,7 @@ import { Data, Duration, Effect, Schedule } from "effect"
 import type { Scope } from "effect"
 import { spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
+import { get as httpsGet } from "node:https"
 import { createServer } from "node:net"
 import { fileURLToPath } from "node:url"
 
@@ -53,6 +54,15 @@ export const freePort = (address: string) =>
     })
   })
 
+const probeHttps = (url: string, signal: AbortSignal) =>
+  new Promise<boolean>((resolve, reject) => {
+    const request = httpsGet(url, { rejectUnauthorized: false, signal }, (response) => {
+      response.resume()
+      resolve(response.statusCode === 200)
+    })
+    request.on("error", reject)
+  })
+
 const peakRssOf = (pid: number): number => {
   const status = readFileSync(`/proc/${pid}/status`, "utf8")
   const kib = /^VmHWM:\s+(\d+) kB$/m.exec(status)?.[1]
@@ -99,10 +109,15 @@ export const startCheckpointer = (options: {
           signal("SIGTERM")
         })
     )
-    const url = `http://${options.address}:${options.port}`
+    // With CHECKPOINTER_TLS_CERT_FILE the API is HTTPS only; the probe does not verify, as the kubelet's probes.
+    const secure = options.env.CHECKPOINTER_TLS_CERT_FILE !== undefined
+    const url = `${secure ? "https" : "http"}://${options.address}:${options.port}`
     const logs = () => chunks.join("")
     yield* Effect.tryPromise({
-      try: (signal) => fetch(`${url}/healthz`, { signal }).then((response) => response.ok),
+      try: (signal) =>
+        secure
+          ? probeHttps(`${url}/healthz`, signal)
+          : fetch(`${url}/healthz`, { signal }).then((response) => response.ok),
       catch: (cause) => new CheckpointerProcessError({ message: "not answering yet", cause })
     }).pipe(
       Effect.filterOrFail((ok) => ok, () => new CheckpointerProcessError({ message: "/healthz not ok" })),

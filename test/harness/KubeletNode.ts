@@ -42,6 +42,8 @@ export interface KubeletNode {
   readonly checkpointsDir: string
   readonly requests: () => Effect.Effect<ReadonlyArray<KubeletRequest>>
   readonly setFault: (fault: KubeletFault | null) => Effect.Effect<void>
+  /** A lying kubelet: checkpoint requests answer 200 with this path and write nothing (null: tell the truth). */
+  readonly setArchiveAnswer: (path: string | null) => Effect.Effect<void>
   /** Accepts `Authorization: Bearer <token>` in place of a client certificate (the kubelet's webhook token auth). */
   readonly allowToken: (token: string) => Effect.Effect<void>
 }
@@ -92,6 +94,7 @@ export const startKubeletNode = (
     ])
     const log = yield* Ref.make<ReadonlyArray<KubeletRequest>>([])
     const fault = yield* Ref.make<KubeletFault | null>(null)
+    const archiveAnswer = yield* Ref.make<string | null>(null)
 
     const knownContainers = options.lookupPod
 
@@ -168,6 +171,8 @@ export const startKubeletNode = (
           return yield* answer(404, "404 page not found")
         }
         if (method !== "POST") return yield* answer(405, "405: Method Not Allowed")
+        const lie = yield* Ref.get(archiveAnswer)
+        if (lie !== null) return yield* answer(200, { items: [lie] })
         switch (yield* Ref.get(fault)) {
           case "500":
             return yield* answer(500, `checkpointing of ${segments.slice(1).join("/")} failed (injected fault)`)
@@ -201,6 +206,7 @@ export const startKubeletNode = (
       checkpointsDir,
       requests: () => Ref.get(log),
       setFault: (next) => Ref.set(fault, next),
+      setArchiveAnswer: (path) => Ref.set(archiveAnswer, path),
       allowToken: (token) => Ref.update(tokens, (all) => new Set([...all, token]))
     } satisfies KubeletNode
   }).pipe(Effect.withSpan("KubeletNode.start", { attributes: { nodeName: options.nodeName } }))

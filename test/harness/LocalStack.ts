@@ -31,6 +31,7 @@ export const checkpointerEnv = (options: {
   KUBELET_CERT_FILE: options.node.clientCert,
   KUBELET_KEY_FILE: options.node.clientKey,
   KUBELET_CA_FILE: options.node.caFile,
+  KUBELET_CHECKPOINT_DIR: options.node.checkpointsDir,
   KUBECONFIG: options.cluster.apiServer.kubeconfigPath,
   STORAGE_BASE_PATH: options.storage,
   CHECKPOINT_BUILDER: "native",

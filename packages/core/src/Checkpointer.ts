@@ -1,6 +1,6 @@
-import { FileSystem } from "@effect/platform"
 import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Ref, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
+import { CheckpointDirectory } from "./CheckpointDirectory.ts"
 import { Cluster } from "./Cluster.ts"
 import { CheckpointerConfig } from "./Config.ts"
 import {
@@ -50,7 +50,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const builder = yield* ImageBuilder
     const cluster = yield* Cluster
     const store = yield* ResultStore
-    const fs = yield* FileSystem.FileSystem
+    const directory = yield* CheckpointDirectory
     const running = yield* FiberMap.make<CheckpointIdentifier, CheckpointResult, ContainerMissing | PhaseFailed>()
     const permits = yield* Effect.makeSemaphore(config.maxConcurrentCheckpoints)
     /** Containers being checkpointed on this node, with the identifier of their checkpoint. */
@@ -60,16 +60,6 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
 
     const storeFailed = (message: string, cause: unknown) =>
       new PhaseFailed({ phase: "result store", message, cause })
-
-    const removeArchive = (archive: string) =>
-      fs.remove(archive, { force: true }).pipe(
-        Effect.tapError((error) =>
-          Effect.logWarning("could not remove the checkpoint archive").pipe(
-            Effect.annotateLogs({ archive, error: String(error) })
-          )
-        ),
-        Effect.ignore
-      )
 
     const execute = (
       identifier: CheckpointIdentifier,
@@ -81,11 +71,14 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       Effect.gen(function*() {
         const imageName = `${config.imagePrefix}:${tag}`
         const archive = yield* kubelet.checkpoint(container).pipe(
+          Effect.flatMap(directory.claim),
           Effect.withLogSpan("kubelet"),
           Metrics.observePhase("kubelet"),
-          Effect.tap((archive) => Effect.logDebug("checkpoint archive written").pipe(Effect.annotateLogs({ archive })))
+          Effect.tap((archive) =>
+            Effect.logDebug("checkpoint archive written").pipe(Effect.annotateLogs({ archive: archive.path }))
+          )
         )
-        const image = yield* builder.build({ archive, container, imageName }).pipe(
+        const image = yield* builder.build({ archive: archive.path, container, imageName }).pipe(
           Effect.mapError((error) =>
             new PhaseFailed({ phase: "build/push", message: `${error.phase}: ${error.message}`, cause: error })
           ),
@@ -96,7 +89,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           }),
           Effect.withLogSpan("build/push"),
           Metrics.observeBuild(builder.name),
-          Effect.ensuring(removeArchive(archive))
+          Effect.ensuring(directory.remove(archive))
         )
         if (options.deletePod) {
           yield* cluster.deletePod(container.namespace, container.pod, deletePodTimeout).pipe(
@@ -120,6 +113,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         )
         return result
       }).pipe(
+        Effect.scoped,
         Metrics.running,
         permits.withPermits(1),
         Effect.onExit((exit) =>

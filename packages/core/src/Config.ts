@@ -60,6 +60,18 @@ const port = (name: string, fallback: number) =>
     Config.withDefault(fallback)
   )
 
+const positiveSeconds = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.validate({ message: "must be a whole number of seconds, at least 1", validation: (n) => n >= 1 }),
+    Config.withDefault(fallback)
+  )
+
+const absolutePath = (name: string, fallback: string) =>
+  Config.string(name).pipe(
+    Config.validate({ message: "must be an absolute path", validation: (path) => path.startsWith("/") }),
+    Config.withDefault(fallback)
+  )
+
 /** The seed's boolean flags are "true" or unset; anything else that is not a boolean is an error. */
 export const flag = (name: string) => Config.boolean(name).pipe(Config.withDefault(false))
 
@@ -141,6 +153,48 @@ const kanikoImage = Config.all({
   )
 )
 
+/** Time bounds on every client of the API (seconds) and the cap on connections open at once. */
+const clientLimits = Config.all({
+  requestTimeoutSeconds: positiveSeconds("CHECKPOINTER_REQUEST_TIMEOUT", 30),
+  headersTimeoutSeconds: positiveSeconds("CHECKPOINTER_HEADERS_TIMEOUT", 10),
+  keepAliveTimeoutSeconds: positiveSeconds("CHECKPOINTER_KEEP_ALIVE_TIMEOUT", 5),
+  maxConnections: Config.integer("CHECKPOINTER_MAX_CONNECTIONS").pipe(
+    Config.validate({ message: "must be a whole number of at least 1", validation: (n) => n >= 1 }),
+    Config.withDefault(256)
+  )
+}).pipe(
+  Config.mapOrFail((limits) =>
+    limits.headersTimeoutSeconds > limits.requestTimeoutSeconds
+      ? Either.left(ConfigError.InvalidData(
+        ["CHECKPOINTER_HEADERS_TIMEOUT"],
+        `must not exceed CHECKPOINTER_REQUEST_TIMEOUT (${limits.requestTimeoutSeconds})`
+      ))
+      : Either.right(limits)
+  )
+)
+
+export interface ApiTls {
+  readonly certFile: string
+  readonly keyFile: string
+}
+
+/** CHECKPOINTER_TLS_CERT_FILE and CHECKPOINTER_TLS_KEY_FILE: both (HTTPS) or neither (plain HTTP). */
+const apiTls = Config.all({
+  cert: Config.string("CHECKPOINTER_TLS_CERT_FILE").pipe(Config.option),
+  key: Config.string("CHECKPOINTER_TLS_KEY_FILE").pipe(Config.option)
+}).pipe(
+  Config.mapOrFail(({ cert, key }): Either.Either<Option.Option<ApiTls>, ConfigError.ConfigError> =>
+    Option.isSome(cert) && Option.isSome(key)
+      ? Either.right(Option.some({ certFile: cert.value, keyFile: key.value }))
+      : Option.isNone(cert) && Option.isNone(key)
+      ? Either.right(Option.none())
+      : Either.left(ConfigError.InvalidData(
+        [Option.isNone(cert) ? "CHECKPOINTER_TLS_CERT_FILE" : "CHECKPOINTER_TLS_KEY_FILE"],
+        "CHECKPOINTER_TLS_CERT_FILE and CHECKPOINTER_TLS_KEY_FILE must be set together"
+      ))
+  )
+)
+
 /** Everything Checkpointer reads from its environment, with the seed's names and defaults. */
 export const checkpointerConfig = Config.all({
   imagePrefix: required("CHECKPOINT_IMAGE_PREFIX"),
@@ -154,6 +208,7 @@ export const checkpointerConfig = Config.all({
   kubeletAllowInsecure: flag("KUBELET_ALLOW_INSECURE"),
   kubeletCaFile: Config.string("KUBELET_CA_FILE").pipe(Config.option),
   kubeletTimeoutSeconds: nonNegativeInteger("KUBELET_TIMEOUT", 120),
+  kubeletCheckpointDir: absolutePath("KUBELET_CHECKPOINT_DIR", "/var/lib/kubelet/checkpoints"),
   baseImage: Config.string("CHECKPOINT_BASE_IMAGE").pipe(Config.withDefault("pbaran555/checkpoint-base:1.0.0")),
   kanikoSecretName: Config.string("KANIKO_SECRET_NAME").pipe(Config.withDefault("kaniko-secret")),
   kanikoTimeoutSeconds: nonNegativeInteger("KANIKO_TIMEOUT", 30),
@@ -176,12 +231,20 @@ export const checkpointerConfig = Config.all({
   kubeletAuth: Config.literal("certificate", "token")("KUBELET_AUTH").pipe(Config.withDefault("certificate" as const)),
   kubeletTokenFile: Config.string("KUBELET_TOKEN_FILE").pipe(
     Config.withDefault("/var/run/secrets/kubernetes.io/serviceaccount/token")
-  )
+  ),
+  clientLimits,
+  tls: apiTls,
+  tlsCaFile: Config.string("CHECKPOINTER_TLS_CA_FILE").pipe(Config.option),
+  tlsServerName: Config.string("CHECKPOINTER_TLS_SERVER_NAME").pipe(Config.option)
 })
 
-export type CheckpointerSettings = Omit<Config.Config.Success<typeof checkpointerConfig>, "namespace"> & {
-  readonly namespace: string
-}
+export type CheckpointerSettings =
+  & Omit<Config.Config.Success<typeof checkpointerConfig>, "namespace" | "tlsServerName">
+  & {
+    readonly namespace: string
+    /** The name peers' certificates are checked against when requests are forwarded over HTTPS. */
+    readonly tlsServerName: string
+  }
 
 /** Checkpointer's settings, read once at startup. Startup fails with every problem listed at once. */
 export class CheckpointerConfig extends Effect.Service<CheckpointerConfig>()("checkpointer/CheckpointerConfig", {
@@ -191,7 +254,8 @@ export class CheckpointerConfig extends Effect.Service<CheckpointerConfig>()("ch
       onSome: Effect.succeed,
       onNone: () => serviceAccountNamespace
     })
-    return { ...settings, namespace } satisfies CheckpointerSettings
+    const tlsServerName = Option.getOrElse(settings.tlsServerName, () => `checkpoint-service.${namespace}.svc`)
+    return { ...settings, namespace, tlsServerName } satisfies CheckpointerSettings
   })
 }) {}
 

@@ -48,7 +48,9 @@ export class NodeRouter extends Effect.Service<NodeRouter>()("checkpointer/NodeR
         })
       }
       const host = peer.includes(":") ? `[${peer}]` : peer
-      return { _tag: "Forward", node, url: `http://${host}:${config.port}` } satisfies Route
+      // With TLS on, a request (and the caller's token) only ever goes to a peer over HTTPS.
+      const scheme = Option.isSome(config.tls) ? "https" : "http"
+      return { _tag: "Forward", node, url: `${scheme}://${host}:${config.port}` } satisfies Route
     })
 
     /** POST /checkpoint/...: the node the pod runs on. */

@@ -1,7 +1,7 @@
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { CheckpointerConfig, describeConfigError } from "@checkpointer/core"
-import { ConfigProvider, Effect, Either } from "effect"
+import { ConfigProvider, Effect, Either, Option } from "effect"
 
 const load = (env: Record<string, string>) =>
   CheckpointerConfig.pipe(
@@ -138,6 +138,40 @@ describe("CheckpointerConfig", () => {
         "KANIKO_MAX_MEMORY: must be a memory quantity such as 8Gi or 512Mi, not \"lots\"",
         "KANIKO_CPU_REQUEST: must be a CPU quantity such as 500m or 1"
       ])
+    }))
+
+  it.effect("checks the checkpoint directory, client time bounds, the connection cap and the TLS files", () =>
+    Effect.gen(function*() {
+      const config = Either.getOrThrow(yield* load(required))
+      expect(config).toMatchObject({
+        kubeletCheckpointDir: "/var/lib/kubelet/checkpoints",
+        clientLimits: { requestTimeoutSeconds: 30, headersTimeoutSeconds: 10, keepAliveTimeoutSeconds: 5, maxConnections: 256 },
+        tlsServerName: "checkpoint-service.default.svc"
+      })
+      expect(config.tls._tag).toBe("None")
+      const found = yield* problems({
+        ...required,
+        KUBELET_CHECKPOINT_DIR: "checkpoints",
+        CHECKPOINTER_REQUEST_TIMEOUT: "0",
+        CHECKPOINTER_KEEP_ALIVE_TIMEOUT: "soon",
+        CHECKPOINTER_MAX_CONNECTIONS: "0",
+        CHECKPOINTER_TLS_CERT_FILE: "/tls/tls.crt"
+      })
+      for (const name of ["KUBELET_CHECKPOINT_DIR", "CHECKPOINTER_REQUEST_TIMEOUT", "CHECKPOINTER_KEEP_ALIVE_TIMEOUT",
+        "CHECKPOINTER_MAX_CONNECTIONS", "CHECKPOINTER_TLS_KEY_FILE"]) {
+        expect(found.some((line) => line.startsWith(`${name}:`)), `${name} in ${found.join(" | ")}`).toBe(true)
+      }
+      expect(yield* problems({ ...required, CHECKPOINTER_HEADERS_TIMEOUT: "60" })).toEqual([
+        "CHECKPOINTER_HEADERS_TIMEOUT: must not exceed CHECKPOINTER_REQUEST_TIMEOUT (30)"
+      ])
+      const tls = Either.getOrThrow(yield* load({
+        ...required,
+        CHECKPOINTER_TLS_CERT_FILE: "/tls/tls.crt",
+        CHECKPOINTER_TLS_KEY_FILE: "/tls/tls.key",
+        CHECKPOINTER_NAMESPACE: "checkpointer"
+      }))
+      expect(tls.tls).toEqual(Option.some({ certFile: "/tls/tls.crt", keyFile: "/tls/tls.key" }))
+      expect(tls.tlsServerName).toBe("checkpoint-service.checkpointer.svc")
     }))
 
   it.effect("ENVIRONMENT=prod selects production logging", () =>

@@ -36,7 +36,9 @@ const router = (settings: Partial<CheckpointerSettings>) =>
     )),
     Layer.provide(Layer.succeed(
       CheckpointerConfig,
-      CheckpointerConfig.make({ node: "node-a", port: 3333, disableRouteForward: false, ...settings } as CheckpointerSettings)
+      CheckpointerConfig.make(
+        { node: "node-a", port: 3333, disableRouteForward: false, tls: Option.none(), ...settings } as CheckpointerSettings
+      )
     ))
   )
 
@@ -51,6 +53,11 @@ describe("NodeRouter", () => {
       const result = yield* Effect.flatMap(NodeRouter, (r) => r.forResult("node-c:0123456789abcdef" as CheckpointIdentifier, false))
       expect(result).toEqual({ _tag: "Forward", node: "node-c", url: "http://10.1.2.3:3333" })
     }).pipe(Effect.provide(router({}))))
+
+  it.effect("with TLS on (CHECKPOINTER_TLS_CERT_FILE/KEY_FILE), forwards over HTTPS only", () =>
+    Effect.gen(function*() {
+      expect(yield* decide("there")).toEqual({ _tag: "Forward", node: "node-c", url: "https://10.1.2.3:3333" })
+    }).pipe(Effect.provide(router({ tls: Option.some({ certFile: "/tls/tls.crt", keyFile: "/tls/tls.key" }) }))))
 
   it.effect("answers 404, 421 and 500 where it can neither serve nor forward", () =>
     Effect.gen(function*() {

@@ -70,6 +70,13 @@ export interface ClientOptions {
   readonly token?: string | Redacted.Redacted<string>
 }
 
+export interface TlsOptions {
+  /** PEM of the CA that signed Checkpointer's certificate (an https `baseUrl`); default: the system's CAs. */
+  readonly ca?: string
+  /** The name Checkpointer's certificate is checked against, when it is not the host of `baseUrl`. */
+  readonly serverName?: string
+}
+
 const make = (options: ClientOptions) =>
   Effect.gen(function*() {
     const token = options.token
@@ -159,7 +166,16 @@ export class CheckpointerClient extends Context.Tag("checkpointer/CheckpointerCl
   static readonly layerWithoutHttpClient = (options: ClientOptions) =>
     Layer.effect(CheckpointerClient, make(options))
 
-  /** The client over Node's HTTP client, which waits as long as a synchronous checkpoint takes. */
-  static readonly layer = (options: ClientOptions & { readonly baseUrl: string | URL }) =>
-    CheckpointerClient.layerWithoutHttpClient(options).pipe(Layer.provide(NodeHttpClient.layer))
+  /**
+   * The client over Node's HTTP client, which waits as long as a synchronous checkpoint takes. An https `baseUrl`
+   * is verified with `ca` (else the system's CAs) against `serverName` (else the URL's host).
+   */
+  static readonly layer = (options: ClientOptions & TlsOptions & { readonly baseUrl: string | URL }) =>
+    CheckpointerClient.layerWithoutHttpClient(options).pipe(
+      Layer.provide(NodeHttpClient.layerWithoutAgent),
+      Layer.provide(NodeHttpClient.makeAgentLayer({
+        ...(options.ca === undefined ? {} : { ca: options.ca }),
+        ...(options.serverName === undefined ? {} : { servername: options.serverName })
+      }))
+    )
 }

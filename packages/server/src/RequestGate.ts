@@ -1,4 +1,11 @@
-import { HttpApiBuilder, HttpBody, HttpClientRequest, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import {
+  FileSystem,
+  HttpApiBuilder,
+  HttpBody,
+  HttpClientRequest,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
 import {
@@ -11,7 +18,7 @@ import {
   transportReason
 } from "@checkpointer/core"
 import type { Access, Route } from "@checkpointer/core"
-import { Duration, Effect, Either, Option, Schema } from "effect"
+import { ConfigError, Duration, Effect, Either, Option, Schema } from "effect"
 import { readCheckpointBody } from "./CheckpointHandlers.ts"
 
 /** Marks a request one Checkpointer passed to another; such a request is never forwarded again. */
@@ -46,7 +53,9 @@ type Target =
 
 const targetOf = (request: HttpServerRequest.HttpServerRequest) =>
   Effect.gen(function*() {
-    const url = new URL(request.url, "http://localhost")
+    const parsed = Either.try(() => new URL(`http://localhost${request.url.startsWith("/") ? "" : "/"}${request.url}`))
+    if (Either.isLeft(parsed)) return Option.none<Target>()
+    const url = parsed.right
     const segments = url.pathname.split("/")
     if (request.method === "POST" && segments.length === 5 && segments[1] === "checkpoint") {
       const path = decodeContainer({ namespace: segments[2], pod: segments[3], container: segments[4] })
@@ -88,9 +97,22 @@ export const RequestGate = HttpApiBuilder.middleware(
   Effect.gen(function*() {
     const router = yield* NodeRouter
     const auth = yield* CallerAuth
-    const { node } = yield* CheckpointerConfig
+    const { node, tls, tlsCaFile, tlsServerName } = yield* CheckpointerConfig
+    const fs = yield* FileSystem.FileSystem
+    const ca = yield* Option.match(tlsCaFile, {
+      onNone: () => Effect.succeed({}),
+      onSome: (file) =>
+        fs.readFileString(file).pipe(
+          Effect.map((pem) => ({ ca: pem })),
+          Effect.mapError((error) =>
+            ConfigError.InvalidData(["CHECKPOINTER_TLS_CA_FILE"], `cannot read ${file}: ${error.message}`)
+          )
+        )
+    })
+    // Peers are reached by pod IP; their certificate is checked against one name shared by every node.
+    const verification = Option.isSome(tls) ? { servername: tlsServerName, ...ca } : {}
     const agent = yield* Effect.acquireRelease(
-      Effect.sync(() => new Agent({ connect: { timeout: Duration.toMillis(connectTimeout) } })),
+      Effect.sync(() => new Agent({ connect: { timeout: Duration.toMillis(connectTimeout), ...verification } })),
       (agent) => Effect.promise(() => agent.close())
     )
     const client = NodeHttpClient.makeUndici(agent)

@@ -1,6 +1,7 @@
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import {
   CallerAuth,
+  CheckpointDirectory,
   Checkpointer,
   CheckpointerConfig,
   Cluster,
@@ -17,7 +18,12 @@ import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
 
 const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default, Readiness.Default, CallerAuth.Default).pipe(
-  Layer.provide([KubeletService.DefaultWithoutDependencies, ResultStore.File, ImageBuilderLayer]),
+  Layer.provide([
+    KubeletService.DefaultWithoutDependencies,
+    CheckpointDirectory.Default,
+    ResultStore.File,
+    ImageBuilderLayer
+  ]),
   Layer.provide(Cluster.Default)
 )
 

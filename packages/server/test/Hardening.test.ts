@@ -3,6 +3,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import {
   Checkpointer,
+  CheckpointerConfig,
   CheckpointResult,
   ContainerRef,
   PendingRecord,
@@ -10,7 +11,8 @@ import {
   SucceededRecord
 } from "@checkpointer/core"
 import type { CheckpointIdentifier } from "@checkpointer/core"
-import { Deferred, Duration, Effect, Fiber, Layer, Ref } from "effect"
+import { FileSystem } from "@effect/platform"
+import { Deferred, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
 import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
 import { makeCheckpointerTest, World } from "./TestLayers.ts"
 
@@ -109,6 +111,29 @@ layer(ServerTest, { excludeTestServices: true })("hardening", (it) => {
         expect((yield* get(`/checkpoint?checkpointIdentifier=${identifier}`)).status).toBe(200)
       }
     }))
+
+  it.effect("an archive path outside KUBELET_CHECKPOINT_DIR, a symbolic link or '..' fails in phase kubelet, untouched", () =>
+    Effect.gen(function*() {
+      const world = yield* World
+      const fs = yield* FileSystem.FileSystem
+      const { kubeletCheckpointDir: dir } = yield* CheckpointerConfig
+      const outside = yield* fs.makeTempDirectoryScoped({ prefix: "outside-" })
+      yield* fs.writeFileString(`${outside}/secret`, "not an archive")
+      yield* fs.symlink(`${outside}/secret`, `${dir}/checkpoint-link.tar`)
+      const buildsBefore = (yield* Ref.get(world.builds)).length
+      for (const path of [`${outside}/secret`, `${dir}/checkpoint-link.tar`, `${dir}/../${outside}/secret`]) {
+        yield* Ref.set(world.kubeletLie, Option.some(() => path))
+        const answer = yield* post("/checkpoint/default/liar/main")
+        expect(answer.status, path).toBe(500)
+        expect(answer.text, path).toMatch(/^checkpoint failed in phase "kubelet": refused the archive path/)
+        expect(answer.text, path).toContain(JSON.stringify(path))
+      }
+      yield* Ref.set(world.kubeletLie, Option.none())
+      expect((yield* Ref.get(world.builds)).length).toBe(buildsBefore)
+      expect(yield* fs.readFileString(`${outside}/secret`)).toBe("not an archive")
+      expect(yield* fs.readLink(`${dir}/checkpoint-link.tar`)).toBe(`${outside}/secret`)
+      yield* fs.remove(`${dir}/checkpoint-link.tar`)
+    }).pipe(Effect.scoped))
 
   it.effect("a body over 64 KiB answers 413", () =>
     Effect.gen(function*() {

@@ -13,8 +13,23 @@ describe("kubectl checkpoint arguments", () => {
       async: false,
       wait: true,
       url: "http://x:1",
-      token: Option.none()
+      token: Option.none(),
+      caFile: Option.none(),
+      tlsServerName: Option.none()
     }))
+  })
+
+  it("takes the CA file from --ca-file, else CHECKPOINTER_CA_FILE, and --tls-server-name", () => {
+    const tls = (args: ReadonlyArray<string>, env: Record<string, string>) =>
+      Either.getOrThrow(Either.map(parseInvocation(["p", "--url", "https://x:1", ...args], env), (parsed) =>
+        parsed === "help" ? undefined : { caFile: parsed.caFile, serverName: parsed.tlsServerName }))
+    expect(tls(["--ca-file", "/ca.crt", "--tls-server-name", "checkpoint-service.checkpointer.svc"], {
+      CHECKPOINTER_CA_FILE: "/env.crt"
+    })).toEqual({ caFile: Option.some("/ca.crt"), serverName: Option.some("checkpoint-service.checkpointer.svc") })
+    expect(tls([], { CHECKPOINTER_CA_FILE: "/env.crt" })).toEqual({
+      caFile: Option.some("/env.crt"),
+      serverName: Option.none()
+    })
   })
 
   it("takes the URL from CHECKPOINTER_URL, else localhost:3333", () => {

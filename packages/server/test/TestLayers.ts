@@ -2,6 +2,7 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import {
   CallerAuth,
+  CheckpointDirectory,
   Checkpointer,
   CheckpointerConfig,
   Cluster,
@@ -10,6 +11,7 @@ import {
   ImageBuilder,
   KubeletServiceTest,
   KubernetesApiError,
+  NodeRouter,
   podRunningNotFaked,
   Readiness,
   ResultStore
@@ -29,6 +31,7 @@ export const testSettings: CheckpointerSettings = {
   listenAddress: Option.none(),
   kubeletAllowInsecure: false,
   kubeletTimeoutSeconds: 5,
+  kubeletCheckpointDir: "/nonexistent/checkpoints",
   baseImage: "pbaran555/checkpoint-base:1.0.0",
   kanikoSecretName: "kaniko-secret",
   kanikoTimeoutSeconds: 30,
@@ -46,7 +49,16 @@ export const testSettings: CheckpointerSettings = {
   shutdownGraceSeconds: 5,
   authMode: "none",
   kubeletAuth: "certificate",
-  kubeletTokenFile: "/nonexistent/token"
+  kubeletTokenFile: "/nonexistent/token",
+  clientLimits: {
+    requestTimeoutSeconds: 30,
+    headersTimeoutSeconds: 10,
+    keepAliveTimeoutSeconds: 5,
+    maxConnections: 256
+  },
+  tls: Option.none(),
+  tlsCaFile: Option.none(),
+  tlsServerName: "checkpoint-service.default.svc"
 }
 
 /** What the fake node, builder and API server saw and what they should do next. */
@@ -56,6 +68,10 @@ export interface FakeWorld {
   readonly deletedPods: Ref.Ref<ReadonlyArray<string>>
   readonly missingContainers: Ref.Ref<ReadonlySet<string>>
   readonly buildBehaviour: Ref.Ref<(request: BuildRequest) => Effect.Effect<void, ImageBuildError>>
+  /** Every container the kubelet was asked to checkpoint. */
+  readonly kubeletCalls: Ref.Ref<ReadonlyArray<ContainerRef>>
+  /** The path the kubelet answers instead of the archive it wrote (a lying kubelet), given its checkpoint directory. */
+  readonly kubeletLie: Ref.Ref<Option.Option<(checkpointDir: string) => string>>
 }
 
 export class World extends Effect.Service<World>()("test/World", {
@@ -65,18 +81,23 @@ export class World extends Effect.Service<World>()("test/World", {
       builds: yield* Ref.make<ReadonlyArray<BuildRequest>>([]),
       deletedPods: yield* Ref.make<ReadonlyArray<string>>([]),
       missingContainers: yield* Ref.make<ReadonlySet<string>>(new Set()),
-      buildBehaviour: yield* Ref.make<(request: BuildRequest) => Effect.Effect<void, ImageBuildError>>(() => Effect.void)
+      buildBehaviour: yield* Ref.make<(request: BuildRequest) => Effect.Effect<void, ImageBuildError>>(() => Effect.void),
+      kubeletCalls: yield* Ref.make<ReadonlyArray<ContainerRef>>([]),
+      kubeletLie: yield* Ref.make(Option.none<(checkpointDir: string) => string>())
     } satisfies FakeWorld
   })
 }) {}
 
-/** A kubelet that writes a small real archive file to a temporary directory, like the real one does. */
-const FakeKubelet = Layer.unwrapScoped(Effect.gen(function*() {
+/** A kubelet that writes a small real archive file into KUBELET_CHECKPOINT_DIR, like the real one does. */
+const FakeKubelet = Layer.unwrapEffect(Effect.gen(function*() {
   const world = yield* World
   const fs = yield* FileSystem.FileSystem
-  const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpoints-" })
+  const dir = (yield* CheckpointerConfig).kubeletCheckpointDir
   return KubeletServiceTest((container: ContainerRef) =>
     Effect.gen(function*() {
+      yield* Ref.update(world.kubeletCalls, (all) => [...all, container])
+      const lie = yield* Ref.get(world.kubeletLie)
+      if (Option.isSome(lie)) return lie.value(dir)
       if ((yield* Ref.get(world.missingContainers)).has(container.container)) {
         return yield* new ContainerMissing({ container, message: `container ${container} not found on node node-a` })
       }
@@ -124,13 +145,23 @@ const FakeCluster = Layer.effect(
   })
 )
 
+/** The test settings with a fresh KUBELET_CHECKPOINT_DIR, removed afterwards. */
+const TestConfig = Layer.scoped(
+  CheckpointerConfig,
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpoints-" })
+    return CheckpointerConfig.make({ ...testSettings, kubeletCheckpointDir: dir })
+  })
+)
+
 /** Checkpointer with fake kubelet, builder and API server, the given result store and the real orchestration. */
 export const makeCheckpointerTest = <E>(store: Layer.Layer<ResultStore, E>) =>
-  Layer.mergeAll(Checkpointer.Default, Readiness.Default, CallerAuth.Default).pipe(
-  Layer.provide([FakeKubelet, FakeBuilder, FakeCluster]),
+  Layer.mergeAll(Checkpointer.Default, Readiness.Default, CallerAuth.Default, NodeRouter.Default).pipe(
+  Layer.provide([FakeKubelet, FakeBuilder, FakeCluster, CheckpointDirectory.Default]),
   Layer.provideMerge(store),
   Layer.provideMerge(World.Default),
-  Layer.provideMerge(Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(testSettings))),
+  Layer.provideMerge(TestConfig),
   Layer.provideMerge(NodeContext.layer)
 )
 

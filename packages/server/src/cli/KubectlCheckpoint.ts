@@ -1,6 +1,7 @@
 import { Cluster, KubernetesApiError } from "@checkpointer/core"
 import { KubeConfig } from "@kubernetes/client-node"
 import { Clock, Console, Data, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
+import { readFile } from "node:fs/promises"
 import type { RequestOptions } from "node:https"
 import { parseArgs } from "node:util"
 import { CheckpointerClient } from "../CheckpointerClient.ts"
@@ -17,7 +18,12 @@ Options:
       --delete-pod      delete the pod once its image is pushed
       --async           start the checkpoint, print its identifier and return
       --wait            start the checkpoint, then wait for its image, showing progress (with or without --async)
-      --url URL         Checkpointer API (default: $CHECKPOINTER_URL, else http://localhost:3333)
+      --url URL         Checkpointer API, http or https (default: $CHECKPOINTER_URL, else http://localhost:3333)
+      --ca-file FILE    CA (PEM) that signed Checkpointer's certificate, for an https URL
+                        (default: $CHECKPOINTER_CA_FILE, else the system's CAs)
+      --tls-server-name NAME
+                        name to check Checkpointer's certificate against (default: the URL's host), e.g.
+                        checkpoint-service.checkpointer.svc through kubectl port-forward
       --token TOKEN     bearer token for Checkpointer's AUTH_MODE=kubernetes (default: $CHECKPOINTER_TOKEN,
                         else the credentials of the kubeconfig's current user, when it has a token or exec plugin)
   -h, --help            show this help
@@ -37,6 +43,8 @@ export interface Invocation {
   readonly wait: boolean
   readonly url: string
   readonly token: Option.Option<string>
+  readonly caFile: Option.Option<string>
+  readonly tlsServerName: Option.Option<string>
 }
 
 /** Wrong arguments: exit 2 with the usage. */
@@ -63,6 +71,8 @@ export const parseInvocation = (
           wait: { type: "boolean", default: false },
           url: { type: "string" },
           token: { type: "string" },
+          "ca-file": { type: "string" },
+          "tls-server-name": { type: "string" },
           help: { type: "boolean", short: "h", default: false }
         }
       }),
@@ -83,7 +93,11 @@ export const parseInvocation = (
       async: values.async,
       wait: values.wait,
       url: values.url ?? env.CHECKPOINTER_URL ?? "http://localhost:3333",
-      token: Option.fromNullable(values.token ?? env.CHECKPOINTER_TOKEN).pipe(Option.filter((token) => token !== ""))
+      token: Option.fromNullable(values.token ?? env.CHECKPOINTER_TOKEN).pipe(Option.filter((token) => token !== "")),
+      caFile: Option.fromNullable(values["ca-file"] ?? env.CHECKPOINTER_CA_FILE).pipe(
+        Option.filter((file) => file !== "")
+      ),
+      tlsServerName: Option.fromNullable(values["tls-server-name"])
     })
   })
 }
@@ -107,6 +121,17 @@ const kubeconfigToken = Effect.tryPromise(async () => {
   const header = (options.headers as Record<string, unknown> | undefined)?.["Authorization"]
   return Option.fromNullable(typeof header === "string" && header.startsWith("Bearer ") ? header.slice(7) : undefined)
 }).pipe(Effect.orElseSucceed(() => Option.none<string>()))
+
+const readCaFile = (file: Option.Option<string>) =>
+  Option.match(file, {
+    onNone: () => Effect.succeed(Option.none<string>()),
+    onSome: (path) =>
+      Effect.tryPromise({
+        try: () => readFile(path, "utf8"),
+        catch: (cause) =>
+          new CheckpointCommandFailed({ message: `cannot read the CA file ${path}: ${(cause as Error).message}` })
+      }).pipe(Effect.map(Option.some))
+  })
 
 const defaultContainerAnnotation = "kubectl.kubernetes.io/default-container"
 
@@ -212,11 +237,16 @@ export const kubectlCheckpoint = (invocation: Invocation, options: { readonly in
     ),
     Effect.provide(Layer.unwrapEffect(
       Effect.map(
-        Option.isSome(invocation.token) ? Effect.succeed(invocation.token) : kubeconfigToken,
-        (token) =>
+        Effect.all({
+          token: Option.isSome(invocation.token) ? Effect.succeed(invocation.token) : kubeconfigToken,
+          ca: readCaFile(invocation.caFile)
+        }),
+        ({ ca, token }) =>
           CheckpointerClient.layer({
             baseUrl: invocation.url,
-            ...(Option.isSome(token) ? { token: Redacted.make(token.value) } : {})
+            ...(Option.isSome(token) ? { token: Redacted.make(token.value) } : {}),
+            ...(Option.isSome(ca) ? { ca: ca.value } : {}),
+            ...(Option.isSome(invocation.tlsServerName) ? { serverName: invocation.tlsServerName.value } : {})
           })
       )
     ))

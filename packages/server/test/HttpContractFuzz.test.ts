@@ -1,0 +1,119 @@
+import { HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
+import type { HttpMethod } from "@effect/platform/HttpMethod"
+import { NodeHttpClient } from "@effect/platform-node"
+import { expect, layer } from "@effect/vitest"
+import { ContainerPath } from "@checkpointer/core"
+import { Effect, FastCheck as fc, Layer, Option, Ref, Schema } from "effect"
+import { listenerLayer } from "../src/ApiListener.ts"
+import { AppLive } from "../src/HttpServer.ts"
+import { CheckpointerTest, testSettings, World } from "./TestLayers.ts"
+
+/** The whole API (request gate, contract, docs) on the real listener, with the fake kubelet, builder and API server. */
+const ServerTest = AppLive.pipe(
+  Layer.provideMerge(HttpServer.layerTestClient),
+  Layer.provide(NodeHttpClient.layerWithoutAgent),
+  Layer.provide(NodeHttpClient.makeAgentLayer({ keepAlive: false })),
+  Layer.provideMerge(listenerLayer({
+    port: 0,
+    listenAddress: Option.some("127.0.0.1"),
+    clientLimits: testSettings.clientLimits,
+    tls: Option.none()
+  })),
+  Layer.provideMerge(CheckpointerTest)
+)
+
+const name = fc.oneof(
+  { arbitrary: fc.constantFrom("default", "counter", "main", "a", "kube-system", "web-0", "undeletable"), weight: 8 },
+  fc.constantFrom("", ".", "..", "%2F", "%2e%2e", "%00", "%", "%ZZ", "Upper", "-lead", "trail-", "a_b", "a.b", "é"),
+  fc.string({ maxLength: 20 }).map(encodeURIComponent),
+  fc.string({ minLength: 250, maxLength: 1100, unit: fc.constantFrom("a", "b", "-", "1") })
+)
+
+const identifier = fc.oneof(
+  fc.stringMatching(/^node-[a-z]:[0-9a-f]{16}$/),
+  fc.constantFrom("node-a:", ":0123456789abcdef", "node-a:0123456789ABCDEF", "node-a:0123", "x".repeat(300)),
+  fc.string({ maxLength: 40 })
+)
+
+const path = fc.oneof(
+  fc.tuple(name, name, name).map(([ns, pod, container]) => `/checkpoint/${ns}/${pod}/${container}`),
+  fc.array(identifier, { maxLength: 3 }).map((ids) =>
+    `/checkpoint?${ids.map((id) => `checkpointIdentifier=${encodeURIComponent(id)}`).join("&")}`
+  ),
+  fc.array(name, { maxLength: 5 }).map((segments) => `/${segments.join("/")}`),
+  fc.constantFrom("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/checkpoint", "/checkpoint/", "//", "/?")
+)
+
+const skippedHeaders = new Set([
+  "host",
+  "content-length",
+  "transfer-encoding",
+  "connection",
+  "expect",
+  "upgrade",
+  "te",
+  "trailer",
+  "keep-alive"
+])
+
+const headers = fc.dictionary(
+  fc.oneof(
+    fc.constantFrom("content-type", "authorization", "x-checkpointer-forwarded-from", "accept", "cookie"),
+    fc.stringMatching(/^[a-z][a-z0-9-]{0,20}$/)
+  ).filter((header) => !skippedHeaders.has(header)),
+  fc.oneof(
+    fc.constantFrom("application/json", "text/plain", "Bearer x", "node-b", "*/*"),
+    fc.string({ maxLength: 60, unit: fc.integer({ min: 0x20, max: 0x7e }).map((code) => String.fromCharCode(code)) })
+  ),
+  { maxKeys: 4 }
+)
+
+const body = fc.oneof(
+  fc.constant(undefined),
+  fc.record({ deletePod: fc.jsonValue(), async: fc.jsonValue() }, { requiredKeys: [] }).map((value) => JSON.stringify(value)),
+  fc.jsonValue().map((value) => JSON.stringify(value)),
+  fc.string({ maxLength: 200 }),
+  fc.constant(`{"pad":"${"x".repeat(70 * 1024)}"}`)
+)
+
+const method = fc.oneof(
+  { arbitrary: fc.constantFrom<HttpMethod>("GET", "POST"), weight: 4 },
+  fc.constantFrom<HttpMethod>("PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+)
+
+const isContainerPath = Schema.is(ContainerPath)
+
+layer(ServerTest, { excludeTestServices: true, timeout: "120 seconds" })("the HTTP contract under random requests", (it) => {
+  it.effect.prop(
+    "never a 5xx but a checkpoint failure, never a crash, never a kubelet call for an invalid name",
+    [method, path, headers, body],
+    ([method, path, headers, body]) =>
+      Effect.gen(function*() {
+        const client = yield* HttpClient.HttpClient
+        const world = yield* World
+        const request = HttpClientRequest.make(method)(path).pipe(
+          HttpClientRequest.setHeaders(headers),
+          body === undefined || method === "HEAD" ? (request) => request : HttpClientRequest.bodyText(body)
+        )
+        const response = yield* client.execute(request)
+        const text = yield* response.text
+        const allowed = response.status < 500 ||
+          (response.status === 500 && text.startsWith("checkpoint failed in phase ")) ||
+          (response.status === 503 && path === "/readyz")
+        expect(allowed, `${method} ${path} ${JSON.stringify(headers)} -> ${response.status} ${text}`).toBe(true)
+        if (response.status >= 400 && method !== "HEAD") expect(text.trim(), `${method} ${path}`).not.toBe("")
+        const calls = yield* Ref.get(world.kubeletCalls)
+        expect(calls.filter((call) => !isContainerPath(call))).toEqual([])
+        const health = yield* client.execute(HttpClientRequest.get("/healthz"))
+        expect(health.status).toBe(200)
+      }).pipe(Effect.scoped),
+    { fastCheck: { numRuns: 300 } }
+  )
+
+  it.effect("the random requests did reach the kubelet, each time for valid names only", () =>
+    Effect.gen(function*() {
+      const calls = yield* Ref.get((yield* World).kubeletCalls)
+      expect(calls.length).toBeGreaterThan(0)
+      expect(calls.every(isContainerPath)).toBe(true)
+    }))
+})
