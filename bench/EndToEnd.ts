@@ -17,7 +17,7 @@ export interface CounterResult {
 /** A sync checkpoint of the harness's counter container through the HTTP API, split into its phases. */
 export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: BenchEnv) {
   const pod = `bench-${process.pid}-counter`
-  yield* startCounterPod(env.cluster.apiServer, { namespace: "default", name: pod, nodeName }).pipe(
+  yield* startCounterPod(env.cluster, { namespace: "default", name: pod, nodeName }).pipe(
     Effect.mapError(failedTo("start the counter pod"))
   )
   const server = yield* env.startServer("counter")

@@ -10,12 +10,15 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 install_debian_packages() {
-  local wanted=(criu podman buildah skopeo docker-registry runc busybox-static apache2-utils openssl curl ca-certificates)
+  local wanted=(criu podman skopeo docker-registry runc conmon busybox-static apache2-utils openssl curl ca-certificates)
   local missing=()
   for pkg in "${wanted[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   if criu --version 2>/dev/null | grep -q 'Version: 3\.'; then missing+=(criu); fi
   # kubectl runs the kubectl-checkpoint plugin in the tests; kustomize builds k8s-manifests (both from trixie).
   for tool in kubectl kustomize; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  # CRI-O 1.36 needs libseccomp 2.6 (trixie) and links Debian's libsqlite3.
+  dpkg --compare-versions "$(dpkg-query -W -f='${Version}' libseccomp2 2>/dev/null || echo 0)" ge 2.6 || missing+=(libseccomp2)
+  dpkg -s libsqlite3-0 >/dev/null 2>&1 || missing+=(libsqlite3-0)
   [ ${#missing[@]} -eq 0 ] && { log "Debian packages present"; return; }
   log "installing Debian packages: ${missing[*]}"
   if [ ! -f /etc/apt/sources.list.d/trixie.sources ]; then
@@ -35,9 +38,53 @@ PIN
   as_root apt-get update -qq
   # runc stays on bookworm's 1.1.5 (crun does not work on this kernel's hybrid cgroups); the CRIU set comes from trixie.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc/bookworm busybox-static apache2-utils openssl curl ca-certificates
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie criu podman buildah skopeo docker-registry \
-    kubectl kustomize
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie criu podman skopeo docker-registry \
+    conmon libseccomp2 libsqlite3-0 kubectl kustomize
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades runc/bookworm
+}
+
+# CRI-O, crictl and pinns: built binaries from ../shared/runtimes when that folder exists, otherwise CRI-O's static
+# release bundle (it carries crio, crictl and pinns for linux/amd64 and arm64).
+install_container_runtimes() {
+  local dest="$root/.tools/runtimes" shared="$root/../shared/runtimes" version=v1.36.3
+  if [ -x "$shared/install.sh" ]; then
+    bash "$shared/install.sh" "$dest" >/dev/null
+    log "CRI-O 1.33/1.36, crictl and pinns in $dest/bin (from ../shared/runtimes)"
+  elif [ ! -x "$dest/bin/crio-1.36.3" ]; then
+    local arch; arch=$(dpkg --print-architecture)
+    log "downloading CRI-O $version (static bundle)"
+    mkdir -p "$dest/bin" && local tmp; tmp=$(mktemp -d)
+    curl -fsSL "https://storage.googleapis.com/cri-o/artifacts/cri-o.$arch.$version.tar.gz" | tar -xz -C "$tmp"
+    install -m 0755 "$tmp/cri-o/bin/crio" "$dest/bin/crio-1.36.3"
+    install -m 0755 "$tmp/cri-o/bin/crictl" "$tmp/cri-o/bin/pinns" "$dest/bin/"
+    rm -rf "$tmp"
+  fi
+  # containerd 2.1 (restore through CRI create) is in Debian forky, pinned low like trixie.
+  if ! containerd --version 2>/dev/null | grep -q ' v\?2\.1\.'; then
+    if [ ! -f /etc/apt/sources.list.d/forky.sources ]; then
+      as_root tee /etc/apt/sources.list.d/forky.sources >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: forky
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+      printf 'Package: *\nPin: release n=forky\nPin-Priority: 50\n' | as_root tee /etc/apt/preferences.d/forky >/dev/null
+      as_root apt-get update -qq
+    fi
+    log "installing containerd 2.1 from Debian forky"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t forky containerd
+  fi
+  # The Kaniko executor image (the maintained fork, pinned) for the harness's CRI-O, through podman's storage.
+  local kaniko=ghcr.io/osscontainertools/kaniko:v1.28.3
+  if ! PODMAN_IGNORE_CGROUPSV1_WARNING=1 podman image exists "$kaniko"; then
+    if [ -f "$shared/kaniko-executor-v1.28.3.oci.tar" ]; then
+      skopeo copy --quiet "oci-archive:$shared/kaniko-executor-v1.28.3.oci.tar" "containers-storage:$kaniko"
+    else
+      PODMAN_IGNORE_CGROUPSV1_WARNING=1 podman pull --quiet "$kaniko" >/dev/null
+    fi
+    log "Kaniko executor image $kaniko loaded"
+  fi
 }
 
 install_node() {
@@ -56,7 +103,7 @@ install_node_modules() {
   pnpm install --frozen-lockfile --reporter=silent 2>/dev/null || pnpm install --reporter=silent
 }
 
-if [ "${SKIP_DEBIAN:-}" != 1 ]; then install_debian_packages; fi
+if [ "${SKIP_DEBIAN:-}" != 1 ]; then install_debian_packages; install_container_runtimes; fi
 install_node
 if [ -f package.json ]; then install_node_modules; fi
 log "ready"

@@ -16,7 +16,7 @@ describeE2E("the kubelet's answer is not trusted with the filesystem (KUBELET_CH
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem
         const dir = stack.node.checkpointsDir
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "liar", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "liar", nodeName: "node-a" })
         const outside = yield* fs.makeTempDirectoryScoped({ prefix: "outside-" })
         const secret = `${outside}/secret.tar`
         yield* fs.writeFileString(secret, "the node's secret, not an archive")

@@ -58,7 +58,7 @@ describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by 
     it.scoped("no token or an unknown one answers 401; an allowed caller's request is forwarded and checked again", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "team-a", name: "auth-pod", nodeName: "node-b" })
+        yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-pod", nodeName: "node-b" })
         const a = stack.checkpointer("node-a").url
         const anonymous = yield* checkpointAs(a, "auth-pod", undefined)
         expect(anonymous.status).toBe(401)
@@ -75,7 +75,7 @@ describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by 
     it.scoped("a caller allowed to checkpoint but not to delete pods gets 403 for deletePod=true", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "team-a", name: "auth-keep", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-keep", nodeName: "node-a" })
         const denied = yield* checkpointAs(stack.checkpointer("node-a").url, "auth-keep", tokens.bob, { deletePod: true })
         expect(denied.status).toBe(403)
         expect(denied.text).toBe("bob may not delete pods in namespace team-a")
@@ -90,7 +90,7 @@ describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by 
     it.scoped("results need get on pods/checkpoint in the checkpointed pod's namespace", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "team-a", name: "auth-async", nodeName: "node-b" })
+        yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-async", nodeName: "node-b" })
         const accepted = yield* checkpointAs(stack.checkpointer("node-a").url, "auth-async", tokens.alice, { async: true })
         expect(accepted.status, accepted.text).toBe(202)
         const { checkpointIdentifier } = JSON.parse(accepted.text)
@@ -112,7 +112,7 @@ describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by 
         const dir = yield* fs.makeTempDirectoryScoped({ prefix: "kubelet-token-" })
         yield* fs.writeFileString(`${dir}/token`, `${tokens.kubelet}\n`)
         yield* stack.cluster.node("node-a").allowToken(tokens.kubelet)
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "team-a", name: "auth-token", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-token", nodeName: "node-a" })
         const server = yield* stack.startCheckpointerOn("node-a", {
           port: stack.port + 1,
           extra: {

@@ -105,7 +105,7 @@ describeE2E("a corpus of bad requests", () => {
     it.scoped(`all ${corpus.length} are answered 4xx, and the server goes on serving`, () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "bad-target", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "bad-target", nodeName: "node-a" })
         expect(corpus.length).toBeGreaterThanOrEqual(40)
         const answers = yield* Effect.forEach(corpus, ([name, raw]) =>
           Effect.map(send(stack.checkpointer.url, raw), (answer) => ({ name, ...answer })))

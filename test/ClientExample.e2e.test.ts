@@ -6,7 +6,6 @@ import { projectRoot } from "./harness/CheckpointerProcess.ts"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { Stack } from "./harness/LocalStack.ts"
-import * as Podman from "./harness/Podman.ts"
 
 const examplePath = "packages/server/examples/checkpoint.ts"
 
@@ -32,12 +31,12 @@ describeE2E("the typed client example of README", () => {
     it.scoped("the example checkpoints a real container twice and deletes its pod", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+        const { container } = yield* startCounterPod(stack.cluster, {
           namespace: "default",
           name: "ops-client",
           nodeName: "node-a"
         })
-        yield* Podman.waitForCounterAbove(container.name, 3)
+        yield* container.waitAbove(3)
         const result = yield* run(
           process.execPath,
           ["--import", "tsx", examplePath, "default", "ops-client", "counter"],

@@ -48,7 +48,7 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
     it.scoped("the kubelet answering 500, closing the connection, or hanging past its timeout", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "fault-kubelet", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-kubelet", nodeName: "node-a" })
         const server = yield* stack.startAnotherCheckpointer({ extra: { KUBELET_TIMEOUT: "1" } })
         for (const fault of ["500", "close", "hang"] as const) {
           yield* stack.node.setFault(fault)
@@ -81,7 +81,7 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
           extra: { CHECKPOINT_IMAGE_PREFIX: `${registry.host}/${checkpointRepository}`, REGISTRY_CA_FILE: `${dir}/ca.crt` }
         })
         // A container whose archive takes a while to push (its rootfs holds 300 MiB of random bytes).
-        yield* startBallastPod(stack.cluster.apiServer, {
+        yield* startBallastPod(stack.cluster, {
           namespace: "default",
           name: "fault-ballast",
           nodeName: "node-a",
@@ -99,7 +99,7 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
         expect(during.status, during.text).toBe(500)
         expect(during.text).toMatch(/^checkpoint failed in phase "build\/push": push: /)
 
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "fault-registry", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-registry", nodeName: "node-a" })
         const before = yield* postCheckpoint(server.url, "default/fault-registry/counter")
         expect(before.status).toBe(500)
         expect(before.text).toMatch(/^checkpoint failed in phase "build\/push": push: .*(ECONNREFUSED|reach)/)
@@ -114,7 +114,7 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
       Effect.gen(function*() {
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "fault-api", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-api", nodeName: "node-a" })
         const dir = yield* fs.makeTempDirectoryScoped({ prefix: "fault-api-" })
         const kubeconfig = (yield* fs.readFileString(stack.cluster.apiServer.kubeconfigPath)).replace(
           /server: https:\/\/[^\s]+/,
@@ -133,7 +133,7 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
       Effect.gen(function*() {
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "fault-disk", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-disk", nodeName: "node-a" })
         const store = yield* Effect.acquireRelease(
           Effect.gen(function*() {
             const dir = yield* fs.makeTempDirectory({ prefix: "fault-disk-" })
@@ -158,7 +158,7 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem
         const storage = yield* fs.makeTempDirectoryScoped({ prefix: "fault-restart-" })
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "fault-restart", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-restart", nodeName: "node-a" })
         const first = yield* stack.startAnotherCheckpointer({ extra: { STORAGE_BASE_PATH: storage } })
         yield* stack.node.setFault("hang")
         const accepted = yield* postCheckpoint(first.url, "default/fault-restart/counter", { async: true })
@@ -181,7 +181,7 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem
         const storage = yield* fs.makeTempDirectoryScoped({ prefix: "fault-shutdown-" })
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "fault-shutdown", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-shutdown", nodeName: "node-a" })
         const server = yield* stack.startAnotherCheckpointer({
           extra: { STORAGE_BASE_PATH: storage, SHUTDOWN_GRACE_SECONDS: "2" }
         })

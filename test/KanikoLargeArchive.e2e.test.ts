@@ -23,7 +23,7 @@ describeE2E("a checkpoint archive larger than 512 MiB through the kaniko builder
       Effect.gen(function*() {
         const stack = yield* KanikoStackTag
         const checkpointer = yield* stack.startKanikoCheckpointer("kaniko", { KANIKO_TIMEOUT: "240" })
-        yield* startBallastPod(stack.cluster.apiServer, {
+        yield* startBallastPod(stack.cluster, {
           namespace: "default",
           name,
           nodeName: "node-a",

@@ -66,7 +66,7 @@ describeE2E("kubectl checkpoint against the local stack", () => {
       Effect.gen(function*() {
         const stack = yield* Stack
         const env = { KUBECONFIG: stack.cluster.apiServer.kubeconfigPath }
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "ops-kc-sync", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "ops-kc-sync", nodeName: "node-a" })
         const sync = yield* kubectlCheckpoint(["ops-kc-sync", "--url", stack.checkpointer.url], env)
         expect(sync.code, sync.stderr).toBe(0)
         const prefix = `${stack.registry.host}/checkpoints/counter:`
@@ -83,7 +83,7 @@ describeE2E("kubectl checkpoint against the local stack", () => {
         const original = yield* fs.readFileString(stack.cluster.apiServer.kubeconfigPath)
         expect(original).toContain("namespace: default")
         yield* fs.writeFileString(kubeconfig, original.replace("namespace: default", "namespace: ops-team"))
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "ops-team", name: "ops-kc-wait", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "ops-team", name: "ops-kc-wait", nodeName: "node-a" })
         const { code, output } = yield* kubectlCheckpointOnTerminal(
           ["ops-kc-wait", "--wait", "--delete-pod", "--url", stack.checkpointer.url],
           { KUBECONFIG: kubeconfig }
@@ -101,7 +101,7 @@ describeE2E("kubectl checkpoint against the local stack", () => {
       Effect.gen(function*() {
         const stack = yield* Stack
         const env = { KUBECONFIG: stack.cluster.apiServer.kubeconfigPath }
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "ops-kc-async", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "ops-kc-async", nodeName: "node-a" })
         const accepted = yield* kubectlCheckpoint(["ops-kc-async", "-n", "default", "--async", "--url", stack.checkpointer.url], env)
         expect(accepted.code, accepted.stderr).toBe(0)
         const identifier = accepted.stdout.trim()
@@ -144,7 +144,7 @@ describeE2E("kubectl checkpoint against the local stack", () => {
           username: "ops-carol",
           allow: [{ verb: "create", resource: "pods", subresource: "checkpoint", namespace: "default" }]
         })
-        yield* startCounterPod(api, { namespace: "default", name: "ops-kc-auth", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "ops-kc-auth", nodeName: "node-a" })
         const checking = yield* stack.startAnotherCheckpointer({ extra: { AUTH_MODE: "kubernetes" } })
         const kubeconfig = `${stack.dir}/ops-carol.kubeconfig`
         const original = yield* fs.readFileString(api.kubeconfigPath)

@@ -15,7 +15,7 @@ describeE2E("a checkpoint archive larger than 512 MiB", () => {
     it.scoped("is streamed to the registry while the server's peak RSS stays under 150 MiB", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* startBallastPod(stack.cluster.apiServer, {
+        yield* startBallastPod(stack.cluster, {
           namespace: "default",
           name: "ballast",
           nodeName: "node-a",

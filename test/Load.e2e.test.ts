@@ -20,7 +20,7 @@ describeE2E("load", () => {
         const server = stack.checkpointer
         yield* Effect.forEach(
           Array.from({ length: clients }, (_, i) => i),
-          (i) => startCounterPod(stack.cluster.apiServer, { namespace: "default", name: `load-${i}`, nodeName: "node-a" }),
+          (i) => startCounterPod(stack.cluster, { namespace: "default", name: `load-${i}`, nodeName: "node-a" }),
           { concurrency: 4 }
         )
         const rssBefore = server.peakRss()

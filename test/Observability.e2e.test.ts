@@ -36,7 +36,7 @@ describeE2E("operability of the real server: metrics, readiness, production logs
     it.scoped("/metrics counts a real checkpoint, times its phases and the bytes pushed", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "ops-metrics", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "ops-metrics", nodeName: "node-a" })
         const checkpointer = yield* stack.startAnotherCheckpointer({})
         const before = yield* scrape(checkpointer.url)
         expect(before.get("checkpoints_in_flight")).toBe(0)
@@ -101,7 +101,7 @@ describeE2E("operability of the real server: metrics, readiness, production logs
     it.scoped("ENVIRONMENT=prod logs JSON lines with identifier, container, phase and durations", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "ops-prodlogs", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "ops-prodlogs", nodeName: "node-a" })
         const checkpointer = yield* stack.startAnotherCheckpointer({ extra: { ENVIRONMENT: "prod" } })
         const answer = yield* postCheckpoint(checkpointer.url, "default/ops-prodlogs/counter", { async: true })
         expect(answer.status, answer.text).toBe(202)

@@ -19,7 +19,7 @@ describeE2E("the curl commands README shows", () => {
     it.scoped("run as written against a Checkpointer (only its address and the example identifier replaced)", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
-        yield* startCounterPod(stack.cluster.apiServer, {
+        yield* startCounterPod(stack.cluster, {
           namespace: "default",
           name: "timer-sleep",
           nodeName: "node-a",

@@ -6,7 +6,6 @@ import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import type { MultiNodeStack } from "./harness/LocalStack.ts"
 import { startMultiNodeStack } from "./harness/LocalStack.ts"
-import * as Podman from "./harness/Podman.ts"
 import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
@@ -44,12 +43,12 @@ describeE2E("requests reach the Checkpointer on the pod's node", () => {
     it.scoped("a sync request sent to node A for a pod on node C is served by C, and its image restores", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+        const { container } = yield* startCounterPod(stack.cluster, {
           namespace: "default",
           name: "route-sync",
           nodeName: "node-c"
         })
-        const before = yield* Podman.waitForCounterAbove(container.name, 10)
+        const before = yield* container.waitAbove(10)
         const response = yield* postCheckpoint(stack.checkpointer("node-a").url, "default/route-sync/counter")
         expect(response.status, response.text).toBe(201)
         const image = JSON.parse(response.text).containerImageName
@@ -58,13 +57,13 @@ describeE2E("requests reach the Checkpointer on the pod's node", () => {
         expect(yield* storedResults("node-c")).toContain(`node-c:${tagOf(image)}.json`)
         expect(yield* storedResults("node-a")).not.toContain(`node-a:${tagOf(image)}.json`)
         yield* expectNoArchiveLeft(stack.cluster.node("node-c").checkpointsDir)
-        yield* expectRestoredCounterContinues(stack.registry, image, "route-restored-sync", before)
+        yield* expectRestoredCounterContinues(stack, image, "route-restored-sync", before)
       }))
 
     it.scoped("an async request sent to B for a pod on C names C; GET of it sent to A is answered by C", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "route-async", nodeName: "node-c" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "route-async", nodeName: "node-c" })
         const accepted = yield* postCheckpoint(stack.checkpointer("node-b").url, "default/route-async/counter", {
           async: true
         })
@@ -81,7 +80,7 @@ describeE2E("requests reach the Checkpointer on the pod's node", () => {
     it.scoped("with DISABLE_ROUTE_FORWARD=true node A tries locally and answers 404 for a pod it does not have", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "route-local", nodeName: "node-c" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "route-local", nodeName: "node-c" })
         const standalone = yield* stack.startCheckpointerOn("node-a", {
           port: stack.port + 1,
           extra: { DISABLE_ROUTE_FORWARD: "true" }
@@ -95,7 +94,7 @@ describeE2E("requests reach the Checkpointer on the pod's node", () => {
     it.scoped("a pod on a node without a running Checkpointer answers 404, as does a pod that does not exist", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "route-orphan", nodeName: "node-d" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "route-orphan", nodeName: "node-d" })
         const orphan = yield* postCheckpoint(stack.checkpointer("node-a").url, "default/route-orphan/counter")
         expect(orphan.status).toBe(404)
         expect(orphan.text).toBe("no Checkpointer is running on node node-d, where pod default/route-orphan is")
@@ -110,7 +109,7 @@ describeE2E("requests reach the Checkpointer on the pod's node", () => {
     it.scoped("a request that was already forwarded is never forwarded again", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "route-loop", nodeName: "node-c" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "route-loop", nodeName: "node-c" })
         const response = yield* call(`${stack.checkpointer("node-a").url}/checkpoint/default/route-loop/counter`, {
           method: "POST",
           headers: { "x-checkpointer-forwarded-from": "node-b" }
@@ -123,8 +122,8 @@ describeE2E("requests reach the Checkpointer on the pod's node", () => {
     it.scoped("a peer killed mid-request answers 502 and the other nodes keep serving", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "route-crash", nodeName: "node-c" })
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "route-after", nodeName: "node-a" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "route-crash", nodeName: "node-c" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "route-after", nodeName: "node-a" })
         yield* stack.cluster.node("node-c").setFault("hang")
         const pending = yield* Effect.fork(
           postCheckpoint(stack.checkpointer("node-b").url, "default/route-crash/counter")

@@ -79,7 +79,7 @@ describeE2E("TLS: the API over HTTPS, forwarding between nodes over verified HTT
     it.scoped("a request to A for a pod on B goes to B over HTTPS; no plain HTTP listener; no token in any log", () =>
       Effect.gen(function*() {
         const { ca, privateKey, stack } = yield* Nodes
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "tls-pod", nodeName: "node-b" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "tls-pod", nodeName: "node-b" })
         const a = stack.checkpointer("node-a").url
         expect(a).toMatch(/^https:/)
         const answer = yield* callTls(`${a}/checkpoint/default/tls-pod/counter`, ca, { method: "POST", headers: bearer })
@@ -110,7 +110,7 @@ describeE2E("TLS: the API over HTTPS, forwarding between nodes over verified HTT
           labels: { "app.kubernetes.io/name": "checkpointer" },
           containers: [{ name: "checkpointer" }]
         })
-        yield* startCounterPod(stack.cluster.apiServer, { namespace: "default", name: "tls-capture", nodeName: "node-c" })
+        yield* startCounterPod(stack.cluster, { namespace: "default", name: "tls-capture", nodeName: "node-c" })
         const a = stack.checkpointer("node-a").url
         const answer = yield* callTls(`${a}/checkpoint/default/tls-capture/counter`, ca, {
           method: "POST",

@@ -1,15 +1,16 @@
 /**
- * The local demo (README's first command): a real registry, a real CRIU node behind a kubelet endpoint, the simulated
- * API server and Checkpointer started with `pnpm start`. A counter container is checkpointed through the HTTP API
- * (sync, then async + GET) and restored from each pushed image, and it goes on counting.
+ * The local demo (README's first command): a real registry, a real node (CRI-O with CRIU) behind a kubelet endpoint,
+ * the simulated API server and Checkpointer started with `pnpm start`. A counter pod is checkpointed through the HTTP
+ * API (sync, then async + GET) and each pushed image is restored by CRI-O as a new pod, which goes on counting.
  */
 import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Logger, LogLevel } from "effect"
-import { startCounterPod } from "./harness/Cluster.ts"
+import type { Counter } from "./harness/Cluster.ts"
+import { counterOf, startCounterPod } from "./harness/Cluster.ts"
 import type { LocalStack } from "./harness/LocalStack.ts"
 import { startLocalStack } from "./harness/LocalStack.ts"
-import * as Podman from "./harness/Podman.ts"
+import { expectRestoredCounterContinues } from "./Expectations.ts"
 import type { Answer } from "./HttpCalls.ts"
 import { getResult, postCheckpoint } from "./HttpCalls.ts"
 
@@ -25,21 +26,14 @@ const indentJson = (text: string) => {
   }
 }
 
-const counterValues = (container: string, count: number) =>
-  Effect.forEach(Array.from({ length: count }), () =>
-    Effect.zipLeft(Podman.counterValue(container), Effect.sleep("400 millis")))
+const counterValues = (counter: Counter, count: number) =>
+  Effect.forEach(Array.from({ length: count }), () => Effect.zipLeft(counter.value, Effect.sleep("400 millis")))
 
 const restoreAndWatch = (stack: LocalStack, image: string, name: string, valueAtCheckpoint: number) =>
   Effect.gen(function*() {
-    yield* step(`Restore ${image} as container ${name} (podman pull + podman --runtime runc container restore)`)
-    yield* Podman.restoreFromImage({
-      image,
-      name,
-      certDir: stack.registry.certDir,
-      tlsVerify: true,
-      creds: { username: stack.registry.username, password: stack.registry.password }
-    })
-    const values = yield* counterValues(name, 5)
+    yield* step(`Restore: pod ${name} whose image is ${image}; ${stack.cluster.runtime.version} pulls and restores it`)
+    yield* expectRestoredCounterContinues(stack, image, name, valueAtCheckpoint)
+    const values = yield* counterValues(counterOf(stack.cluster, "default", name), 5)
     yield* Console.log(`counter when checkpointed: ${valueAtCheckpoint}; restored counter: ${values.join(", ")}`)
     if (values[0]! < valueAtCheckpoint || values[values.length - 1]! <= values[0]!) {
       return yield* Effect.fail(new Error(`the restored counter did not continue from ${valueAtCheckpoint}`))
@@ -51,27 +45,27 @@ const demo = Effect.gen(function*() {
   const fs = yield* FileSystem.FileSystem
   const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-demo-" })
 
-  yield* step("Start a real registry, the simulated Kubernetes API server, a real CRIU node, and Checkpointer")
+  yield* step("Start a real registry, the simulated Kubernetes API server, a CRI-O node with CRIU, and Checkpointer")
   const stack = yield* startLocalStack({ dir, registryAuth: "token", viaPnpm: true })
   yield* Console.log(`registry:           https://${stack.registry.host} (docker-registry, TLS, token auth)`)
   yield* Console.log(`API server:         ${stack.cluster.apiServer.url} (simulated; kubeconfig ${stack.cluster.apiServer.kubeconfigPath})`)
-  yield* Console.log(`kubelet of node-a:  ${stack.node.url} (client certificate required; runs podman + CRIU)`)
+  yield* Console.log(`kubelet of node-a:  ${stack.node.url} (client certificate required; ${stack.cluster.runtime.version} + CRIU)`)
   yield* Console.log(`Checkpointer:       ${stack.checkpointer.url}, started as:`)
   yield* Console.log(
     Object.entries(stack.checkpointer.env).map(([key, value]) => `  ${key}=${value} \\`).join("\n") + "\n  pnpm start"
   )
 
-  yield* step("Run a counter pod on node-a (container counter-counter, prints 1, 2, 3, ... every 0.2 s)")
-  const { container } = yield* startCounterPod(stack.cluster.apiServer, {
+  yield* step(`Run a counter pod on node-a (image ${stack.cluster.workloads.counterImage}: 1, 2, 3, ... every 0.2 s)`)
+  const { container } = yield* startCounterPod(stack.cluster, {
     namespace: "default",
     name: "counter",
     nodeName: "node-a"
   })
-  yield* Console.log(`counter: ${(yield* counterValues(container.name, 4)).join(", ")}`)
-  yield* Podman.waitForCounterAbove(container.name, 15)
+  yield* Console.log(`counter: ${(yield* counterValues(container, 4)).join(", ")}`)
+  yield* container.waitAbove(15)
 
   yield* step("Synchronous checkpoint through the HTTP API")
-  const before = yield* Podman.counterValue(container.name)
+  const before = yield* container.value
   const sync = yield* postCheckpoint(stack.checkpointer.url, "default/counter/counter")
   yield* show(`-> POST ${stack.checkpointer.url}/checkpoint/default/counter/counter  (counter was at ${before})`, sync)
   if (sync.status !== 201) return yield* Effect.fail(new Error(`checkpoint failed: ${sync.status} ${sync.text}`))
@@ -80,7 +74,7 @@ const demo = Effect.gen(function*() {
   yield* restoreAndWatch(stack, syncResult.containerImageName, "counter-restored-sync", before)
 
   yield* step("Asynchronous checkpoint, then GET of its result")
-  const beforeAsync = yield* Podman.counterValue(container.name)
+  const beforeAsync = yield* container.value
   const accepted = yield* postCheckpoint(stack.checkpointer.url, "default/counter/counter", { async: true })
   yield* show(`-> POST ${stack.checkpointer.url}/checkpoint/default/counter/counter {"async": true}`, accepted)
   const { checkpointIdentifier } = JSON.parse(accepted.text)
@@ -91,7 +85,7 @@ const demo = Effect.gen(function*() {
   yield* Console.log(`digest ${asyncResult.containerImageDigest}`)
   yield* restoreAndWatch(stack, asyncResult.containerImageName, "counter-restored-async", beforeAsync)
 
-  yield* step("Clean up: containers, images, registry, API server, node and Checkpointer stop")
+  yield* step("Clean up: pods, runtime, registries, API server, node and Checkpointer stop")
 })
 
 demo.pipe(
