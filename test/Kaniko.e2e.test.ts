@@ -86,8 +86,8 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
           expect(manifest.digest).toBe(body.containerImageDigest)
           expect(manifest.json.annotations).toMatchObject({
             "io.kubernetes.cri-o.annotations.checkpoint.name": "counter",
-            "org.criu.checkpoint.container.name": `${name}-counter`,
-            "io.podman.annotations.checkpoint.name": `${name}-counter`,
+            "org.criu.checkpoint.container.name": "counter",
+            "io.podman.annotations.checkpoint.name": "counter",
             "io.podman.annotations.checkpoint.runtime.name": "runc"
           })
           expect(manifest.json.annotations?.["org.opencontainers.image.title"]).not.toBe(

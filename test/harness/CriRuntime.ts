@@ -67,7 +67,7 @@ const crioBinary: Record<Exclude<RuntimeKind, "containerd">, string> = {
   "crio-1.33": "crio-1.33.13"
 }
 
-const crioConfig = (dir: string, pauseImage: string) => `
+const crioConfig = (dir: string, attachDir: string, pauseImage: string) => `
 [crio]
 root = "${dir}/root"
 runroot = "${dir}/run"
@@ -86,7 +86,7 @@ enable_criu_support = true
 drop_infra_ctr = true
 pinns_path = "${runtimesBin}/pinns"
 container_exits_dir = "${dir}/exits"
-container_attach_socket_dir = "${dir}/attach"
+container_attach_socket_dir = "${attachDir}"
 namespaces_dir = "${dir}/ns"
 decryption_keys_path = "${dir}/keys"
 [crio.runtime.runtimes.runc]
@@ -217,7 +217,12 @@ export const startCriRuntime = (options: {
       }
       command = ["containerd", "--config", configFile]
     } else {
-      yield* fs.writeFileString(configFile, crioConfig(dir, options.pauseImage))
+      // Attach sockets are `DIR/<64 hex>/attach`: a unix socket path must stay under 108 bytes.
+      const attachDir = yield* Effect.acquireRelease(
+        fs.makeTempDirectory({ directory: "/run", prefix: "crio-attach-" }),
+        (made) => Effect.ignore(fs.remove(made, { recursive: true }))
+      )
+      yield* fs.writeFileString(configFile, crioConfig(dir, attachDir, options.pauseImage))
       yield* fs.writeFileString(path.join(dir, "registries.conf"), registriesConf(options.registries))
       env = { CONTAINER_REGISTRIES_CONF: path.join(dir, "registries.conf") }
       const storage = `containers-storage:[overlay@${dir}/root+${dir}/run]`

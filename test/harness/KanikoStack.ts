@@ -53,7 +53,13 @@ export const startKanikoStack = (options: { readonly dir: string }) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
-    const stack = yield* startLocalStack({ dir: options.dir, registryAuth: "token", runtime: "crio-1.36", kaniko: true })
+    // htpasswd: the executor refuses a token realm on a private or loopback address (go-containerregistry)
+    const stack = yield* startLocalStack({
+      dir: options.dir,
+      registryAuth: "htpasswd",
+      runtime: "crio-1.36",
+      kaniko: true
+    })
     const baseImage = yield* pushCheckpointBaseImage({ registry: stack.registry, dir: path.join(options.dir, "base") })
     yield* stack.cluster.apiServer.addSecret({
       namespace: checkpointerNamespace,

@@ -343,7 +343,14 @@ export const startNodeAgent = (options: {
               runtime.crictlResult(["attach", "--stdin", id], {
                 stdin: handle.stdin(container.name),
                 shownAs: ["attach", id]
-              })
+              }).pipe(
+                Effect.tap((result) =>
+                  result.exitCode === 0
+                    ? Effect.void
+                    : Effect.logWarning(`node agent: attach to ${name}/${container.name} failed: ${result.stderr}`)
+                ),
+                Effect.tapError((error) => Effect.logWarning(`node agent: attach failed: ${error.message}`))
+              )
             )
           }
         }
@@ -369,8 +376,8 @@ export const startNodeAgent = (options: {
         const startTime = yield* now
         let lastStates = ""
         while (true) {
-          yield* copyLogs
           const states = yield* Effect.forEach(created, ({ id }) => inspect(id))
+          yield* copyLogs
           const statuses = yield* Effect.forEach(created, ({ spec, id, terminationLog }, i) =>
             Effect.gen(function*() {
               const state = states[i]!
