@@ -35,7 +35,7 @@ import { formatSeconds } from "./Stats.ts"
 import type { BenchError } from "./Tools.ts"
 import { currentRss, failedTo } from "./Tools.ts"
 import type { Archive, MemoryContainer } from "./Workload.ts"
-import { containerInPod, makeArchive, runMemoryContainer } from "./Workload.ts"
+import { containerInPod, makeArchive, runMemoryContainer, runPodmanContainer } from "./Workload.ts"
 
 /** Everything the runs share: one registry, one simulated cluster with one CRIU node, the library builder. */
 export interface BenchEnv {
@@ -235,14 +235,9 @@ export const benchSize = (
     const label = `${mib} MiB`
     const pod = `bench-${process.pid}-m${mib}`
     yield* Console.log(`[bench] ${label}: starting ${pod}-${containerInPod} and filling its memory`)
-    const container = yield* runMemoryContainer(pod, mib)
-    yield* env.cluster.apiServer.addPod({
-      namespace: "default",
-      name: pod,
-      nodeName,
-      containers: [{ name: containerInPod }]
-    }).pipe(Effect.mapError(failedTo("register the pod")))
-    const archive = yield* makeArchive(container, path.join(env.dir, `archive-${mib}.tar`))
+    const container = yield* runMemoryContainer(env.cluster, pod, mib)
+    const podmanContainer = yield* runPodmanContainer(`${pod}-podman`, container.bytes)
+    const archive = yield* makeArchive(env.cluster, container, path.join(env.dir, `archive-${mib}.tar`))
     yield* Console.log(
       `[bench] ${label}: archive ${archive.bytes} bytes (checkpoint ${formatSeconds(archive.checkpointSeconds)} s, ` +
         `sha256sum ${formatSeconds(archive.sha256Seconds)} s)`
@@ -257,7 +252,7 @@ export const benchSize = (
       libraryPipeline(env.builder, env.registry, archive, container),
       httpPipeline(env.registry, server, container),
       buildahPipeline(env.registry, archive, container),
-      podmanPipeline(env.registry, container)
+      podmanPipeline(env.registry, podmanContainer)
     ]
     const samples = yield* measure(env, label, pipelines)
     const serverPeakRss = server.peakRss()

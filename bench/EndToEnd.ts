@@ -8,7 +8,7 @@ import { httpCheckpoint, libraryBuild, rawUpload } from "./Pipelines.ts"
 import type { Sample } from "./Stats.ts"
 import { formatSeconds, MiB } from "./Stats.ts"
 import { currentRss, failedTo, peakRss, resetPeakRss, seconds } from "./Tools.ts"
-import { containerInPod, makeArchive, runMemoryContainer } from "./Workload.ts"
+import { makeArchive, runMemoryContainer } from "./Workload.ts"
 
 export interface CounterResult {
   readonly samples: ReadonlyArray<Sample>
@@ -69,13 +69,11 @@ export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*
   const { concurrency, concurrentMiB } = env.settings
   const pods = Array.from({ length: concurrency }, (_, i) => `bench-${process.pid}-c${i}`)
   yield* Console.log(`[bench] concurrency: starting ${concurrency} containers holding ${concurrentMiB} MiB each`)
-  const containers = yield* Effect.forEach(pods, (pod) => runMemoryContainer(pod, concurrentMiB), { concurrency: 2 })
-  yield* Effect.forEach(pods, (name) =>
-    env.cluster.apiServer.addPod({ namespace: "default", name, nodeName, containers: [{ name: containerInPod }] }), {
-    discard: true
-  }).pipe(Effect.mapError(failedTo("register the pods")))
+  const containers = yield* Effect.forEach(pods, (pod) => runMemoryContainer(env.cluster, pod, concurrentMiB), {
+    concurrency: 2
+  })
   const archives = yield* Effect.forEach(containers, (container, i) =>
-    makeArchive(container, path.join(env.dir, `concurrent-${i}.tar`)))
+    makeArchive(env.cluster, container, path.join(env.dir, `concurrent-${i}.tar`)))
   const archiveBytes = archives.reduce((sum, archive) => sum + archive.bytes, 0)
   const server = yield* env.startServer("concurrency")
   const serverIdleRss = yield* currentRss(server.pid)

@@ -287,7 +287,7 @@ const pushArguments = (registry: BenchRegistry, local: string, repositoryAndTag:
 ]
 
 /** Podman's own checkpoint image (CRIU dump included, container left running) and `podman push` (gzip by default). */
-export const podmanPipeline = (registry: BenchRegistry, container: MemoryContainer): Pipeline => ({
+export const podmanPipeline = (registry: BenchRegistry, container: string): Pipeline => ({
   id: "podman",
   title: pipelineTitles.podman,
   clientCpu: childrenCpu,
@@ -297,7 +297,7 @@ export const podmanPipeline = (registry: BenchRegistry, container: MemoryContain
       const local = `localhost/bench-${process.pid}-podman:${tag}`
       const [time, phases] = yield* seconds(Effect.gen(function*() {
         const [checkpoint] = yield* seconds(Effect.acquireRelease(
-          Podman.podman(["container", "checkpoint", "--leave-running", "--create-image", local, container.name]),
+          Podman.podman(["container", "checkpoint", "--leave-running", "--create-image", local, container]),
           () => Effect.ignore(Podman.podman(["rmi", "--ignore", local]))
         ))
         const [push] = yield* seconds(Podman.podman(pushArguments(registry, local, `bench/podman:${tag}`)))

@@ -1,16 +1,16 @@
 import { FileSystem } from "@effect/platform"
 import { Duration, Effect, Schedule } from "effect"
+import type { LocalCluster } from "../test/harness/Cluster.ts"
+import { startBallastPod } from "../test/harness/Cluster.ts"
 import * as Podman from "../test/harness/Podman.ts"
 import { MiB } from "./Stats.ts"
 import { BenchError, exec, failedTo, seconds } from "./Tools.ts"
 
-/** The pod and container names the simulated kubelet maps to the podman container `<pod>-<container>`. */
+/** A benchmark pod run by the harness node's container runtime. */
 export interface MemoryContainer {
   readonly pod: string
   readonly container: string
-  /** The podman container. */
-  readonly name: string
-  /** Bytes of random data it holds in /dev/shm. */
+  /** Bytes of random data it holds in its writable layer (they become the archive's rootfs-diff.tar). */
   readonly bytes: number
 }
 
@@ -18,14 +18,25 @@ export interface MemoryContainer {
 export const containerInPod = "main"
 
 /**
- * Scoped: a busybox container that fills its /dev/shm (a tmpfs sized for it, charged to the container's memory) with
- * `mib` MiB of random bytes and then idles. Its checkpoint carries those bytes (podman stores the container's /dev/shm
- * as devshm-checkpoint.tar next to the CRIU images), so the archive is as large as the memory held.
+ * Scoped: a pod on the harness's runtime (CRI-O) whose container writes `mib` MiB of random bytes into its writable
+ * layer and then idles. Its checkpoint carries those bytes (rootfs-diff.tar), so the archive is as large as the ballast.
  */
-export const runMemoryContainer = Effect.fn("Workload.runMemoryContainer")(function*(pod: string, mib: number) {
-  const image = yield* Podman.ensureBusyboxImage()
-  const name = `${pod}-${containerInPod}`
+export const runMemoryContainer = Effect.fn("Workload.runMemoryContainer")(function*(
+  cluster: LocalCluster,
+  pod: string,
+  mib: number
+) {
   const bytes = mib * MiB
+  yield* startBallastPod(cluster, { namespace: "default", name: pod, nodeName: cluster.nodes[0]!.nodeName, bytes })
+  return { pod, container: containerInPod, bytes } satisfies MemoryContainer
+}, Effect.mapError(failedTo("start a benchmark pod")))
+
+/**
+ * Scoped: a podman container holding the same ballast in its /dev/shm, for the pipeline that is podman's own
+ * (`podman container checkpoint --create-image`): podman cannot checkpoint a CRI-O container.
+ */
+export const runPodmanContainer = Effect.fn("Workload.runPodmanContainer")(function*(name: string, bytes: number) {
+  const image = yield* Podman.ensureBusyboxImage()
   yield* Effect.acquireRelease(
     Podman.podman([
       "run",
@@ -35,7 +46,7 @@ export const runMemoryContainer = Effect.fn("Workload.runMemoryContainer")(funct
       "--network",
       "none",
       "--shm-size",
-      `${mib + 16}m`,
+      `${Math.ceil(bytes / MiB) + 16}m`,
       image,
       "sh",
       "-c",
@@ -48,8 +59,8 @@ export const runMemoryContainer = Effect.fn("Workload.runMemoryContainer")(funct
     Effect.retry(Schedule.spaced(Duration.millis(250))),
     Effect.timeout(Duration.minutes(5))
   )
-  return { pod, container: containerInPod, name, bytes } satisfies MemoryContainer
-}, Effect.mapError(failedTo("start a benchmark container")))
+  return name
+}, Effect.mapError(failedTo("start a podman container")))
 
 /** A checkpoint archive as the kubelet gets it from CRI-O: uncompressed tar, container left running. */
 export interface Archive {
@@ -57,27 +68,37 @@ export interface Archive {
   readonly bytes: number
   /** `sha256:<hex>`, known beforehand for the raw upload. */
   readonly digest: string
-  /** Size of devshm-checkpoint.tar inside the archive. */
+  /** Size of rootfs-diff.tar inside the archive. */
   readonly memoryBytes: number
-  /** How long `podman container checkpoint --leave-running --compress=none --export` took. */
+  /** How long CRI-O's CheckpointContainer (`crictl checkpoint --export`) took. */
   readonly checkpointSeconds: number
   /** How long `sha256sum` of the archive took (page cache warm): a floor for anything that hashes it. */
   readonly sha256Seconds: number
 }
 
 /** Scoped: checkpoints `container` into `path` (removed when the scope closes) and checks what the archive holds. */
-export const makeArchive = Effect.fn("Workload.makeArchive")(function*(container: MemoryContainer, path: string) {
+export const makeArchive = Effect.fn("Workload.makeArchive")(function*(
+  cluster: LocalCluster,
+  container: MemoryContainer,
+  path: string
+) {
   const fs = yield* FileSystem.FileSystem
   const [checkpointSeconds] = yield* seconds(Effect.acquireRelease(
-    Podman.checkpointContainer({ name: container.name, archive: path, timeout: Duration.minutes(10) }),
+    cluster.agent.checkpoint({
+      namespace: "default",
+      pod: container.pod,
+      container: container.container,
+      archive: path,
+      timeout: Duration.minutes(10)
+    }),
     () => Effect.ignore(fs.remove(path, { force: true }))
   ))
   const bytes = Number((yield* fs.stat(path)).size)
-  const listing = yield* exec("tar", ["-tvf", path, "devshm-checkpoint.tar"])
+  const listing = yield* exec("tar", ["-tvf", path, "rootfs-diff.tar"])
   const memoryBytes = Number(listing.stdout.trim().split(/\s+/)[2])
   if (!(memoryBytes >= container.bytes) || bytes < memoryBytes) {
     return yield* new BenchError({
-      message: `${path} holds ${memoryBytes} bytes of /dev/shm, expected at least ${container.bytes}`
+      message: `${path} holds ${memoryBytes} bytes of rootfs changes, expected at least ${container.bytes}`
     })
   }
   const [sha256Seconds, sum] = yield* seconds(exec("sha256sum", [path]))

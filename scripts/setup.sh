@@ -10,7 +10,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 install_debian_packages() {
-  local wanted=(criu podman skopeo docker-registry runc conmon busybox-static apache2-utils openssl curl ca-certificates)
+  # buildah only for the benchmark's buildah recipe (a peer compared side by side), never in the tests.
+  local wanted=(criu podman buildah skopeo docker-registry runc conmon busybox-static apache2-utils openssl curl ca-certificates)
   local missing=()
   for pkg in "${wanted[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   if criu --version 2>/dev/null | grep -q 'Version: 3\.'; then missing+=(criu); fi
@@ -38,7 +39,7 @@ PIN
   as_root apt-get update -qq
   # runc stays on bookworm's 1.1.5 (crun does not work on this kernel's hybrid cgroups); the CRIU set comes from trixie.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc/bookworm busybox-static apache2-utils openssl curl ca-certificates
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie criu podman skopeo docker-registry \
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie criu podman buildah skopeo docker-registry \
     conmon libseccomp2 libsqlite3-0 kubectl kustomize
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades runc/bookworm
 }
