@@ -7,22 +7,28 @@ import type { TestRegistry } from "./harness/Registry.ts"
 
 const pullSecret = "checkpoint-registry"
 
+interface RestoreOptions {
+  readonly nodeName?: string
+  readonly namespace?: string
+  readonly container?: string
+}
+
 /**
  * Restores a checkpoint image the way a cluster does: a pod (deleted when the scope closes) whose container image is
  * the checkpoint image, pulled with an imagePullSecret and run by the node's runtime, which restores the process.
- * Its counter must go on from where the checkpoint was taken, not start from 1.
+ * Where the runtime says whether it restored (CRI-O does, containerd does not), it must say so.
  */
-export const expectRestoredCounterContinues = (
+export const expectRestoredPod = (
   stack: { readonly cluster: LocalCluster; readonly registry: TestRegistry },
   image: string,
   name: string,
-  valueBeforeCheckpoint: number,
-  options: { readonly nodeName?: string; readonly namespace?: string } = {}
+  options: RestoreOptions = {}
 ) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const { apiServer } = stack.cluster
     const namespace = options.namespace ?? "default"
+    const container = options.container ?? "counter"
     yield* Effect.ignore(apiServer.addSecret({
       namespace,
       name: pullSecret,
@@ -35,11 +41,27 @@ export const expectRestoredCounterContinues = (
       counterPodManifest({
         name,
         image,
+        container,
         nodeName: options.nodeName ?? stack.cluster.nodes[0]!.nodeName,
         imagePullSecrets: [pullSecret]
       })
     )
-    const counter = counterOf(stack.cluster, namespace, name)
+    const restored = yield* stack.cluster.agent.restored(namespace, name, container)
+    if (restored !== undefined) expect(restored).toBe(true)
+  })
+
+/** A restored counter goes on from where the checkpoint was taken, not from 1. */
+export const expectRestoredCounterContinues = (
+  stack: { readonly cluster: LocalCluster; readonly registry: TestRegistry },
+  image: string,
+  name: string,
+  valueBeforeCheckpoint: number,
+  options: RestoreOptions = {}
+) =>
+  Effect.gen(function*() {
+    const namespace = options.namespace ?? "default"
+    yield* expectRestoredPod(stack, image, name, options)
+    const counter = counterOf(stack.cluster, namespace, name, options.container)
     const first = yield* counter.value
     expect(first).toBeGreaterThanOrEqual(valueBeforeCheckpoint)
     const later = yield* counter.waitAbove(first + 2)

@@ -184,7 +184,7 @@ export const counterPodManifest = (options: {
   readonly imagePullSecrets?: ReadonlyArray<string>
   readonly command?: ReadonlyArray<string>
   readonly imagePullPolicy?: string
-}) => ({
+}): { readonly metadata: { readonly name: string }; readonly spec: unknown } => ({
   metadata: { name: options.name, ...(options.labels === undefined ? {} : { labels: options.labels }) },
   spec: {
     ...(options.nodeName === undefined ? {} : { nodeName: options.nodeName }),
@@ -220,7 +220,7 @@ const deletedOnClose = (cluster: Pick<LocalCluster, "apiServer">, namespace: str
 export const runPod = (
   cluster: Pick<LocalCluster, "apiServer">,
   namespace: string,
-  manifest: { readonly metadata: { readonly name: string } }
+  manifest: { readonly metadata: { readonly name: string }; readonly spec: unknown }
 ): Effect.Effect<Pod, ApiServerError | PodFailure, Scope.Scope> =>
   Effect.gen(function*() {
     yield* deletedOnClose(cluster, namespace, manifest.metadata.name)

@@ -17,6 +17,8 @@ export interface PodRun {
   readonly nodeName: string | undefined
   /** The first container's exit code once it exited. */
   readonly exitCode?: number
+  /** The highest peak RSS (VmHWM) seen of the first container's main process, in bytes. */
+  readonly peakRssBytes?: number
 }
 
 export class CheckpointFailure extends Data.TaggedError("CheckpointFailure")<{
@@ -47,6 +49,8 @@ export interface NodeAgent {
     command: ReadonlyArray<string>
   ) => Effect.Effect<string, ProcessError | CheckpointFailure>
   readonly runs: () => Effect.Effect<ReadonlyArray<PodRun>>
+  /** Whether the runtime restored the container from a checkpoint (CRI-O reports it; undefined where it does not). */
+  readonly restored: (namespace: string, pod: string, container: string) => Effect.Effect<boolean | undefined, ProcessError | CheckpointFailure>
 }
 
 interface Volume {
@@ -68,6 +72,7 @@ interface VolumeMount {
 interface ContainerState {
   readonly state: "CONTAINER_CREATED" | "CONTAINER_RUNNING" | "CONTAINER_EXITED" | "CONTAINER_UNKNOWN"
   readonly exitCode: number
+  readonly reason?: string
   readonly startedAt: string
   readonly finishedAt: string
 }
@@ -83,6 +88,30 @@ const stringArray = (value: unknown): ReadonlyArray<string> =>
   Array.isArray(value) ? value.filter((item): item is string => typeof item === "string") : []
 
 const listOf = <A>(value: unknown): ReadonlyArray<A> => (Array.isArray(value) ? value : []) as ReadonlyArray<A>
+
+const quantityUnits: Readonly<Record<string, number>> = {
+  "": 1,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  Ki: 1024,
+  Mi: 1024 ** 2,
+  Gi: 1024 ** 3,
+  Ti: 1024 ** 4
+}
+
+/** A memory quantity (`512Mi`, `2Gi`, `1e9`) in bytes. */
+const bytesOf = (quantity: unknown) => {
+  const match = typeof quantity === "string" ? /^(\d+(?:\.\d+)?)([KMGT]i?|k)?$/.exec(quantity) : null
+  return match === null ? undefined : Math.round(Number(match[1]) * (quantityUnits[match[2] ?? ""] ?? 1))
+}
+
+/** The container's memory limit as the kubelet hands it to the CRI (the runtime enforces it: OOMKilled beyond). */
+const criResources = (container: PodContainer) => {
+  const limits = (container["resources"] as { readonly limits?: Record<string, unknown> } | undefined)?.limits
+  const memory = bytesOf(limits?.["memory"])
+  return memory === undefined ? {} : { resources: { memory_limit_in_bytes: memory } }
+}
 
 /** The kubelet's default: Always for `:latest` or untagged images, IfNotPresent otherwise. */
 const pullPolicyOf = (container: PodContainer) => {
@@ -155,6 +184,7 @@ export const startNodeAgent = (options: {
         const node = options.nodes.find((candidate) => candidate.name === pod.spec.nodeName)!
         const specContainers = pod.spec.containers
         const first = specContainers[0]!
+        let peakRssBytes = 0
         const record = (exitCode?: number) =>
           Ref.update(runs, (all) => [
             ...all.filter((entry) => entry.namespace !== namespace || entry.pod !== name),
@@ -164,7 +194,8 @@ export const startNodeAgent = (options: {
               image: first.image,
               args: stringArray(first["args"]),
               nodeName: pod.spec.nodeName,
-              ...(exitCode === undefined ? {} : { exitCode })
+              ...(exitCode === undefined ? {} : { exitCode }),
+              ...(peakRssBytes === 0 ? {} : { peakRssBytes })
             }
           ])
         yield* record()
@@ -316,7 +347,10 @@ export const startNodeAgent = (options: {
               log_path: `${container.name}/0.log`,
               stdin: container["stdin"] === true,
               stdin_once: container["stdinOnce"] === true,
-              linux: { security_context: { namespace_options: namespaceOptions } }
+              linux: {
+                security_context: { namespace_options: namespaceOptions },
+                ...criResources(container)
+              }
             })
           )
           const id = yield* Effect.acquireRelease(
@@ -370,13 +404,24 @@ export const startNodeAgent = (options: {
 
         const inspect = (id: string) =>
           runtime.crictl(["inspect", "-o", "json", id]).pipe(
-            Effect.map((text) => (JSON.parse(text) as { status: ContainerState }).status)
+            Effect.map((text) => JSON.parse(text) as { status: ContainerState; info?: { pid?: number } })
+          )
+        /** What the kubelet's memory accounting would show: the main process's peak RSS, read while it runs. */
+        const trackPeak = (pid: number | undefined) =>
+          pid === undefined || pid <= 0 ? Effect.void : fs.readFileString(`/proc/${pid}/status`).pipe(
+            Effect.map((status) => {
+              const kib = Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? 0)
+              peakRssBytes = Math.max(peakRssBytes, kib * 1024)
+            }),
+            Effect.ignore
           )
         const restartAlways = (pod.spec["restartPolicy"] ?? "Always") === "Always"
         const startTime = yield* now
         let lastStates = ""
         while (true) {
-          const states = yield* Effect.forEach(created, ({ id }) => inspect(id))
+          const inspected = yield* Effect.forEach(created, ({ id }) => inspect(id))
+          const states = inspected.map((answer) => answer.status)
+          yield* trackPeak(inspected[0]?.info?.pid)
           yield* copyLogs
           const statuses = yield* Effect.forEach(created, ({ spec, id, terminationLog }, i) =>
             Effect.gen(function*() {
@@ -410,7 +455,11 @@ export const startNodeAgent = (options: {
                 state: {
                   terminated: {
                     exitCode: state.exitCode,
-                    reason: state.exitCode === 0 ? "Completed" : "Error",
+                    reason: state.reason !== undefined && state.reason !== ""
+                      ? state.reason
+                      : state.exitCode === 0
+                      ? "Completed"
+                      : "Error",
                     startedAt: criTime(state.startedAt),
                     finishedAt: criTime(state.finishedAt),
                     ...(message === undefined || message === "" ? {} : { message })
@@ -500,11 +549,18 @@ export const startNodeAgent = (options: {
         (id) => runtime.crictl(["exec", id, ...command], { timeout: Duration.seconds(30) })
       ).pipe(Effect.provide(context))
 
+    const restored: NodeAgent["restored"] = (namespace, pod, container) =>
+      Effect.flatMap(requireContainer(namespace, pod, container), (id) =>
+        runtime.crictl(["inspect", "-o", "json", id]).pipe(
+          Effect.map((text) => (JSON.parse(text) as { info?: { restored?: boolean } }).info?.restored)
+        )).pipe(Effect.provide(context))
+
     return {
       runtime,
       containerId,
       checkpoint,
       exec,
+      restored,
       runs: () => Ref.get(runs)
     } satisfies NodeAgent
   })
