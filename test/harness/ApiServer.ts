@@ -1,4 +1,4 @@
-import type { CommandExecutor} from "@effect/platform"
+import type { CommandExecutor } from "@effect/platform"
 import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
 import { randomBytes, randomUUID } from "node:crypto"
