@@ -3,6 +3,7 @@ import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
 import { Clock, Data, Duration, Effect, Option, Ref, Schedule } from "effect"
 import type { Scope } from "effect"
+import { closeSync, fstatSync, openSync, readSync } from "node:fs"
 import type { ApiServer, Pod, PodContainer, PodStatus } from "./ApiServer.ts"
 import type { CriRuntime } from "./CriRuntime.ts"
 import type { PodHandle } from "./PodRuntime.ts"
@@ -77,6 +78,7 @@ interface ContainerState {
   readonly finishedAt: string
 }
 
+const pollInterval = Duration.millis(300)
 const fallbackLogLines = 80
 const fallbackLogBytes = 2048
 const maxGraceSeconds = 10
@@ -139,6 +141,23 @@ const credentialsFor = (image: string, configs: ReadonlyArray<string>) => {
   return undefined
 }
 
+/** The bytes of a file from `offset` on (none if it is missing). */
+const readFrom = (file: string, offset: number): Buffer => {
+  try {
+    const fd = openSync(file, "r")
+    try {
+      const size = fstatSync(fd).size
+      const buffer = Buffer.alloc(Math.max(0, size - offset))
+      readSync(fd, buffer, 0, buffer.length, offset)
+      return buffer
+    } finally {
+      closeSync(fd)
+    }
+  } catch {
+    return Buffer.alloc(0)
+  }
+}
+
 /** Parses CRI log lines (`TIME STREAM P|F TEXT`) into the text the container wrote. */
 const criLogText = (chunk: string) =>
   chunk.split("\n").filter((line) => line !== "").map((line) => {
@@ -173,6 +192,24 @@ export const startNodeAgent = (options: {
     const dir = path.resolve(options.dir)
     yield* fs.makeDirectory(dir, { recursive: true })
     const containers = yield* Ref.make<ReadonlyMap<string, string>>(new Map())
+    const listing = yield* Ref.make<ReadonlyMap<string, string>>(new Map())
+    yield* Effect.forkScoped(
+      runtime.crictl(["ps", "--all", "-o", "json"]).pipe(
+        Effect.flatMap((text) =>
+          Ref.set(
+            listing,
+            new Map(
+              ((JSON.parse(text) as { containers?: ReadonlyArray<{ id: string; state: string }> }).containers ?? [])
+                .map((container) => [container.id, container.state])
+            )
+          )
+        ),
+        Effect.ignore,
+        Effect.zipRight(Effect.sleep(pollInterval)),
+        Effect.forever,
+        Effect.provide(context)
+      )
+    )
     const runs = yield* Ref.make<ReadonlyArray<PodRun>>([])
     const keyOf = (namespace: string, pod: string, container: string) => `${namespace}/${pod}/${container}`
     const now = Effect.map(Clock.currentTimeMillis, rfc3339)
@@ -389,17 +426,16 @@ export const startNodeAgent = (options: {
           }
         }
 
-        // Container output into the pod log, as the kubelet serves it from the CRI log files.
+        // Container output into the pod log, as the kubelet serves it from the CRI log files (complete lines only).
         const logOffsets = new Map<string, number>()
         const copyLogs = Effect.forEach(created, ({ spec }) =>
           Effect.gen(function*() {
-            const file = path.join(logDir, spec.name, "0.log")
-            const bytes = yield* fs.readFile(file).pipe(Effect.orElseSucceed(() => new Uint8Array()))
             const offset = logOffsets.get(spec.name) ?? 0
-            const complete = Buffer.from(bytes).subarray(offset).lastIndexOf(10)
+            const fresh = readFrom(path.join(logDir, spec.name, "0.log"), offset)
+            const complete = fresh.lastIndexOf(10)
             if (complete < 0) return
             logOffsets.set(spec.name, offset + complete + 1)
-            yield* handle.log(spec.name, criLogText(Buffer.from(bytes).subarray(offset, offset + complete).toString()))
+            yield* handle.log(spec.name, criLogText(fresh.subarray(0, complete).toString()))
           }), { discard: true })
 
         const inspect = (id: string) =>
@@ -418,8 +454,16 @@ export const startNodeAgent = (options: {
         const restartAlways = (pod.spec["restartPolicy"] ?? "Always") === "Always"
         const startTime = yield* now
         let lastStates = ""
+        // Inspected once when started and once when the runtime lists them as exited; polled through the agent's
+        // shared listing in between (one crictl process for all pods, not one per container and tick).
+        const inspected = yield* Effect.forEach(created, ({ id }) => inspect(id))
         while (true) {
-          const inspected = yield* Effect.forEach(created, ({ id }) => inspect(id))
+          const listed = yield* Ref.get(listing)
+          for (const [i, { id }] of created.entries()) {
+            if (listed.get(id) === "CONTAINER_EXITED" && inspected[i]!.status.state !== "CONTAINER_EXITED") {
+              inspected[i] = yield* inspect(id)
+            }
+          }
           const states = inspected.map((answer) => answer.status)
           yield* trackPeak(inspected[0]?.info?.pid)
           yield* copyLogs
@@ -491,7 +535,7 @@ export const startNodeAgent = (options: {
             yield* record(states[0]!.exitCode)
             return
           }
-          yield* Effect.sleep(Duration.millis(250))
+          yield* Effect.sleep(pollInterval)
         }
       })).pipe(
         Effect.catchAllCause((cause) => Effect.logWarning("node agent: pod run failed", cause)),

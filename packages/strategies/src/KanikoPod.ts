@@ -33,7 +33,7 @@ const mebibyte = 1024 * 1024
  * The executor's memory for an archive of `archiveBytes` (as ADD reads it): ADD reads the whole file into memory
  * twice (once to recognise the tar, once to extract it), and a growing Go slice briefly holds 2.25 times its size.
  */
-export const memoryFormula = { perArchiveByte: 2.5, baseBytes: 256 * mebibyte } as const
+export const memoryFormula = { perArchiveByte: 3.5, baseBytes: 256 * mebibyte } as const
 
 export const kanikoMemoryBytes = (archiveBytes: number): number =>
   Math.ceil((memoryFormula.perArchiveByte * archiveBytes + memoryFormula.baseBytes) / mebibyte) * mebibyte
