@@ -31,9 +31,10 @@ const mebibyte = 1024 * 1024
 
 /**
  * The executor's memory for an archive of `archiveBytes` (as ADD reads it): ADD reads the whole file into memory
- * twice (once to recognise the tar, once to extract it), and a growing Go slice briefly holds 2.25 times its size.
+ * twice (once to recognise the tar, once to extract it; measured on v1.28.3: 1834-1870 MiB RSS for 560 MiB), and the
+ * build context the executor writes (the archive again, for `kaniko`) is page cache charged to the same cgroup.
  */
-export const memoryFormula = { perArchiveByte: 3.5, baseBytes: 256 * mebibyte } as const
+export const memoryFormula = { perArchiveByte: 4.5, baseBytes: 256 * mebibyte } as const
 
 export const kanikoMemoryBytes = (archiveBytes: number): number =>
   Math.ceil((memoryFormula.perArchiveByte * archiveBytes + memoryFormula.baseBytes) / mebibyte) * mebibyte

@@ -218,17 +218,17 @@ describe("Kaniko pod", () => {
     })
     expect(spec.spec?.nodeSelector).toEqual({ "kubernetes.io/arch": "arm64" })
     const [kaniko] = spec.spec?.containers ?? []
-    expect(kaniko?.resources).toEqual({ requests: { memory: "2356Mi", cpu: "500m" }, limits: { memory: "2356Mi" } })
-    expect(kaniko?.env).toEqual([{ name: "GOMEMLIMIT", value: "2120MiB" }])
+    expect(kaniko?.resources).toEqual({ requests: { memory: "2956Mi", cpu: "500m" }, limits: { memory: "2956Mi" } })
+    expect(kaniko?.env).toEqual([{ name: "GOMEMLIMIT", value: "2660MiB" }])
   })
 
-  it("memory is 3.5 x the archive + 256 MiB in whole MiB, refused over KANIKO_MAX_MEMORY with the numbers", () => {
+  it("memory is 4.5 x the archive + 256 MiB in whole MiB, refused over KANIKO_MAX_MEMORY with the numbers", () => {
     expect(kanikoMemoryBytes(0)).toBe(256 * mib)
     expect(kanikoMemoryBytes(1)).toBe(257 * mib)
-    expect(kanikoMemoryBytes(600 * mib)).toBe(2356 * mib)
-    expect(kanikoMemory(2048 * mib, 8192 * mib)).toEqual(Either.right(7424 * mib))
+    expect(kanikoMemoryBytes(600 * mib)).toBe(2956 * mib)
+    expect(kanikoMemory(1024 * mib, 8192 * mib)).toEqual(Either.right(4864 * mib))
     expect(kanikoMemory(4096 * mib, 8192 * mib)).toEqual(Either.left(
-      "the archive Kaniko would ADD is 4096 MiB: the executor needs 3.5 x that + 256 MiB = 14592 MiB of memory, " +
+      "the archive Kaniko would ADD is 4096 MiB: the executor needs 4.5 x that + 256 MiB = 18688 MiB of memory, " +
         "more than KANIKO_MAX_MEMORY (8192 MiB); raise KANIKO_MAX_MEMORY or use CHECKPOINT_BUILDER=native, " +
         "which streams the archive"
     ))
@@ -629,7 +629,7 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
         Effect.flip
       )
       expect(error.phase).toBe("pod resources")
-      expect(error.message).toContain("needs 3.5 x that + 256 MiB = 264 MiB of memory")
+      expect(error.message).toContain("needs 4.5 x that + 256 MiB = 266 MiB of memory")
       expect(error.message).toContain("more than KANIKO_MAX_MEMORY (256 MiB)")
       expect(yield* Ref.get(calls)).toEqual([])
       expect(yield* fs.readDirectory(contexts)).toEqual([])
