@@ -41,7 +41,8 @@ describeE2E("a checkpoint archive larger than 512 MiB through each Kaniko builde
           expect(executor?.peakRssBytes).toBeGreaterThan(0)
           yield* Effect.log(
             `${builder}: 560 MiB of ballast checkpointed and built by the Kaniko executor in ${seconds.toFixed(1)} s; ` +
-              `executor peak RSS ${((executor?.peakRssBytes ?? 0) / MiB).toFixed(0)} MiB; server peak RSS ` +
+              `executor peak RSS ${((executor?.peakRssBytes ?? 0) / MiB).toFixed(0)} MiB, its memory cgroup's peak ` +
+              `${((executor?.peakMemoryBytes ?? 0) / MiB).toFixed(0)} MiB; server peak RSS ` +
               `${(rssBefore / MiB).toFixed(0)} MiB before, ${(peak / MiB).toFixed(0)} MiB after`
           )
           expect(peak).toBeLessThan(peakBound)

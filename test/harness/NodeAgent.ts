@@ -20,6 +20,8 @@ export interface PodRun {
   readonly exitCode?: number
   /** The highest peak RSS (VmHWM) seen of the first container's main process, in bytes. */
   readonly peakRssBytes?: number
+  /** The peak of the first container's memory cgroup (RSS and page cache: what its memory limit is held to). */
+  readonly peakMemoryBytes?: number
 }
 
 export class CheckpointFailure extends Data.TaggedError("CheckpointFailure")<{
@@ -222,6 +224,7 @@ export const startNodeAgent = (options: {
         const specContainers = pod.spec.containers
         const first = specContainers[0]!
         let peakRssBytes = 0
+        let peakMemoryBytes = 0
         const record = (exitCode?: number) =>
           Ref.update(runs, (all) => [
             ...all.filter((entry) => entry.namespace !== namespace || entry.pod !== name),
@@ -232,7 +235,8 @@ export const startNodeAgent = (options: {
               args: stringArray(first["args"]),
               nodeName: pod.spec.nodeName,
               ...(exitCode === undefined ? {} : { exitCode }),
-              ...(peakRssBytes === 0 ? {} : { peakRssBytes })
+              ...(peakRssBytes === 0 ? {} : { peakRssBytes }),
+              ...(peakMemoryBytes === 0 ? {} : { peakMemoryBytes })
             }
           ])
         yield* record()
@@ -444,13 +448,14 @@ export const startNodeAgent = (options: {
           )
         /** What the kubelet's memory accounting would show: the main process's peak RSS, read while it runs. */
         const trackPeak = (pid: number | undefined) =>
-          pid === undefined || pid <= 0 ? Effect.void : fs.readFileString(`/proc/${pid}/status`).pipe(
-            Effect.map((status) => {
-              const kib = Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? 0)
-              peakRssBytes = Math.max(peakRssBytes, kib * 1024)
-            }),
-            Effect.ignore
-          )
+          pid === undefined || pid <= 0 ? Effect.void : Effect.gen(function*() {
+            const status = yield* fs.readFileString(`/proc/${pid}/status`)
+            peakRssBytes = Math.max(peakRssBytes, Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) * 1024)
+            const cgroup = /^\d+:memory:(.+)$/m.exec(yield* fs.readFileString(`/proc/${pid}/cgroup`))?.[1]
+            if (cgroup === undefined) return
+            const usage = yield* fs.readFileString(`/sys/fs/cgroup/memory${cgroup}/memory.max_usage_in_bytes`)
+            peakMemoryBytes = Math.max(peakMemoryBytes, Number(usage.trim()))
+          }).pipe(Effect.ignore)
         const restartAlways = (pod.spec["restartPolicy"] ?? "Always") === "Always"
         const startTime = yield* now
         let lastStates = ""

@@ -175,7 +175,8 @@ export const kanikoPod = (options: {
         })],
         ...(context._tag === "Stdin" ? { stdin: true, stdinOnce: true } : {}),
         // The Go runtime collects the first read of the archive before the second one grows past the limit.
-        env: [{ name: "GOMEMLIMIT", value: `${Math.floor(options.memoryBytes * 0.9 / mebibyte)}MiB` }],
+        // Go's heap target well below the limit: the files the executor writes are page cache in the same cgroup.
+        env: [{ name: "GOMEMLIMIT", value: `${Math.floor(options.memoryBytes * 0.6 / mebibyte)}MiB` }],
         resources: {
           requests: { memory, cpu: settings.kanikoCpuRequest },
           limits: { memory }

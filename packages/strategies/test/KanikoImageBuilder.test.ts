@@ -219,7 +219,7 @@ describe("Kaniko pod", () => {
     expect(spec.spec?.nodeSelector).toEqual({ "kubernetes.io/arch": "arm64" })
     const [kaniko] = spec.spec?.containers ?? []
     expect(kaniko?.resources).toEqual({ requests: { memory: "2956Mi", cpu: "500m" }, limits: { memory: "2956Mi" } })
-    expect(kaniko?.env).toEqual([{ name: "GOMEMLIMIT", value: "2660MiB" }])
+    expect(kaniko?.env).toEqual([{ name: "GOMEMLIMIT", value: "1773MiB" }])
   })
 
   it("memory is 4.5 x the archive + 256 MiB in whole MiB, refused over KANIKO_MAX_MEMORY with the numbers", () => {
