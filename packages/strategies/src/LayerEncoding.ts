@@ -96,7 +96,9 @@ const makeCompressor = (kind: Exclude<Compression, "none">) =>
 const compressionStage = (kind: Exclude<Compression, "none">) => {
   const output = measure()
   let compressing: boolean | undefined
-  const apply = <E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<Uint8Array, E | LayerCompressionError> =>
+  const apply = <E, R>(
+    bytes: Stream.Stream<Uint8Array, E, R>
+  ): Stream.Stream<Uint8Array, E | LayerCompressionError, R> =>
     Stream.unwrapScoped(Effect.map(makeCompressor(kind), (compressor) => {
       const compressed = (pieces: Effect.Effect<ReadonlyArray<Uint8Array>, LayerCompressionError>) =>
         Effect.tap(pieces, (ready) => ready.forEach(output.update))
@@ -118,7 +120,7 @@ const compressionStage = (kind: Exclude<Compression, "none">) => {
 const encryptionStage = (recipients: Arr.NonEmptyReadonlyArray<Recipient>) => {
   const cipher = makeLayerCipher()
   const output = measure()
-  const apply = <E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<Uint8Array, E> =>
+  const apply = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<Uint8Array, E, R> =>
     Stream.map(bytes, (chunk) => {
       const encrypted = cipher.encrypt(chunk)
       output.update(encrypted)
@@ -138,7 +140,7 @@ const encryptionStage = (recipients: Arr.NonEmptyReadonlyArray<Recipient>) => {
  * then encrypted (CHECKPOINT_ENCRYPTION_KEYS), in one pass. `layer` describes what was pushed, once the stream ended
  * and the archive's description is known (the unchanged archive is described by it alone).
  */
-export const encodeLayer = <E>(bytes: Stream.Stream<Uint8Array, E>, options: LayerEncodingOptions) =>
+export const encodeLayer = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>, options: LayerEncodingOptions) =>
   Effect.sync(() => {
     const compression = options.compression === "none" ? undefined : compressionStage(options.compression)
     const encryption = Arr.isNonEmptyReadonlyArray(options.recipients)
