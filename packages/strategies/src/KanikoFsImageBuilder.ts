@@ -3,6 +3,7 @@ import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
 import type { CheckpointerConfig, Cluster } from "@checkpointer/core"
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { Duration, Effect, Layer, Option } from "effect"
+import type { ConfigError } from "effect"
 import { dockerfileName, makeKanikoBuilder } from "./KanikoPod.ts"
 import type { KanikoStrategy } from "./KanikoPod.ts"
 import { platformReason } from "./RegistryAuth.ts"
@@ -48,7 +49,7 @@ const strategy: KanikoStrategy = {
  * The `kaniko-fs` strategy (the seed's USE_KANIKO_FS=true): the build context is written to a fresh directory under
  * KANIKO_BUILD_CTX_DIR, which a Kaniko pod pinned to this node mounts as a hostPath volume.
  */
-export const layer: Layer.Layer<ImageBuilder, never, CheckpointerConfig | Cluster> = Layer.effect(
+export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError, CheckpointerConfig | Cluster> = Layer.effect(
   ImageBuilder,
   makeKanikoBuilder(strategy)
 ).pipe(Layer.provide([NodeFileSystem.layer, NodePath.layer]))

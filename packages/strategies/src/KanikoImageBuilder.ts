@@ -2,6 +2,7 @@ import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
 import type { CheckpointerConfig, Cluster } from "@checkpointer/core"
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { Data, Duration, Effect, Layer, Option, Stream } from "effect"
+import type { ConfigError } from "effect"
 import { basename, dirname } from "node:path"
 import { Header, Pack, ReadEntry } from "tar"
 import { dockerfileName, kanikoContainer, makeKanikoBuilder } from "./KanikoPod.ts"
@@ -79,7 +80,7 @@ const strategy: KanikoStrategy = {
 }
 
 /** The `kaniko` strategy (the seed's default): the build context goes to the Kaniko pod's stdin over pod attach. */
-export const layer: Layer.Layer<ImageBuilder, never, CheckpointerConfig | Cluster> = Layer.effect(
+export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError, CheckpointerConfig | Cluster> = Layer.effect(
   ImageBuilder,
   makeKanikoBuilder(strategy)
 ).pipe(Layer.provide([NodeFileSystem.layer, NodePath.layer]))

@@ -5,6 +5,7 @@ import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
 import { Duration, Effect, Option } from "effect"
 import type { Scope } from "effect"
 import { checkpointFacts, readArchiveMetadata } from "./CheckpointArchive.ts"
+import { unsupportedByKaniko } from "./LayerEncoding.ts"
 import { imageAnnotations, nodeArchitecture } from "./NativeImageBuilder.ts"
 import { platformReason } from "./RegistryAuth.ts"
 
@@ -157,6 +158,7 @@ export interface KanikoStrategy {
 /** An ImageBuilder that runs one Kaniko pod per build; the strategy decides how the build context gets there. */
 export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
   Effect.gen(function*() {
+    yield* unsupportedByKaniko(strategy.name)
     const settings = yield* CheckpointerConfig
     const cluster = yield* Cluster
     const fs = yield* FileSystem.FileSystem

@@ -1,4 +1,4 @@
-import { Array as Arr, Config, Data, Effect, Option, Stream } from "effect"
+import { Array as Arr, Config, ConfigError, Data, Effect, Either, Option, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as Zlib from "node:zlib"
 import { layerMediaType, sniffCompression } from "./CheckpointArchive.ts"
@@ -18,6 +18,35 @@ export const encryptionKeys: Config.Config<ReadonlyArray<string>> = Config.strin
   Config.withDefault(""),
   Config.map((value) => value.split(",").map((file) => file.trim()).filter((file) => file !== ""))
 )
+
+/**
+ * The Kaniko builders make their own (gzip) layer around the archive: they cannot encrypt it, nor push the archive as
+ * a zstd or gzip layer. Either setting is a startup error for them rather than a setting silently not applied.
+ */
+export const unsupportedByKaniko = (builder: string): Config.Config<void> =>
+  Config.all({ compression, encryptionKeys }).pipe(
+    Config.mapOrFail(({ compression, encryptionKeys }) => {
+      const problems = [
+        ...(encryptionKeys.length === 0 ? [] : [
+          ConfigError.InvalidData(
+            [keysVariable],
+            `the ${builder} builder cannot encrypt images (Kaniko cannot); use CHECKPOINT_BUILDER=native, or unset it`
+          )
+        ]),
+        ...(compression === "none" ? [] : [
+          ConfigError.InvalidData(
+            [compressionVariable],
+            `the ${builder} builder cannot push the archive as a ${compression} layer (Kaniko makes its own gzip ` +
+              "layer around it); use CHECKPOINT_BUILDER=native, or unset it"
+          )
+        ])
+      ]
+      return Arr.match(problems, {
+        onEmpty: () => Either.void,
+        onNonEmpty: ([first, ...rest]) => Either.left(Arr.reduce(rest, first, ConfigError.And))
+      })
+    })
+  )
 
 export class LayerCompressionError extends Data.TaggedError("LayerCompressionError")<{
   readonly message: string

@@ -4,6 +4,7 @@ import {
   CheckpointerConfig,
   Cluster,
   ContainerName,
+  describeConfigError,
   ContainerRef,
   ImageBuilder,
   Namespace,
@@ -13,7 +14,7 @@ import {
 import type { BuildRequest, CheckpointerSettings, KubernetesApiError } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
 import type { V1Pod } from "@kubernetes/client-node"
-import { Deferred, Duration, Effect, Fiber, Layer, Option, Ref, Stream, TestClock } from "effect"
+import { ConfigProvider, Deferred, Duration, Effect, Fiber, Layer, Option, Ref, Stream, TestClock } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { gunzipSync } from "node:zlib"
 import { create, Parser } from "tar"
@@ -258,7 +259,7 @@ const builderWith = (
       Layer.effect(Cluster, cluster),
       Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings))
     )
-  )
+  ).pipe(Layer.orDie)
 
 const build = (archive: string) => Effect.flatMap(ImageBuilder, (builder) => builder.build(request(archive)))
 
@@ -340,4 +341,33 @@ describe("Kaniko builders with a scripted cluster", () => {
       expect(yield* Ref.get(calls)).toEqual(["create kaniko-fs", "delete kube-system/checkpointer-kaniko-abcde"])
       expect(yield* fs.exists(archive)).toBe(true)
     }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped.each([["kaniko", KanikoImageBuilder.layer], ["kaniko-fs", KanikoFsImageBuilder.layer]] as const)(
+    "%s refuses to start with CHECKPOINT_ENCRYPTION_KEYS or a layer compression, naming both",
+    ([name, layer]) =>
+      Effect.gen(function*() {
+        const calls = yield* Ref.make<ReadonlyArray<string>>([])
+        const configured = (entries: ReadonlyArray<readonly [string, string]>) =>
+          Layer.build(Layer.provide(
+            layer,
+            Layer.mergeAll(
+              Layer.effect(Cluster, fakeCluster({ waits: [], calls })),
+              Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings)),
+              Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries)))
+            )
+          ))
+        const error = yield* Effect.flip(configured([
+          ["CHECKPOINT_ENCRYPTION_KEYS", "/etc/checkpointer/keys/ops.pem"],
+          ["CHECKPOINT_LAYER_COMPRESSION", "zstd"]
+        ]))
+        expect(describeConfigError(error)).toEqual([
+          `CHECKPOINT_ENCRYPTION_KEYS: the ${name} builder cannot encrypt images (Kaniko cannot); ` +
+          "use CHECKPOINT_BUILDER=native, or unset it",
+          `CHECKPOINT_LAYER_COMPRESSION: the ${name} builder cannot push the archive as a zstd layer (Kaniko makes ` +
+          "its own gzip layer around it); use CHECKPOINT_BUILDER=native, or unset it"
+        ])
+        yield* configured([["CHECKPOINT_LAYER_COMPRESSION", "none"], ["CHECKPOINT_ENCRYPTION_KEYS", " "]])
+        expect(yield* Ref.get(calls)).toEqual([])
+      }).pipe(Effect.provide(NodeContext.layer))
+  )
 })
