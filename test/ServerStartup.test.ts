@@ -54,6 +54,40 @@ describe("server startup", () => {
     expect(output).toMatch(/KANIKO_TIMEOUT: Expected an integer value but received "soon"/)
   })
 
+  it("refuses CHECKPOINT_ENCRYPTION_KEYS with the default (kaniko) builder: Kaniko cannot encrypt", () => {
+    const { output, status } = startServer({
+      CHECKPOINT_IMAGE_PREFIX: "r/x",
+      CHECKPOINTER_NODE: "n",
+      CHECKPOINTER_NODE_IP: "127.0.0.1",
+      CHECKPOINT_ENCRYPTION_KEYS: "/etc/checkpointer/keys/ops.pem"
+    })
+    expect(status).toBe(1)
+    expect(output).toContain("CHECKPOINT_ENCRYPTION_KEYS: the kaniko builder cannot encrypt images (Kaniko cannot)")
+  })
+
+  it("names CHECKPOINT_ENCRYPTION_KEYS and the file when a key cannot be read (native builder)", () => {
+    const { output, status } = startServer({
+      CHECKPOINT_IMAGE_PREFIX: "r/x",
+      CHECKPOINTER_NODE: "n",
+      CHECKPOINTER_NODE_IP: "127.0.0.1",
+      CHECKPOINT_BUILDER: "native",
+      CHECKPOINT_ENCRYPTION_KEYS: "/nonexistent/ops.pem"
+    })
+    expect(status).toBe(1)
+    expect(output).toContain("CHECKPOINT_ENCRYPTION_KEYS: cannot read /nonexistent/ops.pem (NotFound")
+    const unknown = startServer({
+      CHECKPOINT_IMAGE_PREFIX: "r/x",
+      CHECKPOINTER_NODE: "n",
+      CHECKPOINTER_NODE_IP: "127.0.0.1",
+      CHECKPOINT_BUILDER: "native",
+      CHECKPOINT_LAYER_COMPRESSION: "lz4"
+    })
+    expect(unknown.status).toBe(1)
+    expect(unknown.output).toContain(
+      "CHECKPOINT_LAYER_COMPRESSION: Expected one of (none, zstd, gzip) but received \"lz4\""
+    )
+  })
+
   it.each(["kaniko", "kaniko-fs"])("starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)", (builder) =>
     Effect.gen(function*() {
       const port = yield* freePort("127.0.0.1")
