@@ -1,5 +1,6 @@
-import { FileSystem, Path } from "@effect/platform"
-import { Effect } from "effect"
+import { Command, FileSystem, Path } from "@effect/platform"
+import type { PlatformError } from "@effect/platform/Error"
+import { Effect, Stream } from "effect"
 import { flattenedDecrypt, generalDecrypt } from "jose"
 import type { FlattenedJWE, GeneralJWE } from "jose"
 import {
@@ -118,4 +119,30 @@ export const openLayer = (
       plaintext,
       hmacValid: mac.length === expected.length && timingSafeEqual(mac, expected)
     }
+  })
+
+/** `skopeo ARGS`: exit code and output, without judging them. */
+export const skopeo = (args: ReadonlyArray<string>) =>
+  Effect.scoped(Effect.gen(function*() {
+    const process = yield* Command.start(Command.make("skopeo", ...args))
+    const text = (bytes: Stream.Stream<Uint8Array, PlatformError>) => Stream.mkString(Stream.decodeText(bytes))
+    const [stdout, stderr, exitCode] = yield* Effect.all([text(process.stdout), text(process.stderr), process.exitCode], {
+      concurrency: "unbounded"
+    })
+    return { exitCode, output: `${stdout}${stderr}` }
+  }))
+
+/** The single layer of the image in an OCI layout directory (as `skopeo copy ... oci:DIR` writes it). */
+export const ociLayoutLayer = (dir: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const blob = (digest: string) => fs.readFile(`${dir}/blobs/${digest.replace(":", "/")}`)
+    const index = JSON.parse(yield* fs.readFileString(`${dir}/index.json`)) as {
+      readonly manifests: ReadonlyArray<{ readonly digest: string }>
+    }
+    const manifest = JSON.parse(Buffer.from(yield* blob(index.manifests[0]!.digest)).toString()) as {
+      readonly layers: ReadonlyArray<{ readonly mediaType: string; readonly digest: string; readonly size: number }>
+    }
+    const [layer] = manifest.layers
+    return { descriptor: layer!, bytes: yield* blob(layer!.digest) }
   })
