@@ -126,9 +126,10 @@ export const skopeo = (args: ReadonlyArray<string>) =>
   Effect.scoped(Effect.gen(function*() {
     const process = yield* Command.start(Command.make("skopeo", ...args))
     const text = (bytes: Stream.Stream<Uint8Array, PlatformError>) => Stream.mkString(Stream.decodeText(bytes))
-    const [stdout, stderr, exitCode] = yield* Effect.all([text(process.stdout), text(process.stderr), process.exitCode], {
-      concurrency: "unbounded"
-    })
+    const [stdout, stderr, exitCode] = yield* Effect.all(
+      [text(process.stdout), text(process.stderr), process.exitCode],
+      { concurrency: "unbounded" }
+    )
     return { exitCode, output: `${stdout}${stderr}` }
   }))
 

@@ -3,7 +3,9 @@ import { NodeContext } from "@effect/platform-node"
 import { ContainerName, ContainerRef, ImageBuilder, Namespace, PodName } from "@checkpointer/core"
 import { expect, layer } from "@effect/vitest"
 import { ConfigProvider, Context, Effect, Layer } from "effect"
+import { Command } from "@effect/platform"
 import { randomBytes } from "node:crypto"
+import { readFileSync } from "node:fs"
 import { gunzipSync, zstdCompressSync, zstdDecompressSync } from "node:zlib"
 import { describeE2E } from "../../../test/harness/E2E.ts"
 import { startRegistry } from "../../../test/harness/Registry.ts"
@@ -83,8 +85,8 @@ const push = (archive: string, settings: Record<string, string>) =>
     return { imageName, manifest, layer, layerBytes, config }
   })
 
-/** `skopeo copy` from the registry into an OCI layout, decrypting with `key` (an independent ocicrypt reader). */
-const skopeoCopy = (imageName: string, key: KeyPair | undefined) =>
+/** `skopeo copy` from the registry into an OCI layout, decrypting with a private key (independent ocicrypt code). */
+const skopeoCopy = (imageName: string, privateKeyFile: string | undefined) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const { dir, registry } = yield* Fixture
@@ -95,16 +97,23 @@ const skopeoCopy = (imageName: string, key: KeyPair | undefined) =>
       registry.certDir,
       "--src-creds",
       `${registry.username}:${registry.password}`,
-      ...(key === undefined ? [] : ["--decryption-key", key.privateFile]),
+      ...(privateKeyFile === undefined ? [] : ["--decryption-key", privateKeyFile]),
       `docker://${imageName}`,
       `oci:${target}:copy`
     ])
     return { ...result, target }
   })
 
+/** The openssl command lines of README.md's shell blocks, in order. */
+const readmeOpensslCommands = (): ReadonlyArray<string> => {
+  const readme = readFileSync(new URL("../../../README.md", import.meta.url), "utf8")
+  const blocks = [...readme.matchAll(/```(?:sh|shell|bash)\n([\s\S]*?)```/g)].map((match) => match[1]!)
+  return blocks.flatMap((block) => block.split("\n")).filter((line) => line.startsWith("openssl "))
+}
+
 describeE2E("NativeImageBuilder encryption and compression against a real registry", () => {
   layer(FixtureLive, { timeout: "180 seconds", excludeTestServices: true })((it) => {
-    it.effect("encrypts for an RSA and an EC recipient: no plaintext in the registry, skopeo decrypts with either key", () =>
+    it.effect("encrypts for RSA and EC recipients: no plaintext in the registry, skopeo decrypts with either key", () =>
       Effect.gen(function*() {
         const { archive, archiveBytes, ec, rsa, stranger } = yield* Fixture
         expect(Buffer.from(archiveBytes).includes(marker)).toBe(true)
@@ -127,14 +136,14 @@ describeE2E("NativeImageBuilder encryption and compression against a real regist
           const opened = yield* openLayer(pushed.layerBytes, pushed.layer.annotations!, key.privatePem)
           expect(opened.hmacValid, key.kind).toBe(true)
           expect(opened.plaintext.equals(Buffer.from(archiveBytes)), key.kind).toBe(true)
-          const copied = yield* skopeoCopy(pushed.imageName, key)
+          const copied = yield* skopeoCopy(pushed.imageName, key.privateFile)
           expect(copied.exitCode, copied.output).toBe(0)
           const layer = yield* ociLayoutLayer(copied.target)
           expect(layer.descriptor.mediaType, key.kind).toBe(tarType)
           expect(layer.descriptor.digest, key.kind).toBe(sha256(archiveBytes))
           expect(Buffer.from(layer.bytes).equals(Buffer.from(archiveBytes)), key.kind).toBe(true)
         }
-        const refused = yield* skopeoCopy(pushed.imageName, stranger)
+        const refused = yield* skopeoCopy(pushed.imageName, stranger.privateFile)
         expect(refused.exitCode).not.toBe(0)
         expect(refused.output).toMatch(/decrypt|private key/i)
       }).pipe(Effect.provide(NodeContext.layer)))
@@ -149,7 +158,7 @@ describeE2E("NativeImageBuilder encryption and compression against a real regist
         expect(pushed.layer.mediaType).toBe(`${tarType}+zstd+encrypted`)
         expect(pushed.config.rootfs.diff_ids).toEqual([sha256(archiveBytes)])
         expect(Buffer.from(pushed.layerBytes).includes(marker)).toBe(false)
-        const copied = yield* skopeoCopy(pushed.imageName, ec)
+        const copied = yield* skopeoCopy(pushed.imageName, ec.privateFile)
         expect(copied.exitCode, copied.output).toBe(0)
         const layer = yield* ociLayoutLayer(copied.target)
         expect(layer.descriptor.mediaType).toBe(`${tarType}+zstd`)
@@ -166,7 +175,7 @@ describeE2E("NativeImageBuilder encryption and compression against a real regist
         })
         expect(pushed.layer.mediaType).toBe(`${tarType}+zstd+encrypted`)
         expect(pushed.config.rootfs.diff_ids).toEqual([sha256(archiveBytes)])
-        const copied = yield* skopeoCopy(pushed.imageName, rsa)
+        const copied = yield* skopeoCopy(pushed.imageName, rsa.privateFile)
         expect(copied.exitCode, copied.output).toBe(0)
         const layer = yield* ociLayoutLayer(copied.target)
         expect(sha256(layer.bytes)).toBe(sha256(yield* fs.readFile(zstdArchive)))
@@ -188,6 +197,31 @@ describeE2E("NativeImageBuilder encryption and compression against a real regist
           const copied = yield* skopeoCopy(pushed.imageName, undefined)
           expect(copied.exitCode, copied.output).toBe(0)
           expect((yield* ociLayoutLayer(copied.target)).descriptor.digest, kind).toBe(pushed.layer.digest)
+        }
+      }).pipe(Effect.provide(NodeContext.layer)))
+
+    it.effect("the README's openssl commands make keys that the builder takes and skopeo decrypts with", () =>
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const { archive, archiveBytes, dir } = yield* Fixture
+        const commands = readmeOpensslCommands()
+        expect(commands).toHaveLength(4)
+        const keys = yield* fs.makeTempDirectory({ directory: dir, prefix: "readme-keys-" })
+        for (const command of commands) {
+          yield* Command.exitCode(Command.make("sh", "-c", command).pipe(Command.workingDirectory(keys))).pipe(
+            Effect.filterOrDieMessage((code) => code === 0, `${command} failed`)
+          )
+        }
+        const outputs = commands.map((command) => `${keys}/${/-out (\S+)/.exec(command)![1]}`)
+        const publicFiles = outputs.filter((file) => file.endsWith(".pub.pem"))
+        const privateFiles = outputs.filter((file) => !file.endsWith(".pub.pem"))
+        expect(publicFiles).toHaveLength(2)
+        const pushed = yield* push(archive, { CHECKPOINT_ENCRYPTION_KEYS: publicFiles.join(",") })
+        expect(pushed.layer.mediaType).toBe(`${tarType}+encrypted`)
+        for (const privateFile of privateFiles) {
+          const copied = yield* skopeoCopy(pushed.imageName, privateFile)
+          expect(copied.exitCode, copied.output).toBe(0)
+          expect(sha256((yield* ociLayoutLayer(copied.target)).bytes), privateFile).toBe(sha256(archiveBytes))
         }
       }).pipe(Effect.provide(NodeContext.layer)))
   })
