@@ -9,7 +9,7 @@ import { readArchive } from "../src/CheckpointArchive.ts"
 import type { ArchiveDescription } from "../src/CheckpointArchive.ts"
 import * as LayerEncoding from "../src/LayerEncoding.ts"
 import * as LayerEncryption from "../src/LayerEncryption.ts"
-import { openLayer, sha256, writeKeyPair, writeMarkedArchive } from "./EncryptionFixtures.ts"
+import { openLayer, sha256, writeKeyPair, writeMarkedArchive } from "./BuilderFixtures.ts"
 
 const marker = "CHECKPOINTER-SECRET-MARKER-4711"
 

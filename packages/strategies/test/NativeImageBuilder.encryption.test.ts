@@ -2,7 +2,7 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { ContainerName, ContainerRef, ImageBuilder, Namespace, PodName } from "@checkpointer/core"
 import { expect, layer } from "@effect/vitest"
-import { ConfigProvider, Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { Command } from "@effect/platform"
 import { randomBytes } from "node:crypto"
 import { readFileSync } from "node:fs"
@@ -10,9 +10,17 @@ import { gunzipSync, zstdCompressSync, zstdDecompressSync } from "node:zlib"
 import { describeE2E } from "../../../test/harness/E2E.ts"
 import { startRegistry } from "../../../test/harness/Registry.ts"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
-import * as NativeImageBuilder from "../src/NativeImageBuilder.ts"
-import { ociLayoutLayer, openLayer, sha256, skopeo, writeKeyPair, writeMarkedArchive } from "./EncryptionFixtures.ts"
-import type { KeyPair } from "./EncryptionFixtures.ts"
+import {
+  nativeBuilder,
+  ociLayoutLayer,
+  openLayer,
+  sha256,
+  skopeo,
+  trustedRegistry,
+  writeKeyPair,
+  writeMarkedArchive
+} from "./BuilderFixtures.ts"
+import type { KeyPair } from "./BuilderFixtures.ts"
 
 const marker = "CHECKPOINTER-SECRET-MARKER-9131"
 const tarType = "application/vnd.oci.image.layer.v1.tar"
@@ -60,16 +68,8 @@ const push = (archive: string, settings: Record<string, string>) =>
     const repository = "checkpoints/sealed"
     const tag = randomBytes(8).toString("hex")
     const imageName = `${registry.host}/${repository}:${tag}`
-    const builder = NativeImageBuilder.layer.pipe(
-      Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries({
-        REGISTRY_AUTH_FILE: registry.authFile,
-        REGISTRY_CA_FILE: registry.caFile,
-        ...settings
-      }))))),
-      Layer.orDie
-    )
     const built = yield* Effect.flatMap(ImageBuilder, (b) => b.build({ archive, imageName, container })).pipe(
-      Effect.provide(builder)
+      Effect.provide(nativeBuilder({ ...trustedRegistry(registry), ...settings }))
     )
     const manifest = yield* registry.manifest(repository, tag)
     expect(manifest.digest).toBe(built.digest)

@@ -2,14 +2,13 @@ import { Command, FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { ContainerName, ContainerRef, ImageBuilder, Namespace, PodName } from "@checkpointer/core"
 import { expect, layer } from "@effect/vitest"
-import { ConfigProvider, Context, Effect, Fiber, Layer, Schedule } from "effect"
+import { Context, Effect, Fiber, Layer, Schedule } from "effect"
 import { createHash } from "node:crypto"
 import { createReadStream } from "node:fs"
 import { describeE2E } from "../../../test/harness/E2E.ts"
 import { startRegistry } from "../../../test/harness/Registry.ts"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
-import * as NativeImageBuilder from "../src/NativeImageBuilder.ts"
-import { writeKeyPair } from "./EncryptionFixtures.ts"
+import { nativeBuilder, trustedRegistry, writeKeyPair } from "./BuilderFixtures.ts"
 
 const MiB = 1024 * 1024
 const fileCount = 18
@@ -54,14 +53,7 @@ const BigLive = Layer.scoped(
 const pushMeasured = (tag: string, settings: Record<string, string>) =>
   Effect.gen(function*() {
     const { archive, registry, size } = yield* Big
-    const builder = NativeImageBuilder.layer.pipe(
-      Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries({
-        REGISTRY_AUTH_FILE: registry.authFile,
-        REGISTRY_CA_FILE: registry.caFile,
-        ...settings
-      }))))),
-      Layer.orDie
-    )
+    const builder = nativeBuilder({ ...trustedRegistry(registry), ...settings })
     const request = {
       archive,
       imageName: `${registry.host}/big/archive:${tag}`,

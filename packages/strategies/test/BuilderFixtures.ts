@@ -1,6 +1,6 @@
 import { Command, FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
-import { Effect, Stream } from "effect"
+import { ConfigProvider, Effect, Layer, Stream } from "effect"
 import { flattenedDecrypt, generalDecrypt } from "jose"
 import type { FlattenedJWE, GeneralJWE } from "jose"
 import {
@@ -13,6 +13,21 @@ import {
   timingSafeEqual
 } from "node:crypto"
 import { create } from "tar"
+import type { TestRegistry } from "../../../test/harness/Registry.ts"
+import * as NativeImageBuilder from "../src/NativeImageBuilder.ts"
+
+/** The native builder as the server makes it, configured by `settings` alone (not the environment). */
+export const nativeBuilder = (settings: Readonly<Record<string, string>>) =>
+  NativeImageBuilder.layer.pipe(
+    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(settings))))),
+    Layer.orDie
+  )
+
+/** The settings that make the native builder trust `registry` and log in to it. */
+export const trustedRegistry = (registry: TestRegistry, authFile = registry.authFile) => ({
+  REGISTRY_AUTH_FILE: authFile,
+  REGISTRY_CA_FILE: registry.caFile
+})
 
 export const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`
 
