@@ -1,10 +1,15 @@
-import { Array as Arr, Config, ConfigError, Data, Effect, Either, Option, Stream } from "effect"
+import { Array as Arr, Config, ConfigError, Data, Deferred, Effect, Either, FiberId, Option, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as Zlib from "node:zlib"
 import { layerMediaType, sniffCompression } from "./CheckpointArchive.ts"
 import type { ArchiveDescription, Compression } from "./CheckpointArchive.ts"
-import { encryptedMediaType, encryptionAnnotations, keysVariable, makeLayerCipher } from "./LayerEncryption.ts"
-import type { LayerEncryptionError, Recipient } from "./LayerEncryption.ts"
+import {
+  encryptedMediaType,
+  encryptionAnnotations,
+  keysVariable,
+  makeLayerCipher
+} from "./LayerEncryption.ts"
+import type { LayerEncryptionError, Recipient, SealedLayer } from "./LayerEncryption.ts"
 
 export const compressionVariable = "CHECKPOINT_LAYER_COMPRESSION"
 
@@ -147,20 +152,23 @@ const compressionStage = (kind: Exclude<Compression, "none">) => {
 
 /** Encrypts the layer while it streams; `result` is the ciphertext's descriptor and the recipients' annotations. */
 const encryptionStage = (recipients: Arr.NonEmptyReadonlyArray<Recipient>) => {
-  const cipher = makeLayerCipher()
-  const output = measure()
-  const apply = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<Uint8Array, E, R> =>
-    Stream.map(bytes, (chunk) => {
-      const encrypted = cipher.encrypt(chunk)
-      output.update(encrypted)
-      return encrypted
-    })
+  const sealed = Deferred.unsafeMake<SealedLayer>(FiberId.none)
+  let size = 0
+  const apply = <E, R>(
+    bytes: Stream.Stream<Uint8Array, E, R>
+  ): Stream.Stream<Uint8Array, E | LayerEncryptionError, R> =>
+    Stream.unwrapScoped(Effect.map(makeLayerCipher, (cipher) =>
+      bytes.pipe(
+        cipher.encrypt,
+        Stream.tap((chunk) => Effect.sync(() => size += chunk.length)),
+        Stream.concat(Stream.execute(Effect.flatMap(cipher.seal, (done) => Deferred.succeed(sealed, done))))
+      )))
   const result = (plain: Omit<EncodedLayer, "annotations">) =>
-    Effect.map(encryptionAnnotations(recipients, cipher.seal(plain.digest)), (annotations) => ({
-      mediaType: encryptedMediaType(plain.mediaType),
-      ...output.result(),
-      annotations
-    }))
+    Effect.gen(function*() {
+      const { ciphertextDigest, ...secrets } = yield* Deferred.await(sealed)
+      const annotations = yield* encryptionAnnotations(recipients, { ...secrets, digest: plain.digest })
+      return { mediaType: encryptedMediaType(plain.mediaType), digest: ciphertextDigest, size, annotations }
+    })
   return { apply, result } as const
 }
 

@@ -1,8 +1,9 @@
 import { FileSystem } from "@effect/platform"
-import { Array as Arr, ConfigError, Data, Effect, Either } from "effect"
+import { Array as Arr, ConfigError, Data, Deferred, Effect, Either, Queue, Stream } from "effect"
 import { FlattenedEncrypt, GeneralEncrypt } from "jose"
-import { createCipheriv, createHmac, createPublicKey, randomBytes } from "node:crypto"
+import { createPublicKey, randomBytes } from "node:crypto"
 import type { KeyObject } from "node:crypto"
+import { Worker } from "node:worker_threads"
 import { platformReason } from "./RegistryAuth.ts"
 
 /**
@@ -109,26 +110,117 @@ export const privateOptions = (envelope: Envelope): string =>
 export const publicOptions = (envelope: Envelope): string =>
   JSON.stringify({ cipher: cipherType, hmac: base64(envelope.hmac), cipheroptions: {} })
 
+/** Encryption, HMAC and digest run in a worker thread, in place, in slots of a shared ring of buffers. */
+const workerSource = `
+const { parentPort, workerData } = require("node:worker_threads")
+const { createCipheriv, createHash, createHmac } = require("node:crypto")
+const { key, nonce, ring } = workerData
+const cipher = createCipheriv("aes-256-ctr", key, nonce)
+const hmac = createHmac("sha256", key)
+const hash = createHash("sha256")
+parentPort.on("message", (message) => {
+  if (message === "seal") {
+    cipher.final()
+    parentPort.postMessage({ hmac: hmac.digest(), ciphertextDigest: "sha256:" + hash.digest("hex") })
+    return
+  }
+  const slot = new Uint8Array(ring, message.offset, message.length)
+  slot.set(cipher.update(slot))
+  hmac.update(slot)
+  hash.update(slot)
+  parentPort.postMessage(message)
+})
+`
+
+export const cipherSlotSize = 1024 * 1024
+const cipherSlots = 8
+/** A ciphertext chunk's slot is reused only after this many later chunks went downstream (see readArchive). */
+const heldDownstream = 4
+
+interface Submitted {
+  readonly slot: number
+  readonly view: Uint8Array
+}
+
+/** What encrypting a whole layer leaves: the secrets for the recipients, the HMAC, the ciphertext's digest. */
+export interface SealedLayer extends Omit<Envelope, "digest"> {
+  readonly ciphertextDigest: string
+}
+
 /**
  * A fresh AES-256-CTR cipher (16-byte nonce as the initial counter block, as Go's cipher.NewCTR) that authenticates
- * what it writes: encrypt-then-MAC.
+ * what it writes (encrypt-then-MAC) and computes the ciphertext's sha256. The work runs in a worker thread, in place
+ * in the slots of a shared ring: the upload's thread keeps its time for TLS and the archive's own hashing, and no
+ * buffer is allocated per chunk. Chunks of at most `cipherSlotSize` bytes are encrypted in order, a few ahead of the
+ * consumer; a slot is refilled only when the consumer has taken `heldDownstream` later chunks.
  */
-export const makeLayerCipher = () => {
+export const makeLayerCipher = Effect.gen(function*() {
   const symmetricKey = randomBytes(32)
   const nonce = randomBytes(16)
-  const cipher = createCipheriv("aes-256-ctr", symmetricKey, nonce)
-  const hmac = createHmac("sha256", symmetricKey)
-  const encrypt = (chunk: Uint8Array): Buffer => {
-    const encrypted = cipher.update(chunk)
-    hmac.update(encrypted)
-    return encrypted
+  const ring = new SharedArrayBuffer(cipherSlotSize * cipherSlots)
+  const worker = yield* Effect.acquireRelease(
+    Effect.sync(() => new Worker(workerSource, { eval: true, workerData: { key: symmetricKey, nonce, ring } })),
+    (worker) => Effect.promise(() => worker.terminate())
+  )
+  const waiting: Array<Deferred.Deferred<unknown, LayerEncryptionError>> = []
+  const fail = (cause: unknown) => {
+    const error = new LayerEncryptionError({ message: `the encryption worker failed: ${String(cause)}`, cause })
+    waiting.splice(0).forEach((reply) => Deferred.unsafeDone(reply, Effect.fail(error)))
   }
-  const seal = (digest: string): Envelope => {
-    cipher.final()
-    return { symmetricKey, nonce, hmac: hmac.digest(), digest }
-  }
+  worker.on("message", (message: unknown) => {
+    const reply = waiting.shift()
+    if (reply !== undefined) Deferred.unsafeDone(reply, Effect.succeed(message))
+  })
+  worker.on("error", fail)
+  worker.on("exit", (code) => fail(`exit code ${code}`))
+  const ask = (message: unknown) =>
+    Effect.flatMap(Deferred.make<unknown, LayerEncryptionError>(), (reply) => {
+      waiting.push(reply)
+      worker.postMessage(message)
+      return Effect.succeed(Deferred.await(reply))
+    })
+  const free = yield* Queue.bounded<number>(cipherSlots)
+  yield* Queue.offerAll(free, Array.from({ length: cipherSlots }, (_, slot) => slot))
+
+  /** Copies a chunk into a free slot and starts its encryption; the inner effect waits for the ciphertext. */
+  const submit = (chunk: Uint8Array) =>
+    Effect.gen(function*() {
+      const slot = yield* Queue.take(free)
+      const view = new Uint8Array(ring, slot * cipherSlotSize, chunk.length)
+      view.set(chunk)
+      const encrypted = yield* ask({ offset: view.byteOffset, length: view.length })
+      return Effect.as(encrypted, { slot, view })
+    })
+  const handedOut: Array<number> = []
+  /** The ciphertext of a submitted chunk; frees the slot of the chunk handed out `heldDownstream` chunks before. */
+  const complete = (submitted: Effect.Effect<Submitted, LayerEncryptionError>) =>
+    Effect.gen(function*() {
+      const { slot, view } = yield* submitted
+      handedOut.push(slot)
+      if (handedOut.length > heldDownstream) yield* Queue.offer(free, handedOut.shift()!)
+      return view
+    })
+  const encrypt = <E, R>(
+    bytes: Stream.Stream<Uint8Array, E, R>
+  ): Stream.Stream<Uint8Array, E | LayerEncryptionError, R> =>
+    bytes.pipe(
+      Stream.mapConcat(pieces(cipherSlotSize)),
+      Stream.mapEffect(submit),
+      Stream.buffer({ capacity: cipherSlots - heldDownstream - 1 }),
+      Stream.mapEffect(complete)
+    )
+  const seal = Effect.map(Effect.flatten(ask("seal")), (reply): SealedLayer => {
+    const { ciphertextDigest, hmac } = reply as Pick<SealedLayer, "ciphertextDigest" | "hmac">
+    return { symmetricKey, nonce, hmac, ciphertextDigest }
+  })
   return { encrypt, seal } as const
-}
+})
+
+/** Pieces of at most `size` bytes (views, no copies). */
+const pieces = (size: number) => (chunk: Uint8Array): ReadonlyArray<Uint8Array> =>
+  chunk.length <= size
+    ? [chunk]
+    : Array.from({ length: Math.ceil(chunk.length / size) }, (_, i) => chunk.subarray(i * size, (i + 1) * size))
 
 /**
  * The options wrapped for every recipient in one JWE, serialized as go-jose's FullSerialize does (flattened for one

@@ -224,5 +224,35 @@ describeE2E("NativeImageBuilder encryption and compression against a real regist
           expect(sha256((yield* ociLayoutLayer(copied.target)).bytes), privateFile).toBe(sha256(archiveBytes))
         }
       }).pipe(Effect.provide(NodeContext.layer)))
+
+    it.effect("a 24 MiB archive over plain HTTP (each slot of the cipher's ring used many times) decrypts exactly", () =>
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const { dir, ec } = yield* Fixture
+        const work = yield* fs.makeTempDirectoryScoped({ directory: dir, prefix: "large-" })
+        const archive = yield* writeMarkedArchive(work, marker, 24 * 1024 * 1024)
+        const archiveBytes = yield* fs.readFile(archive)
+        const plain = yield* startRegistry({ dir: `${work}/registry`, auth: "token", tls: false })
+        const tag = randomBytes(8).toString("hex")
+        const built = yield* Effect.flatMap(ImageBuilder, (b) =>
+          b.build({ archive, imageName: `${plain.host}/sealed/large:${tag}`, container })).pipe(
+            Effect.provide(nativeBuilder({
+              REGISTRY_AUTH_FILE: plain.authFile,
+              REGISTRY_INSECURE: "true",
+              CHECKPOINT_ENCRYPTION_KEYS: ec.publicFile
+            }))
+          )
+        const manifest = yield* plain.manifest("sealed/large", tag)
+        expect(manifest.digest).toBe(built.digest)
+        const layer = manifest.json.layers[0]! as (typeof manifest.json.layers)[number] & {
+          readonly annotations?: Readonly<Record<string, string>>
+        }
+        const layerBytes = yield* plain.blob("sealed/large", layer.digest)
+        expect(layerBytes.length).toBe(archiveBytes.length)
+        expect(Buffer.from(layerBytes).includes(marker)).toBe(false)
+        const opened = yield* openLayer(layerBytes, layer.annotations!, ec.privatePem)
+        expect(opened.hmacValid).toBe(true)
+        expect(opened.plaintext.equals(Buffer.from(archiveBytes))).toBe(true)
+      }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
   })
 })
