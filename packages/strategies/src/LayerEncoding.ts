@@ -3,12 +3,7 @@ import { createHash } from "node:crypto"
 import * as Zlib from "node:zlib"
 import { layerMediaType, sniffCompression } from "./CheckpointArchive.ts"
 import type { ArchiveDescription, Compression } from "./CheckpointArchive.ts"
-import {
-  encryptedMediaType,
-  encryptionAnnotations,
-  keysVariable,
-  makeLayerCipher
-} from "./LayerEncryption.ts"
+import { encryptedMediaType, encryptionAnnotations, keysVariable, makeLayerCipher } from "./LayerEncryption.ts"
 import type { LayerEncryptionError, Recipient, SealedLayer } from "./LayerEncryption.ts"
 
 export const compressionVariable = "CHECKPOINT_LAYER_COMPRESSION"

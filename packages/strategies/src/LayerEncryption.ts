@@ -173,11 +173,15 @@ export const makeLayerCipher = Effect.gen(function*() {
   })
   worker.on("error", fail)
   worker.on("exit", (code) => fail(`exit code ${code}`))
+  /** Sends a message; the inner effect waits for its answer (the worker answers in order). */
   const ask = (message: unknown) =>
-    Effect.flatMap(Deferred.make<unknown, LayerEncryptionError>(), (reply) => {
-      waiting.push(reply)
-      worker.postMessage(message)
-      return Effect.succeed(Deferred.await(reply))
+    Effect.gen(function*() {
+      const reply = yield* Deferred.make<unknown, LayerEncryptionError>()
+      yield* Effect.sync(() => {
+        waiting.push(reply)
+        worker.postMessage(message)
+      })
+      return Deferred.await(reply)
     })
   const free = yield* Queue.bounded<number>(cipherSlots)
   yield* Queue.offerAll(free, Array.from({ length: cipherSlots }, (_, slot) => slot))
