@@ -62,9 +62,9 @@ const container = ContainerRef.make({
 })
 
 /** Builds `archive` with the native builder configured by `settings` and returns what the registry serves. */
-const push = (archive: string, settings: Record<string, string>) =>
+const push = (archive: string, settings: Record<string, string>, to?: TestRegistry) =>
   Effect.gen(function*() {
-    const { registry } = yield* Fixture
+    const registry = to ?? (yield* Fixture).registry
     const repository = "checkpoints/sealed"
     const tag = randomBytes(8).toString("hex")
     const imageName = `${registry.host}/${repository}:${tag}`
@@ -233,21 +233,10 @@ describeE2E("NativeImageBuilder encryption and compression against a real regist
         const archive = yield* writeMarkedArchive(work, marker, 24 * 1024 * 1024)
         const archiveBytes = yield* fs.readFile(archive)
         const plain = yield* startRegistry({ dir: `${work}/registry`, auth: "token", tls: false })
-        const tag = randomBytes(8).toString("hex")
-        const built = yield* Effect.flatMap(ImageBuilder, (b) =>
-          b.build({ archive, imageName: `${plain.host}/sealed/large:${tag}`, container })).pipe(
-            Effect.provide(nativeBuilder({
-              REGISTRY_AUTH_FILE: plain.authFile,
-              REGISTRY_INSECURE: "true",
-              CHECKPOINT_ENCRYPTION_KEYS: ec.publicFile
-            }))
-          )
-        const manifest = yield* plain.manifest("sealed/large", tag)
-        expect(manifest.digest).toBe(built.digest)
-        const layer = manifest.json.layers[0]! as (typeof manifest.json.layers)[number] & {
-          readonly annotations?: Readonly<Record<string, string>>
-        }
-        const layerBytes = yield* plain.blob("sealed/large", layer.digest)
+        const { layer, layerBytes } = yield* push(archive, {
+          REGISTRY_INSECURE: "true",
+          CHECKPOINT_ENCRYPTION_KEYS: ec.publicFile
+        }, plain)
         expect(layerBytes.length).toBe(archiveBytes.length)
         expect(Buffer.from(layerBytes).includes(marker)).toBe(false)
         const opened = yield* openLayer(layerBytes, layer.annotations!, ec.privatePem)
