@@ -148,17 +148,22 @@ export const skopeo = (args: ReadonlyArray<string>) =>
     return { exitCode, output: `${stdout}${stderr}` }
   }))
 
-/** The single layer of the image in an OCI layout directory (as `skopeo copy ... oci:DIR` writes it). */
-export const ociLayoutLayer = (dir: string) =>
+/** The single layer of the image in an OCI layout directory (as `skopeo copy ... oci:DIR` writes it), and its file. */
+export const ociLayoutLayerFile = (dir: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
-    const blob = (digest: string) => fs.readFile(`${dir}/blobs/${digest.replace(":", "/")}`)
+    const blobFile = (digest: string) => `${dir}/blobs/${digest.replace(":", "/")}`
     const index = JSON.parse(yield* fs.readFileString(`${dir}/index.json`)) as {
       readonly manifests: ReadonlyArray<{ readonly digest: string }>
     }
-    const manifest = JSON.parse(Buffer.from(yield* blob(index.manifests[0]!.digest)).toString()) as {
+    const manifest = JSON.parse(yield* fs.readFileString(blobFile(index.manifests[0]!.digest))) as {
       readonly layers: ReadonlyArray<{ readonly mediaType: string; readonly digest: string; readonly size: number }>
     }
     const [layer] = manifest.layers
-    return { descriptor: layer!, bytes: yield* blob(layer!.digest) }
+    return { descriptor: layer!, file: blobFile(layer!.digest) }
   })
+
+/** The same layer with its bytes (small images). */
+export const ociLayoutLayer = (dir: string) =>
+  Effect.flatMap(ociLayoutLayerFile(dir), ({ descriptor, file }) =>
+    Effect.map(Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFile(file)), (bytes) => ({ descriptor, bytes })))
