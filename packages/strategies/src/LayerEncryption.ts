@@ -33,7 +33,8 @@ export interface Recipient {
   readonly algorithm: KeyAlgorithm
 }
 
-const curves: Readonly<Record<string, string>> = { prime256v1: "P-256", secp384r1: "P-384" }
+/** OpenSSL's names of P-256 and P-384. */
+const curves: ReadonlySet<string> = new Set(["prime256v1", "secp384r1"])
 const minimumRsaBits = 2048
 
 /** The reason a PEM text is not a usable recipient key, or the recipient. */
@@ -58,7 +59,7 @@ export const parseRecipient = (file: string, pem: string): Either.Either<Recipie
     }
     if (key.asymmetricKeyType === "ec") {
       const curve = details.namedCurve ?? "unknown"
-      return curves[curve] === undefined
+      return !curves.has(curve)
         ? Either.left(`is an EC key on curve ${curve}; supported are P-256 and P-384`)
         : Either.right({ file, key, algorithm: "ECDH-ES+A256KW" })
     }
