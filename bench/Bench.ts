@@ -4,7 +4,7 @@ import { ImageBuilder } from "@checkpointer/core"
 import { NativeImageBuilder } from "@checkpointer/strategies"
 import { Console, Context, Effect, Layer, Option, Ref } from "effect"
 import type { Scope } from "effect"
-import { createHash, randomBytes } from "node:crypto"
+import { createHash, generateKeyPairSync, randomBytes } from "node:crypto"
 import type { Profiler } from "node:inspector"
 import type { CheckpointerProcess } from "../test/harness/CheckpointerProcess.ts"
 import { freePort, projectRoot, serverCommand, startCheckpointer } from "../test/harness/CheckpointerProcess.ts"
@@ -45,6 +45,8 @@ export interface BenchEnv {
   readonly cluster: LocalCluster
   readonly node: KubeletNode
   readonly builder: Context.Tag.Service<ImageBuilder>
+  /** The library builder with CHECKPOINT_ENCRYPTION_KEYS-style recipients: one RSA 4096 and one EC P-256 key. */
+  readonly encryptingBuilder: Context.Tag.Service<ImageBuilder>
   /** Scoped: a fresh Checkpointer server process (the command `pnpm start` runs) for this node and registry. */
   readonly startServer: (
     name: string,
@@ -67,11 +69,26 @@ export const makeEnv = Effect.fn("Bench.makeEnv")(function*(settings: BenchSetti
     Effect.mapError(failedTo("start the simulated cluster"))
   )
   const node = cluster.node(nodeName)
-  const builderContext = yield* Layer.build(NativeImageBuilder.layerWith({
+  const builderSettings = {
     authFile: Option.some(registry.authFile),
     caFile: Option.some(registry.caFile),
     insecure: false
-  })).pipe(Effect.mapError(failedTo("make the native builder")))
+  }
+  const builderContext = yield* Layer.build(NativeImageBuilder.layerWith(builderSettings)).pipe(
+    Effect.mapError(failedTo("make the native builder"))
+  )
+  const recipients = [
+    generateKeyPairSync("rsa", { modulusLength: 4096 }).publicKey,
+    generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey
+  ]
+  const encryptionKeys = yield* Effect.forEach(recipients, (key, i) => {
+    const file = path.join(dir, `recipient-${i}.pub.pem`)
+    return Effect.as(fs.writeFileString(file, key.export({ type: "spki", format: "pem" }).toString()), file)
+  }).pipe(Effect.mapError(failedTo("write the recipients' public keys")))
+  const encryptingBuilder = NativeImageBuilder.layerWith({ ...builderSettings, encryptionKeys })
+  const encryptingContext = yield* Layer.build(encryptingBuilder).pipe(
+    Effect.mapError(failedTo("make the encrypting native builder"))
+  )
   const bundles = yield* Ref.make<ReadonlyArray<string>>([])
   const startServer = (name: string, extra?: Readonly<Record<string, string>>) =>
     Effect.gen(function*() {
@@ -97,6 +114,7 @@ export const makeEnv = Effect.fn("Bench.makeEnv")(function*(settings: BenchSetti
     cluster,
     node,
     builder: Context.get(builderContext, ImageBuilder),
+    encryptingBuilder: Context.get(encryptingContext, ImageBuilder),
     startServer,
     loads: yield* Ref.make<ReadonlyArray<number>>([]),
     bundles
@@ -250,6 +268,7 @@ export const benchSize = (
       rawHashedPipeline(env.registry, archive),
       archivePassPipeline(archive),
       libraryPipeline(env.builder, env.registry, archive, container),
+      libraryPipeline(env.encryptingBuilder, env.registry, archive, container, "libraryEncrypted"),
       httpPipeline(env.registry, server, container),
       buildahPipeline(env.registry, archive, container),
       podmanPipeline(env.registry, podmanContainer)

@@ -16,7 +16,7 @@ import type { BenchError } from "./Tools.ts"
 import { currentRss, exec, failedTo, peakRss, processCpu, resetPeakRss, seconds, selfCpu } from "./Tools.ts"
 import type { Archive, MemoryContainer } from "./Workload.ts"
 
-export type PipelineId = "raw" | "rawHashed" | "pass" | "library" | "http" | "buildah" | "podman"
+export type PipelineId = "raw" | "rawHashed" | "pass" | "library" | "libraryEncrypted" | "http" | "buildah" | "podman"
 
 /** One way of getting a checkpoint into the registry, run once per call with a fresh tag. */
 export interface Pipeline {
@@ -36,6 +36,7 @@ export const pipelineTitles: Readonly<Record<PipelineId, string>> = {
   rawHashed: "raw upload after sha256sum (two reads)",
   pass: "native builder's archive pass alone (no upload)",
   library: "native builder, library",
+  libraryEncrypted: "native builder, library, encrypted (RSA + EC recipients)",
   http: "native builder, HTTP API",
   buildah: "buildah recipe (Kubernetes docs)",
   podman: "podman checkpoint --create-image + push"
@@ -163,31 +164,39 @@ export const libraryBuild = (
   registry: BenchRegistry,
   archive: Pick<Archive, "path">,
   container: Pick<MemoryContainer, "pod" | "container">,
-  tag: string
+  tag: string,
+  repository = "bench/library"
 ) =>
   builder.build({
     archive: archive.path,
     container: benchRef(container.pod, container.container),
-    imageName: `${registry.host}/bench/library:${tag}`
-  }).pipe(Effect.mapError(failedTo("native build (library)")))
+    imageName: `${registry.host}/${repository}:${tag}`
+  }).pipe(Effect.mapError(failedTo(`native build (${repository})`)))
 
+const libraryRepositories = { library: "bench/library", libraryEncrypted: "bench/library-encrypted" } as const
+
+/** Library builds with `builder`: the plain native builder (`library`) or one that encrypts (`libraryEncrypted`). */
 export const libraryPipeline = (
   builder: Context.Tag.Service<ImageBuilder>,
   registry: BenchRegistry,
   archive: Archive,
-  container: MemoryContainer
+  container: MemoryContainer,
+  id: keyof typeof libraryRepositories = "library"
 ): Pipeline => ({
-  id: "library",
-  title: pipelineTitles.library,
+  id,
+  title: pipelineTitles[id],
   clientCpu: ownCpu,
-  timed: "ImageBuilder.build in this process: read + hash + push layer, config, manifest",
+  timed: id === "library"
+    ? "ImageBuilder.build in this process: read + hash + push layer, config, manifest"
+    : "the same, the layer encrypted while it streams (AES-256-CTR, HMAC, JWE for 2 recipients)",
   run: (tag) =>
     Effect.gen(function*() {
+      const repository = libraryRepositories[id]
       yield* resetPeakRss("self")
       const startRss = yield* currentRss("self")
-      const [time] = yield* seconds(libraryBuild(builder, registry, archive, container, tag))
+      const [time] = yield* seconds(libraryBuild(builder, registry, archive, container, tag, repository))
       const peak = yield* peakRss("self")
-      return { seconds: time, phases: {}, peakRss: peak, startRss, ...yield* pushedLayers(registry, "bench/library", tag) }
+      return { seconds: time, phases: {}, peakRss: peak, startRss, ...yield* pushedLayers(registry, repository, tag) }
     })
 })
 

@@ -32,7 +32,14 @@ export interface BenchReport {
   readonly concurrency?: ConcurrencyResult
 }
 
-export const targets = { maxRawRatio: 1.2, minBuildahSpeedup: 3.5, maxPeakRssMiB: 150, rssSizeMiB: 1024 } as const
+export const targets = {
+  maxRawRatio: 1.2,
+  minBuildahSpeedup: 3.5,
+  maxPeakRssMiB: 150,
+  rssSizeMiB: 1024,
+  maxEncryptionRatio: 1.15,
+  encryptionSizesMiB: [256, 1024]
+} as const
 
 const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) =>
   [
@@ -58,6 +65,7 @@ export const keyFigures = (size: SizeResult) => {
   return {
     raw: median("raw"),
     library: median("library"),
+    libraryEncrypted: median("libraryEncrypted"),
     httpTotal: median("http"),
     httpBuildPush: phaseSummary(get("http"), "build/push")?.median ?? Number.NaN,
     httpKubelet: phaseSummary(get("http"), "kubelet")?.median ?? Number.NaN,
@@ -129,6 +137,7 @@ const sizeSection = (size: SizeResult) => {
     ...measured("rawHashed"),
     ...measured("pass", { pushed: false }),
     ...measured("library", { peak: libraryPeak(get("library")) }),
+    ...measured("libraryEncrypted", { peak: libraryPeak(get("libraryEncrypted")) }),
     row(
       "native builder, HTTP API: build/push phase (server log)",
       phaseSummary(http, "build/push") ?? times([]),
@@ -261,6 +270,20 @@ export const targetRows = (sizes: ReadonlyArray<SizeResult>): ReadonlyArray<Targ
       speedup(`buildah recipe ≥ ${targets.minBuildahSpeedup}× native (library)`, k.library, library),
       speedup(`buildah recipe ≥ ${targets.minBuildahSpeedup}× native (HTTP, build/push)`, k.httpBuildPush, httpBuildPush)
     ]
+    const encrypted = series(size, "libraryEncrypted")
+    if ((targets.encryptionSizesMiB as ReadonlyArray<number>).includes(size.mib) && encrypted.length > 0) {
+      const cost = k.libraryEncrypted / k.library
+      rows.push({
+        target: `native (library) encrypted ≤ ${targets.maxEncryptionRatio}× unencrypted`,
+        size: label,
+        measured: formatRatio(cost),
+        paired: pairedText(encrypted, library),
+        verdict: verdict(
+          cost <= targets.maxEncryptionRatio,
+          `${((cost / targets.maxEncryptionRatio - 1) * 100).toFixed(0)}%`
+        )
+      })
+    }
     if (size.mib === targets.rssSizeMiB) {
       const peak = size.serverPeakRss / MiB
       rows.push({

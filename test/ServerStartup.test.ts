@@ -33,6 +33,9 @@ const startServer = (env: Record<string, string>) => {
   return { status: result.status, output: `${result.stdout}${result.stderr}` }
 }
 
+/** The required variables, with values that pass. */
+const required = { CHECKPOINT_IMAGE_PREFIX: "r/x", CHECKPOINTER_NODE: "n", CHECKPOINTER_NODE_IP: "127.0.0.1" }
+
 describe("server startup", () => {
   it("lists every missing required variable in one error and exits non-zero", () => {
     const { output, status } = startServer({})
@@ -44,12 +47,7 @@ describe("server startup", () => {
   })
 
   it("names an invalid value's variable", () => {
-    const { output, status } = startServer({
-      CHECKPOINT_IMAGE_PREFIX: "r/x",
-      CHECKPOINTER_NODE: "n",
-      CHECKPOINTER_NODE_IP: "127.0.0.1",
-      KANIKO_TIMEOUT: "soon"
-    })
+    const { output, status } = startServer({ ...required, KANIKO_TIMEOUT: "soon" })
     expect(status).toBe(1)
     expect(output).toMatch(/KANIKO_TIMEOUT: Expected an integer value but received "soon"/)
   })
@@ -98,15 +96,34 @@ describe("server startup", () => {
     expect(output).toMatch(/CHECKPOINTER_TLS_CERT_FILE: cannot read \/nonexistent\/tls\.crt/)
   })
 
+  it("refuses CHECKPOINT_ENCRYPTION_KEYS with the default (kaniko) builder: Kaniko cannot encrypt", () => {
+    const { output, status } = startServer({ ...required, CHECKPOINT_ENCRYPTION_KEYS: "/etc/checkpointer/ops.pem" })
+    expect(status).toBe(1)
+    expect(output).toContain("CHECKPOINT_ENCRYPTION_KEYS: the kaniko builder cannot encrypt images (Kaniko cannot)")
+  })
+
+  it("names CHECKPOINT_ENCRYPTION_KEYS and the file when a key cannot be read (native builder)", () => {
+    const { output, status } = startServer({
+      ...required,
+      CHECKPOINT_BUILDER: "native",
+      CHECKPOINT_ENCRYPTION_KEYS: "/nonexistent/ops.pem"
+    })
+    expect(status).toBe(1)
+    expect(output).toContain("CHECKPOINT_ENCRYPTION_KEYS: cannot read /nonexistent/ops.pem (NotFound")
+    const unknown = startServer({ ...required, CHECKPOINT_BUILDER: "native", CHECKPOINT_LAYER_COMPRESSION: "lz4" })
+    expect(unknown.status).toBe(1)
+    expect(unknown.output).toContain(
+      "CHECKPOINT_LAYER_COMPRESSION: Expected one of (none, zstd, gzip) but received \"lz4\""
+    )
+  })
+
   it.each(["kaniko", "kaniko-fs"])("starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)", (builder) =>
     Effect.gen(function*() {
       const port = yield* freePort("127.0.0.1")
       const { kubeconfig, storage } = yield* startupDir
       const checkpointer = yield* startCheckpointer({
         env: {
-          CHECKPOINT_IMAGE_PREFIX: "r/x",
-          CHECKPOINTER_NODE: "n",
-          CHECKPOINTER_NODE_IP: "127.0.0.1",
+          ...required,
           CHECKPOINTER_PORT: String(port),
           CHECKPOINT_BUILDER: builder,
           KUBECONFIG: kubeconfig,

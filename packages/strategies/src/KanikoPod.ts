@@ -8,6 +8,7 @@ import { checkpointFacts, readArchiveMetadata } from "./CheckpointArchive.ts"
 import type { Compression } from "./CheckpointArchive.ts"
 import { readArchiveFormat } from "./KanikoContext.ts"
 import type { ContextArchive, ContextFiles } from "./KanikoContext.ts"
+import { unsupportedByKaniko } from "./LayerEncoding.ts"
 import { imageAnnotations, nodeArchitecture } from "./NativeImageBuilder.ts"
 import { platformReason, readRegistryCa, registryTrustConfig } from "./RegistryAuth.ts"
 
@@ -253,6 +254,7 @@ export interface KanikoStrategy {
 /** An ImageBuilder that runs one Kaniko pod per build; the strategy decides how the build context gets there. */
 export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
   Effect.gen(function*() {
+    yield* unsupportedByKaniko(strategy.name)
     const settings = yield* CheckpointerConfig
     const cluster = yield* Cluster
     const fs = yield* FileSystem.FileSystem

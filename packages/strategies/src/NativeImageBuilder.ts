@@ -7,7 +7,11 @@ import type { ConfigError} from "effect"
 import { Clock, Config, Effect, Either, Layer, Option, Stream } from "effect"
 import { rootCertificates } from "node:tls"
 import { checkpointFacts, inspectWhileStreaming, readArchive } from "./CheckpointArchive.ts"
-import type { ArchiveDescription, ArchiveError, CheckpointFacts } from "./CheckpointArchive.ts"
+import type { ArchiveDescription, ArchiveError, CheckpointFacts, Compression } from "./CheckpointArchive.ts"
+import { compression, encodeLayer, encryptionKeys } from "./LayerEncoding.ts"
+import type { LayerCompressionError } from "./LayerEncoding.ts"
+import { loadRecipients } from "./LayerEncryption.ts"
+import type { LayerEncryptionError } from "./LayerEncryption.ts"
 import { formatReference, makeSession, parseImageReference } from "./OciRegistry.ts"
 import type { RegistryError } from "./OciRegistry.ts"
 import { credentialsFor, platformReason, readAuthFile, readRegistryCa, registryTrustConfig } from "./RegistryAuth.ts"
@@ -19,12 +23,23 @@ export interface NativeImageBuilderOptions {
   readonly caFile: Option.Option<string>
   /** Plain HTTP allowed and TLS left unverified (REGISTRY_INSECURE). */
   readonly insecure: boolean
+  /** Compression of an uncompressed archive's layer (CHECKPOINT_LAYER_COMPRESSION); `none` when absent. */
+  readonly compression?: Compression
+  /** Recipients' public key files (CHECKPOINT_ENCRYPTION_KEYS); the layer is encrypted for them when there are any. */
+  readonly encryptionKeys?: ReadonlyArray<string>
 }
 
 export const options: Config.Config<NativeImageBuilderOptions> = Config.all({
   authFile: Config.option(Config.string("REGISTRY_AUTH_FILE")),
-  trust: registryTrustConfig
-}).pipe(Config.map(({ authFile, trust }) => ({ authFile, ...trust })))
+  trust: registryTrustConfig,
+  compression,
+  encryptionKeys
+}).pipe(Config.map(({ authFile, compression, encryptionKeys, trust }) => ({
+  authFile,
+  ...trust,
+  compression,
+  encryptionKeys
+})))
 
 export const manifestMediaType = "application/vnd.oci.image.manifest.v1+json"
 export const configMediaType = "application/vnd.oci.image.config.v1+json"
@@ -99,6 +114,13 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
     HttpClient.mapRequest(HttpClientRequest.setHeader("user-agent", "checkpointer-native-image-builder"))
   )
   const architecture = nodeArchitecture()
+  const recipients = yield* loadRecipients(settings.encryptionKeys ?? [])
+  const encoding = { compression: settings.compression ?? "none", recipients } as const
+  if (recipients.length > 0) {
+    yield* Effect.logInfo("layers are encrypted").pipe(
+      Effect.annotateLogs({ service: "NativeImageBuilder", recipients: recipients.map((r) => r.file).join(",") })
+    )
+  }
 
   const build = Effect.fn("NativeImageBuilder.build")(function*(request: BuildRequest) {
     const started = yield* Clock.currentTimeMillis
@@ -114,6 +136,18 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
         message: `cannot read the checkpoint archive ${request.archive}: ${error.message}`,
         cause: error
       })
+    const encodingFailed = (error: ArchiveError | RegistryError | LayerCompressionError | LayerEncryptionError) => {
+      switch (error._tag) {
+        case "ArchiveError":
+          return archiveFailed(error)
+        case "RegistryError":
+          return pushFailed(error)
+        case "LayerCompressionError":
+          return new ImageBuildError({ phase: "compress layer", message: error.message, cause: error })
+        case "LayerEncryptionError":
+          return new ImageBuildError({ phase: "encrypt layer", message: error.message, cause: error })
+      }
+    }
     const reference = yield* Either.match(parseImageReference(request.imageName), {
       onLeft: (error) =>
         Effect.fail(
@@ -146,18 +180,23 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
         Stream.provideService(FileSystem.FileSystem, fs)
       )
     )
-    yield* session.pushBlobStream(stream, Effect.map(description, (d) => d.digest)).pipe(
+    const encoded = yield* encodeLayer(stream, encoding)
+    const described = yield* Effect.cached(
+      Effect.flatMap(description, (archive) => Effect.map(encoded.layer(archive), (layer) => ({ archive, layer })))
+    )
+    const pushed = session.pushBlobStream(encoded.stream, Effect.map(described, (d) => d.layer.digest))
+    const { archive, layer } = yield* pushed.pipe(
+      Effect.zipRight(described),
       Effect.catchAll((error) =>
         Effect.flatMap(
           readFailure,
           Option.match({
             onSome: (archiveError) => Effect.fail(archiveFailed(archiveError)),
-            onNone: () => Effect.fail(error._tag === "ArchiveError" ? archiveFailed(error) : pushFailed(error))
+            onNone: () => Effect.fail(encodingFailed(error))
           })
         )
       )
     )
-    const archive = yield* description.pipe(Effect.mapError(archiveFailed))
 
     const created = new Date(yield* Clock.currentTimeMillis)
     const configBlob = yield* session.pushBlob(encodeJson(imageConfig(archive, created, architecture)), configMediaType)
@@ -166,7 +205,7 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
       schemaVersion: 2,
       mediaType: manifestMediaType,
       config: configBlob,
-      layers: [{ mediaType: archive.mediaType, digest: archive.digest, size: archive.size }],
+      layers: [layer],
       annotations: imageAnnotations(checkpointFacts(archive), request.container, architecture)
     }
     const digest = yield* session.putManifest(encodeJson(manifest), manifestMediaType).pipe(
@@ -177,12 +216,12 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
       Effect.annotateLogs({
         image: formatReference(reference),
         digest,
-        layer: archive.mediaType,
-        bytes: archive.size,
+        layer: layer.mediaType,
+        bytes: layer.size,
         seconds: seconds.toFixed(2)
       })
     )
-    return { name: request.imageName, digest, size: archive.size }
+    return { name: request.imageName, digest, size: layer.size }
   }, Effect.annotateLogs({ service: "NativeImageBuilder" }))
 
   return ImageBuilder.of({ name: "native", build })
@@ -192,7 +231,10 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
 export const layerWith = (settings: NativeImageBuilderOptions): Layer.Layer<ImageBuilder, ConfigError.ConfigError> =>
   Layer.scoped(ImageBuilder, make(settings)).pipe(Layer.provide(NodeFileSystem.layer))
 
-/** The native builder, configured by REGISTRY_AUTH_FILE, REGISTRY_CA_FILE and REGISTRY_INSECURE. */
+/**
+ * The native builder, configured by REGISTRY_AUTH_FILE, REGISTRY_CA_FILE, REGISTRY_INSECURE,
+ * CHECKPOINT_LAYER_COMPRESSION and CHECKPOINT_ENCRYPTION_KEYS.
+ */
 export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError> = Layer.scoped(
   ImageBuilder,
   Effect.flatMap(options, make)

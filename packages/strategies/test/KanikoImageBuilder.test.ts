@@ -494,6 +494,35 @@ describe("Kaniko builders with a scripted cluster", () => {
       expect(yield* Ref.get(calls)).toEqual(["create kaniko-fs", "delete kube-system/checkpointer-kaniko-abcde"])
       expect(yield* fs.exists(archive)).toBe(true)
     }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped.each([["kaniko", KanikoImageBuilder.layer], ["kaniko-fs", KanikoFsImageBuilder.layer]] as const)(
+    "%s refuses to start with CHECKPOINT_ENCRYPTION_KEYS or a layer compression, naming both",
+    ([name, layer]) =>
+      Effect.gen(function*() {
+        const calls = yield* Ref.make<ReadonlyArray<string>>([])
+        const configured = (entries: ReadonlyArray<readonly [string, string]>) =>
+          Layer.build(Layer.provide(
+            layer,
+            Layer.mergeAll(
+              Layer.effect(Cluster, fakeCluster({ waits: [], calls })),
+              Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings)),
+              Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries)))
+            )
+          ))
+        const error = yield* Effect.flip(configured([
+          ["CHECKPOINT_ENCRYPTION_KEYS", "/etc/checkpointer/keys/ops.pem"],
+          ["CHECKPOINT_LAYER_COMPRESSION", "zstd"]
+        ]))
+        expect(describeConfigError(error)).toEqual([
+          `CHECKPOINT_ENCRYPTION_KEYS: the ${name} builder cannot encrypt images (Kaniko cannot); ` +
+          "use CHECKPOINT_BUILDER=native, or unset it",
+          `CHECKPOINT_LAYER_COMPRESSION: the ${name} builder cannot push the archive as a zstd layer (Kaniko makes ` +
+          "its own gzip layer around it); use CHECKPOINT_BUILDER=native, or unset it"
+        ])
+        yield* configured([["CHECKPOINT_LAYER_COMPRESSION", "none"], ["CHECKPOINT_ENCRYPTION_KEYS", " "]])
+        expect(yield* Ref.get(calls)).toEqual([])
+      }).pipe(Effect.provide(NodeContext.layer))
+  )
 })
 
 /** The archive compressed with zstd, next to it; and the sha256 of the plain tar. */

@@ -3,7 +3,7 @@ import { NodeContext } from "@effect/platform-node"
 import { ContainerName, ContainerRef, ImageBuilder, Namespace, PodName } from "@checkpointer/core"
 import type { BuildRequest } from "@checkpointer/core"
 import { expect, layer } from "@effect/vitest"
-import { Cause, ConfigProvider, Context, Effect, Layer } from "effect"
+import { Cause, Context, Effect, Layer } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { createReadStream, createWriteStream } from "node:fs"
 import { pipeline } from "node:stream/promises"
@@ -12,7 +12,7 @@ import { describeE2E } from "../../../test/harness/E2E.ts"
 import * as Podman from "../../../test/harness/Podman.ts"
 import { startRegistry } from "../../../test/harness/Registry.ts"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
-import * as NativeImageBuilder from "../src/NativeImageBuilder.ts"
+import { nativeBuilder, trustedRegistry } from "./BuilderFixtures.ts"
 
 const fileDigest = (file: string) =>
   Effect.promise(async () => {
@@ -79,20 +79,10 @@ const container = ContainerRef.make({
   container: ContainerName.make("counter")
 })
 
-const builderLayer = (settings: Record<string, string>) =>
-  NativeImageBuilder.layer.pipe(
-    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(settings)))))
-  )
-
 const build = (request: Omit<BuildRequest, "container">, settings: Record<string, string>) =>
   Effect.flatMap(ImageBuilder, (builder) => builder.build({ ...request, container })).pipe(
-    Effect.provide(Layer.orDie(builderLayer(settings)))
+    Effect.provide(nativeBuilder(settings))
   )
-
-const trusted = (registry: TestRegistry, authFile = registry.authFile) => ({
-  REGISTRY_AUTH_FILE: authFile,
-  REGISTRY_CA_FILE: registry.caFile
-})
 
 const randomTag = () => randomBytes(8).toString("hex")
 
@@ -109,7 +99,7 @@ const pushAndVerify = (registry: TestRegistry, archive: string, expected: {
     const tag = randomTag()
     const imageName = `${registry.host}/${repository}:${tag}`
     const started = Date.now()
-    const built = yield* build({ archive, imageName }, trusted(registry))
+    const built = yield* build({ archive, imageName }, trustedRegistry(registry))
     const seconds = (Date.now() - started) / 1000
     const size = Number((yield* fs.stat(archive)).size)
     expect(built).toEqual({ name: imageName, digest: expect.stringMatching(/^sha256:[0-9a-f]{64}$/), size })
@@ -243,7 +233,7 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         for (const registry of [htpasswd, token]) {
           const error = yield* Effect.flip(
             build({ archive: checkpoint.tar, imageName: `${registry.host}/denied/counter:${randomTag()}` }, {
-              ...trusted(registry, registry.wrongAuthFile)
+              ...trustedRegistry(registry, registry.wrongAuthFile)
             })
           )
           expect(error._tag).toBe("ImageBuildError")
@@ -298,7 +288,7 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         expect(plain.url).toBe(`http://${plain.host}`)
         const tag = randomTag()
         const imageName = `${plain.host}/plain/counter:${tag}`
-        const error = yield* Effect.flip(build({ archive: checkpoint.tar, imageName }, trusted(plain)))
+        const error = yield* Effect.flip(build({ archive: checkpoint.tar, imageName }, trustedRegistry(plain)))
         expect(error.phase).toBe("push")
         expect(error.message).toContain(`registry ping failed: cannot reach ${plain.host}`)
         const built = yield* build({ archive: checkpoint.tar, imageName }, {
@@ -321,7 +311,7 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         yield* fs.writeFile(notTar, randomBytes(100_000))
         for (const archive of [corrupt, notTar, `${checkpoint.dir}/missing.tar`]) {
           const error = yield* Effect.flip(
-            build({ archive, imageName: `${token.host}/broken/counter:${randomTag()}` }, trusted(token))
+            build({ archive, imageName: `${token.host}/broken/counter:${randomTag()}` }, trustedRegistry(token))
           )
           expect(error.phase, archive).toBe("read archive")
           expect(error.message, archive).toContain(`cannot read the checkpoint archive ${archive}`)

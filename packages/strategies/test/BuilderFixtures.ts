@@ -1,0 +1,169 @@
+import { Command, FileSystem, Path } from "@effect/platform"
+import type { PlatformError } from "@effect/platform/Error"
+import { ConfigProvider, Effect, Layer, Stream } from "effect"
+import { flattenedDecrypt, generalDecrypt } from "jose"
+import type { FlattenedJWE, GeneralJWE } from "jose"
+import {
+  createDecipheriv,
+  createHash,
+  createHmac,
+  createPrivateKey,
+  generateKeyPairSync,
+  randomBytes,
+  timingSafeEqual
+} from "node:crypto"
+import { create } from "tar"
+import type { TestRegistry } from "../../../test/harness/Registry.ts"
+import * as NativeImageBuilder from "../src/NativeImageBuilder.ts"
+
+/** The native builder as the server makes it, configured by `settings` alone (not the environment). */
+export const nativeBuilder = (settings: Readonly<Record<string, string>>) =>
+  NativeImageBuilder.layer.pipe(
+    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(settings))))),
+    Layer.orDie
+  )
+
+/** The settings that make the native builder trust `registry` and log in to it. */
+export const trustedRegistry = (registry: TestRegistry, authFile = registry.authFile) => ({
+  REGISTRY_AUTH_FILE: authFile,
+  REGISTRY_CA_FILE: registry.caFile
+})
+
+export const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`
+
+export type KeyKind = "rsa" | "p256" | "p384"
+
+export interface KeyPair {
+  readonly kind: KeyKind
+  readonly publicFile: string
+  readonly privateFile: string
+  readonly privatePem: string
+}
+
+const generate = (kind: KeyKind) =>
+  kind === "rsa"
+    ? generateKeyPairSync("rsa", { modulusLength: 2048 })
+    : generateKeyPairSync("ec", { namedCurve: kind === "p256" ? "prime256v1" : "secp384r1" })
+
+/** A recipient's key pair as PEM files (SPKI public key, PKCS#8 private key), as `openssl` would write them. */
+export const writeKeyPair = (dir: string, kind: KeyKind) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const pair = generate(kind)
+    const privatePem = pair.privateKey.export({ type: "pkcs8", format: "pem" }).toString()
+    const publicFile = `${dir}/${kind}-public.pem`
+    const privateFile = `${dir}/${kind}-private.pem`
+    yield* fs.writeFileString(publicFile, pair.publicKey.export({ type: "spki", format: "pem" }).toString())
+    yield* fs.writeFileString(privateFile, privatePem)
+    return { kind, publicFile, privateFile, privatePem } satisfies KeyPair
+  })
+
+/** A small tar shaped like a checkpoint archive whose CRIU pages contain `marker` in clear, many times. */
+export const writeMarkedArchive = (dir: string, marker: string, pagesSize = 3 * 1024 * 1024) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const content = path.join(dir, "content")
+    yield* fs.makeDirectory(path.join(content, "checkpoint"), { recursive: true })
+    yield* fs.writeFileString(
+      path.join(content, "config.dump"),
+      JSON.stringify({ name: "secret-holder", runtime: "runc", rootfsImageName: "localhost/busybox:test" })
+    )
+    yield* fs.writeFileString(
+      path.join(content, "spec.dump"),
+      JSON.stringify({ ociVersion: "1.2.0", annotations: { "io.container.manager": "libpod" } })
+    )
+    const page = () => Buffer.concat([randomBytes(65536 - 64), Buffer.from(marker.padEnd(64, "."))])
+    const pages = Buffer.concat(Array.from({ length: Math.ceil(pagesSize / 65536) }, page))
+    yield* fs.writeFile(path.join(content, "checkpoint", "pages-1.img"), pages)
+    const file = path.join(dir, "checkpoint.tar")
+    yield* Effect.promise(() =>
+      create({ file, cwd: content, portable: true }, ["config.dump", "spec.dump", "checkpoint"])
+    )
+    yield* fs.remove(content, { recursive: true })
+    return file
+  })
+
+/** What a recipient recovers from the layer annotations, read by hand from the ocicrypt formats. */
+export interface Opened {
+  readonly jwe: FlattenedJWE | GeneralJWE
+  /** The JWE's protected header, decoded. */
+  readonly protectedHeader: Record<string, unknown>
+  readonly privateOptions: {
+    readonly symkey: string
+    readonly digest: string
+    readonly cipheroptions: { readonly nonce: string }
+  }
+  readonly publicOptions: { readonly cipher: string; readonly hmac: string; readonly cipheroptions: object }
+  readonly plaintext: Buffer
+  /** Whether the ciphertext's HMAC-SHA256 under the symmetric key equals the one in the public options. */
+  readonly hmacValid: boolean
+}
+
+const fromBase64 = (text: string) => Buffer.from(text, "base64")
+
+/**
+ * Decrypts an ocicrypt layer with a private key, independently of the code under test: jose for the JWE,
+ * node:crypto for AES-256-CTR and the HMAC.
+ */
+export const openLayer = (
+  ciphertext: Uint8Array,
+  annotations: Readonly<Record<string, string>>,
+  privatePem: string
+) =>
+  Effect.promise(async (): Promise<Opened> => {
+    const jwe = JSON.parse(fromBase64(annotations["org.opencontainers.image.enc.keys.jwe"]!).toString()) as
+      | FlattenedJWE
+      | GeneralJWE
+    const key = createPrivateKey(privatePem)
+    const decrypted = "recipients" in jwe ? await generalDecrypt(jwe, key) : await flattenedDecrypt(jwe, key)
+    const privateOptions = JSON.parse(Buffer.from(decrypted.plaintext).toString()) as Opened["privateOptions"]
+    const publicOptions = JSON.parse(
+      fromBase64(annotations["org.opencontainers.image.enc.pubopts"]!).toString()
+    ) as Opened["publicOptions"]
+    const symkey = fromBase64(privateOptions.symkey)
+    const mac = createHmac("sha256", symkey).update(ciphertext).digest()
+    const expected = fromBase64(publicOptions.hmac)
+    const decipher = createDecipheriv("aes-256-ctr", symkey, fromBase64(privateOptions.cipheroptions.nonce))
+    const plaintext = Buffer.concat([decipher.update(ciphertext), decipher.final()])
+    return {
+      jwe,
+      protectedHeader: JSON.parse(Buffer.from(jwe.protected ?? "", "base64url").toString() || "{}"),
+      privateOptions,
+      publicOptions,
+      plaintext,
+      hmacValid: mac.length === expected.length && timingSafeEqual(mac, expected)
+    }
+  })
+
+/** `skopeo ARGS`: exit code and output, without judging them. */
+export const skopeo = (args: ReadonlyArray<string>) =>
+  Effect.scoped(Effect.gen(function*() {
+    const process = yield* Command.start(Command.make("skopeo", ...args))
+    const text = (bytes: Stream.Stream<Uint8Array, PlatformError>) => Stream.mkString(Stream.decodeText(bytes))
+    const [stdout, stderr, exitCode] = yield* Effect.all(
+      [text(process.stdout), text(process.stderr), process.exitCode],
+      { concurrency: "unbounded" }
+    )
+    return { exitCode, output: `${stdout}${stderr}` }
+  }))
+
+/** The single layer of the image in an OCI layout directory (as `skopeo copy ... oci:DIR` writes it), and its file. */
+export const ociLayoutLayerFile = (dir: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const blobFile = (digest: string) => `${dir}/blobs/${digest.replace(":", "/")}`
+    const index = JSON.parse(yield* fs.readFileString(`${dir}/index.json`)) as {
+      readonly manifests: ReadonlyArray<{ readonly digest: string }>
+    }
+    const manifest = JSON.parse(yield* fs.readFileString(blobFile(index.manifests[0]!.digest))) as {
+      readonly layers: ReadonlyArray<{ readonly mediaType: string; readonly digest: string; readonly size: number }>
+    }
+    const [layer] = manifest.layers
+    return { descriptor: layer!, file: blobFile(layer!.digest) }
+  })
+
+/** The same layer with its bytes (small images). */
+export const ociLayoutLayer = (dir: string) =>
+  Effect.flatMap(ociLayoutLayerFile(dir), ({ descriptor, file }) =>
+    Effect.map(Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFile(file)), (bytes) => ({ descriptor, bytes })))

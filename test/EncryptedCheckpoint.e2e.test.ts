@@ -1,0 +1,61 @@
+import { Command, FileSystem } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
+import { expect, layer } from "@effect/vitest"
+import { Effect } from "effect"
+import { ociLayoutLayerFile, skopeo, writeKeyPair } from "../packages/strategies/test/BuilderFixtures.ts"
+import { startBallastPod } from "./harness/Cluster.ts"
+import { describeE2E } from "./harness/E2E.ts"
+import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
+import { postCheckpoint } from "./HttpCalls.ts"
+
+const MiB = 1024 * 1024
+
+describeE2E("an encrypted checkpoint through the server", () => {
+  layer(Stack.layer({ registryAuth: "htpasswd" }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
+    it.scoped("a 560 MiB checkpoint is pushed encrypted by the server (peak RSS < 150 MiB); skopeo decrypts it", () =>
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const stack = yield* Stack
+        const keys = yield* fs.makeTempDirectoryScoped({ prefix: "encrypted-checkpoint-" })
+        const key = yield* writeKeyPair(keys, "p384")
+        const server = yield* stack.startAnotherCheckpointer({ extra: { CHECKPOINT_ENCRYPTION_KEYS: key.publicFile } })
+        yield* startBallastPod(stack.cluster, {
+          namespace: "default",
+          name: "sealed",
+          nodeName: "node-a",
+          bytes: 560 * MiB
+        })
+        const rssBefore = server.peakRss()
+        const response = yield* postCheckpoint(server.url, "default/sealed/main")
+        expect(response.status, response.text).toBe(201)
+        const peak = server.peakRss()
+        expect(peak).toBeLessThan(150 * MiB)
+        const image: string = JSON.parse(response.text).containerImageName
+        const manifest = yield* stack.registry.manifest(checkpointRepository, image.slice(image.lastIndexOf(":") + 1))
+        const [sealed] = manifest.json.layers
+        expect(sealed?.mediaType).toBe("application/vnd.oci.image.layer.v1.tar+encrypted")
+        expect(sealed?.size).toBeGreaterThanOrEqual(560 * MiB)
+        yield* Effect.log(
+          `encrypted ${(sealed!.size / MiB).toFixed(0)} MiB pushed; server peak RSS ${(rssBefore / MiB).toFixed(0)} ` +
+            `MiB before, ${(peak / MiB).toFixed(0)} MiB after`
+        )
+        const target = yield* fs.makeTempDirectoryScoped({ prefix: "encrypted-checkpoint-oci-" })
+        const copied = yield* skopeo([
+          "copy",
+          "--src-cert-dir",
+          stack.registry.certDir,
+          "--src-creds",
+          `${stack.registry.username}:${stack.registry.password}`,
+          "--decryption-key",
+          key.privateFile,
+          `docker://${image}`,
+          `oci:${target}:copy`
+        ])
+        expect(copied.exitCode, copied.output).toBe(0)
+        const { descriptor, file } = yield* ociLayoutLayerFile(target)
+        expect(descriptor.mediaType).toBe("application/vnd.oci.image.layer.v1.tar")
+        const entries = (yield* Command.string(Command.make("tar", "-tf", file))).split("\n")
+        expect(entries).toEqual(expect.arrayContaining(["config.dump", "spec.dump", "rootfs-diff.tar"]))
+      }).pipe(Effect.provide(NodeContext.layer)), 300_000)
+  })
+})
