@@ -1,11 +1,13 @@
 import { Command, FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect, Option } from "effect"
 import { ociLayoutLayerFile, skopeo, writeKeyPair } from "../packages/strategies/test/BuilderFixtures.ts"
-import { startBallastPod } from "./harness/Cluster.ts"
+import { counterPodManifest, startBallastPod, startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
+import { pollUntil } from "./harness/Process.ts"
+import { expectRestoredCounterContinues } from "./Expectations.ts"
 import { postCheckpoint } from "./HttpCalls.ts"
 
 const MiB = 1024 * 1024
@@ -56,6 +58,64 @@ describeE2E("an encrypted checkpoint through the server", () => {
         expect(descriptor.mediaType).toBe("application/vnd.oci.image.layer.v1.tar")
         const entries = (yield* Command.string(Command.make("tar", "-tf", file))).split("\n")
         expect(entries).toEqual(expect.arrayContaining(["config.dump", "spec.dump", "rootfs-diff.tar"]))
+      }).pipe(Effect.provide(NodeContext.layer)), 300_000)
+
+    it.scoped("CRI-O refuses the encrypted image without a private key; with either recipient's key it restores", () =>
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const stack = yield* Stack
+        const { agent, apiServer, runtime } = stack.cluster
+        const keys = yield* fs.makeTempDirectoryScoped({ prefix: "encrypted-restore-" })
+        const rsa = yield* writeKeyPair(keys, "rsa")
+        const ec = yield* writeKeyPair(keys, "p256")
+        const server = yield* stack.startAnotherCheckpointer({
+          extra: { CHECKPOINT_ENCRYPTION_KEYS: `${rsa.publicFile},${ec.publicFile}` }
+        })
+        const { container } = yield* startCounterPod(stack.cluster, {
+          namespace: "default",
+          name: "sealed-counter",
+          nodeName: "node-a"
+        })
+        const before = yield* container.waitAbove(10)
+        const response = yield* postCheckpoint(server.url, "default/sealed-counter/counter")
+        expect(response.status, response.text).toBe(201)
+        const image: string = JSON.parse(response.text).containerImageName
+
+        // No key in CRI-O's decryption_keys_path: the pull fails and the pod never runs.
+        yield* Effect.ignore(apiServer.addSecret({
+          namespace: "default",
+          name: "checkpoint-registry",
+          type: "kubernetes.io/dockerconfigjson",
+          stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.authFile) }
+        }))
+        yield* Effect.scoped(Effect.gen(function*() {
+          yield* Effect.addFinalizer(() => Effect.ignore(apiServer.deletePod("default", "sealed-nokey", 0)))
+          yield* apiServer.createPod("default", counterPodManifest({
+            name: "sealed-nokey",
+            image,
+            nodeName: "node-a",
+            imagePullSecrets: ["checkpoint-registry"]
+          }))
+          const refused = yield* pollUntil(
+            Effect.map(apiServer.findPod("default", "sealed-nokey"), (pod) => JSON.stringify(Option.getOrNull(pod))),
+            (status) => status.includes("missing private key needed for decryption"),
+            { timeout: Duration.seconds(60), onTimeout: () => new Error("the pull without a key did not fail") }
+          )
+          expect(refused).toContain("ErrImagePull")
+        }))
+
+        // Each recipient's private key alone lets CRI-O pull, decrypt and restore it.
+        for (const [label, key] of [["rsa", rsa], ["p256", ec]] as const) {
+          const inRuntime = `${runtime.decryptionKeysDir}/${label}.pem`
+          yield* Effect.acquireRelease(
+            fs.copyFile(key.privateFile, inRuntime),
+            () => Effect.ignore(fs.remove(inRuntime))
+          )
+          yield* Effect.scoped(expectRestoredCounterContinues(stack, image, `sealed-restored-${label}`, before))
+          yield* fs.remove(inRuntime)
+          yield* runtime.crictl(["rmi", image])
+        }
+        expect(yield* agent.containerId("default", "sealed-counter", "counter")).toBeDefined()
       }).pipe(Effect.provide(NodeContext.layer)), 300_000)
   })
 })
