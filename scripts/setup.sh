@@ -9,6 +9,17 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# A Debian suite as an apt source pinned at PRIORITY (below bookworm's 500: only what is asked for with -t comes from
+# it); a source already there is left as it is.
+add_debian_suite() {
+  local suite=$1 priority=$2
+  [ -f "/etc/apt/sources.list.d/$suite.sources" ] && return 0
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
+    "$suite" /usr/share/keyrings/debian-archive-keyring.gpg | as_root tee "/etc/apt/sources.list.d/$suite.sources" >/dev/null
+  printf 'Package: *\nPin: release n=%s\nPin-Priority: %s\n' "$suite" "$priority" |
+    as_root tee "/etc/apt/preferences.d/$suite" >/dev/null
+}
+
 install_debian_packages() {
   # buildah only for the benchmark's buildah recipe (a peer compared side by side), never in the tests.
   local wanted=(criu podman buildah skopeo docker-registry runc conmon busybox-static apache2-utils openssl curl ca-certificates)
@@ -22,20 +33,7 @@ install_debian_packages() {
   dpkg -s libsqlite3-0 >/dev/null 2>&1 || missing+=(libsqlite3-0)
   [ ${#missing[@]} -eq 0 ] && { log "Debian packages present"; return; }
   log "installing Debian packages: ${missing[*]}"
-  if [ ! -f /etc/apt/sources.list.d/trixie.sources ]; then
-    as_root tee /etc/apt/sources.list.d/trixie.sources >/dev/null <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    as_root tee /etc/apt/preferences.d/trixie >/dev/null <<'PIN'
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-PIN
-  fi
+  add_debian_suite trixie 100
   as_root apt-get update -qq
   # runc stays on bookworm's 1.1.5 (crun does not work on this kernel's hybrid cgroups); the CRIU set comes from trixie.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc/bookworm busybox-static apache2-utils openssl curl ca-certificates
@@ -62,17 +60,8 @@ install_container_runtimes() {
   fi
   # containerd 2.1 (restore through CRI create) is in Debian forky, pinned low like trixie.
   if ! containerd --version 2>/dev/null | grep -q ' v\?2\.1\.'; then
-    if [ ! -f /etc/apt/sources.list.d/forky.sources ]; then
-      as_root tee /etc/apt/sources.list.d/forky.sources >/dev/null <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: forky
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-      printf 'Package: *\nPin: release n=forky\nPin-Priority: 50\n' | as_root tee /etc/apt/preferences.d/forky >/dev/null
-      as_root apt-get update -qq
-    fi
+    add_debian_suite forky 50
+    as_root apt-get update -qq
     log "installing containerd 2.1 from Debian forky"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t forky containerd
   fi
