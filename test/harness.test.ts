@@ -330,7 +330,9 @@ describeE2E("local cluster harness", () => {
         // The container is gone from the runtime but the pod is still known: the runtime's error, no archive.
         const id = yield* cluster.agent.containerId("default", name, "counter")
         yield* cluster.runtime.crictl(["rm", "--force", id!])
+        // Archives are named by the second, as the kubelet names them: take the one above away, as Checkpointer does.
         const fs = yield* FileSystem.FileSystem
+        yield* fs.remove(archive)
         const archivesBefore = yield* fs.readDirectory(node.checkpointsDir)
         const failed = yield* checkpointRequest(node, `/checkpoint/default/${name}/counter`)
         expect(failed.status).toBe(500)
