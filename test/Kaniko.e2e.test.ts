@@ -1,6 +1,6 @@
 import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
-import { Duration, Effect, Schedule } from "effect"
+import { Duration, Effect, Fiber, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
@@ -163,6 +163,52 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
         const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
         expect(response.status).toBe(500)
         expect(response.text).toMatch(failedIn("build", / did not finish within 12s: it is Running; last log lines/))
+        yield* expectCleanedUp(stack)
+      }))
+
+    it.scoped("refused registry credentials fail the executor's push: 500 naming the build, no password anywhere", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        const fs = yield* FileSystem.FileSystem
+        yield* Effect.ignore(stack.cluster.apiServer.addSecret({
+          namespace: "kube-system",
+          name: "kaniko-secret-wrong",
+          type: "kubernetes.io/dockerconfigjson",
+          stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.wrongAuthFile) }
+        }))
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko-fs", { KANIKO_SECRET_NAME: "kaniko-secret-wrong" })
+        const name = podName("creds")
+        yield* startCounterPod(stack.cluster, { namespace: "default", name, nodeName: "node-a" })
+        const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
+        expect(response.status).toBe(500)
+        expect(response.text).toMatch(failedIn("build", / failed: it is Failed \(exit code 1: Error\)/))
+        expect(response.text).toMatch(/UNAUTHORIZED|unauthorized|authentication required/)
+        expectNoCredentials(stack, response.text, checkpointer.logs())
+        expect(response.text).not.toContain(stack.registry.wrongPassword)
+        yield* expectCleanedUp(stack)
+      }))
+
+    it.scoped("an executor killed during its build answers 500 naming the build with its exit code", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko-fs", {
+          CHECKPOINT_IMAGE_PREFIX: `${yield* stack.silentRegistry}/checkpoints/counter`,
+          KANIKO_TIMEOUT: "60"
+        })
+        const name = podName("killed")
+        yield* startCounterPod(stack.cluster, { namespace: "default", name, nodeName: "node-a" })
+        const answer = yield* Effect.fork(postCheckpoint(checkpointer.url, `default/${name}/counter`))
+        const running = yield* kanikoPods(stack).pipe(
+          Effect.filterOrFail((pods) => pods.some((pod) => pod.status.phase === "Running")),
+          Effect.retry({ schedule: Schedule.spaced(Duration.millis(100)), times: 300 })
+        )
+        const pod = running.find((candidate) => candidate.status.phase === "Running")!
+        const id = yield* stack.cluster.agent.containerId("kube-system", pod.metadata.name, "kaniko")
+        yield* stack.cluster.runtime.crictl(["stop", "--timeout", "0", id!])
+        const response = yield* Fiber.join(answer)
+        expect(response.status).toBe(500)
+        // crictl stop with no grace: the Go executor dies of the signal (exit code 2 as measured here)
+        expect(response.text).toMatch(failedIn("build", / failed: it is Failed \(exit code [1-9]\d*: Error\); last log lines/))
         yield* expectCleanedUp(stack)
       }))
 
