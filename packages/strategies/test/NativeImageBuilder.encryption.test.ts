@@ -107,7 +107,9 @@ const skopeoCopy = (imageName: string, privateKeyFile: string | undefined) =>
 /** The openssl command lines of README.md's shell blocks, in order. */
 const readmeOpensslCommands = (): ReadonlyArray<string> => {
   const readme = readFileSync(new URL("../../../README.md", import.meta.url), "utf8")
-  const blocks = [...readme.matchAll(/```(?:sh|shell|bash)\n([\s\S]*?)```/g)].map((match) => match[1]!)
+  const section = readme.slice(readme.indexOf("## Encryption and compression"))
+  const encryption = section.slice(0, section.indexOf("\n## ", 1))
+  const blocks = [...encryption.matchAll(/```(?:sh|shell|bash)\n([\s\S]*?)```/g)].map((match) => match[1]!)
   return blocks.flatMap((block) => block.split("\n")).filter((line) => line.startsWith("openssl "))
 }
 
