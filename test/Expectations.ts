@@ -2,21 +2,13 @@ import { FileSystem } from "@effect/platform"
 import { expect } from "@effect/vitest"
 import { Effect } from "effect"
 import type { LocalCluster } from "./harness/Cluster.ts"
-import { counterOf, counterPodManifest, runPod } from "./harness/Cluster.ts"
+import type { RestoreOptions } from "./harness/Cluster.ts"
+import { counterOf, runRestoredPod } from "./harness/Cluster.ts"
 import type { TestRegistry } from "./harness/Registry.ts"
 
-const pullSecret = "checkpoint-registry"
-
-interface RestoreOptions {
-  readonly nodeName?: string
-  readonly namespace?: string
-  readonly container?: string
-}
-
 /**
- * Restores a checkpoint image the way a cluster does: a pod (deleted when the scope closes) whose container image is
- * the checkpoint image, pulled with an imagePullSecret and run by the node's runtime, which restores the process.
- * Where the runtime says whether it restored (CRI-O does, containerd does not), it must say so.
+ * Restores a checkpoint image the way a cluster does (see `runRestoredPod`). Where the runtime says whether it
+ * restored (CRI-O does, containerd does not), it must say so.
  */
 export const expectRestoredPod = (
   stack: { readonly cluster: LocalCluster; readonly registry: TestRegistry },
@@ -25,28 +17,7 @@ export const expectRestoredPod = (
   options: RestoreOptions = {}
 ) =>
   Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const { apiServer } = stack.cluster
-    const namespace = options.namespace ?? "default"
-    const container = options.container ?? "counter"
-    yield* Effect.ignore(apiServer.addSecret({
-      namespace,
-      name: pullSecret,
-      type: "kubernetes.io/dockerconfigjson",
-      stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.authFile) }
-    }))
-    yield* runPod(
-      stack.cluster,
-      namespace,
-      counterPodManifest({
-        name,
-        image,
-        container,
-        nodeName: options.nodeName ?? stack.cluster.nodes[0]!.nodeName,
-        imagePullSecrets: [pullSecret]
-      })
-    )
-    const restored = yield* stack.cluster.agent.restored(namespace, name, container)
+    const restored = yield* runRestoredPod(stack, image, name, options)
     if (restored !== undefined) expect(restored).toBe(true)
   })
 

@@ -16,7 +16,7 @@ import type { CheckpointFailure, NodeAgent } from "./NodeAgent.ts"
 import { startNodeAgent } from "./NodeAgent.ts"
 import type { ProcessError } from "./Process.ts"
 import { pollUntil } from "./Process.ts"
-import type { RegistryHarnessError } from "./Registry.ts"
+import type { RegistryHarnessError, TestRegistry } from "./Registry.ts"
 import type { Workloads } from "./Workloads.ts"
 import { startWorkloads } from "./Workloads.ts"
 
@@ -226,6 +226,50 @@ export const runPod = (
     yield* deletedOnClose(cluster, namespace, manifest.metadata.name)
     yield* cluster.apiServer.createPod(namespace, manifest)
     return yield* waitForPodRunning(cluster, namespace, manifest.metadata.name)
+  })
+
+export interface RestoreOptions {
+  readonly nodeName?: string
+  readonly namespace?: string
+  readonly container?: string
+}
+
+const pullSecret = "checkpoint-registry"
+
+/**
+ * Restores a checkpoint image the way a cluster does: a pod (deleted when the scope closes) whose container image is
+ * the checkpoint image, pulled with an imagePullSecret for `registry` and run by the node's runtime, which restores
+ * the process. Answers what the runtime says of the container: restored or not (undefined where it does not say).
+ */
+export const runRestoredPod = (
+  stack: { readonly cluster: LocalCluster; readonly registry: TestRegistry },
+  image: string,
+  name: string,
+  options: RestoreOptions = {}
+) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const { agent, apiServer, nodes } = stack.cluster
+    const namespace = options.namespace ?? "default"
+    const container = options.container ?? "counter"
+    yield* Effect.ignore(apiServer.addSecret({
+      namespace,
+      name: pullSecret,
+      type: "kubernetes.io/dockerconfigjson",
+      stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.authFile) }
+    }))
+    yield* runPod(
+      stack.cluster,
+      namespace,
+      counterPodManifest({
+        name,
+        image,
+        container,
+        nodeName: options.nodeName ?? nodes[0]!.nodeName,
+        imagePullSecrets: [pullSecret]
+      })
+    )
+    return yield* agent.restored(namespace, name, container)
   })
 
 /**
