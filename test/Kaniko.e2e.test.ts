@@ -23,11 +23,11 @@ const kanikoPods = (stack: KanikoStack) =>
     (pods) => pods.filter((pod) => pod.metadata.labels?.["app.kubernetes.io/name"] === "checkpointer-kaniko")
   )
 
-/** Kaniko pods are deleted gracefully (the agent stops them first): bounded wait until none is left. */
+/** Kaniko pods are deleted gracefully (the runtime stops the executor within 10 s): bounded wait until none is left. */
 const expectNoKanikoPodLeft = (stack: KanikoStack) =>
   kanikoPods(stack).pipe(
     Effect.filterOrFail((pods) => pods.length === 0, (pods) => pods.map((pod) => pod.metadata.name).join(", ")),
-    Effect.retry({ schedule: Schedule.spaced(Duration.millis(100)), times: 100 }),
+    Effect.retry({ schedule: Schedule.spaced(Duration.millis(100)), times: 300 }),
     Effect.catchAll((left) => Effect.sync(() => expect.fail(`Kaniko pods left: ${left}`)))
   )
 
