@@ -19,7 +19,7 @@ export const containerInPod = "main"
 
 /**
  * Scoped: a pod on the harness's runtime (CRI-O) whose container writes `mib` MiB of random bytes into its writable
- * layer and then idles. Its checkpoint carries those bytes (rootfs-diff.tar), so the archive is as large as the ballast.
+ * layer and then idles. Its checkpoint carries those bytes (rootfs-diff.tar): the archive is as large as the ballast.
  */
 export const runMemoryContainer = Effect.fn("Workload.runMemoryContainer")(function*(
   cluster: LocalCluster,

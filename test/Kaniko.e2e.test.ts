@@ -176,7 +176,9 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
           type: "kubernetes.io/dockerconfigjson",
           stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.wrongAuthFile) }
         }))
-        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko-fs", { KANIKO_SECRET_NAME: "kaniko-secret-wrong" })
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko-fs", {
+          KANIKO_SECRET_NAME: "kaniko-secret-wrong"
+        })
         const name = podName("creds")
         yield* startCounterPod(stack.cluster, { namespace: "default", name, nodeName: "node-a" })
         const response = yield* postCheckpoint(checkpointer.url, `default/${name}/counter`)
@@ -208,7 +210,9 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
         const response = yield* Fiber.join(answer)
         expect(response.status).toBe(500)
         // crictl stop with no grace: the Go executor dies of the signal (exit code 2 as measured here)
-        expect(response.text).toMatch(failedIn("build", / failed: it is Failed \(exit code [1-9]\d*: Error\); last log lines/))
+        expect(response.text).toMatch(
+          failedIn("build", / failed: it is Failed \(exit code [1-9]\d*: Error\); last log lines/)
+        )
         yield* expectCleanedUp(stack)
       }))
 

@@ -40,7 +40,7 @@ describeE2E("a checkpoint archive larger than 512 MiB through each Kaniko builde
           expect(executor?.exitCode).toBe(0)
           expect(executor?.peakRssBytes).toBeGreaterThan(0)
           yield* Effect.log(
-            `${builder}: 560 MiB of ballast checkpointed and built by the Kaniko executor in ${seconds.toFixed(1)} s; ` +
+            `${builder}: 560 MiB of ballast checkpointed and built by the executor in ${seconds.toFixed(1)} s; ` +
               `executor peak RSS ${((executor?.peakRssBytes ?? 0) / MiB).toFixed(0)} MiB, its memory cgroup's peak ` +
               `${((executor?.peakMemoryBytes ?? 0) / MiB).toFixed(0)} MiB; server peak RSS ` +
               `${(rssBefore / MiB).toFixed(0)} MiB before, ${(peak / MiB).toFixed(0)} MiB after`

@@ -122,7 +122,11 @@ export interface ApiServer {
    */
   readonly addPod: (options: AddPodOptions) => Effect.Effect<Pod, ApiServerError>
   /** Deletes a pod as `DELETE .../pods/NAME` does (the agent stops its containers, then it goes). */
-  readonly deletePod: (namespace: string, name: string, gracePeriodSeconds?: number) => Effect.Effect<void, ApiServerError>
+  readonly deletePod: (
+    namespace: string,
+    name: string,
+    gracePeriodSeconds?: number
+  ) => Effect.Effect<void, ApiServerError>
   /** Creates a pod as `POST /api/v1/namespaces/NS/pods` does (scheduled, then run by the node agent). */
   readonly createPod: (namespace: string, pod: unknown) => Effect.Effect<Pod, ApiServerError>
   readonly addNode: (options: {

@@ -53,7 +53,11 @@ export interface NodeAgent {
   ) => Effect.Effect<string, ProcessError | CheckpointFailure>
   readonly runs: () => Effect.Effect<ReadonlyArray<PodRun>>
   /** Whether the runtime restored the container from a checkpoint (CRI-O reports it; undefined where it does not). */
-  readonly restored: (namespace: string, pod: string, container: string) => Effect.Effect<boolean | undefined, ProcessError | CheckpointFailure>
+  readonly restored: (
+    namespace: string,
+    pod: string,
+    container: string
+  ) => Effect.Effect<boolean | undefined, ProcessError | CheckpointFailure>
 }
 
 interface Volume {
@@ -410,7 +414,9 @@ export const startNodeAgent = (options: {
                 yield* Effect.ignore(runtime.crictl(["rm", "--force", id]))
               })
           ).pipe(Effect.tapError((error) => waiting("CreateContainerError", error.message)))
-          yield* runtime.crictl(["start", id]).pipe(Effect.tapError((error) => waiting("RunContainerError", error.message)))
+          yield* runtime.crictl(["start", id]).pipe(
+            Effect.tapError((error) => waiting("RunContainerError", error.message))
+          )
           yield* Ref.update(containers, (all) => new Map(all).set(keyOf(namespace, name, container.name), id))
           created.push({ spec: container, id, terminationLog })
           if (container["stdin"] === true) {
@@ -576,7 +582,9 @@ export const startNodeAgent = (options: {
             Effect.succeed({
               exitCode: -1,
               stdout: "",
-              stderr: error.timedOut ? "rpc error: code = DeadlineExceeded desc = context deadline exceeded" : error.message
+              stderr: error.timedOut
+                ? "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
+                : error.message
             })),
           Effect.provide(context)
         )

@@ -40,7 +40,8 @@ const pushImage = (options: {
 }) =>
   Effect.gen(function*() {
     yield* run(["tar", "-C", options.rootfs, "-cf", options.tarball, "."])
-    yield* podman(["import", ...options.changes.flatMap((change) => ["--change", change]), options.tarball, options.image])
+    const changes = options.changes.flatMap((change) => ["--change", change])
+    yield* podman(["import", ...changes, options.tarball, options.image])
     yield* podman(["push", "--quiet", "--tls-verify=false", options.image])
     yield* Effect.ignore(podman(["rmi", "--force", options.image]))
     return options.image
