@@ -2,7 +2,7 @@ import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
-import { startCounterPod } from "./harness/Cluster.ts"
+import { startBallastPod, startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { checkpointBaseAnnotations } from "./harness/Workloads.ts"
 import type { KanikoStack } from "./harness/KanikoStack.ts"
@@ -213,6 +213,24 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
         expect(response.text).toMatch(
           failedIn("build", / failed: it is Failed \(exit code [1-9]\d*: Error\); last log lines/)
         )
+        yield* expectCleanedUp(stack)
+      }))
+
+    it.scoped("an executor killed for memory answers 500 naming the build: OOMKilled", () =>
+      Effect.gen(function*() {
+        const stack = yield* KanikoStackTag
+        const { agent } = stack.cluster
+        yield* Effect.acquireRelease(
+          agent.squeezeMemoryLimits(24 * 1024 * 1024),
+          () => agent.squeezeMemoryLimits(undefined)
+        )
+        const checkpointer = yield* stack.startKanikoCheckpointer("kaniko-fs")
+        const name = podName("oom")
+        const bytes = 64 * 1024 * 1024
+        yield* startBallastPod(stack.cluster, { namespace: "default", name, nodeName: "node-a", bytes })
+        const response = yield* postCheckpoint(checkpointer.url, `default/${name}/main`)
+        expect(response.status).toBe(500)
+        expect(response.text).toMatch(failedIn("build", / failed: it is Failed \(exit code 137: OOMKilled\)/))
         yield* expectCleanedUp(stack)
       }))
 

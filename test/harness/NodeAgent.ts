@@ -52,6 +52,11 @@ export interface NodeAgent {
     command: ReadonlyArray<string>
   ) => Effect.Effect<string, ProcessError | CheckpointFailure>
   readonly runs: () => Effect.Effect<ReadonlyArray<PodRun>>
+  /**
+   * From now on a container's memory limit is at most `bytes` (undefined: as its spec says), as a node whose
+   * LimitRange or admission squeezed it would run it; the runtime and the kernel enforce it (OOMKilled beyond).
+   */
+  readonly squeezeMemoryLimits: (bytes: number | undefined) => Effect.Effect<void>
   /** Whether the runtime restored the container from a checkpoint (CRI-O reports it; undefined where it does not). */
   readonly restored: (
     namespace: string,
@@ -115,9 +120,10 @@ const bytesOf = (quantity: unknown) => {
 }
 
 /** The container's memory limit as the kubelet hands it to the CRI (the runtime enforces it: OOMKilled beyond). */
-const criResources = (container: PodContainer) => {
+const criResources = (container: PodContainer, squeeze: number | undefined) => {
   const limits = (container["resources"] as { readonly limits?: Record<string, unknown> } | undefined)?.limits
-  const memory = bytesOf(limits?.["memory"])
+  const declared = bytesOf(limits?.["memory"])
+  const memory = declared === undefined || squeeze === undefined ? declared : Math.min(declared, squeeze)
   return memory === undefined ? {} : { resources: { memory_limit_in_bytes: memory } }
 }
 
@@ -199,6 +205,7 @@ export const startNodeAgent = (options: {
     yield* fs.makeDirectory(dir, { recursive: true })
     const containers = yield* Ref.make<ReadonlyMap<string, string>>(new Map())
     const listing = yield* Ref.make<ReadonlyMap<string, string>>(new Map())
+    const memorySqueeze = yield* Ref.make<number | undefined>(undefined)
     yield* Effect.forkScoped(
       runtime.crictl(["ps", "--all", "-o", "json"]).pipe(
         Effect.flatMap((text) =>
@@ -394,7 +401,7 @@ export const startNodeAgent = (options: {
               stdin_once: container["stdinOnce"] === true,
               linux: {
                 security_context: { namespace_options: namespaceOptions },
-                ...criResources(container)
+                ...criResources(container, yield* Ref.get(memorySqueeze))
               }
             })
           )
@@ -618,6 +625,7 @@ export const startNodeAgent = (options: {
       checkpoint,
       exec,
       restored,
+      squeezeMemoryLimits: (bytes) => Ref.set(memorySqueeze, bytes),
       runs: () => Ref.get(runs)
     } satisfies NodeAgent
   })
