@@ -26,7 +26,12 @@ const kanikoPods = (stack: KanikoStack) =>
 /** Kaniko pods are deleted gracefully (the runtime stops the executor within 10 s): bounded wait until none is left. */
 const expectNoKanikoPodLeft = (stack: KanikoStack) =>
   kanikoPods(stack).pipe(
-    Effect.filterOrFail((pods) => pods.length === 0, (pods) => pods.map((pod) => pod.metadata.name).join(", ")),
+    Effect.filterOrFail((pods) => pods.length === 0, (pods) =>
+      pods.map((pod) =>
+        `${pod.metadata.name} (${pod.status.phase}, ${
+          pod.metadata.deletionTimestamp === undefined ? "not deleted" : `deleted at ${pod.metadata.deletionTimestamp}`
+        })`
+      ).join(", ")),
     Effect.retry({ schedule: Schedule.spaced(Duration.millis(100)), times: 300 }),
     Effect.catchAll((left) => Effect.sync(() => expect.fail(`Kaniko pods left: ${left}`)))
   )

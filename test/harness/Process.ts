@@ -60,7 +60,9 @@ export const runProcess = (
     const outcome = Effect.all([collectText(process.stdout), collectText(process.stderr), process.exitCode], {
       concurrency: "unbounded"
     })
-    const [stdout, stderr, exitCode] = options.timeout === undefined ? yield* outcome : yield* outcome.pipe(
+    // Interrupted: SIGKILL, not the SIGTERM of the scope's release, which some (crictl attach) outlive.
+    const killedOnInterrupt = outcome.pipe(Effect.onInterrupt(() => Effect.ignore(process.kill("SIGKILL"))))
+    const [stdout, stderr, exitCode] = options.timeout === undefined ? yield* killedOnInterrupt : yield* outcome.pipe(
       Effect.timeoutFail({
         duration: options.timeout,
         onTimeout: () => processFailure(shownAs, { stderr: "", timedOut: true })
