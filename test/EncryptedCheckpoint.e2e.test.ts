@@ -3,7 +3,7 @@ import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Option } from "effect"
 import { ociLayoutLayerFile, skopeo, writeKeyPair } from "../packages/strategies/test/BuilderFixtures.ts"
-import { counterPodManifest, startBallastPod, startCounterPod } from "./harness/Cluster.ts"
+import { addPullSecret, counterPodManifest, startBallastPod, startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
 import { pollUntil } from "./harness/Process.ts"
@@ -82,19 +82,14 @@ describeE2E("an encrypted checkpoint through the server", () => {
         const image: string = JSON.parse(response.text).containerImageName
 
         // No key in CRI-O's decryption_keys_path: the pull fails and the pod never runs.
-        yield* Effect.ignore(apiServer.addSecret({
-          namespace: "default",
-          name: "checkpoint-registry",
-          type: "kubernetes.io/dockerconfigjson",
-          stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.authFile) }
-        }))
+        const pullSecret = yield* addPullSecret(stack, "default")
         yield* Effect.scoped(Effect.gen(function*() {
           yield* Effect.addFinalizer(() => Effect.ignore(apiServer.deletePod("default", "sealed-nokey", 0)))
           yield* apiServer.createPod("default", counterPodManifest({
             name: "sealed-nokey",
             image,
             nodeName: "node-a",
-            imagePullSecrets: ["checkpoint-registry"]
+            imagePullSecrets: [pullSecret]
           }))
           const refused = yield* pollUntil(
             Effect.map(apiServer.findPod("default", "sealed-nokey"), (pod) => JSON.stringify(Option.getOrNull(pod))),

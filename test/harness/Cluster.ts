@@ -234,7 +234,21 @@ export interface RestoreOptions {
   readonly container?: string
 }
 
-const pullSecret = "checkpoint-registry"
+/** The imagePullSecret `checkpoint-registry` in `namespace`, with the credentials of `registry` (kept if it exists). */
+export const addPullSecret = (
+  stack: { readonly cluster: LocalCluster; readonly registry: TestRegistry },
+  namespace: string
+) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    yield* Effect.ignore(stack.cluster.apiServer.addSecret({
+      namespace,
+      name: "checkpoint-registry",
+      type: "kubernetes.io/dockerconfigjson",
+      stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.authFile) }
+    }))
+    return "checkpoint-registry"
+  })
 
 /**
  * Restores a checkpoint image the way a cluster does: a pod (deleted when the scope closes) whose container image is
@@ -248,16 +262,10 @@ export const runRestoredPod = (
   options: RestoreOptions = {}
 ) =>
   Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const { agent, apiServer, nodes } = stack.cluster
+    const { agent, nodes } = stack.cluster
     const namespace = options.namespace ?? "default"
     const container = options.container ?? "counter"
-    yield* Effect.ignore(apiServer.addSecret({
-      namespace,
-      name: pullSecret,
-      type: "kubernetes.io/dockerconfigjson",
-      stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.authFile) }
-    }))
+    const pullSecret = yield* addPullSecret(stack, namespace)
     yield* runPod(
       stack.cluster,
       namespace,

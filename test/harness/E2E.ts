@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process"
 import { describe } from "vitest"
 
-const requiredCommands = ["podman", "criu", "runc", "docker-registry", "buildah", "skopeo", "openssl", "htpasswd"]
+const requiredCommands = ["podman", "criu", "runc", "docker-registry", "skopeo", "openssl", "htpasswd"]
 
 const missingRequirements = (): ReadonlyArray<string> => {
   const missing: Array<string> = []
