@@ -146,23 +146,6 @@ export const ensureBusyboxImage = Effect.fn("Podman.ensureBusyboxImage")(functio
 export const removeContainer = (name: string, options?: { readonly stopTimeoutSeconds?: number }) =>
   podman(["rm", "--force", "--ignore", "--time", String(options?.stopTimeoutSeconds ?? 0), name]).pipe(Effect.asVoid)
 
-export const containerExists = (name: string): Effect.Effect<boolean, PodmanError, Executor> =>
-  Effect.map(podmanResult(["container", "exists", name]), (result) => result.exitCode === 0)
-
-/** The full container ID, or undefined if there is no such container. */
-export const containerId = (name: string): Effect.Effect<string | undefined, PodmanError, Executor> =>
-  Effect.map(
-    podmanResult(["container", "inspect", "--format", "{{.Id}}", name]),
-    (result) => result.exitCode === 0 ? result.stdout.trim() : undefined
-  )
-
-/** Names of all containers (any state) whose name matches the regular expression. */
-export const containerNames = (pattern: string): Effect.Effect<ReadonlyArray<string>, PodmanError, Executor> =>
-  Effect.map(
-    podman(["ps", "--all", "--filter", `name=${pattern}`, "--format", "{{.Names}}"]),
-    (out) => out.split("\n").filter((line) => line.length > 0)
-  )
-
 export interface RunningContainer {
   readonly name: string
   readonly id: string
@@ -274,18 +257,6 @@ export const archivedCounterValue = (archive: string): Effect.Effect<number, Pod
     Effect.flatMap((text) => parseCount(args, text))
   )
 }
-
-/** Scoped `podman container restore --import ARCHIVE --name NAME`; the restored container is removed on close. */
-export const restoreFromArchive = (options: {
-  readonly archive: string
-  readonly name: string
-}): Effect.Effect<RunningContainer, PodmanError, Executor | Scope.Scope> =>
-  Effect.acquireRelease(
-    podman(["container", "restore", "--import", options.archive, "--name", options.name]).pipe(
-      Effect.map((id) => ({ name: options.name, id }))
-    ),
-    (container) => Effect.ignore(removeContainer(container.name))
-  ).pipe(Effect.withSpan("Podman.restoreFromArchive", { attributes: { ...options } }))
 
 /**
  * Scoped pull of a checkpoint image and `podman container restore --name NAME IMAGE` (the name must differ from

@@ -6,16 +6,11 @@ import { createHash } from "node:crypto"
 import type { Scope } from "effect"
 import { runtimesBin } from "./CriRuntime.ts"
 import type { ProcessError } from "./Process.ts"
+import type { PodmanError } from "./Podman.ts"
+import { counterScript, podman } from "./Podman.ts"
 import { run } from "./Process.ts"
 import type { RegistryHarnessError, TestRegistry } from "./Registry.ts"
 import { startRegistry } from "./Registry.ts"
-
-/**
- * The counter: increments every 0.2 s, writes the value to /count and to stdout, and exits on SIGTERM (a container's
- * PID 1 gets no default signal handling, so without the trap every graceful stop would wait for SIGKILL).
- */
-export const counterScript =
-  "trap \"exit 0\" TERM; i=0; while true; do i=$((i+1)); echo $i > /count; echo $i; sleep 0.2; done"
 
 /** The images pods of the harness run, in a registry that serves them without credentials. */
 export interface Workloads {
@@ -27,9 +22,6 @@ export interface Workloads {
 }
 
 const applets = ["sh", "sleep", "echo", "cat", "ls", "mkdir", "rm", "mv", "true", "false", "test", "kill", "ps", "head"]
-
-const podman = (args: ReadonlyArray<string>) =>
-  run(["podman", "--runtime", "runc", ...args], { env: { PODMAN_IGNORE_CGROUPSV1_WARNING: "1" } })
 
 /** Builds an image from one root filesystem folder with podman, pushes it to `registry` and drops the local copy. */
 const pushImage = (options: {
@@ -50,7 +42,7 @@ const pushImage = (options: {
 /** An anonymous plain-HTTP registry (as a cluster's workload images are pulled) with the counter and pause images. */
 export const startWorkloads = (options: { readonly dir: string }): Effect.Effect<
   Workloads,
-  RegistryHarnessError | ProcessError | PlatformError,
+  RegistryHarnessError | ProcessError | PodmanError | PlatformError,
   Scope.Scope | FileSystem.FileSystem | Path.Path | CommandExecutor.CommandExecutor
 > =>
   Effect.gen(function*() {
