@@ -1,7 +1,7 @@
 import type { CommandExecutor } from "@effect/platform"
 import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
-import { Data, Duration, Effect, Option } from "effect"
+import { Data, Duration, Effect, Option, Schedule } from "effect"
 import type { Scope } from "effect"
 import type { ApiServer, ApiServerError, Pod } from "./ApiServer.ts"
 import { startApiServer } from "./ApiServer.ts"
@@ -158,7 +158,7 @@ export const counterOf = (
         ? Effect.fail(new PodFailure({ message: `not a counter value: ${JSON.stringify(text)}` }))
         : Effect.succeed(parsed)
     }),
-    Effect.retry({ times: 20 }),
+    Effect.retry({ schedule: Schedule.spaced(Duration.millis(50)), times: 20 }),
     Effect.catchTag("PodFailure", (error) => Effect.die(error))
   )
   return {

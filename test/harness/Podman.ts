@@ -1,8 +1,9 @@
 import { Command, FileSystem, Path } from "@effect/platform"
 import type { CommandExecutor } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
-import { Data, Duration, Effect, Schedule, Stream } from "effect"
+import { Data, Duration, Effect, Schedule } from "effect"
 import type { Scope } from "effect"
+import { pollUntil, runProcess } from "./Process.ts"
 
 /** The tiny image every harness container runs: busybox-static plus a few applet links. */
 export const busyboxImage = "localhost/busybox:test"
@@ -23,13 +24,6 @@ export interface PodmanResult {
 }
 
 type Executor = CommandExecutor.CommandExecutor
-
-const podmanCommand = (args: ReadonlyArray<string>) =>
-  Command.make("podman", "--runtime", "runc", ...args).pipe(
-    Command.env({ PODMAN_IGNORE_CGROUPSV1_WARNING: "1" })
-  )
-
-const collectText = <E>(stream: Stream.Stream<Uint8Array, E>) => stream.pipe(Stream.decodeText(), Stream.mkString)
 
 const redacted = (args: ReadonlyArray<string>) =>
   args.map((arg, index) => index > 0 && args[index - 1] === "--creds" ? "<redacted>" : arg)
@@ -64,33 +58,18 @@ export const podmanResult = (
   args: ReadonlyArray<string>,
   options?: { readonly timeout?: Duration.DurationInput }
 ): Effect.Effect<PodmanResult, PodmanError, Executor> =>
-  Effect.scoped(
-    Effect.gen(function*() {
-      const process = yield* Command.start(podmanCommand(args))
-      const outcome = Effect.all([collectText(process.stdout), collectText(process.stderr), process.exitCode], {
-        concurrency: "unbounded"
+  runProcess(["podman", "--runtime", "runc", ...args], {
+    env: { PODMAN_IGNORE_CGROUPSV1_WARNING: "1" },
+    shownAs: ["podman", ...redacted(args)],
+    ...(options?.timeout === undefined ? {} : { timeout: options.timeout })
+  }).pipe(
+    Effect.mapError((error) =>
+      failure(args, {
+        stderr: error.stderr,
+        timedOut: error.timedOut,
+        ...(error.cause === undefined ? {} : { cause: error.cause })
       })
-      const timeout = options?.timeout
-      if (timeout === undefined) {
-        const [stdout, stderr, exitCode] = yield* outcome
-        return { exitCode, stdout, stderr }
-      }
-      const [stdout, stderr, exitCode] = yield* outcome.pipe(
-        Effect.timeoutFail({
-          duration: timeout,
-          onTimeout: () => failure(args, { stderr: "", timedOut: true })
-        }),
-        Effect.tapError((error) =>
-          error._tag === "PodmanError" && error.timedOut ? Effect.ignore(process.kill("SIGKILL")) : Effect.void
-        )
-      )
-      return { exitCode, stdout, stderr }
-    })
-  ).pipe(
-    Effect.catchTags({
-      SystemError: (cause) => Effect.fail(failure(args, { stderr: cause.message, cause })),
-      BadArgument: (cause) => Effect.fail(failure(args, { stderr: cause.message, cause }))
-    }),
+    ),
     Effect.withSpan("Podman.run", { attributes: { args: redacted(args) } })
   )
 
@@ -200,28 +179,17 @@ export const counterValue = (name: string): Effect.Effect<number, PodmanError, E
   )
 }
 
-const pollUntil = <A, E, R>(
-  effect: Effect.Effect<A, E, R>,
-  done: (value: A) => boolean
-): Effect.Effect<A, E, R> =>
-  Effect.flatMap(effect, (value) =>
-    done(value)
-      ? Effect.succeed(value)
-      : Effect.zipRight(Effect.sleep(Duration.millis(100)), Effect.suspend(() => pollUntil(effect, done))))
-
 /** Polls (bounded: `timeout`, default 30 s) until the counter shows a value greater than `value`; returns it. */
 export const waitForCounterAbove = (
   name: string,
   value: number,
   options?: { readonly timeout?: Duration.DurationInput }
 ): Effect.Effect<number, PodmanError, Executor> =>
-  pollUntil(counterValue(name), (current) => current > value).pipe(
-    Effect.timeoutFail({
-      duration: options?.timeout ?? Duration.seconds(30),
-      onTimeout: () =>
-        failure(["exec", name, "cat", "/count"], { stderr: `counter did not exceed ${value}`, timedOut: true })
-    })
-  )
+  pollUntil(counterValue(name), (current) => current > value, {
+    timeout: options?.timeout ?? Duration.seconds(30),
+    onTimeout: () =>
+      failure(["exec", name, "cat", "/count"], { stderr: `counter did not exceed ${value}`, timedOut: true })
+  })
 
 /** Starts a counter container (scoped) and waits until it has counted at least once. */
 export const runCounter = (
