@@ -55,3 +55,9 @@ export const formatMiB = (bytes: number | undefined): string =>
   bytes === undefined ? "–" : bytes >= 100 * MiB ? (bytes / MiB).toFixed(0) : (bytes / MiB).toFixed(1)
 
 export const formatRatio = (value: number): string => Number.isFinite(value) ? `${value.toFixed(2)}×` : "–"
+
+/** The p-th percentile (0..100) by nearest rank; NaN for no values. */
+export const percentile = (values: ReadonlyArray<number>, p: number): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted.length === 0 ? Number.NaN : sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)]!
+}
