@@ -40,7 +40,8 @@ export const histogramQuantile = (q: number, series: HistogramSeries): number =>
   for (const [bound, count] of series.buckets) {
     if (count >= rank) {
       if (!Number.isFinite(bound)) return lowerBound
-      return count === lowerCount ? bound : lowerBound + (bound - lowerBound) * ((rank - lowerCount) / (count - lowerCount))
+      if (count === lowerCount) return bound
+      return lowerBound + (bound - lowerBound) * ((rank - lowerCount) / (count - lowerCount))
     }
     lowerBound = bound
     lowerCount = count

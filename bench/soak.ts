@@ -130,7 +130,8 @@ const program = Effect.gen(function*() {
     `[soak] ${config.clients} clients, until ${config.minCheckpoints} checkpoints and ${config.minSeconds} s`
   )
   yield* Effect.forkScoped(Effect.forever(
-    Effect.flatMap(currentRss(server.pid), (bytes) => Ref.update(rss, (all) => [...all, [elapsed(), bytes] as const])).pipe(
+    currentRss(server.pid).pipe(
+      Effect.flatMap((bytes) => Ref.update(rss, (all) => [...all, [elapsed(), bytes] as const])),
       Effect.zipRight(Effect.sleep(rssEvery))
     )
   ))
@@ -203,9 +204,11 @@ const program = Effect.gen(function*() {
     "",
     `Written by \`pnpm soak\` on ${new Date().toISOString()}, commit ${code.commit}` +
       `${code.changedFiles > 0 ? ` (+${code.changedFiles} changed files)` : ""}; ` +
-      `${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 2 ** 30).toFixed(0)} GiB, ${machine.kernel}.`,
+      `${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 2 ** 30).toFixed(0)} GiB, ` +
+      `${machine.kernel}.`,
     "",
-    `${config.clients} clients, one counter pod each on one node (${cluster.runtime.kind} ${cluster.runtime.version}), ` +
+    `${config.clients} clients, one counter pod each on one node ` +
+      `(${cluster.runtime.kind} ${cluster.runtime.version}), ` +
       "each alternating sync and async checkpoints (POST, then GET of the identifier) back to back, against one " +
       "server (native builder, default settings, `pnpm start`'s command) and the real registry.",
     "",

@@ -1,6 +1,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { request } from "node:http"
+import { connect } from "node:net"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { Stack } from "./harness/LocalStack.ts"
@@ -28,6 +29,19 @@ const send = (base: string, raw: Raw) =>
     )
     outgoing.on("error", (error) => resume(Effect.succeed({ status: 0, text: String(error) })))
     outgoing.end(raw.body)
+  })
+
+/** Writes `head` on a raw connection and never sends more; what came back, and whether the server closed it. */
+const stall = (base: string, head: string) =>
+  Effect.async<{ readonly received: string; readonly closedAfterMillis: number }>((resume) => {
+    const url = new URL(base)
+    const started = Date.now()
+    let received = ""
+    const socket = connect(Number(url.port), url.hostname, () => socket.write(head))
+    socket.on("data", (chunk: Buffer) => (received += chunk.toString("utf8")))
+    socket.on("error", () => undefined)
+    socket.on("close", () => resume(Effect.succeed({ received, closedAfterMillis: Date.now() - started })))
+    return Effect.sync(() => socket.destroy())
   })
 
 const post = (path: string, body?: string | Buffer, headers?: Record<string, string>): Raw => ({
@@ -116,5 +130,30 @@ describeE2E("a corpus of bad requests", () => {
         expect(real.status, real.text).toBe(201)
         expect(stack.checkpointer.exitCode()).toBeNull()
       }), 120_000)
+
+    it.scoped("a client that stops sending gets 408 and its connection closed by the real process", () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const checkpointer = yield* stack.startAnotherCheckpointer({
+          extra: { CHECKPOINTER_REQUEST_TIMEOUT: "3", CHECKPOINTER_HEADERS_TIMEOUT: "2" }
+        })
+        const kubeletCalls = Effect.map(stack.node.requests(), (requests) => requests.length)
+        const callsBefore = yield* kubeletCalls
+        const body = yield* Effect.fork(stall(
+          checkpointer.url,
+          "POST /checkpoint/default/bad-target/counter HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n" +
+            "content-type: application/json\r\n\r\n5\r\n{\"asy\r\n"
+        ))
+        const headers = yield* Effect.fork(stall(checkpointer.url, "GET /healthz HTTP/1.1\r\nhost: x\r\n"))
+        expect((yield* call(`${checkpointer.url}/healthz`)).text).toBe("ok")
+        const [stalledBody, stalledHeaders] = [yield* body, yield* headers]
+        expect(stalledBody.received).toMatch(/^HTTP\/1\.1 408 /)
+        expect(stalledHeaders.received).toMatch(/^HTTP\/1\.1 408 /)
+        expect(stalledBody.closedAfterMillis).toBeLessThan(20_000)
+        expect(stalledHeaders.closedAfterMillis).toBeLessThan(20_000)
+        expect((yield* call(`${checkpointer.url}/healthz`)).text).toBe("ok")
+        expect(yield* kubeletCalls).toBe(callsBefore)
+        expect(checkpointer.exitCode()).toBeNull()
+      }), 60_000)
   })
 })
