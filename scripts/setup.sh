@@ -26,8 +26,9 @@ install_debian_packages() {
   local missing=()
   for pkg in "${wanted[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   if criu --version 2>/dev/null | grep -q 'Version: 3\.'; then missing+=(criu); fi
-  # kubectl runs the kubectl-checkpoint plugin in the tests; kustomize builds k8s-manifests (both from trixie).
-  for tool in kubectl kustomize; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  # kubectl runs the kubectl-checkpoint plugin in the tests; kustomize builds k8s-manifests; promtool checks and unit-tests
+  # the alerting rules (all from trixie).
+  for tool in kubectl kustomize promtool; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
   # CRI-O 1.36 needs libseccomp 2.6 (trixie) and links Debian's libsqlite3.
   dpkg --compare-versions "$(dpkg-query -W -f='${Version}' libseccomp2 2>/dev/null || echo 0)" ge 2.6 || missing+=(libseccomp2)
   dpkg -s libsqlite3-0 >/dev/null 2>&1 || missing+=(libsqlite3-0)
@@ -38,7 +39,7 @@ install_debian_packages() {
   # runc stays on bookworm's 1.1.5 (crun does not work on this kernel's hybrid cgroups); the CRIU set comes from trixie.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc/bookworm busybox-static apache2-utils openssl curl ca-certificates
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie criu podman buildah skopeo docker-registry \
-    conmon libseccomp2 libsqlite3-0 kubectl kustomize
+    conmon libseccomp2 libsqlite3-0 kubectl kustomize promtool
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades runc/bookworm
 }
 
