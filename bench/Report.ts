@@ -189,9 +189,8 @@ const sizeSection = (size: SizeResult) => {
   return [
     `### ${size.mib} MiB of memory: archive of ${formatMiB(size.archive.bytes)} MiB (${size.archive.bytes} bytes)`,
     "",
-    "From the archive on disk to an image in the registry (same archive file for all but the HTTP row, whose " +
-    "archive is",
-    "a fresh kubelet checkpoint of the same container):",
+    "From the archive on disk to an image in the registry (same archive file for all but the HTTP row, whose",
+    "archive is a fresh kubelet checkpoint of the same container):",
     "",
     table(
       [
@@ -217,9 +216,8 @@ const sizeSection = (size: SizeResult) => {
     "",
     `Checkpointer server process: ${formatMiB(size.serverIdleRss)} MiB resident when idle, peak (VmHWM over its ` +
     `whole life: start, warm-up and every run of this size) ${formatMiB(size.serverPeakRss)} MiB. Library row: peak ` +
-    "of this " +
-    "benchmark process during a build (VmHWM reset before each run) and, in parentheses, how far it rose above the " +
-    "RSS it had when the build began; the process (harness, simulated cluster, tsx) held " +
+    "of this benchmark process during a build (VmHWM reset before each run) and, in parentheses, how far it rose " +
+    "above the RSS it had when the build began; the process (harness, simulated cluster, tsx) held " +
     `${formatMiB(size.benchBaselineRss)} MiB before the first build.`,
     ""
   ].join("\n")
@@ -550,11 +548,10 @@ const profileSection = (mib: number, profile: ProfileResult) => {
   return [
     `## Where the native builder's time goes (CPU profiles, ${mib} MiB archive)`,
     "",
-    `${profile.runs} extra builds after the measured runs (not counted above): through the library under this ` +
-    "process's",
-    "inspector (whole builds), and through a second server started with `node --cpu-prof` (samples inside the",
-    "build/push phases only). Self time per build and share of the build's wall time; the main thread is the only",
-    "thread that runs JS, hashing and TLS.",
+    `${profile.runs} extra builds after the measured runs (not counted above): through the library under this`,
+    "process's inspector (whole builds), and through a second server started with `node --cpu-prof` (samples",
+    "inside the build/push phases only). Self time per build and share of the build's wall time; the main thread is",
+    "the only thread that runs JS, hashing and TLS.",
     "",
     table(
       ["category", "library s/build", "library %", "server s/build", "server %"],
@@ -585,18 +582,16 @@ const methodSection = (report: BenchReport) => {
     "",
     "- Archives: a busybox container fills its /dev/shm (tmpfs, charged to the container's memory) with random bytes;",
     "  `podman container checkpoint --leave-running --compress=none --export` writes the archive uncompressed, as",
-    "  CRI-O does for the kubelet. Podman stores the container's /dev/shm as `devshm-checkpoint.tar` inside the " +
-    "archive",
-    "  (next to the CRIU images); its size is checked.",
+    "  CRI-O does for the kubelet. Podman stores the container's /dev/shm as `devshm-checkpoint.tar` inside the",
+    "  archive (next to the CRIU images); its size is checked.",
     "- Registry: one real `docker-registry` (CNCF distribution) on loopback with TLS (a generated CA, trusted by every",
     "  client) and htpasswd Basic auth, from the test harness. Its storage is deleted before every run (warm-ups",
-    "  included), so each push lands in an empty registry; the registry and the Checkpointer server stay up " +
-    "between runs,",
-    "  warm as in production.",
+    "  included), so each push lands in an empty registry; the registry and the Checkpointer server stay up",
+    "  between runs, warm as in production.",
     `- ${report.settings.warmups} warm-up run(s), then ${report.settings.runs} measured runs per pipeline and size.`,
     "  Runs are interleaved round by round (each round starts with a different pipeline), so load from other work",
-    "  on the machine falls on all pipelines alike. Medians and min–max; \"× raw\" divides a median by the raw " +
-    "upload's.",
+    "  on the machine falls on all pipelines alike. Medians and min–max; \"× raw\" divides a median by the raw",
+    "  upload's.",
     "- Peak RSS: VmHWM from /proc. The server is a fresh process per size (started as `pnpm start` runs it); its",
     "  VmHWM covers its whole life. For the library, this process's VmHWM is reset (`/proc/self/clear_refs`) before",
     "  each build.",
