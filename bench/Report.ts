@@ -427,6 +427,11 @@ const overlap = (cpu: { readonly client: number; readonly registry: number }, wa
 
 const signed = (value: number) => `${value < 0 ? "−" : "+"} ${formatSeconds(Math.abs(value))}`
 
+const overlapsText = (curl: number, library: number) =>
+  overlapVerdict(curl) === overlapVerdict(library)
+    ? `curl and the library build both ${overlapVerdict(curl)}`
+    : `curl ${overlapVerdict(curl)}, the library build ${overlapVerdict(library)}`
+
 /** What the profile says of the library build's CPU beyond curl's. */
 const extraCpuText = (extraSeconds: number, profile: ProfileResult | undefined) => {
   if (!(extraSeconds > 0)) return "The library build used no more CPU than curl."
@@ -480,8 +485,7 @@ const analysisSection = (report: BenchReport) => {
       extraCpuText(libraryCpu.client - rawCpu.client, size.profile),
     `- Overlap, (pusher CPU + registry CPU) / wall time: curl ${rawOverlap.toFixed(2)}, library ` +
       `${libraryOverlap.toFixed(2)}. At or below ${verdictThresholds.maxTurnTakingOverlap} the two sides take turns ` +
-      `instead of working at the same time: curl ${overlapVerdict(rawOverlap)}, the library build ` +
-      `${overlapVerdict(libraryOverlap)}.`
+      `instead of working at the same time: ${overlapsText(rawOverlap, libraryOverlap)}.`
   )
   if (size.profile !== undefined) {
     const library = profileShares(size.profile.library)
