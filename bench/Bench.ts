@@ -125,7 +125,9 @@ export const randomTag = () => randomBytes(8).toString("hex")
 
 const describeSample = (sample: Sample) => {
   const phases = Object.entries(sample.phases).map(([name, value]) => `${name} ${formatSeconds(value)}`)
-  const cpu = sample.cpu === undefined ? "" : `, CPU ${sample.cpu.client.toFixed(2)} · registry ${sample.cpu.registry.toFixed(2)}`
+  const cpu = sample.cpu === undefined
+    ? ""
+    : `, CPU ${sample.cpu.client.toFixed(2)} · registry ${sample.cpu.registry.toFixed(2)}`
   return `${formatSeconds(sample.seconds)} s${phases.length === 0 ? "" : ` (${phases.join(", ")})`}${cpu}`
 }
 
@@ -142,7 +144,9 @@ export const runOnce = (env: BenchEnv, label: string, pipeline: Pipeline, what: 
         const [clientAfter, registryAfter] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
         return { ...sample, cpu: { client: clientAfter - client, registry: registryAfter - registry } }
       })),
-      Effect.tapError((error) => Console.log(`[bench] ${label} ${what} ${pipeline.id} failed, once more: ${error.message}`)),
+      Effect.tapError((error) =>
+        Console.log(`[bench] ${label} ${what} ${pipeline.id} failed, once more: ${error.message}`)
+      ),
       Effect.retry({ times: 1 })
     )
     yield* Console.log(`[bench] ${label} ${what} ${pipeline.id}: ${describeSample(sample)}`)
@@ -199,16 +203,23 @@ export interface ProfileResult {
  * library builds under this process's inspector, and checkpoints through a second server started with --cpu-prof
  * (its profile is written when it stops), whose samples are kept only within the build/push phases.
  */
-const profileRuns = Effect.fn("Bench.profileRuns")(function*(env: BenchEnv, archive: Archive, container: MemoryContainer) {
+const profileRuns = Effect.fn("Bench.profileRuns")(function*(
+  env: BenchEnv,
+  archive: Archive,
+  container: MemoryContainer
+) {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
   const runs = Math.max(3, env.settings.runs)
   const library: Array<{ readonly profile: Profiler.Profile; readonly window: Window }> = []
   for (let run = 1; run <= runs; run++) {
     yield* env.registry.empty
-    const { profile, window } = yield* profiled(libraryBuild(env.builder, env.registry, archive, container, randomTag()))
+    const { profile, window } = yield* profiled(
+      libraryBuild(env.builder, env.registry, archive, container, randomTag())
+    )
     library.push({ profile, window })
-    yield* Console.log(`[bench] profile: library build ${run}/${runs} (${formatSeconds((window.to - window.from) / 1e6)} s)`)
+    const seconds = formatSeconds((window.to - window.from) / 1e6)
+    yield* Console.log(`[bench] profile: library build ${run}/${runs} (${seconds} s)`)
   }
   const profileDir = path.join(env.dir, "server-cpu-profile")
   const windows = yield* Effect.scoped(Effect.gen(function*() {

@@ -28,8 +28,8 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
     const { sample } = yield* httpCheckpoint(server, pod, "counter")
     const what = run <= env.settings.warmups ? `warm-up ${run}` : `run ${run - env.settings.warmups}`
     yield* Console.log(
-      `[bench] counter ${what}: ${formatSeconds(sample.seconds)} s (kubelet ${formatSeconds(sample.phases.kubelet!)}, ` +
-        `build/push ${formatSeconds(sample.phases["build/push"]!)})`
+      `[bench] counter ${what}: ${formatSeconds(sample.seconds)} s ` +
+        `(kubelet ${formatSeconds(sample.phases.kubelet!)}, build/push ${formatSeconds(sample.phases["build/push"]!)})`
     )
     if (run > env.settings.warmups) samples.push(sample)
   }
@@ -128,7 +128,8 @@ export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*
       const result = yield* round
       const what = run <= env.settings.warmups ? `warm-up ${run}` : `run ${run - env.settings.warmups}`
       yield* Console.log(
-        `[bench] concurrency ${what} ${kind}: ${concurrency} × ${concurrentMiB} MiB in ${formatSeconds(result.seconds)} s ` +
+        `[bench] concurrency ${what} ${kind}: ${concurrency} × ${concurrentMiB} MiB in ` +
+          `${formatSeconds(result.seconds)} s ` +
           `= ${(result.bytes / MiB / result.seconds).toFixed(0)} MiB/s`
       )
       if (run > env.settings.warmups) rounds[kind].push(result)

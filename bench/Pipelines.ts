@@ -124,7 +124,8 @@ export const rawHashedPipeline = (registry: BenchRegistry, archive: Archive): Pi
   run: () =>
     seconds(Effect.gen(function*() {
       const sum = yield* exec("sha256sum", [archive.path])
-      yield* rawUpload(registry, { path: archive.path, digest: `sha256:${sum.stdout.trim().split(/\s+/)[0]}` }, "bench/raw")
+      const digest = `sha256:${sum.stdout.trim().split(/\s+/)[0]}`
+      yield* rawUpload(registry, { path: archive.path, digest }, "bench/raw")
     })).pipe(Effect.map(([time]) => ({ seconds: time, phases: {}, pushedBytes: archive.bytes })))
 })
 
@@ -233,7 +234,11 @@ export const httpCheckpoint = Effect.fn("Pipelines.httpCheckpoint")(function*(
   }
 })
 
-export const httpPipeline = (registry: BenchRegistry, server: CheckpointerProcess, container: MemoryContainer): Pipeline => ({
+export const httpPipeline = (
+  registry: BenchRegistry,
+  server: CheckpointerProcess,
+  container: MemoryContainer
+): Pipeline => ({
   id: "http",
   title: pipelineTitles.http,
   clientCpu: processCpu(server.pid),

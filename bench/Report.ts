@@ -6,6 +6,7 @@ import type { CpuBreakdown } from "./Profile.ts"
 import { pipelineTitles } from "./Pipelines.ts"
 import type { BenchSettings } from "./Settings.ts"
 import type { Sample, Summary } from "./Stats.ts"
+import { comparedDuration, overlapVerdict, shareWord, verdictThresholds } from "./Verdicts.ts"
 import {
   formatMiB,
   formatRange,
@@ -76,13 +77,17 @@ export const keyFigures = (size: SizeResult) => {
   }
 }
 
-const shortMediaType = (mediaType: string) => mediaType.replace(/^application\/vnd\.(oci\.image\.layer\.v1\.|docker\.image\.rootfs\.diff\.)/, "")
+const shortMediaType = (mediaType: string) =>
+  mediaType.replace(/^application\/vnd\.(oci\.image\.layer\.v1\.|docker\.image\.rootfs\.diff\.)/, "")
 
 /** Largest layer that reached the registry, with its media type (`tar`, `tar+gzip`, ...). */
 const pushedText = (samples: ReadonlyArray<Sample>) => {
   const bytes = maxOf(samples.map((sample) => sample.pushedBytes))
-  const types = [...new Set(samples.flatMap((sample) => sample.pushedMediaType === undefined ? [] : [sample.pushedMediaType]))]
-  return bytes === undefined ? "–" : `${formatMiB(bytes)}${types.length === 0 ? "" : ` ${types.map(shortMediaType).join(", ")}`}`
+  const types = [
+    ...new Set(samples.flatMap((sample) => sample.pushedMediaType === undefined ? [] : [sample.pushedMediaType]))
+  ]
+  if (bytes === undefined) return "–"
+  return `${formatMiB(bytes)}${types.length === 0 ? "" : ` ${types.map(shortMediaType).join(", ")}`}`
 }
 
 /** Median CPU seconds of the pushing processes and of the registry during a run. */
@@ -145,10 +150,12 @@ const sizeSection = (size: SizeResult) => {
       { skip: ["build/push", "kubelet", "other"], peak: formatMiB(size.serverPeakRss) }
     ),
     ...measured("buildah"),
-    row("podman push of its checkpoint image (part of the last row below)", phaseSummary(podman, "push") ?? times([]), podman, {
-      skip: ["push", "checkpoint --create-image"],
-      cpu: false
-    })
+    row(
+      "podman push of its checkpoint image (part of the last row below)",
+      phaseSummary(podman, "push") ?? times([]),
+      podman,
+      { skip: ["push", "checkpoint --create-image"], cpu: false }
+    )
   ]
   const endToEndRows = [
     [
@@ -182,8 +189,8 @@ const sizeSection = (size: SizeResult) => {
   return [
     `### ${size.mib} MiB of memory: archive of ${formatMiB(size.archive.bytes)} MiB (${size.archive.bytes} bytes)`,
     "",
-    "From the archive on disk to an image in the registry (same archive file for all but the HTTP row, whose archive is",
-    "a fresh kubelet checkpoint of the same container):",
+    "From the archive on disk to an image in the registry (same archive file for all but the HTTP row, whose",
+    "archive is a fresh kubelet checkpoint of the same container):",
     "",
     table(
       [
@@ -202,12 +209,15 @@ const sizeSection = (size: SizeResult) => {
     "",
     "From the running container to an image in the registry (CRIU checkpoint included):",
     "",
-    table(["pipeline", "median s", "min–max s", "× raw", "× native HTTP", "phases (median s)", "peak RSS MiB"], endToEndRows),
+    table(
+      ["pipeline", "median s", "min–max s", "× raw", "× native HTTP", "phases (median s)", "peak RSS MiB"],
+      endToEndRows
+    ),
     "",
-    `Checkpointer server process: ${formatMiB(size.serverIdleRss)} MiB resident when idle, peak (VmHWM over its whole ` +
-    `life: start, warm-up and every run of this size) ${formatMiB(size.serverPeakRss)} MiB. Library row: peak of this ` +
-    "benchmark process during a build (VmHWM reset before each run) and, in parentheses, how far it rose above the " +
-    "RSS it had when the build began; the process (harness, simulated cluster, tsx) held " +
+    `Checkpointer server process: ${formatMiB(size.serverIdleRss)} MiB resident when idle, peak (VmHWM over its ` +
+    `whole life: start, warm-up and every run of this size) ${formatMiB(size.serverPeakRss)} MiB. Library row: peak ` +
+    "of this benchmark process during a build (VmHWM reset before each run) and, in parentheses, how far it rose " +
+    "above the RSS it had when the build began; the process (harness, simulated cluster, tsx) held " +
     `${formatMiB(size.benchBaselineRss)} MiB before the first build.`,
     ""
   ].join("\n")
@@ -227,7 +237,9 @@ const verdict = (met: boolean, missedBy: string) => met ? "met" : `missed by ${m
 
 /** Per-round series of a pipeline's time (or one of its phases); index i is round i. */
 const series = (size: SizeResult, id: PipelineId, phase?: string) =>
-  (size.samples.get(id) ?? []).map((sample) => phase === undefined ? sample.seconds : sample.phases[phase] ?? Number.NaN)
+  (size.samples.get(id) ?? []).map((sample) =>
+    phase === undefined ? sample.seconds : sample.phases[phase] ?? Number.NaN
+  )
 
 const pairedText = (numerator: ReadonlyArray<number>, denominator: ReadonlyArray<number>) => {
   const ratios = numerator.flatMap((value, i) => denominator[i] === undefined ? [] : [value / denominator[i]!])
@@ -268,7 +280,11 @@ export const targetRows = (sizes: ReadonlyArray<SizeResult>): ReadonlyArray<Targ
       ratio(`native (library) ≤ ${targets.maxRawRatio}× raw upload`, k.library, library),
       ratio(`native (HTTP, build/push) ≤ ${targets.maxRawRatio}× raw upload`, k.httpBuildPush, httpBuildPush),
       speedup(`buildah recipe ≥ ${targets.minBuildahSpeedup}× native (library)`, k.library, library),
-      speedup(`buildah recipe ≥ ${targets.minBuildahSpeedup}× native (HTTP, build/push)`, k.httpBuildPush, httpBuildPush)
+      speedup(
+        `buildah recipe ≥ ${targets.minBuildahSpeedup}× native (HTTP, build/push)`,
+        k.httpBuildPush,
+        httpBuildPush
+      )
     ]
     const encrypted = series(size, "libraryEncrypted")
     if ((targets.encryptionSizesMiB as ReadonlyArray<number>).includes(size.mib) && encrypted.length > 0) {
@@ -322,7 +338,8 @@ const roundPeak = (rounds: ReadonlyArray<Round>) => {
   const growth = maxOf(rounds.map((round) =>
     round.peakRss === undefined || round.startRss === undefined ? undefined : round.peakRss - round.startRss
   ))
-  return peak === undefined ? "–" : growth === undefined ? formatMiB(peak) : `${formatMiB(peak)} (+${formatMiB(growth)})`
+  if (peak === undefined) return "–"
+  return growth === undefined ? formatMiB(peak) : `${formatMiB(peak)} (+${formatMiB(growth)})`
 }
 
 const endToEndSection = (report: BenchReport) => {
@@ -353,14 +370,19 @@ const endToEndSection = (report: BenchReport) => {
     lines.push(
       `### ${c.containers} concurrent checkpoints of containers holding ${c.mibEach} MiB each`,
       "",
-      `${c.containers} archives, ${formatMiB(c.archiveBytes)} MiB in all. Wall time from the first request to the last answer.`,
+      `${c.containers} archives, ${formatMiB(c.archiveBytes)} MiB in all. Wall time from the first request to the ` +
+        "last answer.",
       "",
       table(
         ["pipeline", "median s", "min–max s", "MiB/s", "× raw MiB/s", "per checkpoint (median s)", "peak RSS MiB"],
         [
           roundRow(`raw upload, ${c.containers} curl in parallel`, c.raw, rawThroughput),
           roundRow(`native builder, library, ${c.containers} builds in parallel`, c.library, rawThroughput),
-          roundRow(`native builder, HTTP API, ${c.containers} sync POSTs in parallel (CRIU included)`, c.http, rawThroughput)
+          roundRow(
+            `native builder, HTTP API, ${c.containers} sync POSTs in parallel (CRIU included)`,
+            c.http,
+            rawThroughput
+          )
         ]
       ),
       "",
@@ -380,13 +402,20 @@ const jsCategories = (category: string) =>
     category.includes(word)
   )
 
+/** Self time in the categories that `test` picks, µs. */
+const categoryMicros = (breakdown: CpuBreakdown, test: (category: string) => boolean) =>
+  [...breakdown.byCategory.entries()]
+    .filter(([category]) => test(category))
+    .reduce((sum, [, micros]) => sum + micros, 0)
+
+const isSha256 = (category: string) => category.startsWith("sha256")
+
 const profileShares = (breakdown: CpuBreakdown) => {
   const pick = (test: (category: string) => boolean) =>
-    [...breakdown.byCategory.entries()].filter(([category]) => test(category)).reduce((sum, [, micros]) => sum + micros, 0) /
-    Math.max(1, breakdown.windowMicros) * 100
+    categoryMicros(breakdown, test) / Math.max(1, breakdown.windowMicros) * 100
   return {
     idle: pick((c) => c.startsWith("idle")),
-    sha256: pick((c) => c.startsWith("sha256")),
+    sha256: pick(isSha256),
     gc: pick((c) => c.startsWith("garbage")),
     js: pick(jsCategories),
     native: pick((c) => c.startsWith("native code") || c.startsWith("other native") || c.startsWith("file reads"))
@@ -394,9 +423,24 @@ const profileShares = (breakdown: CpuBreakdown) => {
 }
 
 const overlap = (cpu: { readonly client: number; readonly registry: number }, wall: number) =>
-  ((cpu.client + cpu.registry) / wall).toFixed(2)
+  (cpu.client + cpu.registry) / wall
 
 const signed = (value: number) => `${value < 0 ? "−" : "+"} ${formatSeconds(Math.abs(value))}`
+
+const overlapsText = (curl: number, library: number) =>
+  overlapVerdict(curl) === overlapVerdict(library)
+    ? `curl and the library build both ${overlapVerdict(curl)}`
+    : `curl ${overlapVerdict(curl)}, the library build ${overlapVerdict(library)}`
+
+/** What the profile says of the library build's CPU beyond curl's. */
+const extraCpuText = (extraSeconds: number, profile: ProfileResult | undefined) => {
+  if (!(extraSeconds > 0)) return "The library build used no more CPU than curl."
+  const lead = `The library build used ${formatSeconds(extraSeconds)} s more CPU than curl`
+  if (profile === undefined || profile.library.windows === 0) return `${lead}.`
+  const sha256 = categoryMicros(profile.library, isSha256) / 1e6 / profile.library.windows
+  return `${lead}; its profile has ${formatSeconds(sha256)} s of sha256 per build, which curl did not compute: ` +
+    `${shareWord(sha256, extraSeconds)} the difference.`
+}
 
 /** The numbers behind the targets for the largest size, in words. */
 const analysisSection = (report: BenchReport) => {
@@ -406,6 +450,7 @@ const analysisSection = (report: BenchReport) => {
   const median = (id: PipelineId) => times(size.samples.get(id) ?? []).median
   const pass = median("pass")
   const rawHashed = median("rawHashed")
+  const overlapped = Math.max(pass, k.raw)
   const loads = summarize(report.loads)
   const lines = [
     `### Reading the targets (${size.mib} MiB archive)`,
@@ -417,11 +462,11 @@ const analysisSection = (report: BenchReport) => {
     "- The native builder reads the archive once and hashes it while it uploads. Its pass alone (read, sha256, tar " +
     `inspection, no network) takes ${formatSeconds(pass)} s; the library build takes ${formatSeconds(k.library)} s = ` +
     `raw ${signed(k.library - k.raw)} s, the HTTP build/push phase ${formatSeconds(k.httpBuildPush)} s = raw ` +
-    `${signed(k.httpBuildPush - k.raw)} s. Were the pass fully overlapped with the upload, a build would take about ` +
-    "as long as the raw upload.",
+    `${signed(k.httpBuildPush - k.raw)} s. Fully overlapped, a build would take the longer of the pass and the raw ` +
+    `upload, ${formatSeconds(overlapped)} s; the library build is ${comparedDuration(k.library, overlapped)} that.`,
     "- The buildah recipe extracts the archive into a working container (add), writes it back as a new layer " +
-    `(commit) and gzips it on push: ${formatSeconds(k.buildah)} s, ${formatRatio(k.buildah / k.library)} the library ` +
-    `build and ${formatRatio(k.buildah / k.httpBuildPush)} the HTTP build/push.`
+    `(commit) and gzips it on push: ${formatSeconds(k.buildah)} s, ${comparedDuration(k.buildah, k.library)} the ` +
+    `library build and ${comparedDuration(k.buildah, k.httpBuildPush)} the HTTP build/push.`
   ]
   const cpu = (id: PipelineId) => {
     const measured = (size.samples.get(id) ?? []).flatMap((sample) => sample.cpu === undefined ? [] : [sample.cpu])
@@ -431,15 +476,16 @@ const analysisSection = (report: BenchReport) => {
     }
   }
   const [rawCpu, libraryCpu, httpCpu] = [cpu("raw"), cpu("library"), cpu("http")]
+  const [rawOverlap, libraryOverlap] = [overlap(rawCpu, k.raw), overlap(libraryCpu, k.library)]
   lines.push(
-    `- CPU per run, which hardly depends on other load: curl ${formatSeconds(rawCpu.client)} s, the library build ` +
+    `- CPU per run: curl ${formatSeconds(rawCpu.client)} s, the library build ` +
       `${formatSeconds(libraryCpu.client)} s (${formatRatio(libraryCpu.client / rawCpu.client)} curl's), the server ` +
       `${formatSeconds(httpCpu.client)} s for a whole request; docker-registry ${formatSeconds(rawCpu.registry)} s, ` +
-      `${formatSeconds(libraryCpu.registry)} s and ${formatSeconds(httpCpu.registry)} s. The builder's extra CPU is ` +
-      "mostly the sha256 that curl did not have to compute (see the profile).",
-    `- Overlap, (pusher CPU + registry CPU) / wall time: curl ${overlap(rawCpu, k.raw)}, library ` +
-      `${overlap(libraryCpu, k.library)}. Near 1 the two sides take turns instead of working at the same time: ` +
-      "the builder waits for the socket to drain after each 1 MiB chunk before it reads and hashes the next one."
+      `${formatSeconds(libraryCpu.registry)} s and ${formatSeconds(httpCpu.registry)} s. ` +
+      extraCpuText(libraryCpu.client - rawCpu.client, size.profile),
+    `- Overlap, (pusher CPU + registry CPU) / wall time: curl ${rawOverlap.toFixed(2)}, library ` +
+      `${libraryOverlap.toFixed(2)}. At or below ${verdictThresholds.maxTurnTakingOverlap} the two sides take turns ` +
+      `instead of working at the same time: ${overlapsText(rawOverlap, libraryOverlap)}.`
   )
   if (size.profile !== undefined) {
     const library = profileShares(size.profile.library)
@@ -457,19 +503,28 @@ const analysisSection = (report: BenchReport) => {
   const counterBuildPush = report.counter === undefined ? undefined : phaseSummary(report.counter.samples, "build/push")
   if (smallest !== undefined && smallest !== size && counterBuildPush !== undefined) {
     const small = keyFigures(smallest)
+    const fixedShare = counterBuildPush.median / small.httpBuildPush
+    const counterArchive = formatMiB(maxOf(report.counter!.samples.map((sample) => sample.pushedBytes)))
     lines.push(
-      `- Fixed cost per image: the build/push of the counter's ${formatMiB(
-        maxOf(report.counter!.samples.map((sample) => sample.pushedBytes))
-      )} MiB archive takes ${formatSeconds(counterBuildPush.median)} s (registry ping, auth, the streamed layer, ` +
-        `config blob, manifest). At ${smallest.mib} MiB it weighs on the ratio: HTTP build/push ` +
-        `${formatSeconds(small.httpBuildPush)} s against ${formatSeconds(small.raw)} s for the raw layer upload.`
+      `- Fixed cost per image: the build/push of the counter's ${counterArchive} MiB archive takes ` +
+        `${formatSeconds(counterBuildPush.median)} s (registry ping, auth, the streamed layer, config blob, ` +
+        `manifest), ${(fixedShare * 100).toFixed(0)}% of the HTTP build/push at ${smallest.mib} MiB ` +
+        `(${formatSeconds(small.httpBuildPush)} s against ${formatSeconds(small.raw)} s for the raw layer upload): ` +
+        (fixedShare >= verdictThresholds.fixedCostWeighs
+          ? "it weighs on that size's ratio."
+          : "too little to move that size's ratio.")
     )
   }
+  const cpus = report.machine.cpus
   lines.push(
-    `- ${report.machine.cpus} CPUs: the registry (TLS, sha256, file writes) and the client share them, with each other ` +
+    `- ${cpus} CPUs: the registry (TLS, sha256, file writes) and the client share them, with each other ` +
       `and with other work (one-minute load average during the runs: median ${loads.median.toFixed(1)}, max ` +
-      `${loads.max.toFixed(1)}). CPU time a client spends beyond curl's (hashing, JS streaming) turns into wall time ` +
-      "when the cores are busy. The per-round ratios in the targets table show how far single rounds spread.",
+      `${loads.max.toFixed(1)}). ` +
+      (loads.median >= cpus
+        ? "The median load reached the number of CPUs: CPU time a client spends beyond curl's (hashing, JS " +
+          "streaming) turned into wall time."
+        : "The median load stayed below the number of CPUs.") +
+      " The per-round ratios in the targets table show how far single rounds spread.",
     ""
   )
   return lines.join("\n")
@@ -479,7 +534,9 @@ const perRun = (breakdown: CpuBreakdown, micros: number | undefined) =>
   micros === undefined || breakdown.windows === 0 ? "–" : formatSeconds(micros / 1e6 / breakdown.windows)
 
 const share = (breakdown: CpuBreakdown, micros: number | undefined) =>
-  micros === undefined || breakdown.windowMicros === 0 ? "–" : `${((micros / breakdown.windowMicros) * 100).toFixed(1)}%`
+  micros === undefined || breakdown.windowMicros === 0
+    ? "–"
+    : `${((micros / breakdown.windowMicros) * 100).toFixed(1)}%`
 
 const topFunctions = (breakdown: CpuBreakdown, count: number) =>
   [...breakdown.byFunction.entries()]
@@ -495,10 +552,10 @@ const profileSection = (mib: number, profile: ProfileResult) => {
   return [
     `## Where the native builder's time goes (CPU profiles, ${mib} MiB archive)`,
     "",
-    `${profile.runs} extra builds after the measured runs (not counted above): through the library under this process's`,
-    "inspector (whole builds), and through a second server started with `node --cpu-prof` (samples inside the",
-    "build/push phases only). Self time per build and share of the build's wall time; the main thread is the only",
-    "thread that runs JS, hashing and TLS.",
+    `${profile.runs} extra builds after the measured runs (not counted above): through the library under this`,
+    "process's inspector (whole builds), and through a second server started with `node --cpu-prof` (samples",
+    "inside the build/push phases only). Self time per build and share of the build's wall time; the main thread is",
+    "the only thread that runs JS, hashing and TLS.",
     "",
     table(
       ["category", "library s/build", "library %", "server s/build", "server %"],
@@ -529,15 +586,16 @@ const methodSection = (report: BenchReport) => {
     "",
     "- Archives: a busybox container fills its /dev/shm (tmpfs, charged to the container's memory) with random bytes;",
     "  `podman container checkpoint --leave-running --compress=none --export` writes the archive uncompressed, as",
-    "  CRI-O does for the kubelet. Podman stores the container's /dev/shm as `devshm-checkpoint.tar` inside the archive",
-    "  (next to the CRIU images); its size is checked.",
+    "  CRI-O does for the kubelet. Podman stores the container's /dev/shm as `devshm-checkpoint.tar` inside the",
+    "  archive (next to the CRIU images); its size is checked.",
     "- Registry: one real `docker-registry` (CNCF distribution) on loopback with TLS (a generated CA, trusted by every",
     "  client) and htpasswd Basic auth, from the test harness. Its storage is deleted before every run (warm-ups",
-    "  included), so each push lands in an empty registry; the registry and the Checkpointer server stay up between runs,",
-    "  warm as in production.",
+    "  included), so each push lands in an empty registry; the registry and the Checkpointer server stay up",
+    "  between runs, warm as in production.",
     `- ${report.settings.warmups} warm-up run(s), then ${report.settings.runs} measured runs per pipeline and size.`,
     "  Runs are interleaved round by round (each round starts with a different pipeline), so load from other work",
-    "  on the machine falls on all pipelines alike. Medians and min–max; \"× raw\" divides a median by the raw upload's.",
+    "  on the machine falls on all pipelines alike. Medians and min–max; \"× raw\" divides a median by the raw",
+    "  upload's.",
     "- Peak RSS: VmHWM from /proc. The server is a fresh process per size (started as `pnpm start` runs it); its",
     "  VmHWM covers its whole life. For the library, this process's VmHWM is reset (`/proc/self/clear_refs`) before",
     "  each build.",
@@ -555,6 +613,12 @@ const methodSection = (report: BenchReport) => {
     ""
   ].join("\n")
 }
+
+/** Whether other work ran beside the benchmark, from the median load. */
+const loadVerdict = (median: number) =>
+  median > verdictThresholds.ownLoad
+    ? `above the benchmark's own load of about ${verdictThresholds.ownLoad}: other work was running`
+    : `within the benchmark's own load of about ${verdictThresholds.ownLoad}`
 
 export const renderReport = (report: BenchReport): string => {
   const { machine, settings } = report
@@ -584,9 +648,10 @@ export const renderReport = (report: BenchReport): string => {
     "",
     "## Machine",
     "",
-    `- ${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 1024 / MiB).toFixed(1)} GiB memory, ${machine.kernel}`,
+    `- ${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 1024 / MiB).toFixed(1)} GiB memory, ` +
+    machine.kernel,
     `- One-minute load average before the runs: median ${loads.median.toFixed(2)}, min ${loads.min.toFixed(2)}, ` +
-    `max ${loads.max.toFixed(2)} (the benchmark itself keeps about one CPU busy; more means other work was running).`,
+    `max ${loads.max.toFixed(2)}: ${loadVerdict(loads.median)}.`,
     "",
     "## Versions",
     "",
@@ -595,8 +660,8 @@ export const renderReport = (report: BenchReport): string => {
     `Code: commit ${report.code.commit}` +
     (report.code.changedFiles === 0
       ? ", no uncommitted changes under packages/."
-      : `, with ${report.code.changedFiles} uncommitted file(s) under packages/ (the bundle and the library are built ` +
-        "from the working tree).") +
+      : `, with ${report.code.changedFiles} uncommitted file(s) under packages/ (the bundle and the library are ` +
+        "built from the working tree).") +
     ` Server bundle (dist/server/main.mjs, built by \`pnpm bench\`) sha256 ${report.bundles.join(", ")}` +
     (report.bundles.length > 1 ? ": it was rebuilt during the run (another job ran scripts/build.mjs)." : "."),
     "",

@@ -36,7 +36,9 @@ export const settings: Config.Config<BenchSettings> = Config.all({
     [16, 256, 1024]
   ),
   runs: Config.withDefault(
-    Config.integer("BENCH_RUNS").pipe(Config.validate({ message: "BENCH_RUNS must be >= 1", validation: (n) => n >= 1 })),
+    Config.integer("BENCH_RUNS").pipe(
+      Config.validate({ message: "BENCH_RUNS must be >= 1", validation: (n) => n >= 1 })
+    ),
     5
   ),
   warmups: positive("BENCH_WARMUP", 1),

@@ -132,7 +132,8 @@ export const sweepLeftovers = Effect.fn("Workload.sweepLeftovers")(function*(wor
   const fs = yield* FileSystem.FileSystem
   const containers = lines(yield* Podman.podman(["ps", "--all", "--format", "{{.Names}}"]))
   const images = lines(yield* Podman.podman(["images", "--format", "{{.Repository}}:{{.Tag}}"]))
-  const working = lines((yield* exec("buildah", ["containers", "--noheading", "--format", "{{.ContainerName}}"])).stdout)
+  const buildahContainers = yield* exec("buildah", ["containers", "--noheading", "--format", "{{.ContainerName}}"])
+  const working = lines(buildahContainers.stdout)
   const runs = (yield* fs.exists(workDir)) ? yield* fs.readDirectory(workDir) : []
   const stale = {
     containers: orphaned(containers, /^bench-(\d+)-/),

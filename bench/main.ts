@@ -54,8 +54,11 @@ const program = Effect.gen(function*() {
     ...(concurrency === undefined ? {} : { concurrency })
   })
   yield* fs.writeFileString(settings.out, report)
-  for (const row of targetRows(sizes)) yield* Console.log(`[bench] ${row.target} (${row.size}): ${row.measured} ${row.verdict}`)
-  yield* Console.log(`[bench] wrote ${settings.out} after ${((Date.now() - startedAt.getTime()) / 60000).toFixed(1)} min`)
+  for (const row of targetRows(sizes)) {
+    yield* Console.log(`[bench] ${row.target} (${row.size}): ${row.measured} ${row.verdict}`)
+  }
+  const minutes = (Date.now() - startedAt.getTime()) / 60000
+  yield* Console.log(`[bench] wrote ${settings.out} after ${minutes.toFixed(1)} min`)
 })
 
 // The library builder logs each push at info level; the progress lines are enough here.

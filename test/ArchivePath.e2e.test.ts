@@ -11,7 +11,8 @@ const StackLive = Stack.layer({ registryAuth: "htpasswd" })
 
 describeE2E("the kubelet's answer is not trusted with the filesystem (KUBELET_CHECKPOINT_DIR)", () => {
   layer(StackLive, { excludeTestServices: true, timeout: "180 seconds" })((it) => {
-    it.scoped("a path outside, a symbolic link or '..' fails in phase kubelet naming it; nothing is pushed or deleted", () =>
+    it.scoped("a path outside, a symbolic link or '..' fails in phase kubelet naming it; " +
+      "nothing is pushed or deleted", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem

@@ -55,7 +55,8 @@ const tokenReviews = (stack: MultiNodeStack) =>
 
 describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by token", () => {
   layer(NodesLive, { excludeTestServices: true, timeout: "180 seconds" })((it) => {
-    it.scoped("no token or an unknown one answers 401; an allowed caller's request is forwarded and checked again", () =>
+    it.scoped("no token or an unknown one answers 401; " +
+      "an allowed caller's request is forwarded and checked again", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
         yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-pod", nodeName: "node-b" })
@@ -76,7 +77,9 @@ describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by 
       Effect.gen(function*() {
         const stack = yield* Nodes
         yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-keep", nodeName: "node-a" })
-        const denied = yield* checkpointAs(stack.checkpointer("node-a").url, "auth-keep", tokens.bob, { deletePod: true })
+        const denied = yield* checkpointAs(stack.checkpointer("node-a").url, "auth-keep", tokens.bob, {
+          deletePod: true
+        })
         expect(denied.status).toBe(403)
         expect(denied.text).toBe("bob may not delete pods in namespace team-a")
         const elsewhere = yield* call(`${stack.checkpointer("node-a").url}/checkpoint/team-b/auth-keep/counter`, {
@@ -91,7 +94,9 @@ describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by 
       Effect.gen(function*() {
         const stack = yield* Nodes
         yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-async", nodeName: "node-b" })
-        const accepted = yield* checkpointAs(stack.checkpointer("node-a").url, "auth-async", tokens.alice, { async: true })
+        const accepted = yield* checkpointAs(stack.checkpointer("node-a").url, "auth-async", tokens.alice, {
+          async: true
+        })
         expect(accepted.status, accepted.text).toBe(202)
         const { checkpointIdentifier } = JSON.parse(accepted.text)
         const result = (token: string) =>
@@ -134,7 +139,9 @@ describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by 
         expect(refused.status).toBe(500)
         expect(refused.text).toBe('checkpoint failed in phase "kubelet": kubelet answered 401: Unauthorized')
         for (const logs of [server.logs(), stack.checkpointer("node-a").logs(), stack.checkpointer("node-b").logs()]) {
-          for (const token of [...Object.values(tokens), stack.cluster.apiServer.token]) expect(logs).not.toContain(token)
+          for (const token of [...Object.values(tokens), stack.cluster.apiServer.token]) {
+            expect(logs).not.toContain(token)
+          }
         }
       }))
   })

@@ -50,7 +50,8 @@ const post = (path: string, body?: string | Buffer, headers?: Record<string, str
   ...(body === undefined ? {} : { body }),
   ...(headers === undefined ? {} : { headers })
 })
-const json = (body: string): Raw => post("/checkpoint/default/bad-target/counter", body, { "content-type": "application/json" })
+const json = (body: string): Raw =>
+  post("/checkpoint/default/bad-target/counter", body, { "content-type": "application/json" })
 const identifier = (value: string): Raw => ({ method: "GET", path: `/checkpoint?checkpointIdentifier=${value}` })
 
 const corpus: ReadonlyArray<readonly [string, Raw]> = [

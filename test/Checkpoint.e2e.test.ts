@@ -90,9 +90,15 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(response.status, response.text).toBe(201)
         expect(Option.isNone(yield* stack.cluster.apiServer.findPod("default", "counter-delete"))).toBe(true)
         expect(yield* stack.cluster.agent.containerId("default", "counter-delete", "counter")).toBeUndefined()
-        expect(yield* stack.cluster.runtime.crictl(["ps", "--quiet", "--label", "io.kubernetes.pod.name=counter-delete"]))
-          .toBe("")
-        yield* expectRestoredCounterContinues(stack, JSON.parse(response.text).containerImageName, "restored-delete", before)
+        const running = yield* stack.cluster.runtime.crictl([
+          "ps",
+          "--quiet",
+          "--label",
+          "io.kubernetes.pod.name=counter-delete"
+        ])
+        expect(running).toBe("")
+        const image = JSON.parse(response.text).containerImageName
+        yield* expectRestoredCounterContinues(stack, image, "restored-delete", before)
       }))
 
     it.scoped("an unknown container answers 404 and an unknown identifier 404", () =>
@@ -145,7 +151,8 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(docs.text).toContain("POST /checkpoint/{namespace}/{pod}/{container}")
         expect((yield* call(`${stack.checkpointer.url}/healthz`)).text).toBe("ok")
         expect((yield* call(`${stack.checkpointer.url}/readyz`)).text).toBe("ok")
-        expect(stack.checkpointer.logs()).toContain("AUTH_MODE=none: any caller that reaches this service may checkpoint")
+        expect(stack.checkpointer.logs())
+          .toContain("AUTH_MODE=none: any caller that reaches this service may checkpoint")
       }))
 
     it.scoped("malformed input answers 400 in plain text", () =>

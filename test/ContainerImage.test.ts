@@ -132,11 +132,14 @@ describe("Dockerfile", () => {
         expect(from).toBe("--from=build")
         const destination = rest.at(-1)!
         for (const source of rest.slice(0, -1)) {
-          copyFileSync(`${projectRoot}/${source.replace(/^\/src\//, "")}`, `${root}${destination}${source.split("/").at(-1)}`)
+          const from = `${projectRoot}/${source.replace(/^\/src\//, "")}`
+          copyFileSync(from, `${root}${destination}${source.split("/").at(-1)}`)
         }
       }
       const env = Object.fromEntries(
-        stepsOf(runtime, "ENV").flatMap((step) => step.args.split(/\s+/)).map((pair) => pair.split("=") as [string, string])
+        stepsOf(runtime, "ENV")
+          .flatMap((step) => step.args.split(/\s+/))
+          .map((pair) => pair.split("=") as [string, string])
       )
       const [command, ...args] = JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args) as Array<string>
       expect(command).toBe("node")

@@ -78,7 +78,10 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
         yield* fs.copyFile(registry.caFile, `${dir}/ca.crt`)
         const server = yield* stack.startAnotherCheckpointer({
           authFile: `${dir}/auth.json`,
-          extra: { CHECKPOINT_IMAGE_PREFIX: `${registry.host}/${checkpointRepository}`, REGISTRY_CA_FILE: `${dir}/ca.crt` }
+          extra: {
+            CHECKPOINT_IMAGE_PREFIX: `${registry.host}/${checkpointRepository}`,
+            REGISTRY_CA_FILE: `${dir}/ca.crt`
+          }
         })
         // A container whose archive takes a while to push (its rootfs holds 300 MiB of random bytes).
         yield* startBallastPod(stack.cluster, {
@@ -153,7 +156,8 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
         yield* expectHealthy(stack, server)
       }), 120_000)
 
-    it.scoped("the server killed during an async checkpoint and restarted: the result says interrupted by restart", () =>
+    it.scoped("the server killed during an async checkpoint and restarted: " +
+      "the result says interrupted by restart", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem
@@ -176,7 +180,8 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
         yield* expectHealthy(stack, second)
       }), 120_000)
 
-    it.scoped("SIGTERM: new checkpoints are refused, running ones get the grace period, the rest are recorded as interrupted", () =>
+    it.scoped("SIGTERM: new checkpoints are refused, running ones get the grace period, " +
+      "the rest are recorded as interrupted", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem

@@ -11,7 +11,11 @@ export interface Answer {
 export const call = (url: string, init?: RequestInit) =>
   Effect.promise(async (): Promise<Answer> => {
     const response = await fetch(url, init)
-    return { status: response.status, contentType: response.headers.get("content-type") ?? "", text: await response.text() }
+    return {
+      status: response.status,
+      contentType: response.headers.get("content-type") ?? "",
+      text: await response.text()
+    }
   })
 
 export const postCheckpoint = (base: string, path: string, body?: unknown) =>
@@ -30,7 +34,8 @@ export const callTls = (
   init?: { readonly method?: string; readonly headers?: Record<string, string>; readonly body?: string }
 ) =>
   Effect.async<Answer, Error>((resume) => {
-    const request = httpsRequest(url, { method: init?.method ?? "GET", headers: init?.headers ?? {}, ca }, (response) => {
+    const options = { method: init?.method ?? "GET", headers: init?.headers ?? {}, ca }
+    const request = httpsRequest(url, options, (response) => {
       const chunks: Array<Buffer> = []
       response.on("data", (chunk: Buffer) => chunks.push(chunk))
       response.on("end", () =>

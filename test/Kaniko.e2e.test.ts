@@ -70,7 +70,8 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
       it.scoped(`${builder}: the image restores and its counter continues`, () =>
         Effect.gen(function*() {
           const stack = yield* KanikoStackTag
-          // kaniko-fs names KANIKO_IMAGE explicitly: the pinned fork, the only kind of image the Kaniko builders accept.
+          // kaniko-fs names KANIKO_IMAGE explicitly: the pinned fork, the only kind of image the Kaniko builders
+          // accept.
           const image = pinnedKaniko
           const checkpointer = yield* stack.startKanikoCheckpointer(
             builder,

@@ -102,7 +102,10 @@ describeE2E("kubectl checkpoint against the local stack", () => {
         const stack = yield* Stack
         const env = { KUBECONFIG: stack.cluster.apiServer.kubeconfigPath }
         yield* startCounterPod(stack.cluster, { namespace: "default", name: "ops-kc-async", nodeName: "node-a" })
-        const accepted = yield* kubectlCheckpoint(["ops-kc-async", "-n", "default", "--async", "--url", stack.checkpointer.url], env)
+        const accepted = yield* kubectlCheckpoint(
+          ["ops-kc-async", "-n", "default", "--async", "--url", stack.checkpointer.url],
+          env
+        )
         expect(accepted.code, accepted.stderr).toBe(0)
         const identifier = accepted.stdout.trim()
         expect(identifier).toMatch(/^node-a:[0-9a-f]{16}$/)
@@ -130,7 +133,10 @@ describeE2E("kubectl checkpoint against the local stack", () => {
           annotations: { "kubectl.kubernetes.io/default-container": "counter" },
           containers: [{ name: "sidecar" }, { name: "counter" }]
         })
-        const annotated = yield* kubectlCheckpoint(["ops-kc-annotated", "--async", "--url", stack.checkpointer.url], env)
+        const annotated = yield* kubectlCheckpoint(
+          ["ops-kc-annotated", "--async", "--url", stack.checkpointer.url],
+          env
+        )
         expect(annotated.stderr).toContain("checkpoint of default/ops-kc-annotated/counter started")
       }))
 
@@ -155,7 +161,10 @@ describeE2E("kubectl checkpoint against the local stack", () => {
         expect(allowed.code, allowed.stderr).toBe(0)
         expect(allowed.stdout).toContain(`${stack.registry.host}/checkpoints/counter:`)
 
-        const denied = yield* kubectlCheckpoint(["ops-kc-auth", "-c", "counter", "--delete-pod", "--url", checking.url], env)
+        const denied = yield* kubectlCheckpoint(
+          ["ops-kc-auth", "-c", "counter", "--delete-pod", "--url", checking.url],
+          env
+        )
         expect(denied.code).toBe(1)
         expect(denied.stderr).toMatch(/^error: .*ops-carol/)
 
@@ -176,7 +185,10 @@ describeE2E("kubectl checkpoint against the local stack", () => {
         expect(noPod.code).toBe(1)
         expect(noPod.stderr.trim()).toBe("error: pod default/ops-kc-none not found")
 
-        const notFound = yield* kubectlCheckpoint(["ops-kc-none", "-c", "counter", "--url", stack.checkpointer.url], env)
+        const notFound = yield* kubectlCheckpoint(
+          ["ops-kc-none", "-c", "counter", "--url", stack.checkpointer.url],
+          env
+        )
         expect(notFound.code).toBe(1)
         expect(notFound.stderr).toMatch(/^error: .*default\/ops-kc-none\/counter/)
         expect(notFound.stdout).toBe("")
@@ -187,7 +199,8 @@ describeE2E("kubectl checkpoint against the local stack", () => {
           CHECKPOINTER_URL: `http://127.0.0.1:${port}`
         })
         expect(unreachable.code).toBe(1)
-        expect(unreachable.stderr).toContain(`no answer from http://127.0.0.1:${port}/checkpoint/default/ops-kc-none/counter`)
+        expect(unreachable.stderr)
+          .toContain(`no answer from http://127.0.0.1:${port}/checkpoint/default/ops-kc-none/counter`)
         expect(unreachable.stderr).toContain("is Checkpointer reachable at")
       }))
   })

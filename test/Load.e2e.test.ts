@@ -13,7 +13,8 @@ const MiB = 1024 * 1024
 
 describeE2E("load", () => {
   layer(Stack.layer({ registryAuth: "htpasswd" }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
-    it.scoped(`${clients * requestsPerClient} mixed sync/async checkpoints from ${clients} concurrent clients lose no result`, () =>
+    it.scoped(`${clients * requestsPerClient} mixed sync/async checkpoints from ${clients} concurrent clients ` +
+      "lose no result", () =>
       Effect.gen(function*() {
         const stack = yield* Stack
         const fs = yield* FileSystem.FileSystem

@@ -124,13 +124,15 @@ const knownVariables = new Set(
 )
 
 const find = <T>(resources: ReadonlyArray<Resource>, kind: string, name?: string): T => {
-  const found = resources.find((resource) => resource.kind === kind && (name === undefined || resource.metadata.name === name))
+  const found = resources.find((resource) =>
+    resource.kind === kind && (name === undefined || resource.metadata.name === name)
+  )
   expect(found, `${kind} ${name ?? ""}`).toBeDefined()
   return found as T
 }
 
 describe("k8s-manifests", () => {
-  it("has the seed's set, its RBAC and the kustomizations", () => {
+  it("has the Go service's manifests, its RBAC and the kustomizations", () => {
     const relative = [...resourceFiles, ...kustomizationFiles].map((path) => path.slice(manifestsDir.length + 1))
     expect(relative).toEqual(expect.arrayContaining([
       "kustomization.yaml",
@@ -189,7 +191,8 @@ describe("k8s-manifests", () => {
       }
     })
 
-    it.each(Object.entries(builds))("%s: the DaemonSet runs on every node as routing and the kubelet need", (_, dir) => {
+    it.each(Object.entries(builds))("%s: the DaemonSet runs on every node " +
+      "as routing and the kubelet need", (_, dir) => {
       const resources = build(dir)
       const daemonSet = find<k8s.V1DaemonSet>(resources, "DaemonSet", "checkpointer")
       const pod = daemonSet.spec!.template.spec!
@@ -241,7 +244,8 @@ describe("k8s-manifests", () => {
       expect(volumes.get(checkpoints!.name)?.hostPath?.path).toBe(config.KUBELET_CHECKPOINT_DIR)
       const kubeletTls = volumes.get("kubelet-tls")!.secret!.secretName
       expect(find<k8s.V1Secret>(resources, "Secret", kubeletTls).type).toBe("kubernetes.io/tls")
-      expect(find<k8s.V1Secret>(resources, "Secret", config.KANIKO_SECRET_NAME).type).toBe("kubernetes.io/dockerconfigjson")
+      expect(find<k8s.V1Secret>(resources, "Secret", config.KANIKO_SECRET_NAME).type)
+        .toBe("kubernetes.io/dockerconfigjson")
       for (const resource of resources.filter((r) => r.metadata.namespace !== undefined)) {
         expect(resource.metadata.namespace, `${resource.kind} ${resource.metadata.name}`).toBe("checkpointer")
       }
@@ -252,13 +256,15 @@ describe("k8s-manifests", () => {
       expect(service.spec!.ports).toEqual([{ name: "http", protocol: "TCP", port: 80, targetPort: "http" }])
     })
 
-    it("the default install is the seed's kaniko builder with its RBAC", () => {
+    it("the default install is the Go service's default kaniko builder with its RBAC", () => {
       const resources = build(".")
-      expect(find<k8s.V1ConfigMap>(resources, "ConfigMap", "checkpointer-config").data!.CHECKPOINT_BUILDER).toBeUndefined()
+      expect(find<k8s.V1ConfigMap>(resources, "ConfigMap", "checkpointer-config").data!.CHECKPOINT_BUILDER)
+        .toBeUndefined()
       expect(resources.filter((r) => r.kind === "Role").map((r) => r.metadata.name)).toEqual(["checkpointer-kaniko"])
       if (hasCommand("kubectl")) {
         // What `kubectl apply -k k8s-manifests` applies: kubectl's own kustomize gives the same resources.
-        const viaKubectl = documentsOf(execFileSync("kubectl", ["kustomize", manifestsDir], { encoding: "utf8" }), "kubectl")
+        const kustomized = execFileSync("kubectl", ["kustomize", manifestsDir], { encoding: "utf8" })
+        const viaKubectl = documentsOf(kustomized, "kubectl")
         expect(viaKubectl).toEqual(resources)
       }
     })
@@ -276,7 +282,8 @@ describe("k8s-manifests", () => {
       expect(resources.filter((r) => r.kind === "Role")).toEqual([])
     })
 
-    it("the TLS component serves HTTPS from a mounted Secret, probes with HTTPS, and the Service answers on 443", () => {
+    it("the TLS component serves HTTPS from a mounted Secret, probes with HTTPS, " +
+      "and the Service answers on 443", () => {
       const resources = build("overlays/native-tls")
       for (const resource of resources) {
         expect(schemaErrors(resource), `${resource.kind} ${resource.metadata.name}`).toBe("")

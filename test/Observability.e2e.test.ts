@@ -50,7 +50,8 @@ describeE2E("operability of the real server: metrics, readiness, production logs
         expect(after.get('checkpoints_total{builder="native",outcome="succeeded"}')).toBe(1)
         expect(after.get('checkpoints_total{builder="native",outcome="not_found"}')).toBe(1)
         for (const phase of ["kubelet", "build/push", "delete pod"]) {
-          expect(after.get(`checkpoint_phase_duration_seconds_count{phase="${phase}"}`), phase).toBeGreaterThanOrEqual(1)
+          expect(after.get(`checkpoint_phase_duration_seconds_count{phase="${phase}"}`), phase)
+            .toBeGreaterThanOrEqual(1)
           expect(after.get(`checkpoint_phase_duration_seconds_sum{phase="${phase}"}`), phase).toBeGreaterThan(0)
         }
         const manifest = yield* stack.registry.manifest(
@@ -95,7 +96,8 @@ describeE2E("operability of the real server: metrics, readiness, production logs
         const checkpointer = yield* stack.startAnotherCheckpointer({ extra: { KUBECONFIG: unreachable } })
         const notReady = yield* call(`${checkpointer.url}/readyz`)
         expect(notReady.status).toBe(503)
-        expect(notReady.text).toMatch(/^API server not reachable: list Checkpointer pods on node node-a: .*\(ECONNREFUSED\)$/)
+        expect(notReady.text)
+          .toMatch(/^API server not reachable: list Checkpointer pods on node node-a: .*\(ECONNREFUSED\)$/)
       }))
 
     it.scoped("ENVIRONMENT=prod logs JSON lines with identifier, container, phase and durations", () =>
@@ -124,7 +126,11 @@ describeE2E("operability of the real server: metrics, readiness, production logs
           }
         })
         for (const entry of entries) {
-          expect(entry).toMatchObject({ message: expect.anything(), logLevel: expect.any(String), timestamp: expect.any(String) })
+          expect(entry).toMatchObject({
+            message: expect.anything(),
+            logLevel: expect.any(String),
+            timestamp: expect.any(String)
+          })
           expect(entry.logLevel).not.toBe("DEBUG")
         }
         const ofThisCheckpoint = entries.filter((entry) => entry.annotations.identifier === checkpointIdentifier)
@@ -136,7 +142,11 @@ describeE2E("operability of the real server: metrics, readiness, production logs
         expect(phases.map((entry) => entry.annotations.phase)).toEqual(["kubelet", "build/push"])
         for (const entry of phases) expect(entry.annotations.durationSeconds).toBeGreaterThan(0)
         const done = ofThisCheckpoint.find((entry) => entry.message === "checkpoint succeeded")!
-        expect(done.annotations).toMatchObject({ image: expect.any(String), digest: expect.any(String), bytes: expect.any(Number) })
+        expect(done.annotations).toMatchObject({
+          image: expect.any(String),
+          digest: expect.any(String),
+          bytes: expect.any(Number)
+        })
         expect(done.spans.checkpoint).toBeGreaterThanOrEqual(
           Duration.toMillis(Duration.seconds(Number(phases[0]!.annotations.durationSeconds)))
         )

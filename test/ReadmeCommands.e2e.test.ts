@@ -34,7 +34,9 @@ describeE2E("the curl commands README shows", () => {
             .replaceAll("http://localhost:3333", stack.checkpointer.url)
             .replaceAll("worker-1:b2c79a5bd8520ab5", identifier)
           // Asynchronously: the simulated kubelet and API server answer from this process's event loop.
-          const output = yield* Command.string(Command.make("sh", "-c", `${line} --silent --write-out '\\n%{http_code}'`))
+          const output = yield* Command.string(
+            Command.make("sh", "-c", `${line} --silent --write-out '\\n%{http_code}'`)
+          )
           const status = output.slice(output.lastIndexOf("\n") + 1)
           const body = output.slice(0, output.lastIndexOf("\n"))
           statuses.push(`${command.slice(0, 60)} -> ${status}`)

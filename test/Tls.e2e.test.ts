@@ -82,7 +82,10 @@ describeE2E("TLS: the API over HTTPS, forwarding between nodes over verified HTT
         yield* startCounterPod(stack.cluster, { namespace: "default", name: "tls-pod", nodeName: "node-b" })
         const a = stack.checkpointer("node-a").url
         expect(a).toMatch(/^https:/)
-        const answer = yield* callTls(`${a}/checkpoint/default/tls-pod/counter`, ca, { method: "POST", headers: bearer })
+        const answer = yield* callTls(`${a}/checkpoint/default/tls-pod/counter`, ca, {
+          method: "POST",
+          headers: bearer
+        })
         expect(answer.status, answer.text).toBe(201)
         expect(answer.text).not.toContain(token)
         const calls = yield* stack.cluster.node("node-b").requests()
@@ -98,7 +101,8 @@ describeE2E("TLS: the API over HTTPS, forwarding between nodes over verified HTT
         }
       }))
 
-    it.scoped("a forwarded request never goes out in plain text: a plain listener in a peer's place gets a TLS hello", () =>
+    it.scoped("a forwarded request never goes out in plain text: " +
+      "a plain listener in a peer's place gets a TLS hello", () =>
       Effect.gen(function*() {
         const { ca, stack } = yield* Nodes
         const capture = yield* captureOn(stack.cluster.node("node-c").address, stack.port)

@@ -38,7 +38,9 @@ const restoreAndWatch = (stack: LocalStack, image: string, name: string, valueAt
     if (values[0]! < valueAtCheckpoint || values[values.length - 1]! <= values[0]!) {
       return yield* Effect.fail(new Error(`the restored counter did not continue from ${valueAtCheckpoint}`))
     }
-    yield* Console.log(bold(`the restored container went on counting from ${values[0]} (a fresh start would begin at 1)`))
+    yield* Console.log(
+      bold(`the restored container went on counting from ${values[0]} (a fresh start would begin at 1)`)
+    )
   })
 
 const demo = Effect.gen(function*() {
@@ -48,8 +50,9 @@ const demo = Effect.gen(function*() {
   yield* step("Start a real registry, the simulated Kubernetes API server, a CRI-O node with CRIU, and Checkpointer")
   const stack = yield* startLocalStack({ dir, registryAuth: "token", viaPnpm: true })
   yield* Console.log(`registry:           https://${stack.registry.host} (docker-registry, TLS, token auth)`)
-  yield* Console.log(`API server:         ${stack.cluster.apiServer.url} (simulated; kubeconfig ${stack.cluster.apiServer.kubeconfigPath})`)
-  yield* Console.log(`kubelet of node-a:  ${stack.node.url} (client certificate required; ${stack.cluster.runtime.version} + CRIU)`)
+  const { apiServer, runtime } = stack.cluster
+  yield* Console.log(`API server:         ${apiServer.url} (simulated; kubeconfig ${apiServer.kubeconfigPath})`)
+  yield* Console.log(`kubelet of node-a:  ${stack.node.url} (client certificate required; ${runtime.version} + CRIU)`)
   yield* Console.log(`Checkpointer:       ${stack.checkpointer.url}, started as:`)
   yield* Console.log(
     Object.entries(stack.checkpointer.env).map(([key, value]) => `  ${key}=${value} \\`).join("\n") + "\n  pnpm start"

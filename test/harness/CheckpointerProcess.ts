@@ -22,7 +22,9 @@ export const serverCommand: { readonly env: Record<string, string>; readonly arg
   const words = start.slice(start.lastIndexOf("&&") + 2).trim().split(/\s+/)
   const assignments = words.filter((word) => /^[A-Z_]+=/.test(word))
   return {
-    env: Object.fromEntries(assignments.map((word) => [word.slice(0, word.indexOf("=")), word.slice(word.indexOf("=") + 1)])),
+    env: Object.fromEntries(
+      assignments.map((word) => [word.slice(0, word.indexOf("=")), word.slice(word.indexOf("=") + 1)])
+    ),
     argv: words.slice(assignments.length)
   }
 })()
@@ -47,7 +49,10 @@ export interface CheckpointerProcess {
 export const freePort = (address: string) =>
   Effect.async<number, CheckpointerProcessError>((resume) => {
     const server = createServer()
-    server.once("error", (cause) => resume(Effect.fail(new CheckpointerProcessError({ message: "no free port", cause }))))
+    server.once(
+      "error",
+      (cause) => resume(Effect.fail(new CheckpointerProcessError({ message: "no free port", cause })))
+    )
     server.listen(0, address, () => {
       const port = (server.address() as { port: number }).port
       server.close(() => resume(Effect.succeed(port)))
@@ -86,7 +91,12 @@ export const startCheckpointer = (options: {
       Effect.sync(() => {
         const env = { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", ...options.env }
         const child = options.viaPnpm
-          ? spawn("pnpm", ["--silent", "start"], { cwd: projectRoot, env, stdio: ["ignore", "pipe", "pipe"], detached: true })
+          ? spawn("pnpm", ["--silent", "start"], {
+            cwd: projectRoot,
+            env,
+            stdio: ["ignore", "pipe", "pipe"],
+            detached: true
+          })
           : spawn(serverCommand.argv[0]!, serverCommand.argv.slice(1), {
             cwd: projectRoot,
             env: { ...serverCommand.env, ...env },

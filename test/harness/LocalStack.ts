@@ -143,7 +143,9 @@ export interface MultiNodeStack {
   readonly port: number
   /** The Checkpointer process of a node that has one. */
   readonly checkpointer: (node: string) => CheckpointerProcess
-  /** Starts one more Checkpointer on `node` (same port, same storage) with extra settings, e.g. DISABLE_ROUTE_FORWARD. */
+  /**
+   * Starts one more Checkpointer on `node` (same port, same storage) with extra settings, e.g. DISABLE_ROUTE_FORWARD.
+   */
   readonly startCheckpointerOn: (
     node: string,
     options: { readonly extra?: Readonly<Record<string, string>>; readonly port?: number }
@@ -166,7 +168,10 @@ export const startMultiNodeStack = (options: {
     const path = yield* Path.Path
     const { cluster, registry } = yield* startInfrastructure({ ...options, registryAuth: "htpasswd" })
     const port = yield* freePort(cluster.nodes[0]!.address)
-    const startCheckpointerOn = (name: string, extra: { readonly extra?: Readonly<Record<string, string>>; readonly port?: number }) =>
+    const startCheckpointerOn = (
+      name: string,
+      extra: { readonly extra?: Readonly<Record<string, string>>; readonly port?: number }
+    ) =>
       Effect.gen(function*() {
         const node = cluster.node(name)
         const env = checkpointerEnv({

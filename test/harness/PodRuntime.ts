@@ -5,7 +5,7 @@ import { STATUS_CODES } from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer } from "ws"
 import type { RawData, WebSocket } from "ws"
-import type { Pod, PodContainer, PodStatus } from "./ApiServer.ts"
+import type { Pod, PodContainer, PodStatus } from "./apiserver/Resources.ts"
 
 /** What a node agent sees of a pod it runs. */
 export interface PodHandle {

@@ -31,7 +31,12 @@ const collectText = <E>(stream: Stream.Stream<Uint8Array, E>) => stream.pipe(Str
 
 export const processFailure = (
   shownAs: ReadonlyArray<string>,
-  details: { readonly exitCode?: number; readonly stderr: string; readonly timedOut?: boolean; readonly cause?: unknown }
+  details: {
+    readonly exitCode?: number
+    readonly stderr: string
+    readonly timedOut?: boolean
+    readonly cause?: unknown
+  }
 ) =>
   new ProcessError({
     message: details.timedOut === true
