@@ -32,6 +32,7 @@ const nodeName = "soak-node"
 const rssEvery = Duration.seconds(2)
 /** RSS samples within this many seconds are one reading (their median): after warm-up, and at the end. */
 const rssWindowSeconds = 30
+const trendMinutes = 5
 
 type Kind = "sync" | "async"
 
@@ -185,6 +186,10 @@ const program = Effect.gen(function*() {
   const warmRss = after(config.warmupSeconds).median
   const endRss = after(Math.max(config.warmupSeconds, seconds - rssWindowSeconds)).median
   const peakRss = Math.max(...rssSamples.map(([, bytes]) => bytes))
+  const rssTrend = Array.from({ length: Math.ceil(seconds / (trendMinutes * 60)) }, (_, i) => {
+    const window = rssSamples.filter(([second]) => Math.floor(second / (trendMinutes * 60)) === i)
+    return `${mib(summarize(window.map(([, bytes]) => bytes)).median)} MiB`
+  })
   const sync = all.filter((outcome) => outcome.kind === "sync" && outcome.image !== undefined)
   const async = all.filter((outcome) => outcome.kind === "async" && outcome.image !== undefined)
   const phaseRow = (phase: string) => {
@@ -224,6 +229,8 @@ const program = Effect.gen(function*() {
     `| Runtime containers left beyond the counters | ${containersLeft} |`,
     `| Server RSS | ${mib(idleRss)} MiB idle, ${mib(warmRss)} MiB after ${config.warmupSeconds} s warm-up, ` +
     `${mib(endRss)} MiB at the end (growth ${mib(endRss - warmRss)} MiB), peak ${mib(peakRss)} MiB |`,
+    "",
+    `Server RSS (median) per ${trendMinutes} minutes: ${rssTrend.join(", ")}.`,
     "",
     "Latency in ms, p50 / p99, as the clients saw it:",
     "",
