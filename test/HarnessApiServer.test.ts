@@ -1,6 +1,7 @@
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
+import { CoreV1Api, KubeConfig } from "@kubernetes/client-node"
 import { Context, Effect, Layer } from "effect"
 import type { ApiServer } from "./harness/ApiServer.ts"
 import { startApiServer } from "./harness/ApiServer.ts"
@@ -114,5 +115,52 @@ layer(TestApiServerLive, { excludeTestServices: true, timeout: "60 seconds" })("
       expect((yield* request(`${path}/pull`)).body).toMatchObject({ type: "Opaque", data: { token: "YWJj" } })
       expect((yield* request(`${path}/pull`, { method: "DELETE" })).body).toMatchObject({ status: "Success" })
       expect((yield* request(`${path}/pull`)).status).toBe(404)
+    }))
+
+  it.scoped("events: created and listed through @kubernetes/client-node, filtered by field, patched; validated", () =>
+    Effect.gen(function*() {
+      const { api } = yield* TestApiServer
+      const config = new KubeConfig()
+      config.loadFromFile(api.kubeconfigPath)
+      const core = config.makeApiClient(CoreV1Api)
+      const involvedObject = { kind: "Pod", namespace: "default", name: "counter", uid: "u-1" }
+      const created = yield* Effect.promise(() =>
+        core.createNamespacedEvent({
+          namespace: "default",
+          body: {
+            metadata: { generateName: "counter." },
+            involvedObject,
+            reason: "Checkpointed",
+            message: "image pushed",
+            type: "Normal",
+            count: 1
+          }
+        })
+      )
+      expect(created.metadata.name).toMatch(/^counter\.[0-9a-f]{6}$/)
+      yield* Effect.promise(() =>
+        core.createNamespacedEvent({
+          namespace: "default",
+          body: { metadata: { name: "other.1" }, involvedObject: { ...involvedObject, name: "other" }, reason: "X" }
+        })
+      )
+      const listed = yield* Effect.promise(() =>
+        core.listNamespacedEvent({ namespace: "default", fieldSelector: "involvedObject.name=counter" })
+      )
+      expect(listed.items.map((event) => [event.reason, event.message, event.type])).toEqual([
+        ["Checkpointed", "image pushed", "Normal"]
+      ])
+      const path = `/api/v1/namespaces/default/events/${created.metadata.name}`
+      const patched = yield* request(path, { method: "PATCH", body: { count: 2, message: "again" } })
+      expect(patched.body).toMatchObject({ count: 2, message: "again", reason: "Checkpointed", involvedObject })
+      expect((yield* api.kubernetesEvents()).length).toBe(2)
+      const elsewhere = yield* request("/api/v1/namespaces/default/events", {
+        method: "POST",
+        body: { metadata: { name: "x" }, involvedObject: { ...involvedObject, namespace: "kube-system" } }
+      })
+      expect(elsewhere.status).toBe(422)
+      const nameless = yield* request("/api/v1/namespaces/default/events", { method: "POST", body: { involvedObject } })
+      expect(nameless.status).toBe(422)
+      expect((yield* request("/api/v1/events?fieldSelector=reason%3DX")).body.items).toHaveLength(1)
     }))
 })

@@ -20,11 +20,12 @@ import type { AddPodOptions } from "./apiserver/Pods.ts"
 import { makePods } from "./apiserver/Pods.ts"
 import type { ApiRequest } from "./apiserver/RequestLog.ts"
 import { describeRequest, makeRequestLog } from "./apiserver/RequestLog.ts"
-import type { Node, Pod, PodEvent, PodStatus, Secret } from "./apiserver/Resources.ts"
+import type { KubernetesEvent, Node, Pod, PodEvent, PodStatus, Secret } from "./apiserver/Resources.ts"
 import type { ApiUser } from "./apiserver/Reviews.ts"
 import { makeReviews } from "./apiserver/Reviews.ts"
 import type { Reply, Route } from "./apiserver/Router.ts"
 import { makeRouter, pathSegments, reply } from "./apiserver/Router.ts"
+import { makeEvents } from "./apiserver/Events.ts"
 import { makeSecrets } from "./apiserver/Secrets.ts"
 import type { SecretInput } from "./apiserver/Secrets.ts"
 import type { ApiFailure } from "./apiserver/Status.ts"
@@ -67,6 +68,8 @@ export interface ApiServer {
   readonly pods: () => Effect.Effect<ReadonlyArray<Pod>>
   readonly secrets: () => Effect.Effect<ReadonlyArray<Secret>>
   readonly events: () => Effect.Effect<ReadonlyArray<PodEvent>>
+  /** The core/v1 Events created through the API (what `kubectl get events` would list). */
+  readonly kubernetesEvents: () => Effect.Effect<ReadonlyArray<KubernetesEvent>>
   readonly requests: () => Effect.Effect<ReadonlyArray<ApiRequest>>
   /** From now on, pods created through the API that `runner` accepts are run by it (undefined: none). */
   readonly setPodRunner: (runner: PodRunner | undefined) => Effect.Effect<void>
@@ -126,6 +129,7 @@ export const startApiServer = (
     const faults = yield* makeFaults
     const nodes = makeNodes(store)
     const secrets = makeSecrets(store)
+    const kubernetesEvents = makeEvents(store)
     const pods = yield* makePods({ store, streams, secrets, faults, onPodCreated: options.onPodCreated })
     const podLog = makePodLog(store, streams)
     const podAttach = makePodAttach({ store, streams, requestLog, token })
@@ -135,6 +139,7 @@ export const startApiServer = (
       ...pods.routes,
       ...podLog.routes,
       ...secrets.routes,
+      ...kubernetesEvents.routes,
       ...nodes.routes
     ])
 
@@ -190,6 +195,7 @@ export const startApiServer = (
       pods: () => pods.all,
       secrets: () => secrets.all,
       events: () => pods.events,
+      kubernetesEvents: () => kubernetesEvents.all,
       requests: () => requestLog.requests,
       setPodRunner: pods.setRunner,
       setCreateFault: faults.setCreateFault,

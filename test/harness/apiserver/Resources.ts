@@ -60,6 +60,25 @@ export interface Node {
   }
 }
 
+/** A core/v1 Event, as `kubectl describe` and `kubectl get events` show them. */
+export interface KubernetesEvent {
+  readonly apiVersion: "v1"
+  readonly kind: "Event"
+  readonly metadata: ObjectMeta & { readonly namespace: string }
+  readonly involvedObject: {
+    readonly kind?: string
+    readonly namespace?: string
+    readonly name?: string
+    readonly uid?: string
+    readonly [field: string]: unknown
+  }
+  readonly reason?: string
+  readonly message?: string
+  readonly type?: string
+  readonly count?: number
+  readonly [field: string]: unknown
+}
+
 export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED"
 
 export interface PodEvent {

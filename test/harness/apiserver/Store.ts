@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto"
 import { Clock, Effect, PubSub, Ref } from "effect"
-import type { Node, ObjectMeta, Pod, PodEvent, Secret } from "./Resources.ts"
+import type { KubernetesEvent, Node, ObjectMeta, Pod, PodEvent, Secret } from "./Resources.ts"
 import { keyOf } from "./Resources.ts"
 
 /** Every object the API server holds, at one resource version, and the pod events so far. */
@@ -9,6 +9,8 @@ export interface State {
   readonly pods: ReadonlyMap<string, Pod>
   readonly secrets: ReadonlyMap<string, Secret>
   readonly nodes: ReadonlyMap<string, Node>
+  /** core/v1 Events (what `kubectl get events` lists), by namespace/name. */
+  readonly kubernetesEvents: ReadonlyMap<string, KubernetesEvent>
   readonly events: ReadonlyArray<PodEvent>
 }
 
@@ -66,6 +68,7 @@ export const makeStore = Effect.gen(function*() {
     pods: new Map(),
     secrets: new Map(),
     nodes: new Map(),
+    kubernetesEvents: new Map(),
     events: []
   })
   const changes = yield* PubSub.unbounded<PodEvent>()
