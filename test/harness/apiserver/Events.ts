@@ -42,11 +42,13 @@ export const makeEvents = (store: Store) => {
       const metadata = asRecord(body["metadata"])
       const generateName = typeof metadata["generateName"] === "string" ? metadata["generateName"] : undefined
       const given = typeof metadata["name"] === "string" && metadata["name"].length > 0 ? metadata["name"] : undefined
-      const name = given ?? (generateName === undefined ? undefined : `${generateName}${randomBytes(3).toString("hex")}`)
+      const generated = generateName === undefined ? undefined : `${generateName}${randomBytes(3).toString("hex")}`
+      const name = given ?? generated
       if (name === undefined) {
-        return yield* invalid("Event \"\" is invalid: metadata.name: Required value: name or generateName is required", {
-          kind: "Event"
-        })
+        return yield* invalid(
+          "Event \"\" is invalid: metadata.name: Required value: name or generateName is required",
+          { kind: "Event" }
+        )
       }
       const involved = asRecord(body["involvedObject"])
       if (involved["namespace"] !== undefined && involved["namespace"] !== namespace) {
