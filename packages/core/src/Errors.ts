@@ -19,13 +19,3 @@ export class PhaseFailed extends Data.TaggedError("PhaseFailed")<{
     return `checkpoint failed in phase "${this.phase}": ${this.message}`
   }
 }
-
-/** The network or TLS reason under an HTTP client error ("self-signed certificate in certificate chain", ...). */
-export const transportReason = (error: { readonly message: string; readonly cause?: unknown }): string => {
-  const cause = error.cause
-  if (cause instanceof Error) {
-    const code = "code" in cause && typeof cause.code === "string" ? ` (${cause.code})` : ""
-    return `${cause.message}${code}`
-  }
-  return error.message
-}

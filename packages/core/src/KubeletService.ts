@@ -3,7 +3,8 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { Duration, Effect, Layer, Option, Schema } from "effect"
 import { CheckpointerConfig } from "./Config.ts"
 import type { ContainerRef } from "./Domain.ts"
-import { ContainerMissing, PhaseFailed, transportReason } from "./Errors.ts"
+import { ContainerMissing, PhaseFailed } from "./Errors.ts"
+import { transportReason } from "./Reason.ts"
 
 const CheckpointResponse = Schema.Struct({ items: Schema.NonEmptyArray(Schema.String) })
 

@@ -5,7 +5,6 @@ import {
   CheckpointerConfig,
   Cluster,
   KubernetesApiError,
-  podRunningNotFaked,
   Readiness,
   ResultStore
 } from "@checkpointer/core"
@@ -20,7 +19,8 @@ const readiness = (storageBasePath: string, api: ApiBehaviour) =>
     Layer.provide(Layer.succeed(
       Cluster,
       Cluster.make({
-        ...podRunningNotFaked,
+        reviewToken: () => Effect.dieMessage("no token review here"),
+        reviewAccess: () => Effect.dieMessage("no access review here"),
         getPod: () => Effect.succeed(Option.none()),
         deletePod: () => Effect.void,
         checkpointerPodsOn: () =>

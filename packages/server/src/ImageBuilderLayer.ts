@@ -1,19 +1,22 @@
-import { CheckpointerConfig, Cluster } from "@checkpointer/core"
+import type { FileSystem, Path } from "@effect/platform"
+import { CheckpointerConfig } from "@checkpointer/core"
 import type { BuilderName, ImageBuilder, KubernetesApiError } from "@checkpointer/core"
 import { KanikoFsImageBuilder, KanikoImageBuilder, NativeImageBuilder } from "@checkpointer/strategies"
 import { Effect, Layer } from "effect"
 import type { ConfigError } from "effect"
 
-const builderLayer = (
-  builder: BuilderName
-): Layer.Layer<ImageBuilder, ConfigError.ConfigError | KubernetesApiError, CheckpointerConfig> => {
+const builderLayer = (builder: BuilderName): Layer.Layer<
+  ImageBuilder,
+  ConfigError.ConfigError | KubernetesApiError,
+  CheckpointerConfig | FileSystem.FileSystem | Path.Path
+> => {
   switch (builder) {
     case "native":
       return NativeImageBuilder.layer
     case "kaniko":
-      return KanikoImageBuilder.layer.pipe(Layer.provide(Cluster.Default))
+      return KanikoImageBuilder.layer
     case "kaniko-fs":
-      return KanikoFsImageBuilder.layer.pipe(Layer.provide(Cluster.Default))
+      return KanikoFsImageBuilder.layer
   }
 }
 

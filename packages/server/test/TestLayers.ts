@@ -12,7 +12,6 @@ import {
   KubeletServiceTest,
   KubernetesApiError,
   NodeRouter,
-  podRunningNotFaked,
   Readiness,
   ResultStore
 } from "@checkpointer/core"
@@ -134,7 +133,8 @@ const FakeCluster = Layer.effect(
   Effect.gen(function*() {
     const world = yield* World
     return Cluster.make({
-      ...podRunningNotFaked,
+      reviewToken: () => Effect.dieMessage("no token review here"),
+      reviewAccess: () => Effect.dieMessage("no access review here"),
       getPod: () => Effect.succeed(Option.none()),
       checkpointerPodsOn: () => Effect.succeed([]),
       deletePod: (namespace: string, name: string) =>

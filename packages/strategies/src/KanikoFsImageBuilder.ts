@@ -1,13 +1,12 @@
 import { FileSystem, Path } from "@effect/platform"
-import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
-import type { CheckpointerConfig, Cluster } from "@checkpointer/core"
-import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import { ImageBuildError, ImageBuilder, reasonOf } from "@checkpointer/core"
+import type { CheckpointerConfig, KubernetesApiError } from "@checkpointer/core"
 import { Duration, Effect, Layer, Option, Stream } from "effect"
 import type { ConfigError } from "effect"
 import { contextArchiveBytes } from "./KanikoContext.ts"
 import { makeKanikoBuilder } from "./KanikoPod.ts"
+import { KanikoPods } from "./KanikoPods.ts"
 import type { KanikoStrategy } from "./KanikoPod.ts"
-import { platformReason } from "./RegistryAuth.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko-fs",
@@ -23,7 +22,7 @@ const strategy: KanikoStrategy = {
           fs.remove(dir, { recursive: true }).pipe(
             Effect.tapError((error) =>
               Effect.logWarning("could not remove the build context").pipe(
-                Effect.annotateLogs({ dir, error: platformReason(error) })
+                Effect.annotateLogs({ dir, error: reasonOf(error) })
               )
             ),
             Effect.ignore
@@ -47,7 +46,7 @@ const strategy: KanikoStrategy = {
         new ImageBuildError({
           phase: "build context",
           message: `cannot prepare the build context under ${settings.kanikoBuildContextDir}: ${
-            error._tag === "BuildContextError" ? error.message : platformReason(error)
+            error._tag === "BuildContextError" ? error.message : reasonOf(error)
           }`,
           cause: error
         })
@@ -60,7 +59,14 @@ const strategy: KanikoStrategy = {
  * The `kaniko-fs` strategy (the seed's USE_KANIKO_FS=true): the build context is written to a fresh directory under
  * KANIKO_BUILD_CTX_DIR, which a Kaniko pod pinned to this node mounts as a hostPath volume.
  */
-export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError, CheckpointerConfig | Cluster> = Layer.effect(
+export const layerWithoutDependencies: Layer.Layer<
   ImageBuilder,
-  makeKanikoBuilder(strategy)
-).pipe(Layer.provide([NodeFileSystem.layer, NodePath.layer]))
+  ConfigError.ConfigError,
+  CheckpointerConfig | KanikoPods | FileSystem.FileSystem | Path.Path
+> = Layer.effect(ImageBuilder, makeKanikoBuilder(strategy))
+
+export const layer: Layer.Layer<
+  ImageBuilder,
+  ConfigError.ConfigError | KubernetesApiError,
+  CheckpointerConfig | FileSystem.FileSystem | Path.Path
+> = layerWithoutDependencies.pipe(Layer.provide(KanikoPods.Default))

@@ -1,5 +1,5 @@
 import { FileSystem, Path } from "@effect/platform"
-import { CheckpointerConfig, Cluster, ImageBuildError, ImageBuilder } from "@checkpointer/core"
+import { CheckpointerConfig, ImageBuildError, ImageBuilder, reasonOf } from "@checkpointer/core"
 import type { BuildRequest, BuiltImage, CheckpointerSettings } from "@checkpointer/core"
 import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
 import { Duration, Effect, Either, Option } from "effect"
@@ -9,8 +9,9 @@ import type { Compression } from "./CheckpointArchive.ts"
 import { readArchiveFormat } from "./KanikoContext.ts"
 import type { ContextArchive, ContextFiles } from "./KanikoContext.ts"
 import { unsupportedByKaniko } from "./LayerEncoding.ts"
-import { imageAnnotations, nodeArchitecture } from "./NativeImageBuilder.ts"
-import { platformReason, readRegistryCa, registryTrustConfig } from "./RegistryAuth.ts"
+import { imageAnnotations, nodeArchitecture } from "./ImageAnnotations.ts"
+import { KanikoPods } from "./KanikoPods.ts"
+import { readRegistryCa, registryTrustConfig } from "./RegistryTrust.ts"
 
 export type KanikoBuilderName = "kaniko" | "kaniko-fs"
 
@@ -242,7 +243,7 @@ export interface KanikoStrategy {
   >
   readonly stream: Option.Option<
     (build: {
-      readonly cluster: Cluster
+      readonly pods: KanikoPods
       readonly namespace: string
       readonly name: string
       readonly archive: ContextArchive
@@ -256,7 +257,7 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
   Effect.gen(function*() {
     yield* unsupportedByKaniko(strategy.name)
     const settings = yield* CheckpointerConfig
-    const cluster = yield* Cluster
+    const pods = yield* KanikoPods
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     const { caFile, insecure } = yield* registryTrustConfig
@@ -269,7 +270,7 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
       new ImageBuildError({ phase, message, ...(cause === undefined ? {} : { cause }) })
 
     const lastLogLines = (name: string) =>
-      cluster.podLogTail(namespace, name, kanikoContainer, logLines).pipe(
+      pods.podLogTail(namespace, name, kanikoContainer, logLines).pipe(
         Effect.map((log) => masked(log.trim()).slice(-maxLogChars)),
         Effect.orElseSucceed(() => "")
       )
@@ -284,11 +285,11 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
 
     /** Waits for the pod to satisfy `until`; a timeout while it is still Pending is a scheduling failure. */
     const waitFor = (name: string, until: (pod: V1Pod) => boolean, within: Duration.Duration, what: string) =>
-      cluster.waitForPod(namespace, name, until).pipe(
+      pods.waitForPod(namespace, name, until).pipe(
         Effect.mapError((error) => failure("build", `Kaniko pod ${namespace}/${name}: ${error.message}`, error)),
         Effect.timeout(within),
         Effect.catchTag("TimeoutException", () =>
-          Effect.flatMap(Effect.option(cluster.getPod(namespace, name)), (found) => {
+          Effect.flatMap(Effect.option(pods.getPod(namespace, name)), (found) => {
             const current = Option.flatten(found)
             const pending = Option.exists(current, (pod) => phaseOf(pod) === "Pending")
             const state = Option.match(current, { onNone: () => "gone", onSome: describePodState })
@@ -323,11 +324,11 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
           architecture
         })
         const created = yield* Effect.acquireRelease(
-          cluster.createPod(namespace, pod).pipe(
+          pods.createPod(namespace, pod).pipe(
             Effect.mapError((error) => failure("pod creation", `cannot create the Kaniko pod: ${error.message}`, error))
           ),
           (created) =>
-            cluster.requestPodDeletion(namespace, created.metadata?.name ?? "").pipe(
+            pods.requestPodDeletion(namespace, created.metadata?.name ?? "").pipe(
               Effect.tapError((error) => Effect.logWarning("could not delete the Kaniko pod").pipe(
                 Effect.annotateLogs({ error: error.message })
               )),
@@ -349,7 +350,7 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
               const state = describePodState(started)
               return yield* failure("build", `Kaniko pod ${namespace}/${name} ended before its context came: ${state}`)
             }
-            yield* strategy.stream.value({ cluster, namespace, name, archive, files })
+            yield* strategy.stream.value({ pods, namespace, name, archive, files })
           }
           const within = Duration.sum(strategy.buildTimeout(settings), sizeAllowance(archive.size))
           return yield* waitFor(name, isTerminal, within, "did not finish")
@@ -372,12 +373,12 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
       const readFailed = (reason: string, cause: unknown) =>
         failure("read archive", `cannot read the checkpoint archive ${request.archive}: ${reason}`, cause)
       const size = yield* fs.stat(request.archive).pipe(
-        Effect.mapError((error) => readFailed(platformReason(error), error)),
+        Effect.mapError((error) => readFailed(reasonOf(error), error)),
         Effect.map((info) => Number(info.size))
       )
       const format = yield* readArchiveFormat(request.archive).pipe(
         Effect.provideService(FileSystem.FileSystem, fs),
-        Effect.mapError((error) => readFailed(platformReason(error), error)),
+        Effect.mapError((error) => readFailed(reasonOf(error), error)),
         Effect.filterOrFail(
           (format): format is Compression => format !== "xz",
           () =>

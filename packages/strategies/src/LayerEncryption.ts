@@ -1,10 +1,10 @@
 import { FileSystem } from "@effect/platform"
+import { reasonOf } from "@checkpointer/core"
 import { Array as Arr, ConfigError, Data, Deferred, Effect, Either, Queue, Stream } from "effect"
 import { FlattenedEncrypt, GeneralEncrypt } from "jose"
 import { createPublicKey, randomBytes } from "node:crypto"
 import type { KeyObject } from "node:crypto"
 import { Worker } from "node:worker_threads"
-import { platformReason } from "./RegistryAuth.ts"
 
 /**
  * Layer encryption as ocicrypt (containers/ocicrypt, used by CRI-O, skopeo, podman) does it: the layer is encrypted
@@ -73,7 +73,7 @@ export const loadRecipients = Effect.fn("LayerEncryption.loadRecipients")(functi
   const load = (file: string) =>
     fs.readFileString(file).pipe(
       Effect.mapError((error) =>
-        ConfigError.InvalidData([keysVariable], `cannot read ${file} (${platformReason(error)})`)
+        ConfigError.InvalidData([keysVariable], `cannot read ${file} (${reasonOf(error)})`)
       ),
       Effect.flatMap((pem) =>
         Either.match(parseRecipient(file, pem), {

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from "node:crypto"
 import { gzipSync, zstdCompressSync } from "node:zlib"
 import { create } from "tar"
 import { checkpointFacts, describeArchive, sniffCompression } from "../src/CheckpointArchive.ts"
-import { imageAnnotations } from "../src/NativeImageBuilder.ts"
+import { imageAnnotations } from "../src/ImageAnnotations.ts"
 
 const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`
 

@@ -2,14 +2,12 @@ import { FileSystem, Path } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import {
   CheckpointerConfig,
-  Cluster,
   ContainerName,
   describeConfigError,
   ContainerRef,
   ImageBuilder,
   Namespace,
-  PodName,
-  podRunningNotFaked
+  PodName
 } from "@checkpointer/core"
 import type { BuildRequest, CheckpointerSettings, KubernetesApiError } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
@@ -35,6 +33,7 @@ import { readArchiveMetadata } from "../src/CheckpointArchive.ts"
 import { buildContext } from "../src/KanikoContext.ts"
 import * as KanikoFsImageBuilder from "../src/KanikoFsImageBuilder.ts"
 import * as KanikoImageBuilder from "../src/KanikoImageBuilder.ts"
+import { KanikoPods } from "../src/KanikoPods.ts"
 import {
   contextFiles,
   describePodState,
@@ -349,8 +348,8 @@ describe("build context and archive metadata", () => {
     }).pipe(Effect.provide(NodeContext.layer)))
 })
 
-/** A scripted Cluster: the pod goes through `phases` when waited for; what was called is recorded. */
-const fakeCluster = (options: {
+/** Scripted Kaniko pods: the pod goes through `phases` when waited for; what was called is recorded. */
+const fakePods = (options: {
   readonly waits: ReadonlyArray<Effect.Effect<V1Pod, KubernetesApiError>>
   readonly calls: Ref.Ref<ReadonlyArray<string>>
   readonly streamed?: Ref.Ref<number>
@@ -362,11 +361,8 @@ const fakeCluster = (options: {
   Effect.gen(function*() {
     const waits = yield* Ref.make(options.waits)
     const record = (call: string) => Ref.update(options.calls, (calls) => [...calls, call])
-    return Cluster.make({
-      ...podRunningNotFaked,
+    return KanikoPods.make({
       getPod: () => Effect.succeed(Option.some(pod("Pending"))),
-      deletePod: () => Effect.void,
-      checkpointerPodsOn: () => Effect.succeed([]),
       createPod: (_namespace, spec) =>
         Effect.as(
           Effect.zipRight(
@@ -398,16 +394,21 @@ const fakeCluster = (options: {
     })
   })
 
+/** The builders with a fake KanikoPods in place of the API server's. */
+const kanikoLayer = KanikoImageBuilder.layerWithoutDependencies
+const kanikoFsLayer = KanikoFsImageBuilder.layerWithoutDependencies
+
 const builderWith = (
-  layer: typeof KanikoImageBuilder.layer,
-  cluster: Effect.Effect<Cluster>,
+  layer: typeof kanikoLayer,
+  pods: Effect.Effect<KanikoPods>,
   overrides: Partial<CheckpointerSettings> = {}
 ) =>
   Layer.provide(
     layer,
     Layer.mergeAll(
-      Layer.effect(Cluster, cluster),
-      Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ ...settings, ...overrides }))
+      Layer.effect(KanikoPods, pods),
+      Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ ...settings, ...overrides })),
+      NodeContext.layer
     )
   ).pipe(Layer.orDie)
 
@@ -415,7 +416,7 @@ const build = (archive: string) => Effect.flatMap(ImageBuilder, (builder) => bui
 
 /** A build whose pod never gets anywhere, forked; returns once the build waits for the pod. */
 const stuckBuild = (
-  layer: typeof KanikoImageBuilder.layer,
+  layer: typeof kanikoLayer,
   archive: string,
   overrides: Partial<CheckpointerSettings> = {}
 ) =>
@@ -423,7 +424,7 @@ const stuckBuild = (
     const calls = yield* Ref.make<ReadonlyArray<string>>([])
     const waiting = yield* Deferred.make<void>()
     const fiber = yield* build(archive).pipe(
-      Effect.provide(builderWith(layer, fakeCluster({ waits: [], calls, waiting }), overrides)),
+      Effect.provide(builderWith(layer, fakePods({ waits: [], calls, waiting }), overrides)),
       Effect.flip,
       Effect.fork
     )
@@ -441,12 +442,12 @@ describe("Kaniko builders with a scripted cluster", () => {
       const { archive } = yield* makeArchive
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const streamed = yield* Ref.make(0)
-      const cluster = fakeCluster({
+      const cluster = fakePods({
         waits: [Effect.succeed(pod("Running")), Effect.succeed(pod("Succeeded", { exitCode: 0, message: digest }))],
         calls,
         streamed
       })
-      const image = yield* build(archive).pipe(Effect.provide(builderWith(KanikoImageBuilder.layer, cluster)))
+      const image = yield* build(archive).pipe(Effect.provide(builderWith(kanikoLayer, cluster)))
       expect(image).toMatchObject({ name: "registry.test/checkpoints/app:0123456789abcdef", digest })
       expect(yield* Ref.get(calls)).toEqual(["create kaniko", "attach", "delete kube-system/checkpointer-kaniko-abcde"])
       expect(yield* Ref.get(streamed)).toBeGreaterThan(0)
@@ -456,9 +457,9 @@ describe("Kaniko builders with a scripted cluster", () => {
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
-      const cluster = fakeCluster({ waits: [Effect.succeed(pod("Failed", { exitCode: 1 }))], calls })
+      const cluster = fakePods({ waits: [Effect.succeed(pod("Failed", { exitCode: 1 }))], calls })
       const error = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoFsImageBuilder.layer, cluster)),
+        Effect.provide(builderWith(kanikoFsLayer, cluster)),
         Effect.flip
       )
       expect(error.phase).toBe("build")
@@ -470,7 +471,7 @@ describe("Kaniko builders with a scripted cluster", () => {
   it.scoped("KANIKO_TIMEOUT without Running is a scheduling failure (TestClock), and the pod is deleted", () =>
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
-      const { calls, fiber } = yield* stuckBuild(KanikoImageBuilder.layer, archive)
+      const { calls, fiber } = yield* stuckBuild(kanikoLayer, archive)
       yield* advance(32)
       const error = yield* Fiber.join(fiber)
       expect(error.phase).toBe("scheduling")
@@ -484,7 +485,7 @@ describe("Kaniko builders with a scripted cluster", () => {
       const path = yield* Path.Path
       const { archive, dir } = yield* makeArchive
       const contexts = path.join(dir, "contexts")
-      const { calls, fiber } = yield* stuckBuild(KanikoFsImageBuilder.layer, archive, { kanikoBuildContextDir: contexts })
+      const { calls, fiber } = yield* stuckBuild(kanikoFsLayer, archive, { kanikoBuildContextDir: contexts })
       const [context] = yield* fs.readDirectory(contexts)
       expect((yield* fs.readDirectory(path.join(contexts, context!))).sort()).toEqual(
         ["Dockerfile", path.basename(archive)].sort()
@@ -495,7 +496,7 @@ describe("Kaniko builders with a scripted cluster", () => {
       expect(yield* fs.exists(archive)).toBe(true)
     }).pipe(Effect.provide(NodeContext.layer)))
 
-  it.scoped.each([["kaniko", KanikoImageBuilder.layer], ["kaniko-fs", KanikoFsImageBuilder.layer]] as const)(
+  it.scoped.each([["kaniko", kanikoLayer], ["kaniko-fs", kanikoFsLayer]] as const)(
     "%s refuses to start with CHECKPOINT_ENCRYPTION_KEYS or a layer compression, naming both",
     ([name, layer]) =>
       Effect.gen(function*() {
@@ -504,7 +505,7 @@ describe("Kaniko builders with a scripted cluster", () => {
           Layer.build(Layer.provide(
             layer,
             Layer.mergeAll(
-              Layer.effect(Cluster, fakeCluster({ waits: [], calls })),
+              Layer.effect(KanikoPods, fakePods({ waits: [], calls })),
               Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings)),
               Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries)))
             )
@@ -548,14 +549,14 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const pods = yield* Ref.make<ReadonlyArray<V1Pod>>([])
       const received = yield* Ref.make<ReadonlyArray<Uint8Array>>([])
-      const cluster = fakeCluster({
+      const cluster = fakePods({
         waits: [Effect.succeed(pod("Running")), Effect.succeed(pod("Succeeded", { exitCode: 0, message: digest }))],
         calls,
         pods,
         received
       })
       const image = yield* build(compressed).pipe(
-        Effect.provide(builderWith(KanikoImageBuilder.layer, cluster)),
+        Effect.provide(builderWith(kanikoLayer, cluster)),
         Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["REGISTRY_CA_FILE", path.join(dir, "ca.pem")]])))
       )
       expect(image.digest).toBe(digest)
@@ -581,9 +582,9 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const pods = yield* Ref.make<ReadonlyArray<V1Pod>>([])
       const waiting = yield* Deferred.make<void>()
-      const cluster = fakeCluster({ waits: [], calls, waiting, pods })
+      const cluster = fakePods({ waits: [], calls, waiting, pods })
       const fiber = yield* build(compressed).pipe(
-        Effect.provide(builderWith(KanikoFsImageBuilder.layer, cluster, { kanikoBuildContextDir: contexts })),
+        Effect.provide(builderWith(kanikoFsLayer, cluster, { kanikoBuildContextDir: contexts })),
         Effect.withConfigProvider(
           ConfigProvider.fromMap(
             new Map([["REGISTRY_CA_FILE", path.join(dir, "ca.pem")], ["REGISTRY_INSECURE", "true"]])
@@ -615,10 +616,11 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
     Effect.gen(function*() {
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const layer = Layer.provide(
-        KanikoImageBuilder.layer,
+        kanikoLayer,
         Layer.mergeAll(
-          Layer.effect(Cluster, fakeCluster({ waits: [], calls })),
-          Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings))
+          Layer.effect(KanikoPods, fakePods({ waits: [], calls })),
+          Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings)),
+          NodeContext.layer
         )
       )
       const error = yield* Layer.build(layer).pipe(
@@ -635,7 +637,7 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       yield* fs.writeFile(archive, Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), randomBytes(512)]))
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const error = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoImageBuilder.layer, fakeCluster({ waits: [], calls }))),
+        Effect.provide(builderWith(kanikoLayer, fakePods({ waits: [], calls }))),
         Effect.flip
       )
       expect(error.phase).toBe("read archive")
@@ -651,7 +653,7 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       const contexts = path.join(dir, "contexts")
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const error = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoFsImageBuilder.layer, fakeCluster({ waits: [], calls }), {
+        Effect.provide(builderWith(kanikoFsLayer, fakePods({ waits: [], calls }), {
           kanikoBuildContextDir: contexts,
           kanikoMaxMemoryBytes: 256 * mib
         })),
@@ -667,7 +669,7 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
   it.scoped("the build may take KANIKO_TIMEOUT's share plus 10 s per started 100 MiB (TestClock)", () =>
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
-      const { calls, fiber } = yield* stuckBuild(KanikoFsImageBuilder.layer, archive)
+      const { calls, fiber } = yield* stuckBuild(kanikoFsLayer, archive)
       yield* advance(69)
       expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
       yield* advance(2)

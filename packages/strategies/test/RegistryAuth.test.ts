@@ -1,7 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
-import { credentialsFor, normalizeAuthKey, parseAuthConfig, parseWwwAuthenticate } from "../src/RegistryAuth.ts"
-import type { Credentials } from "../src/RegistryAuth.ts"
+import { credentialsFor, normalizeAuthKey, parseAuthConfig } from "../src/DockerConfig.ts"
+import type { Credentials } from "../src/DockerConfig.ts"
+import { parseWwwAuthenticate } from "../src/WwwAuthenticate.ts"
 
 describe("parseWwwAuthenticate", () => {
   it("reads a distribution Bearer challenge", () => {
