@@ -1,5 +1,5 @@
 import type { ContainerRef } from "@checkpointer/core"
-import type { CheckpointFacts } from "./CheckpointArchive.ts"
+import type { CheckpointFacts } from "./CheckpointMetadata.ts"
 
 const ociArchitectures: Readonly<Record<string, string>> = { x64: "amd64", arm64: "arm64", arm: "arm", ia32: "386" }
 export const nodeArchitecture = (): string => ociArchitectures[process.arch] ?? process.arch

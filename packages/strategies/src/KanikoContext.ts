@@ -7,8 +7,8 @@ import type { Readable } from "node:stream"
 import { pipeline } from "node:stream"
 import * as Zlib from "node:zlib"
 import { Header, Pack, ReadEntry } from "tar"
-import { sniffCompression } from "./CheckpointArchive.ts"
-import type { Compression } from "./CheckpointArchive.ts"
+import { sniffCompression } from "./ArchiveFormat.ts"
+import type { Compression } from "./ArchiveFormat.ts"
 
 export class BuildContextError extends Data.TaggedError("BuildContextError")<{
   readonly message: string

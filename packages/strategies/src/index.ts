@@ -1,4 +1,7 @@
-export * as CheckpointArchive from "./CheckpointArchive.ts"
+export * as ArchiveFormat from "./ArchiveFormat.ts"
+export * as ArchiveInspector from "./ArchiveInspector.ts"
+export * as ArchiveReader from "./ArchiveReader.ts"
+export * as CheckpointMetadata from "./CheckpointMetadata.ts"
 export * as KanikoContext from "./KanikoContext.ts"
 export * as KanikoFsImageBuilder from "./KanikoFsImageBuilder.ts"
 export * as KanikoImageBuilder from "./KanikoImageBuilder.ts"

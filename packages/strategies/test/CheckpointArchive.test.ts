@@ -6,7 +6,9 @@ import { Effect, Option } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { gzipSync, zstdCompressSync } from "node:zlib"
 import { create } from "tar"
-import { checkpointFacts, describeArchive, sniffCompression } from "../src/CheckpointArchive.ts"
+import { sniffCompression } from "../src/ArchiveFormat.ts"
+import { describeArchive } from "../src/ArchiveInspector.ts"
+import { checkpointFacts } from "../src/CheckpointMetadata.ts"
 import { imageAnnotations } from "../src/ImageAnnotations.ts"
 
 const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`
