@@ -80,7 +80,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         )
         const image = yield* builder.build({ archive: archive.path, container, imageName }).pipe(
           Effect.mapError((error) =>
-            new PhaseFailed({ phase: "build/push", message: `${error.phase}: ${error.message}`, cause: error })
+            new PhaseFailed({ phase: "build/push", step: error.step, message: error.message, cause: error })
           ),
           Effect.timeoutFail({
             duration: buildTimeout,

@@ -118,7 +118,7 @@ const FakeBuilder = Layer.effect(
       build: (request: BuildRequest) =>
         Effect.gen(function*() {
           if (!(yield* fs.exists(request.archive).pipe(Effect.orDie))) {
-            return yield* new ImageBuildError({ phase: "read archive", message: `${request.archive} is missing` })
+            return yield* new ImageBuildError({ step: "read archive", message: `${request.archive} is missing` })
           }
           yield* Ref.update(world.builds, (all) => [...all, request])
           yield* Effect.flatMap(Ref.get(world.buildBehaviour), (behaviour) => behaviour(request))

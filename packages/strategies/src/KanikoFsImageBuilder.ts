@@ -44,7 +44,7 @@ const strategy: KanikoStrategy = {
     }).pipe(
       Effect.mapError((error) =>
         new ImageBuildError({
-          phase: "build context",
+          step: "build context",
           message: `cannot prepare the build context under ${settings.kanikoBuildContextDir}: ${
             error._tag === "BuildContextError" ? error.message : reasonOf(error)
           }`,

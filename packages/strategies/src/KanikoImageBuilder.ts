@@ -14,13 +14,13 @@ const strategy: KanikoStrategy = {
   prepare: ({ format, request }) =>
     describeContextArchive(request.archive, format).pipe(
       Effect.map((archive) => ({ context: { _tag: "Stdin" as const }, archive })),
-      Effect.mapError((error) => new ImageBuildError({ phase: "read archive", message: error.message, cause: error }))
+      Effect.mapError((error) => new ImageBuildError({ step: "read archive", message: error.message, cause: error }))
     ),
   stream: Option.some(({ archive, files, name, namespace, pods }) =>
     pods.attachStdin(namespace, name, kanikoContainer, buildContext(archive, files)).pipe(
       Effect.mapError((error) =>
         new ImageBuildError({
-          phase: "streaming",
+          step: "streaming",
           message: `cannot send the build context to Kaniko pod ${namespace}/${name}: ${error.message}`,
           cause: error
         })

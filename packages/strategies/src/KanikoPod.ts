@@ -1,6 +1,6 @@
 import { FileSystem, Path } from "@effect/platform"
 import { CheckpointerConfig, ImageBuildError, ImageBuilder, reasonOf } from "@checkpointer/core"
-import type { BuildRequest, BuiltImage, CheckpointerSettings } from "@checkpointer/core"
+import type { BuildRequest, BuildStep, BuiltImage, CheckpointerSettings } from "@checkpointer/core"
 import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
 import { Duration, Effect, Either, Option } from "effect"
 import type { Scope } from "effect"
@@ -266,8 +266,8 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
     const timeout = Duration.seconds(settings.kanikoTimeoutSeconds)
     const namespace = settings.namespace
 
-    const failure = (phase: string, message: string, cause?: unknown) =>
-      new ImageBuildError({ phase, message, ...(cause === undefined ? {} : { cause }) })
+    const failure = (step: BuildStep, message: string, cause?: unknown) =>
+      new ImageBuildError({ step, message, ...(cause === undefined ? {} : { cause }) })
 
     const lastLogLines = (name: string) =>
       pods.podLogTail(namespace, name, kanikoContainer, logLines).pipe(

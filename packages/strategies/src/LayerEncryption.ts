@@ -48,7 +48,7 @@ export const parseRecipient = (file: string, pem: string): Either.Either<Recipie
   }
   return Either.try({
     try: () => createPublicKey({ key: pem, format: "pem" }),
-    catch: (cause) => `is not a readable public key (${cause instanceof Error ? cause.message : String(cause)})`
+    catch: (cause) => `is not a readable public key (${reasonOf(cause)})`
   }).pipe(Either.flatMap((key): Either.Either<Recipient, string> => {
     const details = key.asymmetricKeyDetails ?? {}
     if (key.asymmetricKeyType === "rsa") {

@@ -93,13 +93,13 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
     const started = yield* Clock.currentTimeMillis
     const pushFailed = (error: RegistryError) =>
       new ImageBuildError({
-        phase: "push",
+        step: "push",
         message: `cannot push ${request.imageName}: ${error.message}`,
         cause: error
       })
     const archiveFailed = (error: ArchiveError) =>
       new ImageBuildError({
-        phase: "read archive",
+        step: "read archive",
         message: `cannot read the checkpoint archive ${request.archive}: ${error.message}`,
         cause: error
       })
@@ -110,15 +110,15 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
         case "RegistryError":
           return pushFailed(error)
         case "LayerCompressionError":
-          return new ImageBuildError({ phase: "compress layer", message: error.message, cause: error })
+          return new ImageBuildError({ step: "compress layer", message: error.message, cause: error })
         case "LayerEncryptionError":
-          return new ImageBuildError({ phase: "encrypt layer", message: error.message, cause: error })
+          return new ImageBuildError({ step: "encrypt layer", message: error.message, cause: error })
       }
     }
     const reference = yield* Either.match(parseImageReference(request.imageName), {
       onLeft: (error) =>
         Effect.fail(
-          new ImageBuildError({ phase: "push", message: `invalid image name "${request.imageName}": ${error.message}` })
+          new ImageBuildError({ step: "push", message: `invalid image name "${request.imageName}": ${error.message}` })
         ),
       onRight: Effect.succeed
     })
@@ -126,7 +126,7 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
       Effect.filterOrFail((info) => info.type === "File", () => "not a regular file"),
       Effect.mapError((error) =>
         new ImageBuildError({
-          phase: "read archive",
+          step: "read archive",
           message: `cannot read the checkpoint archive ${request.archive}: ${
             typeof error === "string" ? error : reasonOf(error)
           }`,

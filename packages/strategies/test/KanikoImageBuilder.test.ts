@@ -462,7 +462,7 @@ describe("Kaniko builders with a scripted cluster", () => {
         Effect.provide(builderWith(kanikoFsLayer, cluster)),
         Effect.flip
       )
-      expect(error.phase).toBe("build")
+      expect(error.step).toBe("build")
       expect(error.message).toContain("failed: it is Failed (exit code 1: Error)")
       expect(error.message).toContain("error building image: boom")
       expect(yield* Ref.get(calls)).toEqual(["create kaniko-fs", "delete kube-system/checkpointer-kaniko-abcde"])
@@ -474,7 +474,7 @@ describe("Kaniko builders with a scripted cluster", () => {
       const { calls, fiber } = yield* stuckBuild(kanikoLayer, archive)
       yield* advance(32)
       const error = yield* Fiber.join(fiber)
-      expect(error.phase).toBe("scheduling")
+      expect(error.step).toBe("scheduling")
       expect(error.message).toMatch(/was not running within 30s: it is Pending/)
       expect(yield* Ref.get(calls)).toEqual(["create kaniko", "delete kube-system/checkpointer-kaniko-abcde"])
     }).pipe(Effect.provide(NodeContext.layer)))
@@ -640,7 +640,7 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
         Effect.provide(builderWith(kanikoLayer, fakePods({ waits: [], calls }))),
         Effect.flip
       )
-      expect(error.phase).toBe("read archive")
+      expect(error.step).toBe("read archive")
       expect(error.message).toContain("is xz-compressed, which the Kaniko builders cannot build")
       expect(yield* Ref.get(calls)).toEqual([])
     }).pipe(Effect.provide(NodeContext.layer)))
@@ -659,7 +659,7 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
         })),
         Effect.flip
       )
-      expect(error.phase).toBe("pod resources")
+      expect(error.step).toBe("pod resources")
       expect(error.message).toContain("needs 4.5 x that + 256 MiB = 266 MiB of memory")
       expect(error.message).toContain("more than KANIKO_MAX_MEMORY (256 MiB)")
       expect(yield* Ref.get(calls)).toEqual([])
