@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import { constants } from "node:fs"
 import { lstat, open, realpath, unlink } from "node:fs/promises"
 import { basename, dirname, isAbsolute, join } from "node:path"
-import { CheckpointerConfig } from "./Config.ts"
+import { checkpointDirConfig } from "./Config.ts"
 import { PhaseFailed } from "./Errors.ts"
 import { reasonOf } from "./Reason.ts"
 
@@ -37,7 +37,7 @@ const pathProblem = (cause: unknown): string => {
  */
 export class CheckpointDirectory extends Effect.Service<CheckpointDirectory>()("checkpointer/CheckpointDirectory", {
   effect: Effect.gen(function*() {
-    const { kubeletCheckpointDir } = yield* CheckpointerConfig
+    const kubeletCheckpointDir = yield* checkpointDirConfig
     const refused = (answered: string, reason: string, cause?: unknown) =>
       new PhaseFailed({
         phase: "kubelet",

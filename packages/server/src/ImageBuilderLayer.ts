@@ -1,5 +1,5 @@
 import type { FileSystem, Path } from "@effect/platform"
-import { CheckpointerConfig } from "@checkpointer/core"
+import { ServerConfig } from "@checkpointer/core"
 import type { BuilderName, ImageBuilder, KubernetesApiError } from "@checkpointer/core"
 import { KanikoFsImageBuilder, KanikoImageBuilder, NativeImageBuilder } from "@checkpointer/strategies"
 import { Effect, Layer } from "effect"
@@ -8,7 +8,7 @@ import type { ConfigError } from "effect"
 const builderLayer = (builder: BuilderName): Layer.Layer<
   ImageBuilder,
   ConfigError.ConfigError | KubernetesApiError,
-  CheckpointerConfig | FileSystem.FileSystem | Path.Path
+  FileSystem.FileSystem | Path.Path
 > => {
   switch (builder) {
     case "native":
@@ -22,5 +22,5 @@ const builderLayer = (builder: BuilderName): Layer.Layer<
 
 /** The ImageBuilder that CHECKPOINT_BUILDER (or USE_KANIKO_FS) selects. */
 export const ImageBuilderLayer = Layer.unwrapEffect(
-  CheckpointerConfig.pipe(Effect.map(({ builder }) => builderLayer(builder)))
+  ServerConfig.pipe(Effect.map(({ builder }) => builderLayer(builder)))
 )

@@ -1,6 +1,6 @@
 import { FileSystem, Path } from "@effect/platform"
 import { ImageBuildError, ImageBuilder, reasonOf } from "@checkpointer/core"
-import type { CheckpointerConfig, KubernetesApiError } from "@checkpointer/core"
+import type { KubernetesApiError } from "@checkpointer/core"
 import { Duration, Effect, Layer, Option, Stream } from "effect"
 import type { ConfigError } from "effect"
 import { contextArchiveBytes } from "./KanikoContext.ts"
@@ -10,14 +10,14 @@ import type { KanikoStrategy } from "./KanikoPod.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko-fs",
-  buildTimeout: ({ kanikoTimeoutSeconds }) => Duration.seconds(2 * kanikoTimeoutSeconds),
+  buildTimeout: ({ timeoutSeconds }) => Duration.seconds(2 * timeoutSeconds),
   prepare: ({ files, format, request, settings }) =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const path = yield* Path.Path
-      yield* fs.makeDirectory(settings.kanikoBuildContextDir, { recursive: true })
+      yield* fs.makeDirectory(settings.buildContextDir, { recursive: true })
       const dir = yield* Effect.acquireRelease(
-        fs.makeTempDirectory({ directory: settings.kanikoBuildContextDir, prefix: "checkpoint-" }),
+        fs.makeTempDirectory({ directory: settings.buildContextDir, prefix: "checkpoint-" }),
         (dir) =>
           fs.remove(dir, { recursive: true }).pipe(
             Effect.tapError((error) =>
@@ -45,7 +45,7 @@ const strategy: KanikoStrategy = {
       Effect.mapError((error) =>
         new ImageBuildError({
           step: "build context",
-          message: `cannot prepare the build context under ${settings.kanikoBuildContextDir}: ${
+          message: `cannot prepare the build context under ${settings.buildContextDir}: ${
             error._tag === "BuildContextError" ? error.message : reasonOf(error)
           }`,
           cause: error
@@ -62,11 +62,11 @@ const strategy: KanikoStrategy = {
 export const layerWithoutDependencies: Layer.Layer<
   ImageBuilder,
   ConfigError.ConfigError,
-  CheckpointerConfig | KanikoPods | FileSystem.FileSystem | Path.Path
+  KanikoPods | FileSystem.FileSystem | Path.Path
 > = Layer.effect(ImageBuilder, makeKanikoBuilder(strategy))
 
 export const layer: Layer.Layer<
   ImageBuilder,
   ConfigError.ConfigError | KubernetesApiError,
-  CheckpointerConfig | FileSystem.FileSystem | Path.Path
+  FileSystem.FileSystem | Path.Path
 > = layerWithoutDependencies.pipe(Layer.provide(KanikoPods.Default))

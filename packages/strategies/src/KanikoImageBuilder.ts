@@ -1,5 +1,5 @@
 import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
-import type { CheckpointerConfig, KubernetesApiError } from "@checkpointer/core"
+import type { KubernetesApiError } from "@checkpointer/core"
 import type { FileSystem, Path } from "@effect/platform"
 import { Duration, Effect, Layer, Option } from "effect"
 import type { ConfigError } from "effect"
@@ -10,7 +10,7 @@ import type { KanikoStrategy } from "./KanikoPod.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko",
-  buildTimeout: (settings) => Duration.seconds(settings.kanikoTimeoutSeconds),
+  buildTimeout: (settings) => Duration.seconds(settings.timeoutSeconds),
   prepare: ({ format, request }) =>
     describeContextArchive(request.archive, format).pipe(
       Effect.map((archive) => ({ context: { _tag: "Stdin" as const }, archive })),
@@ -36,11 +36,11 @@ const strategy: KanikoStrategy = {
 export const layerWithoutDependencies: Layer.Layer<
   ImageBuilder,
   ConfigError.ConfigError,
-  CheckpointerConfig | KanikoPods | FileSystem.FileSystem | Path.Path
+  KanikoPods | FileSystem.FileSystem | Path.Path
 > = Layer.effect(ImageBuilder, makeKanikoBuilder(strategy))
 
 export const layer: Layer.Layer<
   ImageBuilder,
   ConfigError.ConfigError | KubernetesApiError,
-  CheckpointerConfig | FileSystem.FileSystem | Path.Path
+  FileSystem.FileSystem | Path.Path
 > = layerWithoutDependencies.pipe(Layer.provide(KanikoPods.Default))

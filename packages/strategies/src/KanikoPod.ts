@@ -1,6 +1,6 @@
 import { FileSystem, Path } from "@effect/platform"
-import { CheckpointerConfig, ImageBuildError, ImageBuilder, reasonOf } from "@checkpointer/core"
-import type { BuildRequest, BuildStep, BuiltImage, CheckpointerSettings } from "@checkpointer/core"
+import { checkpointerNamespace, ImageBuildError, ImageBuilder, kanikoConfig, reasonOf } from "@checkpointer/core"
+import type { BuildRequest, BuildStep, BuiltImage, KanikoSettings } from "@checkpointer/core"
 import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
 import { Duration, Effect, Either, Option } from "effect"
 import type { Scope } from "effect"
@@ -14,6 +14,9 @@ import { KanikoPods } from "./KanikoPods.ts"
 import { readRegistryCa, registryTrustConfig } from "./RegistryTrust.ts"
 
 export type KanikoBuilderName = "kaniko" | "kaniko-fs"
+
+/** KANIKO_* and the namespace the pods run in (Checkpointer's). */
+export type KanikoPodSettings = KanikoSettings & { readonly namespace: string }
 
 export const kanikoContainer = "kaniko"
 export const dockerfileName = "Dockerfile"
@@ -114,10 +117,7 @@ export const kanikoArgs = (options: {
 
 /** The Kaniko pod of one build, as the seed defined it (plus the labels and annotations that say whose it is). */
 export const kanikoPod = (options: {
-  readonly settings: Pick<
-    CheckpointerSettings,
-    "namespace" | "node" | "kanikoImage" | "kanikoSecretName" | "kanikoCpuRequest" | "baseImage"
-  >
+  readonly settings: Pick<KanikoPodSettings, "namespace" | "node" | "image" | "secretName" | "cpuRequest" | "baseImage">
   readonly builder: KanikoBuilderName
   readonly request: BuildRequest
   readonly context: BuildContext
@@ -132,7 +132,7 @@ export const kanikoPod = (options: {
   const hostPath = context._tag === "HostPath" ? context : undefined
   const volumes: Array<V1Volume> = [{
     name: "docker-config",
-    secret: { secretName: settings.kanikoSecretName, items: [{ key: ".dockerconfigjson", path: "config.json" }] }
+    secret: { secretName: settings.secretName, items: [{ key: ".dockerconfigjson", path: "config.json" }] }
   }]
   const volumeMounts: Array<V1VolumeMount> = [{ name: "docker-config", mountPath: "/kaniko/.docker", readOnly: true }]
   if (hostPath !== undefined) {
@@ -167,7 +167,7 @@ export const kanikoPod = (options: {
       nodeSelector: { "kubernetes.io/arch": options.architecture },
       containers: [{
         name: kanikoContainer,
-        image: settings.kanikoImage,
+        image: settings.image,
         args: [...kanikoArgs({
           context,
           destination: request.imageName,
@@ -180,7 +180,7 @@ export const kanikoPod = (options: {
         // Go's heap target well below the limit: the files the executor writes are page cache in the same cgroup.
         env: [{ name: "GOMEMLIMIT", value: `${Math.floor(options.memoryBytes * 0.6 / mebibyte)}MiB` }],
         resources: {
-          requests: { memory, cpu: settings.kanikoCpuRequest },
+          requests: { memory, cpu: settings.cpuRequest },
           limits: { memory }
         },
         terminationMessagePolicy: "FallbackToLogsOnError",
@@ -230,9 +230,9 @@ const isTerminal = (pod: V1Pod) => phaseOf(pod) === "Succeeded" || phaseOf(pod) 
 export interface KanikoStrategy {
   readonly name: KanikoBuilderName
   /** Build time once the pod exists, before the archive's allowance (kaniko-fs: twice KANIKO_TIMEOUT). */
-  readonly buildTimeout: (settings: CheckpointerSettings) => Duration.Duration
+  readonly buildTimeout: (settings: KanikoPodSettings) => Duration.Duration
   readonly prepare: (build: {
-    readonly settings: CheckpointerSettings
+    readonly settings: KanikoPodSettings
     readonly request: BuildRequest
     readonly format: Compression
     readonly files: ContextFiles
@@ -256,14 +256,14 @@ export interface KanikoStrategy {
 export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
   Effect.gen(function*() {
     yield* unsupportedByKaniko(strategy.name)
-    const settings = yield* CheckpointerConfig
+    const settings: KanikoPodSettings = { ...yield* kanikoConfig, namespace: yield* checkpointerNamespace }
     const pods = yield* KanikoPods
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     const { caFile, insecure } = yield* registryTrustConfig
     const trust: KanikoRegistryTrust = { caPem: yield* readRegistryCa(caFile), insecure }
     const architecture = nodeArchitecture()
-    const timeout = Duration.seconds(settings.kanikoTimeoutSeconds)
+    const timeout = Duration.seconds(settings.timeoutSeconds)
     const namespace = settings.namespace
 
     const failure = (step: BuildStep, message: string, cause?: unknown) =>
@@ -309,7 +309,7 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
     }) =>
       Effect.gen(function*() {
         const { archive, context, files, request } = build
-        const memoryBytes = yield* Either.match(kanikoMemory(archive.size, settings.kanikoMaxMemoryBytes), {
+        const memoryBytes = yield* Either.match(kanikoMemory(archive.size, settings.maxMemoryBytes), {
           onLeft: (reason) => Effect.fail(failure("pod resources", reason)),
           onRight: Effect.succeed
         })

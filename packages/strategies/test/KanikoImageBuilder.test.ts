@@ -1,15 +1,15 @@
 import { FileSystem, Path } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import {
-  CheckpointerConfig,
   ContainerName,
   describeConfigError,
   ContainerRef,
   ImageBuilder,
   Namespace,
+  NodeName,
   PodName
 } from "@checkpointer/core"
-import type { BuildRequest, CheckpointerSettings, KubernetesApiError } from "@checkpointer/core"
+import type { BuildRequest, KubernetesApiError } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
 import type { V1Pod } from "@kubernetes/client-node"
 import {
@@ -47,6 +47,7 @@ import {
   reportedDigest,
   sizeAllowance
 } from "../src/KanikoPod.ts"
+import type { KanikoPodSettings } from "../src/KanikoPod.ts"
 
 const container = ContainerRef.make({
   namespace: Namespace.make("team-a"),
@@ -56,17 +57,33 @@ const container = ContainerRef.make({
 
 const digest = `sha256:${"ab".repeat(32)}`
 
-const settings = {
+const settings: KanikoPodSettings = {
   namespace: "kube-system",
-  node: "worker-1",
-  kanikoImage: "ghcr.io/osscontainertools/kaniko:v1.28.3",
-  kanikoSecretName: "kaniko-secret",
-  kanikoTimeoutSeconds: 30,
-  kanikoBuildContextDir: "/tmp/build-contexts",
-  kanikoMaxMemoryBytes: 8 * 1024 ** 3,
-  kanikoCpuRequest: "500m",
+  node: NodeName.make("worker-1"),
+  image: "ghcr.io/osscontainertools/kaniko:v1.28.3",
+  secretName: "kaniko-secret",
+  timeoutSeconds: 30,
+  buildContextDir: "/tmp/build-contexts",
+  maxMemoryBytes: 8 * 1024 ** 3,
+  cpuRequest: "500m",
   baseImage: "registry.test/checkpoint-base:1.0.0"
-} as CheckpointerSettings
+}
+
+/** The same settings as the builders read them. */
+const environment: Readonly<Record<string, string>> = {
+  CHECKPOINTER_NAMESPACE: "kube-system",
+  CHECKPOINTER_NODE: "worker-1",
+  KANIKO_IMAGE: "ghcr.io/osscontainertools/kaniko:v1.28.3",
+  KANIKO_SECRET_NAME: "kaniko-secret",
+  KANIKO_TIMEOUT: "30",
+  KANIKO_BUILD_CTX_DIR: "/tmp/build-contexts",
+  KANIKO_MAX_MEMORY: "8Gi",
+  KANIKO_CPU_REQUEST: "500m",
+  CHECKPOINT_BASE_IMAGE: "registry.test/checkpoint-base:1.0.0"
+}
+
+const configured = (variables: Readonly<Record<string, string>> = {}) =>
+  Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries({ ...environment, ...variables }))))
 
 const mib = 1024 * 1024
 
@@ -401,13 +418,13 @@ const kanikoFsLayer = KanikoFsImageBuilder.layerWithoutDependencies
 const builderWith = (
   layer: typeof kanikoLayer,
   pods: Effect.Effect<KanikoPods>,
-  overrides: Partial<CheckpointerSettings> = {}
+  variables: Readonly<Record<string, string>> = {}
 ) =>
   Layer.provide(
     layer,
     Layer.mergeAll(
       Layer.effect(KanikoPods, pods),
-      Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ ...settings, ...overrides })),
+      configured(variables),
       NodeContext.layer
     )
   ).pipe(Layer.orDie)
@@ -418,13 +435,13 @@ const build = (archive: string) => Effect.flatMap(ImageBuilder, (builder) => bui
 const stuckBuild = (
   layer: typeof kanikoLayer,
   archive: string,
-  overrides: Partial<CheckpointerSettings> = {}
+  variables: Readonly<Record<string, string>> = {}
 ) =>
   Effect.gen(function*() {
     const calls = yield* Ref.make<ReadonlyArray<string>>([])
     const waiting = yield* Deferred.make<void>()
     const fiber = yield* build(archive).pipe(
-      Effect.provide(builderWith(layer, fakePods({ waits: [], calls, waiting }), overrides)),
+      Effect.provide(builderWith(layer, fakePods({ waits: [], calls, waiting }), variables)),
       Effect.flip,
       Effect.fork
     )
@@ -485,7 +502,7 @@ describe("Kaniko builders with a scripted cluster", () => {
       const path = yield* Path.Path
       const { archive, dir } = yield* makeArchive
       const contexts = path.join(dir, "contexts")
-      const { calls, fiber } = yield* stuckBuild(kanikoFsLayer, archive, { kanikoBuildContextDir: contexts })
+      const { calls, fiber } = yield* stuckBuild(kanikoFsLayer, archive, { KANIKO_BUILD_CTX_DIR: contexts })
       const [context] = yield* fs.readDirectory(contexts)
       expect((yield* fs.readDirectory(path.join(contexts, context!))).sort()).toEqual(
         ["Dockerfile", path.basename(archive)].sort()
@@ -501,26 +518,22 @@ describe("Kaniko builders with a scripted cluster", () => {
     ([name, layer]) =>
       Effect.gen(function*() {
         const calls = yield* Ref.make<ReadonlyArray<string>>([])
-        const configured = (entries: ReadonlyArray<readonly [string, string]>) =>
+        const built = (variables: Readonly<Record<string, string>>) =>
           Layer.build(Layer.provide(
             layer,
-            Layer.mergeAll(
-              Layer.effect(KanikoPods, fakePods({ waits: [], calls })),
-              Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings)),
-              Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries)))
-            )
+            Layer.mergeAll(Layer.effect(KanikoPods, fakePods({ waits: [], calls })), configured(variables))
           ))
-        const error = yield* Effect.flip(configured([
-          ["CHECKPOINT_ENCRYPTION_KEYS", "/etc/checkpointer/keys/ops.pem"],
-          ["CHECKPOINT_LAYER_COMPRESSION", "zstd"]
-        ]))
+        const error = yield* Effect.flip(built({
+          CHECKPOINT_ENCRYPTION_KEYS: "/etc/checkpointer/keys/ops.pem",
+          CHECKPOINT_LAYER_COMPRESSION: "zstd"
+        }))
         expect(describeConfigError(error)).toEqual([
           `CHECKPOINT_ENCRYPTION_KEYS: the ${name} builder cannot encrypt images (Kaniko cannot); ` +
           "use CHECKPOINT_BUILDER=native, or unset it",
           `CHECKPOINT_LAYER_COMPRESSION: the ${name} builder cannot push the archive as a zstd layer (Kaniko makes ` +
           "its own gzip layer around it); use CHECKPOINT_BUILDER=native, or unset it"
         ])
-        yield* configured([["CHECKPOINT_LAYER_COMPRESSION", "none"], ["CHECKPOINT_ENCRYPTION_KEYS", " "]])
+        yield* built({ CHECKPOINT_LAYER_COMPRESSION: "none", CHECKPOINT_ENCRYPTION_KEYS: " " })
         expect(yield* Ref.get(calls)).toEqual([])
       }).pipe(Effect.provide(NodeContext.layer))
   )
@@ -556,8 +569,7 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
         received
       })
       const image = yield* build(compressed).pipe(
-        Effect.provide(builderWith(kanikoLayer, cluster)),
-        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["REGISTRY_CA_FILE", path.join(dir, "ca.pem")]])))
+        Effect.provide(builderWith(kanikoLayer, cluster, { REGISTRY_CA_FILE: path.join(dir, "ca.pem") }))
       )
       expect(image.digest).toBe(digest)
       const entries = yield* entriesOf(Buffer.concat([...(yield* Ref.get(received))]))
@@ -584,12 +596,11 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       const waiting = yield* Deferred.make<void>()
       const cluster = fakePods({ waits: [], calls, waiting, pods })
       const fiber = yield* build(compressed).pipe(
-        Effect.provide(builderWith(kanikoFsLayer, cluster, { kanikoBuildContextDir: contexts })),
-        Effect.withConfigProvider(
-          ConfigProvider.fromMap(
-            new Map([["REGISTRY_CA_FILE", path.join(dir, "ca.pem")], ["REGISTRY_INSECURE", "true"]])
-          )
-        ),
+        Effect.provide(builderWith(kanikoFsLayer, cluster, {
+          KANIKO_BUILD_CTX_DIR: contexts,
+          REGISTRY_CA_FILE: path.join(dir, "ca.pem"),
+          REGISTRY_INSECURE: "true"
+        })),
         Effect.fork
       )
       yield* Deferred.await(waiting)
@@ -619,14 +630,11 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
         kanikoLayer,
         Layer.mergeAll(
           Layer.effect(KanikoPods, fakePods({ waits: [], calls })),
-          Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings)),
+          configured({ REGISTRY_CA_FILE: "/nonexistent/ca.pem" }),
           NodeContext.layer
         )
       )
-      const error = yield* Layer.build(layer).pipe(
-        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["REGISTRY_CA_FILE", "/nonexistent/ca.pem"]]))),
-        Effect.flip
-      )
+      const error = yield* Effect.flip(Layer.build(layer))
       expect(describeConfigError(error).join("\n")).toMatch(/^REGISTRY_CA_FILE: cannot read \/nonexistent\/ca\.pem/)
     }))
 
@@ -654,8 +662,8 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const error = yield* build(archive).pipe(
         Effect.provide(builderWith(kanikoFsLayer, fakePods({ waits: [], calls }), {
-          kanikoBuildContextDir: contexts,
-          kanikoMaxMemoryBytes: 256 * mib
+          KANIKO_BUILD_CTX_DIR: contexts,
+          KANIKO_MAX_MEMORY: "256Mi"
         })),
         Effect.flip
       )
