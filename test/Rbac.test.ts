@@ -97,7 +97,7 @@ const required = (builder: "native" | "kaniko" | "kaniko-fs") => {
   const strategies = "packages/strategies/src"
   const builderFiles = builder === "native"
     ? []
-    : [`${strategies}/KanikoPod.ts`, `${strategies}/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`]
+    : [`${strategies}/KanikoBuilder.ts`, `${strategies}/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`]
   const base = new Set(permissions("cluster", methodsUsedIn("cluster", corePaths), "cluster"))
   const builderOnly = permissions("kanikoPods", methodsUsedIn("kanikoPods", builderFiles), "namespace")
     .filter((permission) => !base.has(permission.replace(/^namespace:/, "cluster:")))

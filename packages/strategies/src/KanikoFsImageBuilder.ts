@@ -4,9 +4,9 @@ import type { KubernetesApiError } from "@checkpointer/core"
 import { Duration, Effect, Layer, Option, Stream } from "effect"
 import type { ConfigError } from "effect"
 import { contextArchiveBytes } from "./KanikoContext.ts"
-import { makeKanikoBuilder } from "./KanikoPod.ts"
+import { makeKanikoBuilder } from "./KanikoBuilder.ts"
 import { KanikoPods } from "./KanikoPods.ts"
-import type { KanikoStrategy } from "./KanikoPod.ts"
+import type { KanikoStrategy } from "./KanikoBuilder.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko-fs",

@@ -4,9 +4,9 @@ import type { FileSystem, Path } from "@effect/platform"
 import { Duration, Effect, Layer, Option } from "effect"
 import type { ConfigError } from "effect"
 import { buildContext, describeContextArchive } from "./KanikoContext.ts"
-import { kanikoContainer, makeKanikoBuilder } from "./KanikoPod.ts"
+import { kanikoContainer, makeKanikoBuilder } from "./KanikoBuilder.ts"
 import { KanikoPods } from "./KanikoPods.ts"
-import type { KanikoStrategy } from "./KanikoPod.ts"
+import type { KanikoStrategy } from "./KanikoBuilder.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko",

@@ -46,8 +46,8 @@ import {
   registryHost,
   reportedDigest,
   sizeAllowance
-} from "../src/KanikoPod.ts"
-import type { KanikoPodSettings } from "../src/KanikoPod.ts"
+} from "../src/KanikoBuilder.ts"
+import type { KanikoPodSettings } from "../src/KanikoBuilder.ts"
 
 const container = ContainerRef.make({
   namespace: Namespace.make("team-a"),
