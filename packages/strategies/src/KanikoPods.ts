@@ -1,4 +1,12 @@
-import { callApi, idempotent, KubernetesApi, KubernetesApiError, kubernetesReason, whenFound } from "@checkpointer/core"
+import {
+  callApi,
+  idempotent,
+  KubernetesApi,
+  KubernetesApiError,
+  kubernetesReason,
+  reasonOf,
+  whenFound
+} from "@checkpointer/core"
 import { Attach, CoreV1Api, Watch } from "@kubernetes/client-node"
 import type { V1Pod } from "@kubernetes/client-node"
 import { Deferred, Effect, Option, Stream } from "effect"
@@ -29,12 +37,7 @@ const attachFailure = (data: unknown): string | undefined => {
 }
 
 /** The WebSocket client rejects a refused attach with an ErrorEvent, not an Error. */
-const attachError = (cause: unknown): Error =>
-  cause instanceof Error
-    ? cause
-    : new Error(
-      typeof cause === "object" && cause !== null && "message" in cause ? String(cause.message) : String(cause)
-    )
+const attachError = (cause: unknown): Error => cause instanceof Error ? cause : new Error(reasonOf(cause))
 
 const watchStatusOf = (error: unknown): number | undefined =>
   typeof error === "object" && error !== null && "statusCode" in error && typeof error.statusCode === "number"
