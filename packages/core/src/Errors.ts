@@ -32,6 +32,7 @@ export class PhaseFailed extends Data.TaggedError("PhaseFailed")<{
 }> {
   /** The one text a caller is told: `checkpoint failed in phase "build/push": push: <why>`. */
   get description(): string {
-    return `checkpoint failed in phase "${this.phase}": ${this.step === undefined ? "" : `${this.step}: `}${this.message}`
+    const step = this.step === undefined ? "" : `${this.step}: `
+    return `checkpoint failed in phase "${this.phase}": ${step}${this.message}`
   }
 }
