@@ -2,7 +2,7 @@ import { FileSystem } from "@effect/platform"
 import type { CommandExecutor } from "@effect/platform"
 import type { ImageBuilder } from "@checkpointer/core"
 import { ContainerRef } from "@checkpointer/core"
-import { CheckpointArchive } from "@checkpointer/strategies"
+import { ArchiveInspector, ArchiveReader } from "@checkpointer/strategies"
 import type { Context } from "effect"
 import { Effect, Schema, Stream } from "effect"
 import type { CheckpointerProcess } from "../test/harness/CheckpointerProcess.ts"
@@ -131,18 +131,18 @@ export const rawHashedPipeline = (registry: BenchRegistry, archive: Archive): Pi
 
 /**
  * The native builder's single pass over the archive without the network: read through its buffer ring, sha256, tar
- * inspection (CheckpointArchive.describeArchive), as the builder does while it uploads.
+ * inspection (ArchiveInspector.describeArchive), as the builder does while it uploads.
  */
 export const archivePassPipeline = (archive: Archive): Pipeline => ({
   id: "pass",
   title: pipelineTitles.pass,
   clientCpu: ownCpu,
-  timed: "read + sha256 + tar inspection in this process (CheckpointArchive.describeArchive of readArchive), no upload",
+  timed: "read + sha256 + tar inspection in this process (ArchiveInspector.describeArchive of readArchive), no upload",
   run: () =>
     Effect.flatMap(FileSystem.FileSystem, (fs) =>
       seconds(
-        CheckpointArchive.describeArchive(
-          CheckpointArchive.readArchive(archive.path, { chunkSize: 1024 * 1024, buffers: 6 }).pipe(
+        ArchiveInspector.describeArchive(
+          ArchiveReader.readArchive(archive.path, { chunkSize: 1024 * 1024, buffers: 6 }).pipe(
             Stream.provideService(FileSystem.FileSystem, fs)
           )
         )

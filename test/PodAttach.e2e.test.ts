@@ -1,6 +1,6 @@
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { Cluster } from "@checkpointer/core"
+import { KanikoPods } from "@checkpointer/strategies"
 import { expect, layer } from "@effect/vitest"
 import { Context, Deferred, Effect, Layer, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
@@ -62,8 +62,8 @@ const TestClusterLive = Layer.scoped(
   })
 ).pipe(Layer.provideMerge(NodeContext.layer))
 
-/** Checkpointer's Cluster service, configured like the server outside a cluster: through KUBECONFIG. */
-const clusterService = (kubeconfig: string) =>
+/** Checkpointer's KanikoPods service, configured like the server outside a cluster: through KUBECONFIG. */
+const kanikoPodsService = (kubeconfig: string) =>
   Effect.acquireRelease(
     Effect.sync(() => {
       const previous = process.env.KUBECONFIG
@@ -75,19 +75,19 @@ const clusterService = (kubeconfig: string) =>
         if (previous === undefined) delete process.env.KUBECONFIG
         else process.env.KUBECONFIG = previous
       })
-  ).pipe(Effect.zipRight(Effect.provide(Cluster, Cluster.Default)))
+  ).pipe(Effect.zipRight(Effect.provide(KanikoPods, KanikoPods.Default)))
 
 const sinkPod = (name: string, stdinOnce = true) => ({
   metadata: { name },
   spec: { containers: [{ name: "sink", image: "test/stdin-sink", stdin: true, stdinOnce }] }
 })
 
-describeE2E("pod attach, logs and watches of the simulated API server through Checkpointer's Cluster", () => {
+describeE2E("pod attach, logs and watches of the simulated API server through Checkpointer's KanikoPods", () => {
   layer(TestClusterLive, { excludeTestServices: true, timeout: "120 seconds" })((it) => {
     it.scoped("attachStdin streams 24 MiB unchanged (v5.channel.k8s.io) and the pod's log and phases follow", () =>
       Effect.gen(function*() {
         const { cluster, received } = yield* TestCluster
-        const api = yield* clusterService(cluster.apiServer.kubeconfigPath)
+        const api = yield* kanikoPodsService(cluster.apiServer.kubeconfigPath)
         const name = `attach-${randomBytes(3).toString("hex")}`
         yield* api.createPod("default", sinkPod(name))
         const running = yield* api.waitForPod("default", name, (pod) => pod.status?.phase === "Running")
@@ -113,7 +113,7 @@ describeE2E("pod attach, logs and watches of the simulated API server through Ch
     it.scoped("a v4.channel.k8s.io client ends stdin by closing the connection (stdinOnce)", () =>
       Effect.gen(function*() {
         const { cluster, received } = yield* TestCluster
-        const api = yield* clusterService(cluster.apiServer.kubeconfigPath)
+        const api = yield* kanikoPodsService(cluster.apiServer.kubeconfigPath)
         const name = `attach-v4-${randomBytes(3).toString("hex")}`
         yield* api.createPod("default", sinkPod(name))
         yield* api.waitForPod("default", name, (pod) => pod.status?.phase === "Running")
@@ -141,7 +141,7 @@ describeE2E("pod attach, logs and watches of the simulated API server through Ch
     it.scoped("attaching to a pod that is not running is refused, and a pod that goes ends the wait", () =>
       Effect.gen(function*() {
         const { cluster } = yield* TestCluster
-        const api = yield* clusterService(cluster.apiServer.kubeconfigPath)
+        const api = yield* kanikoPodsService(cluster.apiServer.kubeconfigPath)
         const name = `attach-pending-${randomBytes(3).toString("hex")}`
         const notRun = { metadata: { name }, spec: { containers: [{ name: "sink", image: "x/other" }] } }
         yield* api.createPod("default", notRun)

@@ -4,14 +4,14 @@ import { parseAllDocuments } from "yaml"
 import { projectRoot } from "./harness/CheckpointerProcess.ts"
 
 /**
- * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in Cluster.ts, the Cluster methods each
- * strategy uses (found in the sources), and the permission each call needs. A call added without its permission, or a
- * permission no call needs, fails here.
+ * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in core's Cluster.ts and in the
+ * strategies' KanikoPods.ts, the methods of each that core and each strategy use (found in the sources), and the
+ * permission each call needs. A call added without its permission, or a permission no call needs, fails here.
  */
 
 const source = (path: string) => readFileSync(`${projectRoot}/${path}`, "utf8")
 
-/** The permission each call of @kubernetes/client-node in Cluster.ts needs: `resource[.group]:verb`. */
+/** The permission each call of @kubernetes/client-node in those services needs: `resource[.group]:verb`. */
 const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "core.readNamespacedPod": ["pods:get"],
   "core.deleteNamespacedPod": ["pods:delete"],
@@ -26,18 +26,26 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "authorization.createSubjectAccessReview": ["subjectaccessreviews.authorization.k8s.io:create"]
 }
 
-/** Calls on the API clients, the Watch and the Attach that Cluster.ts makes from its kubeconfig. */
-const clientCallPattern = () => {
-  const text = source("packages/core/src/Cluster.ts")
+/** The services that call the Kubernetes API: where each lives, and the name its users give it. */
+const services = {
+  cluster: { path: "packages/core/src/Cluster.ts", usedAs: "cluster" },
+  kanikoPods: { path: "packages/strategies/src/KanikoPods.ts", usedAs: "pods" }
+} as const
+
+type Service = keyof typeof services
+
+/** Calls on the API clients, the Watch and the Attach that a service makes from its kubeconfig. */
+const clientCallPattern = (service: Service) => {
+  const text = source(services[service].path)
   const clients = [...text.matchAll(/const (\w+) = (?:kubeConfig\.makeApiClient\(|new (?:Watch|Attach)\(kubeConfig)/g)]
     .map((match) => match[1]!)
   expect(clients.length).toBeGreaterThan(0)
   return new RegExp(`\\b((?:${clients.join("|")})\\.\\w+)\\(`, "g")
 }
 
-/** The bodies of the `const name = ...` declarations inside the Cluster service (4 spaces deep). */
-const clusterDeclarations = (): ReadonlyMap<string, string> => {
-  const text = source("packages/core/src/Cluster.ts")
+/** The bodies of the `const name = ...` declarations inside a service (4 spaces deep). */
+const serviceDeclarations = (service: Service): ReadonlyMap<string, string> => {
+  const text = source(services[service].path)
   const parts = text.split(/\n(?= {4}const \w+ = )/)
   const declarations = new Map<string, string>()
   for (const part of parts.slice(1)) {
@@ -47,23 +55,30 @@ const clusterDeclarations = (): ReadonlyMap<string, string> => {
   return declarations
 }
 
-/** The client calls a Cluster method makes, through the helpers it uses. */
-const callsOf = (declarations: ReadonlyMap<string, string>, name: string, seen = new Set<string>()): Set<string> => {
+/** The client calls a service's method makes, through the helpers it uses. */
+const callsOf = (
+  service: Service,
+  declarations: ReadonlyMap<string, string>,
+  name: string,
+  seen = new Set<string>()
+): Set<string> => {
   const calls = new Set<string>()
   if (seen.has(name)) return calls
   seen.add(name)
   const body = declarations.get(name) ?? ""
-  for (const match of body.matchAll(clientCallPattern())) calls.add(match[1]!)
+  for (const match of body.matchAll(clientCallPattern(service))) calls.add(match[1]!)
   for (const other of declarations.keys()) {
     if (other !== name && new RegExp(`\\b${other}\\(`).test(body)) {
-      for (const call of callsOf(declarations, other, seen)) calls.add(call)
+      for (const call of callsOf(service, declarations, other, seen)) calls.add(call)
     }
   }
   return calls
 }
 
-const clusterMethodsUsedIn = (paths: ReadonlyArray<string>) =>
-  new Set(paths.flatMap((path) => [...source(path).matchAll(/\bcluster\.(\w+)\(/g)].map((match) => match[1]!)))
+const methodsUsedIn = (service: Service, paths: ReadonlyArray<string>) =>
+  new Set(paths.flatMap((path) =>
+    [...source(path).matchAll(new RegExp(`\\b${services[service].usedAs}\\.(\\w+)\\(`, "g"))].map((match) => match[1]!)
+  ))
 
 const corePaths = readdirSync(`${projectRoot}/packages/core/src`)
   .filter((file) => file.endsWith(".ts") && file !== "Cluster.ts")
@@ -73,19 +88,18 @@ type Scope = "cluster" | "namespace"
 
 /** Permissions as `scope:resource:verb`: the core's are needed in every namespace, the builders' in Checkpointer's. */
 const required = (builder: "native" | "kaniko" | "kaniko-fs") => {
-  const declarations = clusterDeclarations()
-  const permissions = (methods: ReadonlySet<string>, scope: Scope) =>
+  const permissions = (service: Service, methods: ReadonlySet<string>, scope: Scope) =>
     [...methods].flatMap((method) =>
-      [...callsOf(declarations, method)].flatMap((call) =>
+      [...callsOf(service, serviceDeclarations(service), method)].flatMap((call) =>
         (permissionsOfCall[call] ?? [`unknown call ${call}`]).map((permission) => `${scope}:${permission}`)
       )
     )
   const strategies = "packages/strategies/src"
   const builderFiles = builder === "native"
     ? []
-    : [`${strategies}/KanikoPod.ts`, `${strategies}/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`]
-  const base = new Set(permissions(clusterMethodsUsedIn(corePaths), "cluster"))
-  const builderOnly = permissions(clusterMethodsUsedIn(builderFiles), "namespace")
+    : [`${strategies}/KanikoBuilder.ts`, `${strategies}/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`]
+  const base = new Set(permissions("cluster", methodsUsedIn("cluster", corePaths), "cluster"))
+  const builderOnly = permissions("kanikoPods", methodsUsedIn("kanikoPods", builderFiles), "namespace")
     .filter((permission) => !base.has(permission.replace(/^namespace:/, "cluster:")))
   return new Set([...base, ...builderOnly])
 }
@@ -146,9 +160,12 @@ const rbacFiles = {
 }
 
 describe("RBAC in k8s-manifests", () => {
-  it("knows the permission of every Kubernetes call in Cluster.ts", () => {
-    const text = source("packages/core/src/Cluster.ts")
-    const calls = new Set([...text.matchAll(clientCallPattern())].map((match) => match[1]!))
+  it("knows the permission of every Kubernetes call in Cluster.ts and KanikoPods.ts", () => {
+    const calls = new Set(
+      (Object.keys(services) as ReadonlyArray<Service>).flatMap((service) =>
+        [...source(services[service].path).matchAll(clientCallPattern(service))].map((match) => match[1]!)
+      )
+    )
     expect([...calls].sort()).toEqual(Object.keys(permissionsOfCall).sort())
   })
 

@@ -1,6 +1,6 @@
 import { Data, Effect, Option } from "effect"
 import { Cluster } from "./Cluster.ts"
-import { CheckpointerConfig } from "./Config.ts"
+import { authModeConfig } from "./Config.ts"
 
 /** What a caller wants to do, as a SubjectAccessReview puts it. */
 export interface Access {
@@ -36,7 +36,7 @@ const bearer = (authorization: string | undefined): Option.Option<string> => {
  */
 export class CallerAuth extends Effect.Service<CallerAuth>()("checkpointer/CallerAuth", {
   effect: Effect.gen(function*() {
-    const { authMode } = yield* CheckpointerConfig
+    const authMode = yield* authModeConfig
     const cluster = yield* Cluster
     if (authMode === "none") {
       yield* Effect.logWarning(

@@ -2,8 +2,9 @@ import { Effect } from "effect"
 import { constants } from "node:fs"
 import { lstat, open, realpath, unlink } from "node:fs/promises"
 import { basename, dirname, isAbsolute, join } from "node:path"
-import { CheckpointerConfig } from "./Config.ts"
+import { checkpointDirConfig } from "./Config.ts"
 import { PhaseFailed } from "./Errors.ts"
+import { reasonOf } from "./Reason.ts"
 
 /** An archive the kubelet answered, verified to be a regular file directly inside KUBELET_CHECKPOINT_DIR. */
 export interface ClaimedArchive {
@@ -15,7 +16,8 @@ export interface ClaimedArchive {
 
 const noFollow = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY
 
-const reasonOf = (cause: unknown): string => {
+/** Why a path the kubelet answered cannot be used, in words; other failures by their reason. */
+const pathProblem = (cause: unknown): string => {
   const code = typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : ""
   switch (code) {
     case "ELOOP":
@@ -25,7 +27,7 @@ const reasonOf = (cause: unknown): string => {
     case "ENOTDIR":
       return "a part of it is not a directory"
     default:
-      return cause instanceof Error ? cause.message : String(cause)
+      return reasonOf(cause)
   }
 }
 
@@ -35,7 +37,7 @@ const reasonOf = (cause: unknown): string => {
  */
 export class CheckpointDirectory extends Effect.Service<CheckpointDirectory>()("checkpointer/CheckpointDirectory", {
   effect: Effect.gen(function*() {
-    const { kubeletCheckpointDir } = yield* CheckpointerConfig
+    const kubeletCheckpointDir = yield* checkpointDirConfig
     const refused = (answered: string, reason: string, cause?: unknown) =>
       new PhaseFailed({
         phase: "kubelet",
@@ -43,7 +45,7 @@ export class CheckpointDirectory extends Effect.Service<CheckpointDirectory>()("
         cause
       })
     const attempt = <A>(answered: string, run: () => Promise<A>) =>
-      Effect.tryPromise({ try: run, catch: (cause) => refused(answered, reasonOf(cause), cause) })
+      Effect.tryPromise({ try: run, catch: (cause) => refused(answered, pathProblem(cause), cause) })
 
     /**
      * Verifies the path and holds the file open (O_NOFOLLOW) until the scope closes, so that `remove` can tell
@@ -56,7 +58,7 @@ export class CheckpointDirectory extends Effect.Service<CheckpointDirectory>()("
       }
       const root = yield* Effect.tryPromise({
         try: () => realpath(kubeletCheckpointDir),
-        catch: (cause) => refused(answered, `KUBELET_CHECKPOINT_DIR ${kubeletCheckpointDir}: ${reasonOf(cause)}`, cause)
+        catch: (cause) => refused(answered, `KUBELET_CHECKPOINT_DIR ${kubeletCheckpointDir}: ${pathProblem(cause)}`, cause)
       })
       const parent = yield* attempt(answered, () => realpath(dirname(answered)))
       if (parent !== root) {

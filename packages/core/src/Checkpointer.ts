@@ -2,7 +2,7 @@ import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Re
 import { randomBytes } from "node:crypto"
 import { CheckpointDirectory } from "./CheckpointDirectory.ts"
 import { Cluster } from "./Cluster.ts"
-import { CheckpointerConfig } from "./Config.ts"
+import { checkpointsConfig } from "./Config.ts"
 import {
   AsyncCheckpointAccepted,
   CheckpointResult,
@@ -45,14 +45,14 @@ const sweepInterval = Duration.hours(1)
 /** Runs checkpoints: kubelet, build/push, delete pod; keeps results; cleans up the archive in every outcome. */
 export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/Checkpointer", {
   scoped: Effect.gen(function*() {
-    const config = yield* CheckpointerConfig
+    const config = yield* checkpointsConfig
     const kubelet = yield* KubeletService
     const builder = yield* ImageBuilder
     const cluster = yield* Cluster
     const store = yield* ResultStore
     const directory = yield* CheckpointDirectory
     const running = yield* FiberMap.make<CheckpointIdentifier, CheckpointResult, ContainerMissing | PhaseFailed>()
-    const permits = yield* Effect.makeSemaphore(config.maxConcurrentCheckpoints)
+    const permits = yield* Effect.makeSemaphore(config.maxConcurrent)
     /** Containers being checkpointed on this node, with the identifier of their checkpoint. */
     const busy = yield* Ref.make(new Map<string, CheckpointIdentifier>())
     const accepting = yield* Ref.make(true)
@@ -80,7 +80,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         )
         const image = yield* builder.build({ archive: archive.path, container, imageName }).pipe(
           Effect.mapError((error) =>
-            new PhaseFailed({ phase: "build/push", message: `${error.phase}: ${error.message}`, cause: error })
+            new PhaseFailed({ phase: "build/push", step: error.step, message: error.message, cause: error })
           ),
           Effect.timeoutFail({
             duration: buildTimeout,

@@ -195,71 +195,111 @@ const apiTls = Config.all({
   )
 )
 
-/** Everything Checkpointer reads from its environment, with the seed's names and defaults. */
-export const checkpointerConfig = Config.all({
-  imagePrefix: required("CHECKPOINT_IMAGE_PREFIX"),
-  node: Schema.Config("CHECKPOINTER_NODE", NodeName),
+/** CHECKPOINTER_NODE: the node this Checkpointer serves, read by every service that names it. */
+export const nodeName = Schema.Config("CHECKPOINTER_NODE", NodeName)
+
+/** How the kubelet of this node is reached (KubeletService). */
+export const kubeletConfig = Config.all({
+  node: nodeName,
   nodeIp: required("CHECKPOINTER_NODE_IP"),
-  port: port("CHECKPOINTER_PORT", 3333),
-  listenAddress: Config.string("CHECKPOINTER_LISTEN_ADDRESS").pipe(Config.option),
-  kubeletPort: port("KUBELET_PORT", 10250),
-  kubeletCertFile: Config.string("KUBELET_CERT_FILE").pipe(Config.withDefault("/etc/kubernetes/tls/tls.crt")),
-  kubeletKeyFile: Config.string("KUBELET_KEY_FILE").pipe(Config.withDefault("/etc/kubernetes/tls/tls.key")),
-  kubeletAllowInsecure: flag("KUBELET_ALLOW_INSECURE"),
-  kubeletCaFile: Config.string("KUBELET_CA_FILE").pipe(Config.option),
-  kubeletTimeoutSeconds: nonNegativeInteger("KUBELET_TIMEOUT", 120),
-  kubeletCheckpointDir: absolutePath("KUBELET_CHECKPOINT_DIR", "/var/lib/kubelet/checkpoints"),
-  baseImage: Config.string("CHECKPOINT_BASE_IMAGE").pipe(Config.withDefault("pbaran555/checkpoint-base:1.0.0")),
-  kanikoSecretName: Config.string("KANIKO_SECRET_NAME").pipe(Config.withDefault("kaniko-secret")),
-  kanikoTimeoutSeconds: nonNegativeInteger("KANIKO_TIMEOUT", 30),
-  kanikoImage: kanikoImage,
-  kanikoMaxMemoryBytes: memoryQuantity("KANIKO_MAX_MEMORY", "8Gi"),
-  kanikoCpuRequest: cpuQuantity("KANIKO_CPU_REQUEST", "500m"),
-  kanikoBuildContextDir: Config.string("KANIKO_BUILD_CTX_DIR").pipe(Config.withDefault("/tmp/build-contexts")),
-  storageBasePath: Config.string("STORAGE_BASE_PATH").pipe(Config.withDefault("/checkpointer/storage")),
-  disableRouteForward: flag("DISABLE_ROUTE_FORWARD"),
-  builder: builderName,
-  namespace: Config.string("CHECKPOINTER_NAMESPACE").pipe(Config.option),
-  production: Config.string("ENVIRONMENT").pipe(Config.map((value) => value === "prod"), Config.withDefault(false)),
-  maxConcurrentCheckpoints: Config.integer("MAX_CONCURRENT_CHECKPOINTS").pipe(
+  port: port("KUBELET_PORT", 10250),
+  certFile: Config.string("KUBELET_CERT_FILE").pipe(Config.withDefault("/etc/kubernetes/tls/tls.crt")),
+  keyFile: Config.string("KUBELET_KEY_FILE").pipe(Config.withDefault("/etc/kubernetes/tls/tls.key")),
+  allowInsecure: flag("KUBELET_ALLOW_INSECURE"),
+  caFile: Config.string("KUBELET_CA_FILE").pipe(Config.option),
+  timeoutSeconds: nonNegativeInteger("KUBELET_TIMEOUT", 120),
+  auth: Config.literal("certificate", "token")("KUBELET_AUTH").pipe(Config.withDefault("certificate" as const)),
+  tokenFile: Config.string("KUBELET_TOKEN_FILE").pipe(
+    Config.withDefault("/var/run/secrets/kubernetes.io/serviceaccount/token")
+  )
+})
+
+/** KUBELET_CHECKPOINT_DIR (CheckpointDirectory). */
+export const checkpointDirConfig = absolutePath("KUBELET_CHECKPOINT_DIR", "/var/lib/kubelet/checkpoints")
+
+/** STORAGE_BASE_PATH (the file ResultStore). */
+export const storageConfig = Config.string("STORAGE_BASE_PATH").pipe(Config.withDefault("/checkpointer/storage"))
+
+/** How checkpoints are run and their results kept (Checkpointer). */
+export const checkpointsConfig = Config.all({
+  imagePrefix: required("CHECKPOINT_IMAGE_PREFIX"),
+  node: nodeName,
+  maxConcurrent: Config.integer("MAX_CONCURRENT_CHECKPOINTS").pipe(
     Config.validate({ message: "must be a whole number of at least 1", validation: (n) => n >= 1 }),
     Config.withDefault(2)
   ),
-  resultTtlSeconds: nonNegativeInteger("RESULT_TTL", 7 * 24 * 3600),
-  shutdownGraceSeconds: nonNegativeInteger("SHUTDOWN_GRACE_SECONDS", 25),
-  authMode: Config.literal("none", "kubernetes")("AUTH_MODE").pipe(Config.withDefault("none" as const)),
-  kubeletAuth: Config.literal("certificate", "token")("KUBELET_AUTH").pipe(Config.withDefault("certificate" as const)),
-  kubeletTokenFile: Config.string("KUBELET_TOKEN_FILE").pipe(
-    Config.withDefault("/var/run/secrets/kubernetes.io/serviceaccount/token")
-  ),
+  resultTtlSeconds: nonNegativeInteger("RESULT_TTL", 7 * 24 * 3600)
+})
+
+/** Where requests for other nodes go (NodeRouter): peers listen on the same port, over HTTPS when this one does. */
+export const routingConfig = Config.all({
+  node: nodeName,
+  port: port("CHECKPOINTER_PORT", 3333),
+  disableRouteForward: flag("DISABLE_ROUTE_FORWARD"),
+  tls: apiTls
+})
+
+/** AUTH_MODE (CallerAuth). */
+export const authModeConfig = Config.literal("none", "kubernetes")("AUTH_MODE").pipe(
+  Config.withDefault("none" as const)
+)
+
+/** The Kaniko pods of the kaniko and kaniko-fs builders. */
+export const kanikoConfig = Config.all({
+  node: nodeName,
+  image: kanikoImage,
+  baseImage: Config.string("CHECKPOINT_BASE_IMAGE").pipe(Config.withDefault("pbaran555/checkpoint-base:1.0.0")),
+  secretName: Config.string("KANIKO_SECRET_NAME").pipe(Config.withDefault("kaniko-secret")),
+  timeoutSeconds: nonNegativeInteger("KANIKO_TIMEOUT", 30),
+  maxMemoryBytes: memoryQuantity("KANIKO_MAX_MEMORY", "8Gi"),
+  cpuRequest: cpuQuantity("KANIKO_CPU_REQUEST", "500m"),
+  buildContextDir: Config.string("KANIKO_BUILD_CTX_DIR").pipe(Config.withDefault("/tmp/build-contexts"))
+})
+
+export type KanikoSettings = Config.Config.Success<typeof kanikoConfig>
+
+/** CHECKPOINTER_NAMESPACE, else the service account's namespace, else `default`. */
+export const namespaceConfig = Config.string("CHECKPOINTER_NAMESPACE").pipe(Config.option)
+
+/** What the server needs: its listener, its peers' TLS, logging, shutdown and the builder to use. */
+export const serverConfig = Config.all({
+  node: nodeName,
+  port: port("CHECKPOINTER_PORT", 3333),
+  listenAddress: Config.string("CHECKPOINTER_LISTEN_ADDRESS").pipe(Config.option),
   clientLimits,
   tls: apiTls,
   tlsCaFile: Config.string("CHECKPOINTER_TLS_CA_FILE").pipe(Config.option),
-  tlsServerName: Config.string("CHECKPOINTER_TLS_SERVER_NAME").pipe(Config.option)
+  tlsServerName: Config.string("CHECKPOINTER_TLS_SERVER_NAME").pipe(Config.option),
+  namespace: namespaceConfig,
+  production: Config.string("ENVIRONMENT").pipe(Config.map((value) => value === "prod"), Config.withDefault(false)),
+  shutdownGraceSeconds: nonNegativeInteger("SHUTDOWN_GRACE_SECONDS", 25),
+  builder: builderName
 })
 
-export type CheckpointerSettings =
-  & Omit<Config.Config.Success<typeof checkpointerConfig>, "namespace" | "tlsServerName">
+/**
+ * Every variable Checkpointer reads, grouped by the service that reads it; read once at startup so that every
+ * problem is listed at once (each service then reads its own part).
+ */
+export const checkpointerConfig = Config.all({
+  checkpoints: checkpointsConfig,
+  kubelet: kubeletConfig,
+  checkpointDir: checkpointDirConfig,
+  storage: storageConfig,
+  routing: routingConfig,
+  authMode: authModeConfig,
+  kaniko: kanikoConfig,
+  server: serverConfig
+})
+
+export type ServerSettings =
+  & Omit<Config.Config.Success<typeof serverConfig>, "namespace" | "tlsServerName">
   & {
     readonly namespace: string
     /** The name peers' certificates are checked against when requests are forwarded over HTTPS. */
     readonly tlsServerName: string
   }
 
-/** Checkpointer's settings, read once at startup. Startup fails with every problem listed at once. */
-export class CheckpointerConfig extends Effect.Service<CheckpointerConfig>()("checkpointer/CheckpointerConfig", {
-  effect: Effect.gen(function*() {
-    const settings = yield* checkpointerConfig
-    const namespace = yield* Option.match(settings.namespace, {
-      onSome: Effect.succeed,
-      onNone: () => serviceAccountNamespace
-    })
-    const tlsServerName = Option.getOrElse(settings.tlsServerName, () => `checkpoint-service.${namespace}.svc`)
-    return { ...settings, namespace, tlsServerName } satisfies CheckpointerSettings
-  })
-}) {}
-
-const serviceAccountNamespace = Effect.gen(function*() {
+const serviceAccountNamespace: Effect.Effect<string, never, FileSystem.FileSystem> = Effect.gen(function*() {
   const fs = yield* FileSystem.FileSystem
   const namespace = yield* fs.readFileString(serviceAccountNamespaceFile).pipe(
     Effect.map((text) => text.trim()),
@@ -267,6 +307,22 @@ const serviceAccountNamespace = Effect.gen(function*() {
   )
   return namespace === "" ? "default" : namespace
 })
+
+/** The namespace of Checkpointer (and its Kaniko pods): CHECKPOINTER_NAMESPACE or the service account's. */
+export const checkpointerNamespace = Effect.flatMap(namespaceConfig, Option.match({
+  onSome: Effect.succeed,
+  onNone: () => serviceAccountNamespace
+}))
+
+/** The server's settings, read once at startup. */
+export class ServerConfig extends Effect.Service<ServerConfig>()("checkpointer/ServerConfig", {
+  effect: Effect.gen(function*() {
+    const settings = yield* serverConfig
+    const namespace = yield* checkpointerNamespace
+    const tlsServerName = Option.getOrElse(settings.tlsServerName, () => `checkpoint-service.${namespace}.svc`)
+    return { ...settings, namespace, tlsServerName } satisfies ServerSettings
+  })
+}) {}
 
 /** One line per problem: `CHECKPOINTER_NODE is missing`, `KUBELET_PORT: must be a port number ...`. */
 export const describeConfigError = (error: ConfigError.ConfigError): ReadonlyArray<string> =>

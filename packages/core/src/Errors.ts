@@ -7,25 +7,32 @@ export class ContainerMissing extends Data.TaggedError("ContainerMissing")<{
   readonly message: string
 }> {}
 
+/** The phases of a checkpoint, in the order they run: the words of failure messages, logs and metrics. */
 export type CheckpointPhase = "kubelet" | "build/push" | "delete pod" | "result store"
 
-/** A checkpoint failed in one phase; `message` is safe to show to callers (no credentials). */
+/** The steps of the build/push phase, as image builders report where a build failed. */
+export type BuildStep =
+  | "read archive"
+  | "build context"
+  | "pod resources"
+  | "pod creation"
+  | "scheduling"
+  | "streaming"
+  | "build"
+  | "push"
+  | "compress layer"
+  | "encrypt layer"
+
+/** A checkpoint failed in one phase (and step); `message` is safe to show to callers (no credentials). */
 export class PhaseFailed extends Data.TaggedError("PhaseFailed")<{
   readonly phase: CheckpointPhase
+  readonly step?: BuildStep
   readonly message: string
   readonly cause?: unknown
 }> {
+  /** The one text a caller is told: `checkpoint failed in phase "build/push": push: <why>`. */
   get description(): string {
-    return `checkpoint failed in phase "${this.phase}": ${this.message}`
+    const step = this.step === undefined ? "" : `${this.step}: `
+    return `checkpoint failed in phase "${this.phase}": ${step}${this.message}`
   }
-}
-
-/** The network or TLS reason under an HTTP client error ("self-signed certificate in certificate chain", ...). */
-export const transportReason = (error: { readonly message: string; readonly cause?: unknown }): string => {
-  const cause = error.cause
-  if (cause instanceof Error) {
-    const code = "code" in cause && typeof cause.code === "string" ? ` (${cause.code})` : ""
-    return `${cause.message}${code}`
-  }
-  return error.message
 }

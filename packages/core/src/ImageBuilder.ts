@@ -1,6 +1,7 @@
 import { Context, Data } from "effect"
 import type { Effect } from "effect"
 import type { ContainerRef } from "./Domain.ts"
+import type { BuildStep } from "./Errors.ts"
 
 export interface BuildRequest {
   /** Path of the checkpoint archive on this node; the builder reads it, the caller deletes it. */
@@ -17,9 +18,9 @@ export interface BuiltImage {
   readonly size: number
 }
 
-/** A failed build; `phase` says where, `message` says why (never a credential). */
+/** A failed build; `step` says where, `message` says why (never a credential). */
 export class ImageBuildError extends Data.TaggedError("ImageBuildError")<{
-  readonly phase: string
+  readonly step: BuildStep
   readonly message: string
   readonly cause?: unknown
 }> {}

@@ -1,14 +1,14 @@
 import { FileSystem, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Duration, Effect, Layer, Option, Schema } from "effect"
-import { CheckpointerConfig } from "./Config.ts"
+import { kubeletConfig } from "./Config.ts"
 import type { ContainerRef } from "./Domain.ts"
-import { ContainerMissing, PhaseFailed, transportReason } from "./Errors.ts"
+import { ContainerMissing, PhaseFailed } from "./Errors.ts"
+import { transportReason } from "./Reason.ts"
 
 const CheckpointResponse = Schema.Struct({ items: Schema.NonEmptyArray(Schema.String) })
 
 const failed = (message: string, cause?: unknown) => new PhaseFailed({ phase: "kubelet", message, cause })
-
 
 /**
  * The kubelet checkpoint API of this node: `POST /checkpoint/{ns}/{pod}/{container}?timeout=N` over HTTPS with the
@@ -16,48 +16,48 @@ const failed = (message: string, cause?: unknown) => new PhaseFailed({ phase: "k
  */
 export class KubeletService extends Effect.Service<KubeletService>()("checkpointer/KubeletService", {
   effect: Effect.gen(function*() {
-    const config = yield* CheckpointerConfig
+    const config = yield* kubeletConfig
     const fs = yield* FileSystem.FileSystem
     const readPem = (path: string, what: string) =>
       fs.readFileString(path).pipe(
         Effect.mapError((cause) => failed(`cannot read the kubelet ${what} ${path}: ${cause.message}`, cause))
       )
-    const ca: Effect.Effect<{ readonly ca?: string }, PhaseFailed> = Option.match(config.kubeletCaFile, {
+    const ca: Effect.Effect<{ readonly ca?: string }, PhaseFailed> = Option.match(config.caFile, {
       onNone: () => Effect.succeed({}),
       onSome: (file) => Effect.map(readPem(file, "CA file"), (pem) => ({ ca: pem }))
     })
     // KUBELET_AUTH=token: the service-account token (RBAC `create` on nodes/checkpoint) instead of a client certificate.
     const credentials: Effect.Effect<{ readonly ca?: string; readonly cert?: string; readonly key?: string }, PhaseFailed> =
-      config.kubeletAuth === "token"
+      config.auth === "token"
       ? ca
       : Effect.all({
-        cert: readPem(config.kubeletCertFile, "client certificate"),
-        key: readPem(config.kubeletKeyFile, "client key"),
+        cert: readPem(config.certFile, "client certificate"),
+        key: readPem(config.keyFile, "client key"),
         ca
       }).pipe(Effect.map(({ ca, cert, key }) => ({ cert, key, ...ca })))
-    const authorization = config.kubeletAuth === "token"
-      ? fs.readFileString(config.kubeletTokenFile).pipe(
+    const authorization = config.auth === "token"
+      ? fs.readFileString(config.tokenFile).pipe(
         Effect.map((token) => HttpClientRequest.bearerToken(token.trim())),
-        Effect.mapError((cause) => failed(`cannot read the token file ${config.kubeletTokenFile}: ${cause.message}`, cause))
+        Effect.mapError((cause) => failed(`cannot read the token file ${config.tokenFile}: ${cause.message}`, cause))
       )
       : Effect.succeed((request: HttpClientRequest.HttpClientRequest) => request)
-    const baseUrl = `https://${config.nodeIp.includes(":") ? `[${config.nodeIp}]` : config.nodeIp}:${config.kubeletPort}`
+    const baseUrl = `https://${config.nodeIp.includes(":") ? `[${config.nodeIp}]` : config.nodeIp}:${config.port}`
 
     // Certificates and tokens are read per request: Kubernetes rotates mounted Secrets and tokens in place.
     const client = credentials.pipe(
       Effect.flatMap((tls) =>
-        NodeHttpClient.makeAgent({ ...tls, rejectUnauthorized: !config.kubeletAllowInsecure, keepAlive: false })
+        NodeHttpClient.makeAgent({ ...tls, rejectUnauthorized: !config.allowInsecure, keepAlive: false })
       ),
       Effect.flatMap((agent) => Effect.provideService(NodeHttpClient.make, NodeHttpClient.HttpAgent, agent))
     )
 
     const checkpoint = Effect.fn("KubeletService.checkpoint")(function*(container: ContainerRef) {
-      const deadline = Duration.seconds(config.kubeletTimeoutSeconds + Math.min(15, 5 + config.kubeletTimeoutSeconds))
+      const deadline = Duration.seconds(config.timeoutSeconds + Math.min(15, 5 + config.timeoutSeconds))
       const url = `${baseUrl}/checkpoint/${encodeURIComponent(container.namespace)}/${
         encodeURIComponent(container.pod)
       }/${encodeURIComponent(container.container)}`
       const request = HttpClientRequest.post(url).pipe(
-        HttpClientRequest.setUrlParam("timeout", String(config.kubeletTimeoutSeconds))
+        HttpClientRequest.setUrlParam("timeout", String(config.timeoutSeconds))
       )
       return yield* Effect.scoped(Effect.gen(function*() {
         const http = yield* client
@@ -89,8 +89,7 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
     })
 
     return { checkpoint } as const
-  }),
-  dependencies: [CheckpointerConfig.Default]
+  })
 }) {}
 
 /** A kubelet that answers the given archive path (or failure) without any network, for tests of the orchestration. */

@@ -1,6 +1,6 @@
 import { Data, Effect, Option } from "effect"
 import { Cluster } from "./Cluster.ts"
-import { CheckpointerConfig } from "./Config.ts"
+import { routingConfig } from "./Config.ts"
 import { parseIdentifier } from "./Domain.ts"
 import type { CheckpointIdentifier, ContainerRef } from "./Domain.ts"
 
@@ -24,7 +24,7 @@ const local: Route = { _tag: "Local" }
  */
 export class NodeRouter extends Effect.Service<NodeRouter>()("checkpointer/NodeRouter", {
   effect: Effect.gen(function*() {
-    const config = yield* CheckpointerConfig
+    const config = yield* routingConfig
     const cluster = yield* Cluster
 
     const toNode = Effect.fn("NodeRouter.toNode")(function*(node: string, what: string, forwarded: boolean) {

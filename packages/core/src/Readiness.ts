@@ -1,6 +1,6 @@
 import { Data, Duration, Effect, Either } from "effect"
 import { Cluster } from "./Cluster.ts"
-import { CheckpointerConfig } from "./Config.ts"
+import { nodeName } from "./Config.ts"
 import { ResultStore } from "./ResultStore.ts"
 
 /** Why this Checkpointer cannot take checkpoints now; the message lists every failed check. */
@@ -39,7 +39,7 @@ export class Readiness extends Effect.Service<Readiness>()("checkpointer/Readine
   effect: Effect.gen(function*() {
     const store = yield* ResultStore
     const cluster = yield* Cluster
-    const { node } = yield* CheckpointerConfig
+    const node = yield* nodeName
 
     const checks = [
       bounded("result store not writable", store.checkWritable),

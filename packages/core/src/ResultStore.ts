@@ -1,6 +1,6 @@
 import { FileSystem, Path } from "@effect/platform"
 import { Context, Data, Effect, Layer, Option, Ref, Schema } from "effect"
-import { CheckpointerConfig } from "./Config.ts"
+import { storageConfig } from "./Config.ts"
 import type { CheckpointIdentifier} from "./Domain.ts"
 import { CheckpointResult, ContainerRef } from "./Domain.ts"
 
@@ -51,7 +51,7 @@ export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultS
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const path = yield* Path.Path
-      const { storageBasePath } = yield* CheckpointerConfig
+      const storageBasePath = yield* storageConfig
       const storeError = (action: string) => (cause: { readonly message: string }) =>
         new ResultStoreError({ message: `cannot ${action} in ${storageBasePath}: ${cause.message}`, cause })
       yield* fs.makeDirectory(storageBasePath, { recursive: true }).pipe(Effect.mapError(storeError("create the store")))

@@ -1,9 +1,8 @@
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { CheckpointDirectory, CheckpointerConfig } from "@checkpointer/core"
-import type { CheckpointerSettings } from "@checkpointer/core"
-import { Effect, Layer } from "effect"
+import { CheckpointDirectory } from "@checkpointer/core"
+import { ConfigProvider, Effect } from "effect"
 import { execFileSync } from "node:child_process"
 
 /** A temporary KUBELET_CHECKPOINT_DIR with a secret file next to it, outside. */
@@ -16,14 +15,10 @@ const setUp = Effect.gen(function*() {
   yield* fs.writeFileString(secret, "do not push me")
   const directory = yield* CheckpointDirectory.pipe(
     Effect.provide(CheckpointDirectory.Default),
-    Effect.provide(Layer.succeed(
-      CheckpointerConfig,
-      CheckpointerConfig.make({ kubeletCheckpointDir: dir } as CheckpointerSettings)
-    ))
+    Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["KUBELET_CHECKPOINT_DIR", dir]])))
   )
   return { fs, dir, secret, directory }
 })
-
 
 describe("CheckpointDirectory", () => {
   it.scoped("claims a regular file directly inside the directory and removes it", () =>

@@ -1,11 +1,14 @@
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { CheckpointerConfig, describeConfigError } from "@checkpointer/core"
+import { checkpointerConfig, describeConfigError, ServerConfig } from "@checkpointer/core"
 import { ConfigProvider, Effect, Either, Option } from "effect"
 
+/** Every service's settings as startup reads them (all problems at once), and the server's as it sees them. */
 const load = (env: Record<string, string>) =>
-  CheckpointerConfig.pipe(
-    Effect.provide(CheckpointerConfig.Default),
+  Effect.gen(function*() {
+    const config = yield* checkpointerConfig
+    return { ...config, server: yield* Effect.provide(ServerConfig, ServerConfig.Default) }
+  }).pipe(
     Effect.provide(NodeContext.layer),
     Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))),
     Effect.either
@@ -18,7 +21,7 @@ const problems = (env: Record<string, string>) =>
     Effect.map(Either.match({ onLeft: describeConfigError, onRight: () => [] as ReadonlyArray<string> }))
   )
 
-describe("CheckpointerConfig", () => {
+describe("Checkpointer's configuration", () => {
   it.effect("reports every missing required variable at once", () =>
     Effect.gen(function*() {
       expect(yield* problems({})).toEqual([
@@ -32,20 +35,22 @@ describe("CheckpointerConfig", () => {
     Effect.gen(function*() {
       const config = Either.getOrThrow(yield* load(required))
       expect(config).toMatchObject({
-        port: 3333,
-        kubeletPort: 10250,
-        baseImage: "pbaran555/checkpoint-base:1.0.0",
-        kanikoSecretName: "kaniko-secret",
-        kanikoTimeoutSeconds: 30,
-        kanikoImage: "ghcr.io/osscontainertools/kaniko:v1.28.3",
-        storageBasePath: "/checkpointer/storage",
-        kanikoBuildContextDir: "/tmp/build-contexts",
-        kubeletCertFile: "/etc/kubernetes/tls/tls.crt",
-        kubeletKeyFile: "/etc/kubernetes/tls/tls.key",
-        kubeletAllowInsecure: false,
-        disableRouteForward: false,
-        builder: "kaniko",
-        production: false
+        server: { port: 3333, builder: "kaniko", production: false },
+        routing: { port: 3333, disableRouteForward: false },
+        kubelet: {
+          port: 10250,
+          certFile: "/etc/kubernetes/tls/tls.crt",
+          keyFile: "/etc/kubernetes/tls/tls.key",
+          allowInsecure: false
+        },
+        kaniko: {
+          baseImage: "pbaran555/checkpoint-base:1.0.0",
+          secretName: "kaniko-secret",
+          timeoutSeconds: 30,
+          image: "ghcr.io/osscontainertools/kaniko:v1.28.3",
+          buildContextDir: "/tmp/build-contexts"
+        },
+        storage: "/checkpointer/storage"
       })
     }))
 
@@ -68,7 +73,7 @@ describe("CheckpointerConfig", () => {
   it.effect("selects the builder from CHECKPOINT_BUILDER and USE_KANIKO_FS, refusing contradictions", () =>
     Effect.gen(function*() {
       const builder = (env: Record<string, string>) =>
-        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.builder)))
+        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.server.builder)))
       expect(yield* builder({ USE_KANIKO_FS: "true" })).toEqual(Either.right("kaniko-fs"))
       expect(yield* builder({ CHECKPOINT_BUILDER: "native" })).toEqual(Either.right("native"))
       expect(yield* builder({ CHECKPOINT_BUILDER: "kaniko-fs", USE_KANIKO_FS: "true" })).toEqual(Either.right("kaniko-fs"))
@@ -80,7 +85,7 @@ describe("CheckpointerConfig", () => {
   it.effect("KANIKO_IMAGE overrides the pinned Kaniko fork with another release or a mirror of it", () =>
     Effect.gen(function*() {
       const image = (env: Record<string, string>) =>
-        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.kanikoImage)))
+        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.kaniko.image)))
       for (
         const accepted of [
           "ghcr.io/osscontainertools/kaniko:v1.28.1",
@@ -118,7 +123,7 @@ describe("CheckpointerConfig", () => {
   it.effect("checks KANIKO_IMAGE only for the Kaniko builders; KANIKO_IMAGE_UNCHECKED=true accepts any image", () =>
     Effect.gen(function*() {
       const image = (env: Record<string, string>) =>
-        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.kanikoImage)))
+        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.kaniko.image)))
       const renamed = "registry.corp/tools/kaniko-executor:2026-01"
       expect(yield* image({ KANIKO_IMAGE: renamed, CHECKPOINT_BUILDER: "native" })).toEqual(Either.right(renamed))
       expect(yield* image({ KANIKO_IMAGE: renamed, KANIKO_IMAGE_UNCHECKED: "true" })).toEqual(Either.right(renamed))
@@ -128,12 +133,12 @@ describe("CheckpointerConfig", () => {
   it.effect("KANIKO_MAX_MEMORY and KANIKO_CPU_REQUEST take Kubernetes quantities", () =>
     Effect.gen(function*() {
       const config = (env: Record<string, string>) => load({ ...required, ...env }).pipe(Effect.map(Either.getOrThrow))
-      expect(yield* config({})).toMatchObject({ kanikoMaxMemoryBytes: 8 * 1024 ** 3, kanikoCpuRequest: "500m" })
-      expect(yield* config({ KANIKO_MAX_MEMORY: "512Mi", KANIKO_CPU_REQUEST: "2" })).toMatchObject({
-        kanikoMaxMemoryBytes: 512 * 1024 ** 2,
-        kanikoCpuRequest: "2"
+      expect((yield* config({})).kaniko).toMatchObject({ maxMemoryBytes: 8 * 1024 ** 3, cpuRequest: "500m" })
+      expect((yield* config({ KANIKO_MAX_MEMORY: "512Mi", KANIKO_CPU_REQUEST: "2" })).kaniko).toMatchObject({
+        maxMemoryBytes: 512 * 1024 ** 2,
+        cpuRequest: "2"
       })
-      expect((yield* config({ KANIKO_MAX_MEMORY: "4G" })).kanikoMaxMemoryBytes).toBe(4e9)
+      expect((yield* config({ KANIKO_MAX_MEMORY: "4G" })).kaniko.maxMemoryBytes).toBe(4e9)
       expect(yield* problems({ ...required, KANIKO_MAX_MEMORY: "lots", KANIKO_CPU_REQUEST: "fast" })).toEqual([
         "KANIKO_MAX_MEMORY: must be a memory quantity such as 8Gi or 512Mi, not \"lots\"",
         "KANIKO_CPU_REQUEST: must be a CPU quantity such as 500m or 1"
@@ -144,11 +149,18 @@ describe("CheckpointerConfig", () => {
     Effect.gen(function*() {
       const config = Either.getOrThrow(yield* load(required))
       expect(config).toMatchObject({
-        kubeletCheckpointDir: "/var/lib/kubelet/checkpoints",
-        clientLimits: { requestTimeoutSeconds: 30, headersTimeoutSeconds: 10, keepAliveTimeoutSeconds: 5, maxConnections: 256 },
-        tlsServerName: "checkpoint-service.default.svc"
+        checkpointDir: "/var/lib/kubelet/checkpoints",
+        server: {
+          clientLimits: {
+            requestTimeoutSeconds: 30,
+            headersTimeoutSeconds: 10,
+            keepAliveTimeoutSeconds: 5,
+            maxConnections: 256
+          },
+          tlsServerName: "checkpoint-service.default.svc"
+        }
       })
-      expect(config.tls._tag).toBe("None")
+      expect(config.server.tls._tag).toBe("None")
       const found = yield* problems({
         ...required,
         KUBELET_CHECKPOINT_DIR: "checkpoints",
@@ -170,12 +182,12 @@ describe("CheckpointerConfig", () => {
         CHECKPOINTER_TLS_KEY_FILE: "/tls/tls.key",
         CHECKPOINTER_NAMESPACE: "checkpointer"
       }))
-      expect(tls.tls).toEqual(Option.some({ certFile: "/tls/tls.crt", keyFile: "/tls/tls.key" }))
-      expect(tls.tlsServerName).toBe("checkpoint-service.checkpointer.svc")
+      expect(tls.server.tls).toEqual(Option.some({ certFile: "/tls/tls.crt", keyFile: "/tls/tls.key" }))
+      expect(tls.server.tlsServerName).toBe("checkpoint-service.checkpointer.svc")
     }))
 
   it.effect("ENVIRONMENT=prod selects production logging", () =>
     Effect.gen(function*() {
-      expect(Either.getOrThrow(yield* load({ ...required, ENVIRONMENT: "prod" })).production).toBe(true)
+      expect(Either.getOrThrow(yield* load({ ...required, ENVIRONMENT: "prod" })).server.production).toBe(true)
     }))
 })

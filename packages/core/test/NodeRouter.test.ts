@@ -1,15 +1,13 @@
 import { describe, expect, it } from "@effect/vitest"
 import {
-  CheckpointerConfig,
   Cluster,
   ContainerRef,
   KubernetesApiError,
-  NodeRouter,
-  podRunningNotFaked
+  NodeRouter
 } from "@checkpointer/core"
-import type { CheckpointerSettings, CheckpointIdentifier } from "@checkpointer/core"
+import type { CheckpointIdentifier } from "@checkpointer/core"
 import type { V1Pod } from "@kubernetes/client-node"
-import { Effect, Layer, Option } from "effect"
+import { ConfigProvider, Effect, Layer, Option } from "effect"
 
 const pods: Record<string, V1Pod> = {
   "default/here": { spec: { nodeName: "node-a", containers: [] } },
@@ -20,12 +18,13 @@ const checkpointers: Record<string, Array<V1Pod>> = {
   "node-c": [{ status: { phase: "Running", podIP: "10.1.2.3" } }]
 }
 
-const router = (settings: Partial<CheckpointerSettings>) =>
+const router = (variables: Readonly<Record<string, string>>) =>
   NodeRouter.Default.pipe(
     Layer.provide(Layer.succeed(
       Cluster,
       Cluster.make({
-        ...podRunningNotFaked,
+        reviewToken: () => Effect.dieMessage("no token review here"),
+        reviewAccess: () => Effect.dieMessage("no access review here"),
         getPod: (namespace, name) =>
           name === "broken"
             ? Effect.fail(new KubernetesApiError({ status: undefined, message: "get pod: connect ECONNREFUSED" }))
@@ -34,12 +33,11 @@ const router = (settings: Partial<CheckpointerSettings>) =>
         checkpointerPodsOn: (node) => Effect.succeed(checkpointers[node] ?? [])
       })
     )),
-    Layer.provide(Layer.succeed(
-      CheckpointerConfig,
-      CheckpointerConfig.make(
-        { node: "node-a", port: 3333, disableRouteForward: false, tls: Option.none(), ...settings } as CheckpointerSettings
-      )
-    ))
+    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries({
+      CHECKPOINTER_NODE: "node-a",
+      CHECKPOINTER_PORT: "3333",
+      ...variables
+    })))))
   )
 
 const ref = (pod: string) => ContainerRef.make({ namespace: "default", pod, container: "c" } as never)
@@ -57,7 +55,10 @@ describe("NodeRouter", () => {
   it.effect("with TLS on (CHECKPOINTER_TLS_CERT_FILE/KEY_FILE), forwards over HTTPS only", () =>
     Effect.gen(function*() {
       expect(yield* decide("there")).toEqual({ _tag: "Forward", node: "node-c", url: "https://10.1.2.3:3333" })
-    }).pipe(Effect.provide(router({ tls: Option.some({ certFile: "/tls/tls.crt", keyFile: "/tls/tls.key" }) }))))
+    }).pipe(Effect.provide(router({
+      CHECKPOINTER_TLS_CERT_FILE: "/tls/tls.crt",
+      CHECKPOINTER_TLS_KEY_FILE: "/tls/tls.key"
+    }))))
 
   it.effect("answers 404, 421 and 500 where it can neither serve nor forward", () =>
     Effect.gen(function*() {
@@ -76,5 +77,5 @@ describe("NodeRouter", () => {
     Effect.gen(function*() {
       expect(yield* decide("there")).toEqual({ _tag: "Local" })
       expect(yield* decide("nobody")).toEqual({ _tag: "Local" })
-    }).pipe(Effect.provide(router({ disableRouteForward: true }))))
+    }).pipe(Effect.provide(router({ DISABLE_ROUTE_FORWARD: "true" }))))
 })

@@ -2,15 +2,12 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import {
-  CheckpointerConfig,
   Cluster,
   KubernetesApiError,
-  podRunningNotFaked,
   Readiness,
   ResultStore
 } from "@checkpointer/core"
-import type { CheckpointerSettings } from "@checkpointer/core"
-import { Effect, Fiber, Layer, Option, TestClock } from "effect"
+import { ConfigProvider, Effect, Fiber, Layer, Option, TestClock } from "effect"
 
 type ApiBehaviour = "answers" | "refuses" | "hangs"
 
@@ -20,7 +17,8 @@ const readiness = (storageBasePath: string, api: ApiBehaviour) =>
     Layer.provide(Layer.succeed(
       Cluster,
       Cluster.make({
-        ...podRunningNotFaked,
+        reviewToken: () => Effect.dieMessage("no token review here"),
+        reviewAccess: () => Effect.dieMessage("no access review here"),
         getPod: () => Effect.succeed(Option.none()),
         deletePod: () => Effect.void,
         checkpointerPodsOn: () =>
@@ -31,10 +29,10 @@ const readiness = (storageBasePath: string, api: ApiBehaviour) =>
             : Effect.never
       })
     )),
-    Layer.provide(Layer.succeed(
-      CheckpointerConfig,
-      CheckpointerConfig.make({ node: "node-a", storageBasePath } as CheckpointerSettings)
-    )),
+    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([
+      ["CHECKPOINTER_NODE", "node-a"],
+      ["STORAGE_BASE_PATH", storageBasePath]
+    ])))),
     Layer.provideMerge(NodeContext.layer)
   )
 

@@ -2,7 +2,6 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import {
-  CheckpointerConfig,
   CheckpointResult,
   ContainerRef,
   FailedRecord,
@@ -10,15 +9,15 @@ import {
   ResultStore,
   SucceededRecord
 } from "@checkpointer/core"
-import type { CheckpointerSettings, CheckpointIdentifier } from "@checkpointer/core"
-import { Effect, Layer, Option } from "effect"
+import type { CheckpointIdentifier } from "@checkpointer/core"
+import { ConfigProvider, Effect, Layer, Option } from "effect"
 
 const container = ContainerRef.make({ namespace: "default", pod: "counter", container: "main" } as never)
 const identifier = "node-a:0123456789abcdef" as CheckpointIdentifier
 
 const fileStore = (dir: string) =>
   ResultStore.File.pipe(
-    Layer.provide(Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ storageBasePath: dir } as CheckpointerSettings))),
+    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["STORAGE_BASE_PATH", dir]])))),
     Layer.provide(NodeContext.layer)
   )
 

@@ -1,6 +1,6 @@
 import { HttpApiBuilder, HttpApiError, HttpRouter, HttpServerResponse } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
-import { CheckpointerApi, CheckpointerConfig } from "@checkpointer/core"
+import { CheckpointerApi, ServerConfig } from "@checkpointer/core"
 import { Cause, Effect, Layer, Option } from "effect"
 import { listenerLayer } from "./ApiListener.ts"
 import { CheckpointHandlers } from "./CheckpointHandlers.ts"
@@ -55,5 +55,5 @@ export const AppLive = HttpApiBuilder.serve().pipe(
 
 /** The API on CHECKPOINTER_PORT: HTTP, or HTTPS with CHECKPOINTER_TLS_CERT_FILE/KEY_FILE, every client time-bounded. */
 export const HttpServerLive = AppLive.pipe(
-  Layer.provide(Layer.unwrapEffect(CheckpointerConfig.pipe(Effect.map((settings) => listenerLayer(settings)))))
+  Layer.provide(Layer.unwrapEffect(ServerConfig.pipe(Effect.map((settings) => listenerLayer(settings)))))
 )

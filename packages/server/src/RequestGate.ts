@@ -10,11 +10,11 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
 import {
   CallerAuth,
-  CheckpointerConfig,
   CheckpointIdentifier,
   ContainerPath,
   ContainerRef,
   NodeRouter,
+  ServerConfig,
   transportReason
 } from "@checkpointer/core"
 import type { Access, Route } from "@checkpointer/core"
@@ -97,7 +97,7 @@ export const RequestGate = HttpApiBuilder.middleware(
   Effect.gen(function*() {
     const router = yield* NodeRouter
     const auth = yield* CallerAuth
-    const { node, tls, tlsCaFile, tlsServerName } = yield* CheckpointerConfig
+    const { node, tls, tlsCaFile, tlsServerName } = yield* ServerConfig
     const fs = yield* FileSystem.FileSystem
     const ca = yield* Option.match(tlsCaFile, {
       onNone: () => Effect.succeed({}),

@@ -3,13 +3,14 @@ import {
   CallerAuth,
   CheckpointDirectory,
   Checkpointer,
-  CheckpointerConfig,
+  checkpointerConfig,
   Cluster,
   describeConfigError,
   KubeletService,
   NodeRouter,
   Readiness,
-  ResultStore
+  ResultStore,
+  ServerConfig
 } from "@checkpointer/core"
 import { Data, Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./HttpServer.ts"
@@ -17,9 +18,12 @@ import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
 
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
 
+/** Every variable read once before any service starts: every problem is listed at once. */
+const ConfigChecked = Layer.effectDiscard(checkpointerConfig)
+
 const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default, Readiness.Default, CallerAuth.Default).pipe(
   Layer.provide([
-    KubeletService.DefaultWithoutDependencies,
+    KubeletService.Default,
     CheckpointDirectory.Default,
     ResultStore.File,
     ImageBuilderLayer
@@ -28,7 +32,7 @@ const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default
 )
 
 const LoggerLive = Layer.unwrapEffect(
-  CheckpointerConfig.pipe(
+  ServerConfig.pipe(
     Effect.map(({ production }) =>
       production
         // NodeRuntime.runMain has put its pretty logger in place of the default one: JSON lines only.
@@ -45,7 +49,7 @@ const LoggerLive = Layer.unwrapEffect(
 const DrainOnShutdown = Layer.scopedDiscard(
   Effect.gen(function*() {
     const checkpointer = yield* Checkpointer
-    const { shutdownGraceSeconds } = yield* CheckpointerConfig
+    const { shutdownGraceSeconds } = yield* ServerConfig
     yield* Effect.addFinalizer(() => checkpointer.drain(Duration.seconds(shutdownGraceSeconds)))
   })
 )
@@ -54,7 +58,8 @@ const MainLive = DrainOnShutdown.pipe(
   Layer.provide(HttpServerLive),
   Layer.provide(CheckpointerLive),
   Layer.provide(LoggerLive),
-  Layer.provide(CheckpointerConfig.Default),
+  Layer.provide(ServerConfig.Default),
+  Layer.provide(ConfigChecked),
   Layer.provide(NodeContext.layer)
 )
 

@@ -106,7 +106,7 @@ layer(ServerTest, { excludeTestServices: true })("checkpoint API", (it) => {
     Effect.gen(function*() {
       const world = yield* World
       yield* Ref.set(world.buildBehaviour, () =>
-        Effect.fail(new ImageBuildError({ phase: "push", message: "registry refused credentials (401 UNAUTHORIZED)" })))
+        Effect.fail(new ImageBuildError({ step: "push", message: "registry refused credentials (401 UNAUTHORIZED)" })))
       const response = yield* post("/checkpoint/default/counter/main")
       expect(response.status).toBe(500)
       expect(response.type).toContain("text/plain")

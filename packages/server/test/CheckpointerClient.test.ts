@@ -56,7 +56,7 @@ layer(ClientTest, { excludeTestServices: true })("CheckpointerClient against the
       expect(missing._tag).toBe("ContainerNotFound")
       expect(missing.message).toBe("container default/client/ghost not found on node node-a")
 
-      yield* Ref.set(world.buildBehaviour, () => Effect.fail(new ImageBuildError({ phase: "push", message: "denied" })))
+      yield* Ref.set(world.buildBehaviour, () => Effect.fail(new ImageBuildError({ step: "push", message: "denied" })))
       const failed = yield* Effect.flip(client.checkpoint(container("client-failing")))
       yield* Ref.set(world.buildBehaviour, () => Effect.void)
       expect(failed._tag).toBe("CheckpointFailed")

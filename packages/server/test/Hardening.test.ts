@@ -3,7 +3,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import {
   Checkpointer,
-  CheckpointerConfig,
+  checkpointDirConfig,
   CheckpointResult,
   ContainerRef,
   PendingRecord,
@@ -116,7 +116,7 @@ layer(ServerTest, { excludeTestServices: true })("hardening", (it) => {
     Effect.gen(function*() {
       const world = yield* World
       const fs = yield* FileSystem.FileSystem
-      const { kubeletCheckpointDir: dir } = yield* CheckpointerConfig
+      const dir = yield* checkpointDirConfig
       const outside = yield* fs.makeTempDirectoryScoped({ prefix: "outside-" })
       yield* fs.writeFileString(`${outside}/secret`, "not an archive")
       yield* fs.symlink(`${outside}/secret`, `${dir}/checkpoint-link.tar`)

@@ -75,7 +75,7 @@ layer(ServerTest, { excludeTestServices: true })("health and metrics API", (it) 
     Effect.gen(function*() {
       const world = yield* World
       const before = yield* scrape
-      yield* Ref.set(world.buildBehaviour, () => Effect.fail(new ImageBuildError({ phase: "push", message: "refused" })))
+      yield* Ref.set(world.buildBehaviour, () => Effect.fail(new ImageBuildError({ step: "push", message: "refused" })))
       expect((yield* checkpoint("default/metrics-pod/main")).status).toBe(500)
       yield* Ref.set(world.buildBehaviour, () => Effect.void)
       yield* Ref.set(world.missingContainers, new Set(["ghost"]))

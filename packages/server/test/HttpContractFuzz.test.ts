@@ -6,7 +6,7 @@ import { ContainerPath } from "@checkpointer/core"
 import { Effect, FastCheck as fc, Layer, Option, Ref, Schema } from "effect"
 import { listenerLayer } from "../src/ApiListener.ts"
 import { AppLive } from "../src/HttpServer.ts"
-import { CheckpointerTest, testSettings, World } from "./TestLayers.ts"
+import { CheckpointerTest, testClientLimits, World } from "./TestLayers.ts"
 
 /** The whole API (request gate, contract, docs) on the real listener, with the fake kubelet, builder and API server. */
 const ServerTest = AppLive.pipe(
@@ -16,7 +16,7 @@ const ServerTest = AppLive.pipe(
   Layer.provideMerge(listenerLayer({
     port: 0,
     listenAddress: Option.some("127.0.0.1"),
-    clientLimits: testSettings.clientLimits,
+    clientLimits: testClientLimits,
     tls: Option.none()
   })),
   Layer.provideMerge(CheckpointerTest)

@@ -4,7 +4,7 @@ import {
   CallerAuth,
   CheckpointDirectory,
   Checkpointer,
-  CheckpointerConfig,
+  checkpointDirConfig,
   Cluster,
   ContainerMissing,
   ImageBuildError,
@@ -12,53 +12,31 @@ import {
   KubeletServiceTest,
   KubernetesApiError,
   NodeRouter,
-  podRunningNotFaked,
   Readiness,
-  ResultStore
+  ResultStore,
+  ServerConfig
 } from "@checkpointer/core"
-import type { BuildRequest, CheckpointerSettings, ContainerRef } from "@checkpointer/core"
-import { Effect, Layer, Option, Ref } from "effect"
+import type { BuildRequest, ContainerRef } from "@checkpointer/core"
+import { ConfigProvider, Effect, Layer, Option, Ref } from "effect"
 
-export const testSettings: CheckpointerSettings = {
-  imagePrefix: "registry.test/checkpoints",
-  node: "node-a" as CheckpointerSettings["node"],
-  nodeIp: "127.0.0.1",
-  port: 0,
-  kubeletPort: 10250,
-  kubeletCertFile: "/nonexistent/tls.crt",
-  kubeletKeyFile: "/nonexistent/tls.key",
-  kubeletCaFile: Option.none(),
-  listenAddress: Option.none(),
-  kubeletAllowInsecure: false,
-  kubeletTimeoutSeconds: 5,
-  kubeletCheckpointDir: "/nonexistent/checkpoints",
-  baseImage: "pbaran555/checkpoint-base:1.0.0",
-  kanikoSecretName: "kaniko-secret",
-  kanikoTimeoutSeconds: 30,
-  kanikoImage: "ghcr.io/osscontainertools/kaniko:v1.28.3",
-  kanikoMaxMemoryBytes: 8 * 1024 ** 3,
-  kanikoCpuRequest: "500m",
-  kanikoBuildContextDir: "/tmp/build-contexts",
-  storageBasePath: "/nonexistent",
-  disableRouteForward: true,
-  builder: "native",
-  namespace: "default",
-  production: false,
-  maxConcurrentCheckpoints: 2,
-  resultTtlSeconds: 7 * 24 * 3600,
-  shutdownGraceSeconds: 5,
-  authMode: "none",
-  kubeletAuth: "certificate",
-  kubeletTokenFile: "/nonexistent/token",
-  clientLimits: {
-    requestTimeoutSeconds: 30,
-    headersTimeoutSeconds: 10,
-    keepAliveTimeoutSeconds: 5,
-    maxConnections: 256
-  },
-  tls: Option.none(),
-  tlsCaFile: Option.none(),
-  tlsServerName: "checkpoint-service.default.svc"
+/** The environment of the Checkpointer under test (KUBELET_CHECKPOINT_DIR is a fresh directory per test layer). */
+export const testEnvironment: Readonly<Record<string, string>> = {
+  CHECKPOINT_IMAGE_PREFIX: "registry.test/checkpoints",
+  CHECKPOINTER_NODE: "node-a",
+  CHECKPOINTER_NODE_IP: "127.0.0.1",
+  CHECKPOINTER_NAMESPACE: "default",
+  CHECKPOINT_BUILDER: "native",
+  DISABLE_ROUTE_FORWARD: "true",
+  KUBELET_TIMEOUT: "5",
+  SHUTDOWN_GRACE_SECONDS: "5"
+}
+
+/** The default client time bounds and connection cap. */
+export const testClientLimits = {
+  requestTimeoutSeconds: 30,
+  headersTimeoutSeconds: 10,
+  keepAliveTimeoutSeconds: 5,
+  maxConnections: 256
 }
 
 /** What the fake node, builder and API server saw and what they should do next. */
@@ -92,7 +70,7 @@ export class World extends Effect.Service<World>()("test/World", {
 const FakeKubelet = Layer.unwrapEffect(Effect.gen(function*() {
   const world = yield* World
   const fs = yield* FileSystem.FileSystem
-  const dir = (yield* CheckpointerConfig).kubeletCheckpointDir
+  const dir = yield* checkpointDirConfig
   return KubeletServiceTest((container: ContainerRef) =>
     Effect.gen(function*() {
       yield* Ref.update(world.kubeletCalls, (all) => [...all, container])
@@ -119,7 +97,7 @@ const FakeBuilder = Layer.effect(
       build: (request: BuildRequest) =>
         Effect.gen(function*() {
           if (!(yield* fs.exists(request.archive).pipe(Effect.orDie))) {
-            return yield* new ImageBuildError({ phase: "read archive", message: `${request.archive} is missing` })
+            return yield* new ImageBuildError({ step: "read archive", message: `${request.archive} is missing` })
           }
           yield* Ref.update(world.builds, (all) => [...all, request])
           yield* Effect.flatMap(Ref.get(world.buildBehaviour), (behaviour) => behaviour(request))
@@ -134,7 +112,8 @@ const FakeCluster = Layer.effect(
   Effect.gen(function*() {
     const world = yield* World
     return Cluster.make({
-      ...podRunningNotFaked,
+      reviewToken: () => Effect.dieMessage("no token review here"),
+      reviewAccess: () => Effect.dieMessage("no access review here"),
       getPod: () => Effect.succeed(Option.none()),
       checkpointerPodsOn: () => Effect.succeed([]),
       deletePod: (namespace: string, name: string) =>
@@ -145,13 +124,13 @@ const FakeCluster = Layer.effect(
   })
 )
 
-/** The test settings with a fresh KUBELET_CHECKPOINT_DIR, removed afterwards. */
-const TestConfig = Layer.scoped(
-  CheckpointerConfig,
+/** The test environment with a fresh KUBELET_CHECKPOINT_DIR, removed afterwards. */
+const TestConfig = Layer.unwrapScoped(
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpoints-" })
-    return CheckpointerConfig.make({ ...testSettings, kubeletCheckpointDir: dir })
+    const environment = { ...testEnvironment, KUBELET_CHECKPOINT_DIR: dir }
+    return Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(environment))))
   })
 )
 
@@ -161,6 +140,7 @@ export const makeCheckpointerTest = <E>(store: Layer.Layer<ResultStore, E>) =>
   Layer.provide([FakeKubelet, FakeBuilder, FakeCluster, CheckpointDirectory.Default]),
   Layer.provideMerge(store),
   Layer.provideMerge(World.Default),
+  Layer.provideMerge(ServerConfig.Default),
   Layer.provideMerge(TestConfig),
   Layer.provideMerge(NodeContext.layer)
 )

@@ -1,5 +1,6 @@
 import { FileSystem } from "@effect/platform"
 import { NodeStream } from "@effect/platform-node"
+import { reasonOf } from "@checkpointer/core"
 import { Data, Effect, Stream } from "effect"
 import { createReadStream } from "node:fs"
 import { basename, dirname } from "node:path"
@@ -7,8 +8,8 @@ import type { Readable } from "node:stream"
 import { pipeline } from "node:stream"
 import * as Zlib from "node:zlib"
 import { Header, Pack, ReadEntry } from "tar"
-import { sniffCompression } from "./CheckpointArchive.ts"
-import type { Compression } from "./CheckpointArchive.ts"
+import { sniffCompression } from "./ArchiveFormat.ts"
+import type { Compression } from "./ArchiveFormat.ts"
 
 export class BuildContextError extends Data.TaggedError("BuildContextError")<{
   readonly message: string
@@ -62,8 +63,6 @@ const decompressor = (compression: Exclude<Compression, "none">) =>
     ? Zlib.createZstdDecompress({ chunkSize: decompressedChunkSize })
     : Zlib.createGunzip({ chunkSize: decompressedChunkSize })
 
-const reason = (cause: unknown) => cause instanceof Error ? cause.message : String(cause)
-
 /**
  * Decompresses while the bytes flow: each chunk is written only when the decompressor has taken the previous one
  * (NodeStream.pipeThroughDuplex does not wait for "drain" after a chunk's last item), and output is read as it is
@@ -86,7 +85,7 @@ export const decompress = (compression: Exclude<Compression, "none">) =>
         const output = NodeStream.fromReadable<BuildContextError, Uint8Array>(
           () => zlib,
           (cause) =>
-            new BuildContextError({ message: `cannot decompress the ${compression} archive: ${reason(cause)}`, cause })
+            new BuildContextError({ message: `cannot decompress the ${compression} archive: ${reasonOf(cause)}`, cause })
         )
         return Stream.merge(output, Stream.drain(Stream.fromEffect(feed)))
       }
@@ -94,7 +93,7 @@ export const decompress = (compression: Exclude<Compression, "none">) =>
   )
 
 const readFailed = (path: string) => (cause: unknown) =>
-  new BuildContextError({ message: `cannot read the checkpoint archive ${path}: ${reason(cause)}`, cause })
+  new BuildContextError({ message: `cannot read the checkpoint archive ${path}: ${reasonOf(cause)}`, cause })
 
 /** The archive's bytes as ADD gets them, read once from the file. */
 export const contextArchiveBytes = (path: string, compression: Compression) =>

@@ -1,29 +1,28 @@
 import { FileSystem, Path } from "@effect/platform"
-import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
-import type { CheckpointerConfig, Cluster } from "@checkpointer/core"
-import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import { ImageBuildError, ImageBuilder, reasonOf } from "@checkpointer/core"
+import type { KubernetesApiError } from "@checkpointer/core"
 import { Duration, Effect, Layer, Option, Stream } from "effect"
 import type { ConfigError } from "effect"
 import { contextArchiveBytes } from "./KanikoContext.ts"
-import { makeKanikoBuilder } from "./KanikoPod.ts"
-import type { KanikoStrategy } from "./KanikoPod.ts"
-import { platformReason } from "./RegistryAuth.ts"
+import { makeKanikoBuilder } from "./KanikoBuilder.ts"
+import { KanikoPods } from "./KanikoPods.ts"
+import type { KanikoStrategy } from "./KanikoBuilder.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko-fs",
-  buildTimeout: ({ kanikoTimeoutSeconds }) => Duration.seconds(2 * kanikoTimeoutSeconds),
+  buildTimeout: ({ timeoutSeconds }) => Duration.seconds(2 * timeoutSeconds),
   prepare: ({ files, format, request, settings }) =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const path = yield* Path.Path
-      yield* fs.makeDirectory(settings.kanikoBuildContextDir, { recursive: true })
+      yield* fs.makeDirectory(settings.buildContextDir, { recursive: true })
       const dir = yield* Effect.acquireRelease(
-        fs.makeTempDirectory({ directory: settings.kanikoBuildContextDir, prefix: "checkpoint-" }),
+        fs.makeTempDirectory({ directory: settings.buildContextDir, prefix: "checkpoint-" }),
         (dir) =>
           fs.remove(dir, { recursive: true }).pipe(
             Effect.tapError((error) =>
               Effect.logWarning("could not remove the build context").pipe(
-                Effect.annotateLogs({ dir, error: platformReason(error) })
+                Effect.annotateLogs({ dir, error: reasonOf(error) })
               )
             ),
             Effect.ignore
@@ -45,9 +44,9 @@ const strategy: KanikoStrategy = {
     }).pipe(
       Effect.mapError((error) =>
         new ImageBuildError({
-          phase: "build context",
-          message: `cannot prepare the build context under ${settings.kanikoBuildContextDir}: ${
-            error._tag === "BuildContextError" ? error.message : platformReason(error)
+          step: "build context",
+          message: `cannot prepare the build context under ${settings.buildContextDir}: ${
+            error._tag === "BuildContextError" ? error.message : reasonOf(error)
           }`,
           cause: error
         })
@@ -60,7 +59,14 @@ const strategy: KanikoStrategy = {
  * The `kaniko-fs` strategy (the seed's USE_KANIKO_FS=true): the build context is written to a fresh directory under
  * KANIKO_BUILD_CTX_DIR, which a Kaniko pod pinned to this node mounts as a hostPath volume.
  */
-export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError, CheckpointerConfig | Cluster> = Layer.effect(
+export const layerWithoutDependencies: Layer.Layer<
   ImageBuilder,
-  makeKanikoBuilder(strategy)
-).pipe(Layer.provide([NodeFileSystem.layer, NodePath.layer]))
+  ConfigError.ConfigError,
+  KanikoPods | FileSystem.FileSystem | Path.Path
+> = Layer.effect(ImageBuilder, makeKanikoBuilder(strategy))
+
+export const layer: Layer.Layer<
+  ImageBuilder,
+  ConfigError.ConfigError | KubernetesApiError,
+  FileSystem.FileSystem | Path.Path
+> = layerWithoutDependencies.pipe(Layer.provide(KanikoPods.Default))

@@ -1,25 +1,26 @@
 import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
-import type { CheckpointerConfig, Cluster } from "@checkpointer/core"
-import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import type { KubernetesApiError } from "@checkpointer/core"
+import type { FileSystem, Path } from "@effect/platform"
 import { Duration, Effect, Layer, Option } from "effect"
 import type { ConfigError } from "effect"
 import { buildContext, describeContextArchive } from "./KanikoContext.ts"
-import { kanikoContainer, makeKanikoBuilder } from "./KanikoPod.ts"
-import type { KanikoStrategy } from "./KanikoPod.ts"
+import { kanikoContainer, makeKanikoBuilder } from "./KanikoBuilder.ts"
+import { KanikoPods } from "./KanikoPods.ts"
+import type { KanikoStrategy } from "./KanikoBuilder.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko",
-  buildTimeout: (settings) => Duration.seconds(settings.kanikoTimeoutSeconds),
+  buildTimeout: (settings) => Duration.seconds(settings.timeoutSeconds),
   prepare: ({ format, request }) =>
     describeContextArchive(request.archive, format).pipe(
       Effect.map((archive) => ({ context: { _tag: "Stdin" as const }, archive })),
-      Effect.mapError((error) => new ImageBuildError({ phase: "read archive", message: error.message, cause: error }))
+      Effect.mapError((error) => new ImageBuildError({ step: "read archive", message: error.message, cause: error }))
     ),
-  stream: Option.some(({ archive, cluster, files, name, namespace }) =>
-    cluster.attachStdin(namespace, name, kanikoContainer, buildContext(archive, files)).pipe(
+  stream: Option.some(({ archive, files, name, namespace, pods }) =>
+    pods.attachStdin(namespace, name, kanikoContainer, buildContext(archive, files)).pipe(
       Effect.mapError((error) =>
         new ImageBuildError({
-          phase: "streaming",
+          step: "streaming",
           message: `cannot send the build context to Kaniko pod ${namespace}/${name}: ${error.message}`,
           cause: error
         })
@@ -32,7 +33,14 @@ const strategy: KanikoStrategy = {
  * The `kaniko` strategy (the seed's default): the build context goes to the Kaniko pod's stdin over pod attach, as a
  * tar.gz made while it is sent.
  */
-export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError, CheckpointerConfig | Cluster> = Layer.effect(
+export const layerWithoutDependencies: Layer.Layer<
   ImageBuilder,
-  makeKanikoBuilder(strategy)
-).pipe(Layer.provide([NodeFileSystem.layer, NodePath.layer]))
+  ConfigError.ConfigError,
+  KanikoPods | FileSystem.FileSystem | Path.Path
+> = Layer.effect(ImageBuilder, makeKanikoBuilder(strategy))
+
+export const layer: Layer.Layer<
+  ImageBuilder,
+  ConfigError.ConfigError | KubernetesApiError,
+  FileSystem.FileSystem | Path.Path
+> = layerWithoutDependencies.pipe(Layer.provide(KanikoPods.Default))

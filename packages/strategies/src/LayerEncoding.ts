@@ -1,8 +1,9 @@
 import { Array as Arr, Config, ConfigError, Data, Deferred, Effect, Either, FiberId, Option, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as Zlib from "node:zlib"
-import { layerMediaType, sniffCompression } from "./CheckpointArchive.ts"
-import type { ArchiveDescription, Compression } from "./CheckpointArchive.ts"
+import { layerMediaType, sniffCompression } from "./ArchiveFormat.ts"
+import type { Compression } from "./ArchiveFormat.ts"
+import type { ArchiveDescription } from "./ArchiveInspector.ts"
 import { encryptedMediaType, encryptionAnnotations, keysVariable, makeLayerCipher } from "./LayerEncryption.ts"
 import type { LayerEncryptionError, Recipient, SealedLayer } from "./LayerEncryption.ts"
 

@@ -1,10 +1,10 @@
 import { FileSystem } from "@effect/platform"
+import { reasonOf } from "@checkpointer/core"
 import { Array as Arr, ConfigError, Data, Deferred, Effect, Either, Queue, Stream } from "effect"
 import { FlattenedEncrypt, GeneralEncrypt } from "jose"
 import { createPublicKey, randomBytes } from "node:crypto"
 import type { KeyObject } from "node:crypto"
 import { Worker } from "node:worker_threads"
-import { platformReason } from "./RegistryAuth.ts"
 
 /**
  * Layer encryption as ocicrypt (containers/ocicrypt, used by CRI-O, skopeo, podman) does it: the layer is encrypted
@@ -48,7 +48,7 @@ export const parseRecipient = (file: string, pem: string): Either.Either<Recipie
   }
   return Either.try({
     try: () => createPublicKey({ key: pem, format: "pem" }),
-    catch: (cause) => `is not a readable public key (${cause instanceof Error ? cause.message : String(cause)})`
+    catch: (cause) => `is not a readable public key (${reasonOf(cause)})`
   }).pipe(Either.flatMap((key): Either.Either<Recipient, string> => {
     const details = key.asymmetricKeyDetails ?? {}
     if (key.asymmetricKeyType === "rsa") {
@@ -73,7 +73,7 @@ export const loadRecipients = Effect.fn("LayerEncryption.loadRecipients")(functi
   const load = (file: string) =>
     fs.readFileString(file).pipe(
       Effect.mapError((error) =>
-        ConfigError.InvalidData([keysVariable], `cannot read ${file} (${platformReason(error)})`)
+        ConfigError.InvalidData([keysVariable], `cannot read ${file} (${reasonOf(error)})`)
       ),
       Effect.flatMap((pem) =>
         Either.match(parseRecipient(file, pem), {

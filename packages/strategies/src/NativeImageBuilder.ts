@@ -1,20 +1,25 @@
 import { FileSystem, HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeFileSystem, NodeHttpClient } from "@effect/platform-node"
+import { NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
-import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
-import type { BuildRequest, ContainerRef } from "@checkpointer/core"
-import type { ConfigError} from "effect"
+import { ImageBuildError, ImageBuilder, reasonOf } from "@checkpointer/core"
+import type { BuildRequest } from "@checkpointer/core"
+import type { ConfigError } from "effect"
 import { Clock, Config, Effect, Either, Layer, Option, Stream } from "effect"
 import { rootCertificates } from "node:tls"
-import { checkpointFacts, inspectWhileStreaming, readArchive } from "./CheckpointArchive.ts"
-import type { ArchiveDescription, ArchiveError, CheckpointFacts, Compression } from "./CheckpointArchive.ts"
+import type { ArchiveError, Compression } from "./ArchiveFormat.ts"
+import { inspectWhileStreaming } from "./ArchiveInspector.ts"
+import type { ArchiveDescription } from "./ArchiveInspector.ts"
+import { readArchive } from "./ArchiveReader.ts"
+import { checkpointFacts } from "./CheckpointMetadata.ts"
+import { imageAnnotations, nodeArchitecture } from "./ImageAnnotations.ts"
 import { compression, encodeLayer, encryptionKeys } from "./LayerEncoding.ts"
 import type { LayerCompressionError } from "./LayerEncoding.ts"
 import { loadRecipients } from "./LayerEncryption.ts"
 import type { LayerEncryptionError } from "./LayerEncryption.ts"
 import { formatReference, makeSession, parseImageReference } from "./OciRegistry.ts"
-import type { RegistryError } from "./OciRegistry.ts"
-import { credentialsFor, platformReason, readAuthFile, readRegistryCa, registryTrustConfig } from "./RegistryAuth.ts"
+import type { RegistryError } from "./RegistryError.ts"
+import { credentialsFor, readAuthFile } from "./DockerConfig.ts"
+import { readRegistryCa, registryTrustConfig } from "./RegistryTrust.ts"
 
 export interface NativeImageBuilderOptions {
   /** Docker config JSON with `auths` (REGISTRY_AUTH_FILE). */
@@ -43,44 +48,6 @@ export const options: Config.Config<NativeImageBuilderOptions> = Config.all({
 
 export const manifestMediaType = "application/vnd.oci.image.manifest.v1+json"
 export const configMediaType = "application/vnd.oci.image.config.v1+json"
-
-const ociArchitectures: Readonly<Record<string, string>> = { x64: "amd64", arm64: "arm64", arm: "arm", ia32: "386" }
-export const nodeArchitecture = (): string => ociArchitectures[process.arch] ?? process.arch
-
-/** The manifest annotations that CRI-O, Podman and checkpointctl look for, from what the archive tells. */
-export const imageAnnotations = (
-  facts: CheckpointFacts,
-  container: ContainerRef,
-  architecture: string
-): Record<string, string> => {
-  const engineName = facts.containerName ?? container.container
-  const optional = (entries: ReadonlyArray<readonly [string, string | undefined]>) =>
-    Object.fromEntries(entries.filter((entry): entry is readonly [string, string] => entry[1] !== undefined))
-  return {
-    "io.kubernetes.cri-o.annotations.checkpoint.name": container.container,
-    "org.criu.checkpoint.container.name": engineName,
-    "org.criu.checkpoint.pod.name": facts.podName ?? container.pod,
-    "org.criu.checkpoint.pod.namespace": facts.podNamespace ?? container.namespace,
-    "org.criu.checkpoint.host.arch": architecture,
-    ...optional([
-      ["org.criu.checkpoint.engine.name", facts.engine],
-      ["org.criu.checkpoint.runtime.name", facts.runtime],
-      ["org.criu.checkpoint.rootfsImageName", facts.rootfsImageName],
-      ["org.criu.checkpoint.rootfsImageUserRequested", facts.rootfsImageUserRequested],
-      ["org.criu.checkpoint.rootfsImageID", facts.rootfsImageId],
-      ["org.criu.checkpoint.rawImageName", facts.rawImageName]
-    ]),
-    ...(facts.runtime === undefined ? {} : {
-      "io.podman.annotations.checkpoint.name": engineName,
-      "io.podman.annotations.checkpoint.runtime.name": facts.runtime,
-      ...optional([
-        ["io.podman.annotations.checkpoint.rootfsImageName", facts.rootfsImageName],
-        ["io.podman.annotations.checkpoint.rootfsImageID", facts.rootfsImageId],
-        ["io.podman.annotations.checkpoint.rawImageName", facts.rawImageName]
-      ])
-    })
-  }
-}
 
 const encodeJson = (value: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(value))
 
@@ -126,13 +93,13 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
     const started = yield* Clock.currentTimeMillis
     const pushFailed = (error: RegistryError) =>
       new ImageBuildError({
-        phase: "push",
+        step: "push",
         message: `cannot push ${request.imageName}: ${error.message}`,
         cause: error
       })
     const archiveFailed = (error: ArchiveError) =>
       new ImageBuildError({
-        phase: "read archive",
+        step: "read archive",
         message: `cannot read the checkpoint archive ${request.archive}: ${error.message}`,
         cause: error
       })
@@ -143,15 +110,15 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
         case "RegistryError":
           return pushFailed(error)
         case "LayerCompressionError":
-          return new ImageBuildError({ phase: "compress layer", message: error.message, cause: error })
+          return new ImageBuildError({ step: "compress layer", message: error.message, cause: error })
         case "LayerEncryptionError":
-          return new ImageBuildError({ phase: "encrypt layer", message: error.message, cause: error })
+          return new ImageBuildError({ step: "encrypt layer", message: error.message, cause: error })
       }
     }
     const reference = yield* Either.match(parseImageReference(request.imageName), {
       onLeft: (error) =>
         Effect.fail(
-          new ImageBuildError({ phase: "push", message: `invalid image name "${request.imageName}": ${error.message}` })
+          new ImageBuildError({ step: "push", message: `invalid image name "${request.imageName}": ${error.message}` })
         ),
       onRight: Effect.succeed
     })
@@ -159,9 +126,9 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
       Effect.filterOrFail((info) => info.type === "File", () => "not a regular file"),
       Effect.mapError((error) =>
         new ImageBuildError({
-          phase: "read archive",
+          step: "read archive",
           message: `cannot read the checkpoint archive ${request.archive}: ${
-            typeof error === "string" ? error : platformReason(error)
+            typeof error === "string" ? error : reasonOf(error)
           }`,
           cause: error
         })
@@ -228,14 +195,16 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
 })
 
 /** The native builder with explicit settings (for embedding and tests). */
-export const layerWith = (settings: NativeImageBuilderOptions): Layer.Layer<ImageBuilder, ConfigError.ConfigError> =>
-  Layer.scoped(ImageBuilder, make(settings)).pipe(Layer.provide(NodeFileSystem.layer))
+export const layerWith = (
+  settings: NativeImageBuilderOptions
+): Layer.Layer<ImageBuilder, ConfigError.ConfigError, FileSystem.FileSystem> =>
+  Layer.scoped(ImageBuilder, make(settings))
 
 /**
  * The native builder, configured by REGISTRY_AUTH_FILE, REGISTRY_CA_FILE, REGISTRY_INSECURE,
  * CHECKPOINT_LAYER_COMPRESSION and CHECKPOINT_ENCRYPTION_KEYS.
  */
-export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError> = Layer.scoped(
+export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError, FileSystem.FileSystem> = Layer.scoped(
   ImageBuilder,
   Effect.flatMap(options, make)
-).pipe(Layer.provide(NodeFileSystem.layer))
+)

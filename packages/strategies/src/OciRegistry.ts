@@ -3,10 +3,10 @@ import type { HttpClient, HttpClientResponse } from "@effect/platform"
 import { Data, Duration, Effect, Either, Option, Schedule } from "effect"
 import type { Stream } from "effect"
 import { createHash } from "node:crypto"
-import { failedResponse, makeAuthenticator, RegistryError, transportReason } from "./RegistryAuth.ts"
-import type { Credentials } from "./RegistryAuth.ts"
+import type { Credentials } from "./DockerConfig.ts"
+import { makeAuthenticator } from "./RegistryAuth.ts"
+import { failedResponse, RegistryError, transportError } from "./RegistryError.ts"
 
-export { RegistryError } from "./RegistryAuth.ts"
 
 export class InvalidReference extends Data.TaggedError("InvalidReference")<{
   readonly reference: string
@@ -96,12 +96,7 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
 
   const send = (what: string, request: HttpClientRequest.HttpClientRequest) =>
     http.execute(request).pipe(
-      Effect.mapError((cause) =>
-        new RegistryError({
-          message: `${what} failed: cannot reach ${reference.apiHost} (${transportReason(cause)})`,
-          cause
-        })
-      )
+      Effect.mapError(transportError(what, reference.apiHost))
     )
 
   /** A request whose body can be sent again: bounded in time, and retried with backoff when the network failed. */

@@ -1,5 +1,6 @@
 import { Command, FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
+import { NodeFileSystem } from "@effect/platform-node"
 import { ConfigProvider, Effect, Layer, Stream } from "effect"
 import { flattenedDecrypt, generalDecrypt } from "jose"
 import type { FlattenedJWE, GeneralJWE } from "jose"
@@ -19,6 +20,7 @@ import * as NativeImageBuilder from "../src/NativeImageBuilder.ts"
 /** The native builder as the server makes it, configured by `settings` alone (not the environment). */
 export const nativeBuilder = (settings: Readonly<Record<string, string>>) =>
   NativeImageBuilder.layer.pipe(
+    Layer.provide(NodeFileSystem.layer),
     Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(settings))))),
     Layer.orDie
   )

@@ -1,17 +1,15 @@
 import { FileSystem, Path } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import {
-  CheckpointerConfig,
-  Cluster,
   ContainerName,
   describeConfigError,
   ContainerRef,
   ImageBuilder,
   Namespace,
-  PodName,
-  podRunningNotFaked
+  NodeName,
+  PodName
 } from "@checkpointer/core"
-import type { BuildRequest, CheckpointerSettings, KubernetesApiError } from "@checkpointer/core"
+import type { BuildRequest, KubernetesApiError } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
 import type { V1Pod } from "@kubernetes/client-node"
 import {
@@ -31,10 +29,11 @@ import { createHash, randomBytes } from "node:crypto"
 import { gunzipSync, zstdCompressSync } from "node:zlib"
 import { create, Parser } from "tar"
 import type { ReadEntry } from "tar"
-import { readArchiveMetadata } from "../src/CheckpointArchive.ts"
+import { readArchiveMetadata } from "../src/CheckpointMetadata.ts"
 import { buildContext } from "../src/KanikoContext.ts"
 import * as KanikoFsImageBuilder from "../src/KanikoFsImageBuilder.ts"
 import * as KanikoImageBuilder from "../src/KanikoImageBuilder.ts"
+import { KanikoPods } from "../src/KanikoPods.ts"
 import {
   contextFiles,
   describePodState,
@@ -47,7 +46,8 @@ import {
   registryHost,
   reportedDigest,
   sizeAllowance
-} from "../src/KanikoPod.ts"
+} from "../src/KanikoBuilder.ts"
+import type { KanikoPodSettings } from "../src/KanikoBuilder.ts"
 
 const container = ContainerRef.make({
   namespace: Namespace.make("team-a"),
@@ -57,17 +57,33 @@ const container = ContainerRef.make({
 
 const digest = `sha256:${"ab".repeat(32)}`
 
-const settings = {
+const settings: KanikoPodSettings = {
   namespace: "kube-system",
-  node: "worker-1",
-  kanikoImage: "ghcr.io/osscontainertools/kaniko:v1.28.3",
-  kanikoSecretName: "kaniko-secret",
-  kanikoTimeoutSeconds: 30,
-  kanikoBuildContextDir: "/tmp/build-contexts",
-  kanikoMaxMemoryBytes: 8 * 1024 ** 3,
-  kanikoCpuRequest: "500m",
+  node: NodeName.make("worker-1"),
+  image: "ghcr.io/osscontainertools/kaniko:v1.28.3",
+  secretName: "kaniko-secret",
+  timeoutSeconds: 30,
+  buildContextDir: "/tmp/build-contexts",
+  maxMemoryBytes: 8 * 1024 ** 3,
+  cpuRequest: "500m",
   baseImage: "registry.test/checkpoint-base:1.0.0"
-} as CheckpointerSettings
+}
+
+/** The same settings as the builders read them. */
+const environment: Readonly<Record<string, string>> = {
+  CHECKPOINTER_NAMESPACE: "kube-system",
+  CHECKPOINTER_NODE: "worker-1",
+  KANIKO_IMAGE: "ghcr.io/osscontainertools/kaniko:v1.28.3",
+  KANIKO_SECRET_NAME: "kaniko-secret",
+  KANIKO_TIMEOUT: "30",
+  KANIKO_BUILD_CTX_DIR: "/tmp/build-contexts",
+  KANIKO_MAX_MEMORY: "8Gi",
+  KANIKO_CPU_REQUEST: "500m",
+  CHECKPOINT_BASE_IMAGE: "registry.test/checkpoint-base:1.0.0"
+}
+
+const configured = (variables: Readonly<Record<string, string>> = {}) =>
+  Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries({ ...environment, ...variables }))))
 
 const mib = 1024 * 1024
 
@@ -349,8 +365,8 @@ describe("build context and archive metadata", () => {
     }).pipe(Effect.provide(NodeContext.layer)))
 })
 
-/** A scripted Cluster: the pod goes through `phases` when waited for; what was called is recorded. */
-const fakeCluster = (options: {
+/** Scripted Kaniko pods: the pod goes through `phases` when waited for; what was called is recorded. */
+const fakePods = (options: {
   readonly waits: ReadonlyArray<Effect.Effect<V1Pod, KubernetesApiError>>
   readonly calls: Ref.Ref<ReadonlyArray<string>>
   readonly streamed?: Ref.Ref<number>
@@ -362,11 +378,8 @@ const fakeCluster = (options: {
   Effect.gen(function*() {
     const waits = yield* Ref.make(options.waits)
     const record = (call: string) => Ref.update(options.calls, (calls) => [...calls, call])
-    return Cluster.make({
-      ...podRunningNotFaked,
+    return KanikoPods.make({
       getPod: () => Effect.succeed(Option.some(pod("Pending"))),
-      deletePod: () => Effect.void,
-      checkpointerPodsOn: () => Effect.succeed([]),
       createPod: (_namespace, spec) =>
         Effect.as(
           Effect.zipRight(
@@ -398,16 +411,21 @@ const fakeCluster = (options: {
     })
   })
 
+/** The builders with a fake KanikoPods in place of the API server's. */
+const kanikoLayer = KanikoImageBuilder.layerWithoutDependencies
+const kanikoFsLayer = KanikoFsImageBuilder.layerWithoutDependencies
+
 const builderWith = (
-  layer: typeof KanikoImageBuilder.layer,
-  cluster: Effect.Effect<Cluster>,
-  overrides: Partial<CheckpointerSettings> = {}
+  layer: typeof kanikoLayer,
+  pods: Effect.Effect<KanikoPods>,
+  variables: Readonly<Record<string, string>> = {}
 ) =>
   Layer.provide(
     layer,
     Layer.mergeAll(
-      Layer.effect(Cluster, cluster),
-      Layer.succeed(CheckpointerConfig, CheckpointerConfig.make({ ...settings, ...overrides }))
+      Layer.effect(KanikoPods, pods),
+      configured(variables),
+      NodeContext.layer
     )
   ).pipe(Layer.orDie)
 
@@ -415,15 +433,15 @@ const build = (archive: string) => Effect.flatMap(ImageBuilder, (builder) => bui
 
 /** A build whose pod never gets anywhere, forked; returns once the build waits for the pod. */
 const stuckBuild = (
-  layer: typeof KanikoImageBuilder.layer,
+  layer: typeof kanikoLayer,
   archive: string,
-  overrides: Partial<CheckpointerSettings> = {}
+  variables: Readonly<Record<string, string>> = {}
 ) =>
   Effect.gen(function*() {
     const calls = yield* Ref.make<ReadonlyArray<string>>([])
     const waiting = yield* Deferred.make<void>()
     const fiber = yield* build(archive).pipe(
-      Effect.provide(builderWith(layer, fakeCluster({ waits: [], calls, waiting }), overrides)),
+      Effect.provide(builderWith(layer, fakePods({ waits: [], calls, waiting }), variables)),
       Effect.flip,
       Effect.fork
     )
@@ -441,12 +459,12 @@ describe("Kaniko builders with a scripted cluster", () => {
       const { archive } = yield* makeArchive
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const streamed = yield* Ref.make(0)
-      const cluster = fakeCluster({
+      const cluster = fakePods({
         waits: [Effect.succeed(pod("Running")), Effect.succeed(pod("Succeeded", { exitCode: 0, message: digest }))],
         calls,
         streamed
       })
-      const image = yield* build(archive).pipe(Effect.provide(builderWith(KanikoImageBuilder.layer, cluster)))
+      const image = yield* build(archive).pipe(Effect.provide(builderWith(kanikoLayer, cluster)))
       expect(image).toMatchObject({ name: "registry.test/checkpoints/app:0123456789abcdef", digest })
       expect(yield* Ref.get(calls)).toEqual(["create kaniko", "attach", "delete kube-system/checkpointer-kaniko-abcde"])
       expect(yield* Ref.get(streamed)).toBeGreaterThan(0)
@@ -456,12 +474,12 @@ describe("Kaniko builders with a scripted cluster", () => {
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
-      const cluster = fakeCluster({ waits: [Effect.succeed(pod("Failed", { exitCode: 1 }))], calls })
+      const cluster = fakePods({ waits: [Effect.succeed(pod("Failed", { exitCode: 1 }))], calls })
       const error = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoFsImageBuilder.layer, cluster)),
+        Effect.provide(builderWith(kanikoFsLayer, cluster)),
         Effect.flip
       )
-      expect(error.phase).toBe("build")
+      expect(error.step).toBe("build")
       expect(error.message).toContain("failed: it is Failed (exit code 1: Error)")
       expect(error.message).toContain("error building image: boom")
       expect(yield* Ref.get(calls)).toEqual(["create kaniko-fs", "delete kube-system/checkpointer-kaniko-abcde"])
@@ -470,10 +488,10 @@ describe("Kaniko builders with a scripted cluster", () => {
   it.scoped("KANIKO_TIMEOUT without Running is a scheduling failure (TestClock), and the pod is deleted", () =>
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
-      const { calls, fiber } = yield* stuckBuild(KanikoImageBuilder.layer, archive)
+      const { calls, fiber } = yield* stuckBuild(kanikoLayer, archive)
       yield* advance(32)
       const error = yield* Fiber.join(fiber)
-      expect(error.phase).toBe("scheduling")
+      expect(error.step).toBe("scheduling")
       expect(error.message).toMatch(/was not running within 30s: it is Pending/)
       expect(yield* Ref.get(calls)).toEqual(["create kaniko", "delete kube-system/checkpointer-kaniko-abcde"])
     }).pipe(Effect.provide(NodeContext.layer)))
@@ -484,7 +502,7 @@ describe("Kaniko builders with a scripted cluster", () => {
       const path = yield* Path.Path
       const { archive, dir } = yield* makeArchive
       const contexts = path.join(dir, "contexts")
-      const { calls, fiber } = yield* stuckBuild(KanikoFsImageBuilder.layer, archive, { kanikoBuildContextDir: contexts })
+      const { calls, fiber } = yield* stuckBuild(kanikoFsLayer, archive, { KANIKO_BUILD_CTX_DIR: contexts })
       const [context] = yield* fs.readDirectory(contexts)
       expect((yield* fs.readDirectory(path.join(contexts, context!))).sort()).toEqual(
         ["Dockerfile", path.basename(archive)].sort()
@@ -495,31 +513,27 @@ describe("Kaniko builders with a scripted cluster", () => {
       expect(yield* fs.exists(archive)).toBe(true)
     }).pipe(Effect.provide(NodeContext.layer)))
 
-  it.scoped.each([["kaniko", KanikoImageBuilder.layer], ["kaniko-fs", KanikoFsImageBuilder.layer]] as const)(
+  it.scoped.each([["kaniko", kanikoLayer], ["kaniko-fs", kanikoFsLayer]] as const)(
     "%s refuses to start with CHECKPOINT_ENCRYPTION_KEYS or a layer compression, naming both",
     ([name, layer]) =>
       Effect.gen(function*() {
         const calls = yield* Ref.make<ReadonlyArray<string>>([])
-        const configured = (entries: ReadonlyArray<readonly [string, string]>) =>
+        const built = (variables: Readonly<Record<string, string>>) =>
           Layer.build(Layer.provide(
             layer,
-            Layer.mergeAll(
-              Layer.effect(Cluster, fakeCluster({ waits: [], calls })),
-              Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings)),
-              Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries)))
-            )
+            Layer.mergeAll(Layer.effect(KanikoPods, fakePods({ waits: [], calls })), configured(variables))
           ))
-        const error = yield* Effect.flip(configured([
-          ["CHECKPOINT_ENCRYPTION_KEYS", "/etc/checkpointer/keys/ops.pem"],
-          ["CHECKPOINT_LAYER_COMPRESSION", "zstd"]
-        ]))
+        const error = yield* Effect.flip(built({
+          CHECKPOINT_ENCRYPTION_KEYS: "/etc/checkpointer/keys/ops.pem",
+          CHECKPOINT_LAYER_COMPRESSION: "zstd"
+        }))
         expect(describeConfigError(error)).toEqual([
           `CHECKPOINT_ENCRYPTION_KEYS: the ${name} builder cannot encrypt images (Kaniko cannot); ` +
           "use CHECKPOINT_BUILDER=native, or unset it",
           `CHECKPOINT_LAYER_COMPRESSION: the ${name} builder cannot push the archive as a zstd layer (Kaniko makes ` +
           "its own gzip layer around it); use CHECKPOINT_BUILDER=native, or unset it"
         ])
-        yield* configured([["CHECKPOINT_LAYER_COMPRESSION", "none"], ["CHECKPOINT_ENCRYPTION_KEYS", " "]])
+        yield* built({ CHECKPOINT_LAYER_COMPRESSION: "none", CHECKPOINT_ENCRYPTION_KEYS: " " })
         expect(yield* Ref.get(calls)).toEqual([])
       }).pipe(Effect.provide(NodeContext.layer))
   )
@@ -548,15 +562,14 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const pods = yield* Ref.make<ReadonlyArray<V1Pod>>([])
       const received = yield* Ref.make<ReadonlyArray<Uint8Array>>([])
-      const cluster = fakeCluster({
+      const cluster = fakePods({
         waits: [Effect.succeed(pod("Running")), Effect.succeed(pod("Succeeded", { exitCode: 0, message: digest }))],
         calls,
         pods,
         received
       })
       const image = yield* build(compressed).pipe(
-        Effect.provide(builderWith(KanikoImageBuilder.layer, cluster)),
-        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["REGISTRY_CA_FILE", path.join(dir, "ca.pem")]])))
+        Effect.provide(builderWith(kanikoLayer, cluster, { REGISTRY_CA_FILE: path.join(dir, "ca.pem") }))
       )
       expect(image.digest).toBe(digest)
       const entries = yield* entriesOf(Buffer.concat([...(yield* Ref.get(received))]))
@@ -581,14 +594,13 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const pods = yield* Ref.make<ReadonlyArray<V1Pod>>([])
       const waiting = yield* Deferred.make<void>()
-      const cluster = fakeCluster({ waits: [], calls, waiting, pods })
+      const cluster = fakePods({ waits: [], calls, waiting, pods })
       const fiber = yield* build(compressed).pipe(
-        Effect.provide(builderWith(KanikoFsImageBuilder.layer, cluster, { kanikoBuildContextDir: contexts })),
-        Effect.withConfigProvider(
-          ConfigProvider.fromMap(
-            new Map([["REGISTRY_CA_FILE", path.join(dir, "ca.pem")], ["REGISTRY_INSECURE", "true"]])
-          )
-        ),
+        Effect.provide(builderWith(kanikoFsLayer, cluster, {
+          KANIKO_BUILD_CTX_DIR: contexts,
+          REGISTRY_CA_FILE: path.join(dir, "ca.pem"),
+          REGISTRY_INSECURE: "true"
+        })),
         Effect.fork
       )
       yield* Deferred.await(waiting)
@@ -615,16 +627,14 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
     Effect.gen(function*() {
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const layer = Layer.provide(
-        KanikoImageBuilder.layer,
+        kanikoLayer,
         Layer.mergeAll(
-          Layer.effect(Cluster, fakeCluster({ waits: [], calls })),
-          Layer.succeed(CheckpointerConfig, CheckpointerConfig.make(settings))
+          Layer.effect(KanikoPods, fakePods({ waits: [], calls })),
+          configured({ REGISTRY_CA_FILE: "/nonexistent/ca.pem" }),
+          NodeContext.layer
         )
       )
-      const error = yield* Layer.build(layer).pipe(
-        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["REGISTRY_CA_FILE", "/nonexistent/ca.pem"]]))),
-        Effect.flip
-      )
+      const error = yield* Effect.flip(Layer.build(layer))
       expect(describeConfigError(error).join("\n")).toMatch(/^REGISTRY_CA_FILE: cannot read \/nonexistent\/ca\.pem/)
     }))
 
@@ -635,10 +645,10 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       yield* fs.writeFile(archive, Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), randomBytes(512)]))
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const error = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoImageBuilder.layer, fakeCluster({ waits: [], calls }))),
+        Effect.provide(builderWith(kanikoLayer, fakePods({ waits: [], calls }))),
         Effect.flip
       )
-      expect(error.phase).toBe("read archive")
+      expect(error.step).toBe("read archive")
       expect(error.message).toContain("is xz-compressed, which the Kaniko builders cannot build")
       expect(yield* Ref.get(calls)).toEqual([])
     }).pipe(Effect.provide(NodeContext.layer)))
@@ -651,13 +661,13 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
       const contexts = path.join(dir, "contexts")
       const calls = yield* Ref.make<ReadonlyArray<string>>([])
       const error = yield* build(archive).pipe(
-        Effect.provide(builderWith(KanikoFsImageBuilder.layer, fakeCluster({ waits: [], calls }), {
-          kanikoBuildContextDir: contexts,
-          kanikoMaxMemoryBytes: 256 * mib
+        Effect.provide(builderWith(kanikoFsLayer, fakePods({ waits: [], calls }), {
+          KANIKO_BUILD_CTX_DIR: contexts,
+          KANIKO_MAX_MEMORY: "256Mi"
         })),
         Effect.flip
       )
-      expect(error.phase).toBe("pod resources")
+      expect(error.step).toBe("pod resources")
       expect(error.message).toContain("needs 4.5 x that + 256 MiB = 266 MiB of memory")
       expect(error.message).toContain("more than KANIKO_MAX_MEMORY (256 MiB)")
       expect(yield* Ref.get(calls)).toEqual([])
@@ -667,7 +677,7 @@ describe("Kaniko builders: archive formats, registry trust, resources", () => {
   it.scoped("the build may take KANIKO_TIMEOUT's share plus 10 s per started 100 MiB (TestClock)", () =>
     Effect.gen(function*() {
       const { archive } = yield* makeArchive
-      const { calls, fiber } = yield* stuckBuild(KanikoFsImageBuilder.layer, archive)
+      const { calls, fiber } = yield* stuckBuild(kanikoFsLayer, archive)
       yield* advance(69)
       expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
       yield* advance(2)

@@ -237,7 +237,7 @@ describeE2E("NativeImageBuilder against a real registry", () => {
             })
           )
           expect(error._tag).toBe("ImageBuildError")
-          expect(error.phase).toBe("push")
+          expect(error.step).toBe("push")
           expect(error.message).toContain("registry refused credentials (401 UNAUTHORIZED)")
           const shown = [error.message, String(error), Cause.pretty(Cause.fail(error)), registry.logs()].join("\n")
           for (const secret of [registry.password, registry.wrongPassword]) {
@@ -257,7 +257,7 @@ describeE2E("NativeImageBuilder against a real registry", () => {
             REGISTRY_CA_FILE: htpasswd.caFile
           })
         )
-        expect(error.phase).toBe("push")
+        expect(error.step).toBe("push")
         expect(error.message).toContain(
           `registry requires credentials (401 UNAUTHORIZED); REGISTRY_AUTH_FILE has no credentials for ${htpasswd.host}`
         )
@@ -270,7 +270,7 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         const error = yield* Effect.flip(
           build({ archive: checkpoint.tar, imageName }, { REGISTRY_AUTH_FILE: htpasswd.authFile })
         )
-        expect(error.phase).toBe("push")
+        expect(error.step).toBe("push")
         expect(error.message).toMatch(/cannot reach 127\.0\.0\.1:\d+ .*(certificate|CERT)/i)
         const built = yield* build({ archive: checkpoint.tar, imageName }, {
           REGISTRY_AUTH_FILE: htpasswd.authFile,
@@ -289,7 +289,7 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         const tag = randomTag()
         const imageName = `${plain.host}/plain/counter:${tag}`
         const error = yield* Effect.flip(build({ archive: checkpoint.tar, imageName }, trustedRegistry(plain)))
-        expect(error.phase).toBe("push")
+        expect(error.step).toBe("push")
         expect(error.message).toContain(`registry ping failed: cannot reach ${plain.host}`)
         const built = yield* build({ archive: checkpoint.tar, imageName }, {
           REGISTRY_AUTH_FILE: plain.authFile,
@@ -313,7 +313,7 @@ describeE2E("NativeImageBuilder against a real registry", () => {
           const error = yield* Effect.flip(
             build({ archive, imageName: `${token.host}/broken/counter:${randomTag()}` }, trustedRegistry(token))
           )
-          expect(error.phase, archive).toBe("read archive")
+          expect(error.step, archive).toBe("read archive")
           expect(error.message, archive).toContain(`cannot read the checkpoint archive ${archive}`)
         }
         const tags = yield* Effect.either(token.tags("broken/counter"))

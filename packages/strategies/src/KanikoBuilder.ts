@@ -1,18 +1,22 @@
 import { FileSystem, Path } from "@effect/platform"
-import { CheckpointerConfig, Cluster, ImageBuildError, ImageBuilder } from "@checkpointer/core"
-import type { BuildRequest, BuiltImage, CheckpointerSettings } from "@checkpointer/core"
+import { checkpointerNamespace, ImageBuildError, ImageBuilder, kanikoConfig, reasonOf } from "@checkpointer/core"
+import type { BuildRequest, BuildStep, BuiltImage, KanikoSettings } from "@checkpointer/core"
 import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
 import { Duration, Effect, Either, Option } from "effect"
 import type { Scope } from "effect"
-import { checkpointFacts, readArchiveMetadata } from "./CheckpointArchive.ts"
-import type { Compression } from "./CheckpointArchive.ts"
+import type { Compression } from "./ArchiveFormat.ts"
+import { checkpointFacts, readArchiveMetadata } from "./CheckpointMetadata.ts"
 import { readArchiveFormat } from "./KanikoContext.ts"
 import type { ContextArchive, ContextFiles } from "./KanikoContext.ts"
 import { unsupportedByKaniko } from "./LayerEncoding.ts"
-import { imageAnnotations, nodeArchitecture } from "./NativeImageBuilder.ts"
-import { platformReason, readRegistryCa, registryTrustConfig } from "./RegistryAuth.ts"
+import { imageAnnotations, nodeArchitecture } from "./ImageAnnotations.ts"
+import { KanikoPods } from "./KanikoPods.ts"
+import { readRegistryCa, registryTrustConfig } from "./RegistryTrust.ts"
 
 export type KanikoBuilderName = "kaniko" | "kaniko-fs"
+
+/** KANIKO_* and the namespace the pods run in (Checkpointer's). */
+export type KanikoPodSettings = KanikoSettings & { readonly namespace: string }
 
 export const kanikoContainer = "kaniko"
 export const dockerfileName = "Dockerfile"
@@ -113,10 +117,7 @@ export const kanikoArgs = (options: {
 
 /** The Kaniko pod of one build, as the seed defined it (plus the labels and annotations that say whose it is). */
 export const kanikoPod = (options: {
-  readonly settings: Pick<
-    CheckpointerSettings,
-    "namespace" | "node" | "kanikoImage" | "kanikoSecretName" | "kanikoCpuRequest" | "baseImage"
-  >
+  readonly settings: Pick<KanikoPodSettings, "namespace" | "node" | "image" | "secretName" | "cpuRequest" | "baseImage">
   readonly builder: KanikoBuilderName
   readonly request: BuildRequest
   readonly context: BuildContext
@@ -131,7 +132,7 @@ export const kanikoPod = (options: {
   const hostPath = context._tag === "HostPath" ? context : undefined
   const volumes: Array<V1Volume> = [{
     name: "docker-config",
-    secret: { secretName: settings.kanikoSecretName, items: [{ key: ".dockerconfigjson", path: "config.json" }] }
+    secret: { secretName: settings.secretName, items: [{ key: ".dockerconfigjson", path: "config.json" }] }
   }]
   const volumeMounts: Array<V1VolumeMount> = [{ name: "docker-config", mountPath: "/kaniko/.docker", readOnly: true }]
   if (hostPath !== undefined) {
@@ -166,7 +167,7 @@ export const kanikoPod = (options: {
       nodeSelector: { "kubernetes.io/arch": options.architecture },
       containers: [{
         name: kanikoContainer,
-        image: settings.kanikoImage,
+        image: settings.image,
         args: [...kanikoArgs({
           context,
           destination: request.imageName,
@@ -179,7 +180,7 @@ export const kanikoPod = (options: {
         // Go's heap target well below the limit: the files the executor writes are page cache in the same cgroup.
         env: [{ name: "GOMEMLIMIT", value: `${Math.floor(options.memoryBytes * 0.6 / mebibyte)}MiB` }],
         resources: {
-          requests: { memory, cpu: settings.kanikoCpuRequest },
+          requests: { memory, cpu: settings.cpuRequest },
           limits: { memory }
         },
         terminationMessagePolicy: "FallbackToLogsOnError",
@@ -229,9 +230,9 @@ const isTerminal = (pod: V1Pod) => phaseOf(pod) === "Succeeded" || phaseOf(pod) 
 export interface KanikoStrategy {
   readonly name: KanikoBuilderName
   /** Build time once the pod exists, before the archive's allowance (kaniko-fs: twice KANIKO_TIMEOUT). */
-  readonly buildTimeout: (settings: CheckpointerSettings) => Duration.Duration
+  readonly buildTimeout: (settings: KanikoPodSettings) => Duration.Duration
   readonly prepare: (build: {
-    readonly settings: CheckpointerSettings
+    readonly settings: KanikoPodSettings
     readonly request: BuildRequest
     readonly format: Compression
     readonly files: ContextFiles
@@ -242,7 +243,7 @@ export interface KanikoStrategy {
   >
   readonly stream: Option.Option<
     (build: {
-      readonly cluster: Cluster
+      readonly pods: KanikoPods
       readonly namespace: string
       readonly name: string
       readonly archive: ContextArchive
@@ -255,21 +256,21 @@ export interface KanikoStrategy {
 export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
   Effect.gen(function*() {
     yield* unsupportedByKaniko(strategy.name)
-    const settings = yield* CheckpointerConfig
-    const cluster = yield* Cluster
+    const settings: KanikoPodSettings = { ...yield* kanikoConfig, namespace: yield* checkpointerNamespace }
+    const pods = yield* KanikoPods
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     const { caFile, insecure } = yield* registryTrustConfig
     const trust: KanikoRegistryTrust = { caPem: yield* readRegistryCa(caFile), insecure }
     const architecture = nodeArchitecture()
-    const timeout = Duration.seconds(settings.kanikoTimeoutSeconds)
+    const timeout = Duration.seconds(settings.timeoutSeconds)
     const namespace = settings.namespace
 
-    const failure = (phase: string, message: string, cause?: unknown) =>
-      new ImageBuildError({ phase, message, ...(cause === undefined ? {} : { cause }) })
+    const failure = (step: BuildStep, message: string, cause?: unknown) =>
+      new ImageBuildError({ step, message, ...(cause === undefined ? {} : { cause }) })
 
     const lastLogLines = (name: string) =>
-      cluster.podLogTail(namespace, name, kanikoContainer, logLines).pipe(
+      pods.podLogTail(namespace, name, kanikoContainer, logLines).pipe(
         Effect.map((log) => masked(log.trim()).slice(-maxLogChars)),
         Effect.orElseSucceed(() => "")
       )
@@ -284,11 +285,11 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
 
     /** Waits for the pod to satisfy `until`; a timeout while it is still Pending is a scheduling failure. */
     const waitFor = (name: string, until: (pod: V1Pod) => boolean, within: Duration.Duration, what: string) =>
-      cluster.waitForPod(namespace, name, until).pipe(
+      pods.waitForPod(namespace, name, until).pipe(
         Effect.mapError((error) => failure("build", `Kaniko pod ${namespace}/${name}: ${error.message}`, error)),
         Effect.timeout(within),
         Effect.catchTag("TimeoutException", () =>
-          Effect.flatMap(Effect.option(cluster.getPod(namespace, name)), (found) => {
+          Effect.flatMap(Effect.option(pods.getPod(namespace, name)), (found) => {
             const current = Option.flatten(found)
             const pending = Option.exists(current, (pod) => phaseOf(pod) === "Pending")
             const state = Option.match(current, { onNone: () => "gone", onSome: describePodState })
@@ -308,7 +309,7 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
     }) =>
       Effect.gen(function*() {
         const { archive, context, files, request } = build
-        const memoryBytes = yield* Either.match(kanikoMemory(archive.size, settings.kanikoMaxMemoryBytes), {
+        const memoryBytes = yield* Either.match(kanikoMemory(archive.size, settings.maxMemoryBytes), {
           onLeft: (reason) => Effect.fail(failure("pod resources", reason)),
           onRight: Effect.succeed
         })
@@ -323,11 +324,11 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
           architecture
         })
         const created = yield* Effect.acquireRelease(
-          cluster.createPod(namespace, pod).pipe(
+          pods.createPod(namespace, pod).pipe(
             Effect.mapError((error) => failure("pod creation", `cannot create the Kaniko pod: ${error.message}`, error))
           ),
           (created) =>
-            cluster.requestPodDeletion(namespace, created.metadata?.name ?? "").pipe(
+            pods.requestPodDeletion(namespace, created.metadata?.name ?? "").pipe(
               Effect.tapError((error) => Effect.logWarning("could not delete the Kaniko pod").pipe(
                 Effect.annotateLogs({ error: error.message })
               )),
@@ -349,7 +350,7 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
               const state = describePodState(started)
               return yield* failure("build", `Kaniko pod ${namespace}/${name} ended before its context came: ${state}`)
             }
-            yield* strategy.stream.value({ cluster, namespace, name, archive, files })
+            yield* strategy.stream.value({ pods, namespace, name, archive, files })
           }
           const within = Duration.sum(strategy.buildTimeout(settings), sizeAllowance(archive.size))
           return yield* waitFor(name, isTerminal, within, "did not finish")
@@ -372,12 +373,12 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
       const readFailed = (reason: string, cause: unknown) =>
         failure("read archive", `cannot read the checkpoint archive ${request.archive}: ${reason}`, cause)
       const size = yield* fs.stat(request.archive).pipe(
-        Effect.mapError((error) => readFailed(platformReason(error), error)),
+        Effect.mapError((error) => readFailed(reasonOf(error), error)),
         Effect.map((info) => Number(info.size))
       )
       const format = yield* readArchiveFormat(request.archive).pipe(
         Effect.provideService(FileSystem.FileSystem, fs),
-        Effect.mapError((error) => readFailed(platformReason(error), error)),
+        Effect.mapError((error) => readFailed(reasonOf(error), error)),
         Effect.filterOrFail(
           (format): format is Compression => format !== "xz",
           () =>

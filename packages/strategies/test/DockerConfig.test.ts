@@ -1,40 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
-import { credentialsFor, normalizeAuthKey, parseAuthConfig, parseWwwAuthenticate } from "../src/RegistryAuth.ts"
-import type { Credentials } from "../src/RegistryAuth.ts"
-
-describe("parseWwwAuthenticate", () => {
-  it("reads a distribution Bearer challenge", () => {
-    const header = "Bearer realm=\"https://auth.docker.io/token\",service=\"registry.docker.io\"," +
-      "scope=\"repository:samalba/my-app:pull,push\""
-    expect(parseWwwAuthenticate(header)).toEqual([{
-      scheme: "bearer",
-      params: {
-        realm: "https://auth.docker.io/token",
-        service: "registry.docker.io",
-        scope: "repository:samalba/my-app:pull,push"
-      }
-    }])
-  })
-
-  it("reads Basic, token values, spaces, escapes and several challenges in one header", () => {
-    expect(parseWwwAuthenticate("Basic realm=\"Registry Realm\"")).toEqual([
-      { scheme: "basic", params: { realm: "Registry Realm" } }
-    ])
-    const several = "Basic realm=\"a \\\"quoted\\\" realm\" , charset=UTF-8, " +
-      "Bearer realm=\"https://t/x\", error=invalid_token"
-    expect(parseWwwAuthenticate(several))
-      .toEqual([
-        { scheme: "basic", params: { realm: "a \"quoted\" realm", charset: "UTF-8" } },
-        { scheme: "bearer", params: { realm: "https://t/x", error: "invalid_token" } }
-      ])
-    expect(parseWwwAuthenticate("Negotiate, Bearer realm=\"r\"")).toEqual([
-      { scheme: "negotiate", params: {} },
-      { scheme: "bearer", params: { realm: "r" } }
-    ])
-    expect(parseWwwAuthenticate("")).toEqual([])
-  })
-})
+import { credentialsFor, normalizeAuthKey, parseAuthConfig } from "../src/DockerConfig.ts"
+import type { Credentials } from "../src/DockerConfig.ts"
 
 describe("docker config auth file", () => {
   it("normalizes keys like the docker CLI", () => {
@@ -70,5 +37,15 @@ describe("docker config auth file", () => {
       const error = yield* Effect.flip(parseAuthConfig("{\"auths\": {\"h\": {\"password\": \"s3cret\""))
       expect(error.message).toBe("the registry auth file is not valid JSON")
       expect(error.message).not.toContain("s3cret")
+    }))
+
+  it.effect("a file without auths has no credentials; one that is not a JSON object is refused", () =>
+    Effect.gen(function*() {
+      expect((yield* parseAuthConfig("{}")).size).toBe(0)
+      expect((yield* parseAuthConfig("{\"auths\": {\"h\": null}}")).size).toBe(0)
+      for (const text of ["42", "null", "\"auths\""]) {
+        const error = yield* Effect.flip(parseAuthConfig(text))
+        expect(error.message).toBe("the registry auth file is not a docker config JSON object")
+      }
     }))
 })

@@ -1,0 +1,29 @@
+import { Data } from "effect"
+import { reasonOf } from "@checkpointer/core"
+
+export type Compression = "none" | "gzip" | "zstd"
+
+/** Compression by magic number: gzip `1f 8b`, zstd `28 b5 2f fd`, anything else is taken as a plain tar. */
+export const sniffCompression = (head: Uint8Array): Compression => {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return "gzip"
+  if (head.length >= 4 && head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return "zstd"
+  return "none"
+}
+
+const tarMediaType = "application/vnd.oci.image.layer.v1.tar"
+
+export const layerMediaType = (compression: Compression): string =>
+  compression === "none" ? tarMediaType : `${tarMediaType}+${compression}`
+
+export class ArchiveError extends Data.TaggedError("ArchiveError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+/** Warnings of the tar parser that mean the bytes are not a tar archive. */
+export const fatalTarWarnings: ReadonlySet<string> = new Set(["TAR_BAD_ARCHIVE", "TAR_ENTRY_INVALID", "TAR_ABORT"])
+
+export const unreadableTar = (cause: unknown) =>
+  new ArchiveError({ message: `not a readable tar archive: ${reasonOf(cause)}`, cause })
+
+export const readFailed = (cause: unknown) => new ArchiveError({ message: `read failed: ${reasonOf(cause)}`, cause })

@@ -1,0 +1,23 @@
+import { FileSystem } from "@effect/platform"
+import { Effect, Option, Stream } from "effect"
+
+/**
+ * The archive's bytes, read into a small ring of reused buffers. Fresh buffers per chunk would be freed only when
+ * V8 next collects garbage, which lets RSS grow by tens of MiB during a large push. Reuse is safe because every
+ * consumer is done with a chunk long before its buffer comes round again: hashing is synchronous, the tar parser and
+ * the decompressor are written with backpressure, metadata entries are copied, and the HTTP body waits for the
+ * socket's drain after each chunk (a chunk is larger than the socket's high-water mark).
+ */
+export const readArchive = (path: string, options: { readonly chunkSize: number; readonly buffers: number }) =>
+  Stream.unwrapScoped(Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const file = yield* fs.open(path, { flag: "r" })
+    const ring = Array.from({ length: options.buffers }, () => Buffer.allocUnsafeSlow(options.chunkSize))
+    let turn = 0
+    return Stream.repeatEffectOption(Effect.gen(function*() {
+      const buffer = ring[turn++ % ring.length]!
+      const bytesRead = Number(yield* Effect.mapError(file.read(buffer), Option.some))
+      if (bytesRead === 0) return yield* Effect.fail(Option.none())
+      return buffer.subarray(0, bytesRead)
+    }))
+  }))
