@@ -4,8 +4,8 @@ import { parseAllDocuments } from "yaml"
 import { projectRoot } from "./harness/CheckpointerProcess.ts"
 
 /**
- * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in core's Cluster.ts and in the
- * strategies' KanikoPods.ts, the methods of each that core and each strategy use (found in the sources), and the
+ * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in core's Cluster.ts and PodEvents.ts and in
+ * the strategies' KanikoPods.ts, the methods of each that core and each strategy use (found in the sources), and the
  * permission each call needs. A call added without its permission, or a permission no call needs, fails here.
  */
 
@@ -16,6 +16,7 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "core.readNamespacedPod": ["pods:get"],
   "core.deleteNamespacedPod": ["pods:delete"],
   "core.listPodForAllNamespaces": ["pods:list"],
+  "core.createNamespacedEvent": ["events:create"],
   "core.createNamespacedPod": ["pods:create"],
   "core.readNamespacedPodLog": ["pods/log:get"],
   "watcher.watch": ["pods:watch"],
@@ -29,6 +30,7 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
 /** The services that call the Kubernetes API: where each lives, and the name its users give it. */
 const services = {
   cluster: { path: "packages/core/src/Cluster.ts", usedAs: "cluster" },
+  podEvents: { path: "packages/core/src/PodEvents.ts", usedAs: "events" },
   kanikoPods: { path: "packages/strategies/src/KanikoPods.ts", usedAs: "pods" }
 } as const
 
@@ -81,7 +83,7 @@ const methodsUsedIn = (service: Service, paths: ReadonlyArray<string>) =>
   ))
 
 const corePaths = readdirSync(`${projectRoot}/packages/core/src`)
-  .filter((file) => file.endsWith(".ts") && file !== "Cluster.ts")
+  .filter((file) => file.endsWith(".ts") && file !== "Cluster.ts" && file !== "PodEvents.ts")
   .map((file) => `packages/core/src/${file}`)
 
 type Scope = "cluster" | "namespace"
@@ -98,7 +100,10 @@ const required = (builder: "native" | "kaniko" | "kaniko-fs") => {
   const builderFiles = builder === "native"
     ? []
     : [`${strategies}/KanikoBuilder.ts`, `${strategies}/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`]
-  const base = new Set(permissions("cluster", methodsUsedIn("cluster", corePaths), "cluster"))
+  const base = new Set([
+    ...permissions("cluster", methodsUsedIn("cluster", corePaths), "cluster"),
+    ...permissions("podEvents", methodsUsedIn("podEvents", corePaths), "cluster")
+  ])
   const builderOnly = permissions("kanikoPods", methodsUsedIn("kanikoPods", builderFiles), "namespace")
     .filter((permission) => !base.has(permission.replace(/^namespace:/, "cluster:")))
   return new Set([...base, ...builderOnly])
@@ -160,7 +165,7 @@ const rbacFiles = {
 }
 
 describe("RBAC in k8s-manifests", () => {
-  it("knows the permission of every Kubernetes call in Cluster.ts and KanikoPods.ts", () => {
+  it("knows the permission of every Kubernetes call in Cluster.ts, PodEvents.ts and KanikoPods.ts", () => {
     const calls = new Set(
       (Object.keys(services) as ReadonlyArray<Service>).flatMap((service) =>
         [...source(services[service].path).matchAll(clientCallPattern(service))].map((match) => match[1]!)
@@ -185,6 +190,7 @@ describe("RBAC in k8s-manifests", () => {
     }
     expect(granted(rbacFiles["kaniko-fs"]).some((permission) => permission.includes("pods/attach"))).toBe(false)
     expect(granted(rbacFiles.native).filter((permission) => permission.endsWith(":create"))).toEqual([
+      "cluster:events:create",
       "cluster:tokenreviews.authentication.k8s.io:create",
       "cluster:subjectaccessreviews.authorization.k8s.io:create"
     ])

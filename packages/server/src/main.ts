@@ -8,6 +8,7 @@ import {
   describeConfigError,
   KubeletService,
   NodeRouter,
+  PodEvents,
   Readiness,
   ResultStore,
   ServerConfig
@@ -26,7 +27,8 @@ const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default
     KubeletService.Default,
     CheckpointDirectory.Default,
     ResultStore.File,
-    ImageBuilderLayer
+    ImageBuilderLayer,
+    PodEvents.Default
   ]),
   Layer.provide(Cluster.Default)
 )
