@@ -1,0 +1,72 @@
+import { HttpApiBuilder } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { expect, layer } from "@effect/vitest"
+import { CheckpointResult, ImageBuildError } from "@checkpointer/core"
+import { Deferred, Duration, Effect, Fiber, Layer, Ref } from "effect"
+import { CheckpointerClient } from "@checkpointer/client"
+import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
+import { CheckpointerTest, World } from "./TestLayers.ts"
+
+const ServerTest = HttpApiBuilder.serve().pipe(
+  Layer.provide(DecodeErrorsAsText),
+  Layer.provide(ApiLive),
+  Layer.provideMerge(CheckpointerTest),
+  Layer.provideMerge(NodeHttpServer.layerTest)
+)
+
+const ClientTest = CheckpointerClient.layerWithoutHttpClient({}).pipe(Layer.provideMerge(ServerTest))
+
+const container = (pod: string) => ({ namespace: "default", pod, container: "main" })
+
+layer(ClientTest, { excludeTestServices: true })("CheckpointerClient against the API", (it) => {
+  it.effect("checkpoint answers the result; with async it answers an identifier that waitFor resolves", () =>
+    Effect.gen(function*() {
+      const client = yield* CheckpointerClient
+      const world = yield* World
+      const result = yield* client.checkpoint(container("client-sync"))
+      expect(result).toBeInstanceOf(CheckpointResult)
+      expect(result.containerImageName).toMatch(/^registry\.test\/checkpoints:[0-9a-f]{16}$/)
+
+      const release = yield* Deferred.make<void>()
+      yield* Ref.set(world.buildBehaviour, () => Deferred.await(release))
+      const accepted = yield* client.checkpoint(container("client-async"), { async: true, deletePod: true })
+      expect(accepted.checkpointIdentifier).toMatch(/^node-a:[0-9a-f]{16}$/)
+      const waited = yield* Ref.make<ReadonlyArray<Duration.Duration>>([])
+      const waiting = yield* Effect.fork(client.waitFor(accepted.checkpointIdentifier, {
+        onWaiting: (elapsed) => Ref.update(waited, (all) => [...all, elapsed])
+      }))
+      yield* Effect.sleep("1200 millis")
+      yield* Deferred.succeed(release, undefined)
+      const later = yield* Fiber.join(waiting)
+      yield* Ref.set(world.buildBehaviour, () => Effect.void)
+      expect(later.containerImageName.endsWith(accepted.checkpointIdentifier.split(":")[1]!)).toBe(true)
+      expect(yield* Ref.get(world.deletedPods)).toContain("default/client-async")
+      const progress = yield* Ref.get(waited)
+      expect(progress.length).toBeGreaterThanOrEqual(2)
+      expect(Duration.toMillis(progress.at(-1)!)).toBeGreaterThanOrEqual(1000)
+      expect(yield* client.result(accepted.checkpointIdentifier)).toEqual(later)
+    }))
+
+  it.effect("the contract's errors come back typed, with the server's message", () =>
+    Effect.gen(function*() {
+      const client = yield* CheckpointerClient
+      const world = yield* World
+      yield* Ref.set(world.missingContainers, new Set(["ghost"]))
+      const missing = yield* Effect.flip(client.checkpoint({ namespace: "default", pod: "client", container: "ghost" }))
+      expect(missing._tag).toBe("ContainerNotFound")
+      expect(missing.message).toBe("container default/client/ghost not found on node node-a")
+
+      yield* Ref.set(world.buildBehaviour, () => Effect.fail(new ImageBuildError({ phase: "push", message: "denied" })))
+      const failed = yield* Effect.flip(client.checkpoint(container("client-failing")))
+      yield* Ref.set(world.buildBehaviour, () => Effect.void)
+      expect(failed._tag).toBe("CheckpointFailed")
+      expect(failed.message).toBe('checkpoint failed in phase "build/push": push: denied')
+
+      const unknown = yield* Effect.flip(client.result("node-a:0123456789abcdef"))
+      expect(unknown._tag).toBe("CheckpointNotFound")
+
+      const invalid = yield* Effect.flip(client.checkpoint({ namespace: "default", pod: "Not_A_Pod", container: "c" }))
+      expect(invalid._tag).toBe("CheckpointerRequestFailed")
+      expect(invalid.message).toContain("DNS-1123 subdomain")
+    }))
+})
