@@ -20,6 +20,8 @@ describe("CheckpointerClient transport", () => {
       return { client, calls }
     })
 
+  const target = { namespace: "default", pod: "p", container: "c" }
+
   const done = JSON.stringify({
     containerIdentifier: { namespace: "default", pod: "p", container: "c" },
     beginTimestamp: 1,
@@ -27,9 +29,13 @@ describe("CheckpointerClient transport", () => {
     containerImageName: "registry.test/checkpoints:0123456789abcdef"
   })
 
-  it.effect("waitFor asks again after a 502 or 503 and gives the server's text on an unexpected answer", () =>
+  it.effect("waitFor asks again after a 502 or 503; a 421 comes back typed, an unexpected answer with its text", () =>
     Effect.gen(function*() {
-      const flaky = yield* answering([[502, "the Checkpointer on node node-b did not answer"], [503, "restarting"], [200, done]])
+      const flaky = yield* answering([
+        [502, "the Checkpointer on node node-b did not answer"],
+        [503, "restarting"],
+        [200, done]
+      ])
       const waiting = yield* Effect.fork(flaky.client.waitFor("node-b:0123456789abcdef"))
       yield* TestClock.adjust("1 second")
       const result = yield* Fiber.join(waiting)
@@ -37,12 +43,12 @@ describe("CheckpointerClient transport", () => {
       expect(yield* Ref.get(flaky.calls)).toBe(3)
 
       const misrouted = yield* answering([[421, "pod default/p is not on node node-a either"]])
-      const failure = yield* Effect.flip(misrouted.client.checkpoint({ namespace: "default", pod: "p", container: "c" }))
-      expect(failure).toMatchObject({
-        _tag: "CheckpointerRequestFailed",
-        status: 421,
-        message: "pod default/p is not on node node-a either"
-      })
+      const failure = yield* Effect.flip(misrouted.client.checkpoint(target))
+      expect(failure).toMatchObject({ _tag: "Misdirected", message: "pod default/p is not on node node-a either" })
+
+      const unexpected = yield* answering([[418, "not a Checkpointer"]])
+      const teapot = yield* Effect.flip(unexpected.client.checkpoint(target))
+      expect(teapot).toMatchObject({ _tag: "CheckpointerRequestFailed", status: 418, message: "not a Checkpointer" })
     }))
 
   it.effect("waitFor gives up after its timeout", () =>

@@ -1,8 +1,18 @@
-import { HttpApiBuilder, HttpApiError, HttpRouter, HttpServerResponse } from "@effect/platform"
+import {
+  FileSystem,
+  HttpApiBuilder,
+  HttpApiError,
+  HttpIncomingMessage,
+  HttpMiddleware,
+  HttpRouter,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { CheckpointerApi, CheckpointerConfig } from "@checkpointer/core"
 import { Cause, Effect, Layer, Option } from "effect"
 import { listenerLayer } from "./ApiListener.ts"
+import { CallerAuth } from "./CallerAuth.ts"
 import { CheckpointHandlers } from "./CheckpointHandlers.ts"
 import { DocsPageLive } from "./DocsPage.ts"
 import { HealthHandlers } from "./HealthHandlers.ts"
@@ -13,43 +23,88 @@ const describeDecodeError = (error: HttpApiError.HttpApiDecodeError): string =>
     ? error.message
     : error.issues.map((issue) => `invalid ${issue.path.join(".") || "request"}: ${issue.message}`).join("; ")
 
-const isRouteNotFound = (error: unknown): error is HttpServerError.RouteNotFound =>
-  typeof error === "object" && error !== null && "_tag" in error && error._tag === "RouteNotFound"
+const hasTag = <Tag extends string>(error: unknown, tag: Tag): error is { readonly _tag: Tag } =>
+  typeof error === "object" && error !== null && "_tag" in error && error._tag === tag
+
+const isRouteNotFound = (error: unknown): error is HttpServerError.RouteNotFound => hasTag(error, "RouteNotFound")
+
+const maxBodyBytes = 64 * 1024
+const bodyTooLarge = `request body is larger than ${maxBodyBytes} bytes`
+
+/** Why a request body could not be read (the contract reads it before decoding the payload). */
+const describeUnreadableBody = (error: unknown): Option.Option<HttpServerResponse.HttpServerResponse> => {
+  if (hasTag(error, "MultipartError")) {
+    return Option.some(HttpServerResponse.text("could not read the request body", { status: 400 }))
+  }
+  if (!hasTag(error, "RequestError") || !("cause" in error)) return Option.none()
+  const cause = error.cause
+  if (cause instanceof SyntaxError) {
+    return Option.some(
+      HttpServerResponse.text(`request body is not valid JSON: ${cause.message}`, { status: 400 })
+    )
+  }
+  return Option.some(
+    cause instanceof Error && cause.message === "maxBytes exceeded"
+      ? HttpServerResponse.text(bodyTooLarge, { status: 413 })
+      : HttpServerResponse.text("could not read the request body", { status: 400 })
+  )
+}
 
 /**
- * Requests that do not match the contract (path names, identifiers) get a plain-text 400, and requests for no
- * endpoint a plain-text 404, as every other error.
+ * Requests the contract cannot decode (path names, identifiers, bodies) get a plain-text 400, bodies over 64 KiB a
+ * 413, and requests for no endpoint a plain-text 404, as every other error.
  */
 export const DecodeErrorsAsText = HttpApiBuilder.middleware((app) =>
-  Effect.catchAllCause(app, (cause) =>
-    Option.match(Cause.failureOption(cause as Cause.Cause<unknown>), {
-      onSome: (error) =>
-        error instanceof HttpApiError.HttpApiDecodeError
-          ? Effect.succeed(HttpServerResponse.text(describeDecodeError(error), { status: 400 }))
-          : isRouteNotFound(error)
-          ? Effect.succeed(HttpServerResponse.text(
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    if (Number(request.headers["content-length"] ?? 0) > maxBodyBytes) {
+      return HttpServerResponse.text(bodyTooLarge, { status: 413 })
+    }
+    return yield* app.pipe(HttpIncomingMessage.withMaxBodySize(Option.some(FileSystem.Size(maxBodyBytes))))
+  }).pipe(
+    Effect.catchAllCause((cause) => {
+      const failure = Cause.failureOption(cause as Cause.Cause<unknown>)
+      if (Option.isSome(failure)) {
+        const error = failure.value
+        if (error instanceof HttpApiError.HttpApiDecodeError) {
+          return Effect.succeed(HttpServerResponse.text(describeDecodeError(error), { status: 400 }))
+        }
+        if (isRouteNotFound(error)) {
+          return Effect.succeed(HttpServerResponse.text(
             `no endpoint ${error.request.method} ${error.request.url.split("?")[0]}: see /openapi.json`,
             { status: 404 }
           ))
-          : Effect.failCause(cause),
-      onNone: () => Effect.failCause(cause)
-    }))
+        }
+      }
+      return Option.match(Option.flatMap(Cause.dieOption(cause), describeUnreadableBody), {
+        onNone: () => Effect.failCause(cause),
+        onSome: Effect.succeed
+      })
+    })
+  )
+)
+
+/** A 401 tells the caller how to authenticate. */
+const ChallengeBearer = HttpMiddleware.make((app) =>
+  Effect.map(app, (response) =>
+    response.status === 401 ? HttpServerResponse.setHeader(response, "www-authenticate", "Bearer") : response)
 )
 
 /** Pod names may be 253 characters; longer path segments still reach the handler and get a 400 that says why. */
 const RouterConfigLive = HttpRouter.setRouterConfig({ maxParamLength: 1024 })
 
+/** The contract's handlers, with caller authentication and forwarding between nodes. */
 export const ApiLive = HttpApiBuilder.api(CheckpointerApi).pipe(
   Layer.provide([CheckpointHandlers, HealthHandlers]),
+  Layer.provide([RequestGate.Default, CallerAuth]),
   Layer.provideMerge(RouterConfigLive)
 )
 
-/** The API with /openapi.json, the /docs page and the request gate (authentication, forwarding), on any HttpServer. */
-export const AppLive = HttpApiBuilder.serve().pipe(
+/** The API with its plain-text errors, /openapi.json and the /docs page, on any HttpServer. */
+export const AppLive = HttpApiBuilder.serve(ChallengeBearer).pipe(
   Layer.provide(DocsPageLive),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(DecodeErrorsAsText),
-  Layer.provide(RequestGate),
   Layer.provide(ApiLive)
 )
 

@@ -1,13 +1,11 @@
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import {
-  CallerAuth,
   CheckpointDirectory,
   Checkpointer,
   CheckpointerConfig,
   Cluster,
   describeConfigError,
   KubeletService,
-  NodeRouter,
   Readiness,
   ResultStore
 } from "@checkpointer/core"
@@ -17,14 +15,10 @@ import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
 
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
 
-const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default, Readiness.Default, CallerAuth.Default).pipe(
-  Layer.provide([
-    KubeletService.DefaultWithoutDependencies,
-    CheckpointDirectory.Default,
-    ResultStore.File,
-    ImageBuilderLayer
-  ]),
-  Layer.provide(Cluster.Default)
+const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
+  Layer.provide([KubeletService.DefaultWithoutDependencies, CheckpointDirectory.Default, ImageBuilderLayer]),
+  Layer.provideMerge(ResultStore.File),
+  Layer.provideMerge(Cluster.Default)
 )
 
 const LoggerLive = Layer.unwrapEffect(

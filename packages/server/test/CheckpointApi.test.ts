@@ -1,17 +1,9 @@
-import { FileSystem, HttpApiBuilder, HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import { FileSystem, HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { describe, expect, layer } from "@effect/vitest"
 import { CheckpointerApi, ContainerRef, ImageBuildError, PendingRecord, ResultStore } from "@checkpointer/core"
-import { Deferred, Effect, Fiber, Layer, Ref } from "effect"
-import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
-import { CheckpointerTest, World } from "./TestLayers.ts"
+import { Deferred, Effect, Fiber, Ref } from "effect"
+import { ServerTest, World } from "./TestLayers.ts"
 
-const ServerTest = HttpApiBuilder.serve().pipe(
-  Layer.provide(DecodeErrorsAsText),
-  Layer.provide(ApiLive),
-  Layer.provideMerge(CheckpointerTest),
-  Layer.provideMerge(NodeHttpServer.layerTest)
-)
 
 const post = (path: string, body?: string) =>
   Effect.gen(function*() {

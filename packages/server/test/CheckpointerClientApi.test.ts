@@ -1,18 +1,9 @@
-import { HttpApiBuilder } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { CheckpointResult, ImageBuildError } from "@checkpointer/core"
 import { Deferred, Duration, Effect, Fiber, Layer, Ref } from "effect"
 import { CheckpointerClient } from "@checkpointer/client"
-import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
-import { CheckpointerTest, World } from "./TestLayers.ts"
+import { ServerTest, World } from "./TestLayers.ts"
 
-const ServerTest = HttpApiBuilder.serve().pipe(
-  Layer.provide(DecodeErrorsAsText),
-  Layer.provide(ApiLive),
-  Layer.provideMerge(CheckpointerTest),
-  Layer.provideMerge(NodeHttpServer.layerTest)
-)
 
 const ClientTest = CheckpointerClient.layerWithoutHttpClient({}).pipe(Layer.provideMerge(ServerTest))
 

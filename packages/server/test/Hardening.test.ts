@@ -1,5 +1,4 @@
-import { HttpApiBuilder, HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import {
   Checkpointer,
@@ -13,8 +12,7 @@ import {
 import type { CheckpointIdentifier } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { Deferred, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
-import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
-import { makeCheckpointerTest, World } from "./TestLayers.ts"
+import { makeServerTest, World } from "./TestLayers.ts"
 
 const container = ContainerRef.make({ namespace: "default", pod: "counter", container: "main" } as never)
 const expired = "node-a:1111111111111111" as CheckpointIdentifier
@@ -37,12 +35,7 @@ const StoreFromBefore = Layer.effect(
   })
 ).pipe(Layer.provide(ResultStore.Memory))
 
-const ServerTest = HttpApiBuilder.serve().pipe(
-  Layer.provide(DecodeErrorsAsText),
-  Layer.provide(ApiLive),
-  Layer.provideMerge(makeCheckpointerTest(StoreFromBefore)),
-  Layer.provideMerge(NodeHttpServer.layerTest)
-)
+const ServerTest = makeServerTest(StoreFromBefore)
 
 const send = (request: HttpClientRequest.HttpClientRequest) =>
   Effect.gen(function*() {

@@ -1,17 +1,9 @@
-import { HttpApiBuilder, HttpClient, HttpClientRequest, OpenApi } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import { HttpClient, HttpClientRequest, OpenApi } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { CheckpointerApi, ImageBuildError } from "@checkpointer/core"
-import { Deferred, Effect, Fiber, Layer, Ref } from "effect"
-import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
-import { CheckpointerTest, World } from "./TestLayers.ts"
+import { Deferred, Effect, Fiber, Ref } from "effect"
+import { ServerTest, World } from "./TestLayers.ts"
 
-const ServerTest = HttpApiBuilder.serve().pipe(
-  Layer.provide(DecodeErrorsAsText),
-  Layer.provide(ApiLive),
-  Layer.provideMerge(CheckpointerTest),
-  Layer.provideMerge(NodeHttpServer.layerTest)
-)
 
 const call = (request: HttpClientRequest.HttpClientRequest) =>
   Effect.gen(function*() {
@@ -115,5 +107,22 @@ layer(ServerTest, { excludeTestServices: true })("health and metrics API", (it) 
       const spec = OpenApi.fromApi(CheckpointerApi)
       expect(Object.keys(spec.paths)).toEqual(expect.arrayContaining(["/metrics", "/readyz", "/healthz"]))
       expect(Object.keys(spec.paths["/readyz"]?.get?.responses ?? {})).toEqual(expect.arrayContaining(["200", "503"]))
+    }))
+
+  it.effect("the OpenAPI document lists every answer of the checkpoint endpoints and their bearer security", () =>
+    Effect.sync(() => {
+      const spec = OpenApi.fromApi(CheckpointerApi)
+      const checkpoint = spec.paths["/checkpoint/{namespace}/{pod}/{container}"]?.post
+      const result = spec.paths["/checkpoint"]?.get
+      expect(Object.keys(checkpoint?.responses ?? {}).sort()).toEqual(
+        ["201", "202", "400", "401", "403", "404", "409", "413", "421", "500", "502", "503"]
+      )
+      expect(Object.keys(result?.responses ?? {}).sort()).toEqual(
+        ["200", "400", "401", "403", "404", "421", "500", "502"]
+      )
+      expect(checkpoint?.security).toEqual([{ bearer: [] }])
+      expect(result?.security).toEqual([{ bearer: [] }])
+      expect(spec.components.securitySchemes).toEqual({ bearer: { type: "http", scheme: "bearer" } })
+      expect(spec.paths["/healthz"]?.get?.security ?? []).toEqual([])
     }))
 })

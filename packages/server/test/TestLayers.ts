@@ -1,7 +1,6 @@
 import { FileSystem } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
+import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import {
-  CallerAuth,
   CheckpointDirectory,
   Checkpointer,
   CheckpointerConfig,
@@ -11,13 +10,13 @@ import {
   ImageBuilder,
   KubeletServiceTest,
   KubernetesApiError,
-  NodeRouter,
   podRunningNotFaked,
   Readiness,
   ResultStore
 } from "@checkpointer/core"
 import type { BuildRequest, CheckpointerSettings, ContainerRef } from "@checkpointer/core"
 import { Effect, Layer, Option, Ref } from "effect"
+import { AppLive } from "../src/HttpServer.ts"
 
 export const testSettings: CheckpointerSettings = {
   imagePrefix: "registry.test/checkpoints",
@@ -157,12 +156,22 @@ const TestConfig = Layer.scoped(
 
 /** Checkpointer with fake kubelet, builder and API server, the given result store and the real orchestration. */
 export const makeCheckpointerTest = <E>(store: Layer.Layer<ResultStore, E>) =>
-  Layer.mergeAll(Checkpointer.Default, Readiness.Default, CallerAuth.Default, NodeRouter.Default).pipe(
-  Layer.provide([FakeKubelet, FakeBuilder, FakeCluster, CheckpointDirectory.Default]),
-  Layer.provideMerge(store),
-  Layer.provideMerge(World.Default),
-  Layer.provideMerge(TestConfig),
-  Layer.provideMerge(NodeContext.layer)
-)
+  Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
+    Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default]),
+    Layer.provideMerge(FakeCluster),
+    Layer.provideMerge(store),
+    Layer.provideMerge(World.Default),
+    Layer.provideMerge(TestConfig),
+    Layer.provideMerge(NodeContext.layer)
+  )
 
 export const CheckpointerTest = makeCheckpointerTest(ResultStore.Memory)
+
+/** The whole API in process (NodeHttpServer.layerTest: an HttpClient that reaches it) over `makeCheckpointerTest`. */
+export const makeServerTest = <E>(store: Layer.Layer<ResultStore, E>) =>
+  AppLive.pipe(
+    Layer.provideMerge(makeCheckpointerTest(store)),
+    Layer.provideMerge(NodeHttpServer.layerTest)
+  )
+
+export const ServerTest = makeServerTest(ResultStore.Memory)
