@@ -1,18 +1,15 @@
-import { expect, layer } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { CheckpointResult, ImageBuildError } from "@checkpointer/core"
-import { Deferred, Duration, Effect, Fiber, Layer, Ref } from "effect"
+import { Deferred, Duration, Effect, Fiber, Queue, Ref, TestClock } from "effect"
 import { CheckpointerClient } from "@checkpointer/client"
-import { ServerTest, World } from "./TestLayers.ts"
-
-
-const ClientTest = CheckpointerClient.layerWithoutHttpClient({}).pipe(Layer.provideMerge(ServerTest))
+import { onOwnServer, World } from "./TestLayers.ts"
 
 const container = (pod: string) => ({ namespace: "default", pod, container: "main" })
 
-layer(ClientTest, { excludeTestServices: true })("CheckpointerClient against the API", (it) => {
+describe("CheckpointerClient against the API", () => {
   it.effect("checkpoint answers the result; with async it answers an identifier that waitFor resolves", () =>
     Effect.gen(function*() {
-      const client = yield* CheckpointerClient
+      const client = yield* CheckpointerClient.make({})
       const world = yield* World
       const result = yield* client.checkpoint(container("client-sync"))
       expect(result).toBeInstanceOf(CheckpointResult)
@@ -22,25 +19,25 @@ layer(ClientTest, { excludeTestServices: true })("CheckpointerClient against the
       yield* Ref.set(world.buildBehaviour, () => Deferred.await(release))
       const accepted = yield* client.checkpoint(container("client-async"), { async: true, deletePod: true })
       expect(accepted.checkpointIdentifier).toMatch(/^node-a:[0-9a-f]{16}$/)
-      const waited = yield* Ref.make<ReadonlyArray<Duration.Duration>>([])
+      const waited = yield* Queue.unbounded<Duration.Duration>()
       const waiting = yield* Effect.fork(client.waitFor(accepted.checkpointIdentifier, {
-        onWaiting: (elapsed) => Ref.update(waited, (all) => [...all, elapsed])
+        onWaiting: (elapsed) => Queue.offer(waited, elapsed)
       }))
-      yield* Effect.sleep("1200 millis")
+      const progress = [yield* Queue.take(waited)]
+      yield* TestClock.adjust("1 second")
+      progress.push(yield* Queue.take(waited))
       yield* Deferred.succeed(release, undefined)
       const later = yield* Fiber.join(waiting)
-      yield* Ref.set(world.buildBehaviour, () => Effect.void)
       expect(later.containerImageName.endsWith(accepted.checkpointIdentifier.split(":")[1]!)).toBe(true)
       expect(yield* Ref.get(world.deletedPods)).toContain("default/client-async")
-      const progress = yield* Ref.get(waited)
       expect(progress.length).toBeGreaterThanOrEqual(2)
       expect(Duration.toMillis(progress.at(-1)!)).toBeGreaterThanOrEqual(1000)
       expect(yield* client.result(accepted.checkpointIdentifier)).toEqual(later)
-    }))
+    }).pipe(onOwnServer()))
 
-  it.effect("the contract's errors come back typed, with the server's message", () =>
+  it.live("the contract's errors come back typed, with the server's message", () =>
     Effect.gen(function*() {
-      const client = yield* CheckpointerClient
+      const client = yield* CheckpointerClient.make({})
       const world = yield* World
       yield* Ref.set(world.missingContainers, new Set(["ghost"]))
       const missing = yield* Effect.flip(client.checkpoint({ namespace: "default", pod: "client", container: "ghost" }))
@@ -49,7 +46,6 @@ layer(ClientTest, { excludeTestServices: true })("CheckpointerClient against the
 
       yield* Ref.set(world.buildBehaviour, () => Effect.fail(new ImageBuildError({ phase: "push", message: "denied" })))
       const failed = yield* Effect.flip(client.checkpoint(container("client-failing")))
-      yield* Ref.set(world.buildBehaviour, () => Effect.void)
       expect(failed._tag).toBe("CheckpointFailed")
       expect(failed.message).toBe('checkpoint failed in phase "build/push": push: denied')
 
@@ -59,5 +55,5 @@ layer(ClientTest, { excludeTestServices: true })("CheckpointerClient against the
       const invalid = yield* Effect.flip(client.checkpoint({ namespace: "default", pod: "Not_A_Pod", container: "c" }))
       expect(invalid._tag).toBe("CheckpointerRequestFailed")
       expect(invalid.message).toContain("DNS-1123 subdomain")
-    }))
+    }).pipe(onOwnServer()))
 })
