@@ -1,3 +1,4 @@
+import { HttpApp, HttpServerResponse } from "@effect/platform"
 import {
   AccessDenied,
   Authentication,
@@ -21,6 +22,12 @@ const unavailable = (error: { readonly message: string }) =>
 
 const anyone = Caller.of({ authorize: () => Effect.void })
 
+/** 401, telling the caller how to authenticate. */
+const unauthenticated = (message: string) =>
+  HttpApp.appendPreResponseHandler((_request, response) =>
+    Effect.succeed(HttpServerResponse.setHeader(response, "www-authenticate", "Bearer"))
+  ).pipe(Effect.zipRight(Effect.fail(new AuthenticationRequired({ message }))))
+
 /**
  * Caller authentication with AUTH_MODE=kubernetes: the bearer token is checked with a TokenReview and each access
  * with a SubjectAccessReview. With AUTH_MODE=none every caller may do everything.
@@ -39,9 +46,9 @@ export const CallerAuth = Layer.effect(
     return Authentication.of({
       bearer: Effect.fn("CallerAuth.authenticate")(function*(bearer: Redacted.Redacted<string>) {
         const token = Redacted.value(bearer).trim()
-        if (token === "") return yield* new AuthenticationRequired({ message: "a bearer token is required" })
+        if (token === "") return yield* unauthenticated("a bearer token is required")
         const user = yield* cluster.reviewToken(token).pipe(Effect.mapError(unavailable))
-        if (Option.isNone(user)) return yield* new AuthenticationRequired({ message: "the bearer token is not valid" })
+        if (Option.isNone(user)) return yield* unauthenticated("the bearer token is not valid")
         const authorize = Effect.fn("CallerAuth.authorize")(function*(accesses: ReadonlyArray<Access>) {
           for (const access of accesses) {
             const allowed = yield* cluster.reviewAccess(user.value, {

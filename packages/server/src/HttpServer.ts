@@ -3,7 +3,6 @@ import {
   HttpApiBuilder,
   HttpApiError,
   HttpIncomingMessage,
-  HttpMiddleware,
   HttpRouter,
   HttpServerRequest,
   HttpServerResponse
@@ -84,11 +83,6 @@ export const DecodeErrorsAsText = HttpApiBuilder.middleware((app) =>
   )
 )
 
-/** A 401 tells the caller how to authenticate. */
-const ChallengeBearer = HttpMiddleware.make((app) =>
-  Effect.map(app, (response) =>
-    response.status === 401 ? HttpServerResponse.setHeader(response, "www-authenticate", "Bearer") : response)
-)
 
 /** Pod names may be 253 characters; longer path segments still reach the handler and get a 400 that says why. */
 const RouterConfigLive = HttpRouter.setRouterConfig({ maxParamLength: 1024 })
@@ -101,7 +95,7 @@ export const ApiLive = HttpApiBuilder.api(CheckpointerApi).pipe(
 )
 
 /** The API with its plain-text errors, /openapi.json and the /docs page, on any HttpServer. */
-export const AppLive = HttpApiBuilder.serve(ChallengeBearer).pipe(
+export const AppLive = HttpApiBuilder.serve().pipe(
   Layer.provide(DocsPageLive),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(DecodeErrorsAsText),
