@@ -3,6 +3,7 @@ import {
   HttpApiBuilder,
   HttpApiError,
   HttpIncomingMessage,
+  HttpMethod,
   HttpRouter,
   HttpServerRequest,
   HttpServerResponse
@@ -50,16 +51,23 @@ const describeUnreadableBody = (error: unknown): Option.Option<HttpServerRespons
 }
 
 /**
- * Requests the contract cannot decode (path names, identifiers, bodies) get a plain-text 400, bodies over 64 KiB a
- * 413, and requests for no endpoint a plain-text 404, as every other error.
+ * Every body is read as JSON, whatever its content type (`curl --data` sends JSON as a form), and at most 64 KiB of
+ * it (413). Requests the contract cannot decode (path names, identifiers, bodies) get a plain-text 400, and requests
+ * for no endpoint a plain-text 404, as every other error.
  */
-export const DecodeErrorsAsText = HttpApiBuilder.middleware((app) =>
+export const RequestDecoding = HttpApiBuilder.middleware((app) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     if (Number(request.headers["content-length"] ?? 0) > maxBodyBytes) {
       return HttpServerResponse.text(bodyTooLarge, { status: 413 })
     }
-    return yield* app.pipe(HttpIncomingMessage.withMaxBodySize(Option.some(FileSystem.Size(maxBodyBytes))))
+    const asJson = HttpMethod.hasBody(request.method)
+      ? request.modify({ headers: { ...request.headers, "content-type": "application/json" } })
+      : request
+    return yield* app.pipe(
+      HttpIncomingMessage.withMaxBodySize(Option.some(FileSystem.Size(maxBodyBytes))),
+      Effect.provideService(HttpServerRequest.HttpServerRequest, asJson)
+    )
   }).pipe(
     Effect.catchAllCause((cause) => {
       const failure = Cause.failureOption(cause as Cause.Cause<unknown>)
@@ -98,7 +106,7 @@ export const ApiLive = HttpApiBuilder.api(CheckpointerApi).pipe(
 export const AppLive = HttpApiBuilder.serve().pipe(
   Layer.provide(DocsPageLive),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
-  Layer.provide(DecodeErrorsAsText),
+  Layer.provide(RequestDecoding),
   Layer.provide(ApiLive)
 )
 

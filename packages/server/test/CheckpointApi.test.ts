@@ -5,12 +5,12 @@ import { Deferred, Effect, Fiber, Queue, Ref } from "effect"
 import { onOwnServer, recordingReads, World } from "./TestLayers.ts"
 
 
-const post = (path: string, body?: string) =>
+const post = (path: string, body?: string, contentType = "application/json") =>
   Effect.gen(function*() {
     const client = yield* HttpClient.HttpClient
     const request = HttpClientRequest.post(path)
     const response = yield* client.execute(
-      body === undefined ? request : HttpClientRequest.bodyText(request, body, "application/json")
+      body === undefined ? request : HttpClientRequest.bodyText(request, body, contentType)
     )
     return { status: response.status, text: yield* response.text, type: response.headers["content-type"] }
   })
@@ -72,6 +72,20 @@ describe("checkpoint API", () => {
         expect(result.status).toBe(200)
       }).pipe(onOwnServer({ store: recordingReads(reads) }))
     }))
+
+  it.live("the body is read as JSON whatever its content type, as curl --data sends it", () =>
+    Effect.gen(function*() {
+      const world = yield* World
+      const form = "application/x-www-form-urlencoded"
+      const accepted = yield* post("/checkpoint/default/counter/main", '{"deletePod": true, "async": true}', form)
+      expect(accepted.status, accepted.text).toBe(202)
+      const { checkpointIdentifier } = JSON.parse(accepted.text)
+      expect((yield* get(`/checkpoint?checkpointIdentifier=${checkpointIdentifier}`)).status).toBe(200)
+      expect(yield* Ref.get(world.deletedPods)).toEqual(["default/counter"])
+      const rejected = yield* post("/checkpoint/default/counter/main", "deletePod=true", form)
+      expect(rejected.status).toBe(400)
+      expect(rejected.text).toContain("not valid JSON")
+    }).pipe(onOwnServer()))
 
   it.live("deletePod=true deletes the pod after the push", () =>
     Effect.gen(function*() {
