@@ -1,7 +1,14 @@
 import { FileSystem, HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { CheckpointerApi, ContainerRef, ImageBuildError, PendingRecord, ResultStore } from "@checkpointer/core"
-import { Deferred, Effect, Fiber, Queue, Ref } from "effect"
+import {
+  CheckpointerApi,
+  CheckpointIdentifier,
+  ContainerRef,
+  ImageBuildError,
+  PendingRecord,
+  ResultStore
+} from "@checkpointer/core"
+import { Deferred, Effect, Fiber, Queue, Ref, Schema } from "effect"
 import { onOwnServer, recordingReads, World } from "./TestLayers.ts"
 
 
@@ -22,6 +29,8 @@ const get = (path: string) =>
   })
 
 const hex16 = /^[0-9a-f]{16}$/
+
+const decodeContainer = Schema.decodeUnknownSync(ContainerRef)
 
 describe("checkpoint API", () => {
   it.live("a sync checkpoint answers 201 with the image name and removes the archive", () =>
@@ -166,8 +175,9 @@ describe("checkpoint API", () => {
   it.live("a checkpoint left pending by a restart answers 500 'interrupted by restart'", () =>
     Effect.gen(function*() {
       const store = yield* ResultStore
-      const container = ContainerRef.make({ namespace: "default", pod: "counter", container: "main" } as never)
-      yield* store.put("node-a:aaaaaaaaaaaaaaaa" as never, new PendingRecord({ container, beginTimestamp: 1 }))
+      const container = decodeContainer({ namespace: "default", pod: "counter", container: "main" })
+      const identifier = CheckpointIdentifier.make("node-a:aaaaaaaaaaaaaaaa")
+      yield* store.put(identifier, new PendingRecord({ container, beginTimestamp: 1 }))
       const response = yield* get("/checkpoint?checkpointIdentifier=node-a:aaaaaaaaaaaaaaaa")
       expect(response.status).toBe(500)
       expect(response.text).toContain("interrupted by restart")
@@ -184,7 +194,7 @@ describe("checkpoint API", () => {
     Effect.gen(function*() {
       const client = yield* HttpApiClient.make(CheckpointerApi)
       const accepted = yield* client.checkpoint.checkpoint({
-        path: { namespace: "default", pod: "counter", container: "main" } as never,
+        path: decodeContainer({ namespace: "default", pod: "counter", container: "main" }),
         payload: { async: true, deletePod: false }
       })
       expect("checkpointIdentifier" in accepted).toBe(true)
@@ -192,7 +202,7 @@ describe("checkpoint API", () => {
       const result = yield* client.checkpoint.result({ urlParams: { checkpointIdentifier: accepted.checkpointIdentifier } })
       expect(result.containerImageName).toMatch(/^registry\.test\/checkpoints:[0-9a-f]{16}$/)
       const failure = yield* client.checkpoint.result({
-        urlParams: { checkpointIdentifier: "node-a:ffffffffffffffff" as never }
+        urlParams: { checkpointIdentifier: CheckpointIdentifier.make("node-a:ffffffffffffffff") }
       }).pipe(Effect.flip)
       expect(failure._tag).toBe("CheckpointNotFound")
     }).pipe(onOwnServer()))

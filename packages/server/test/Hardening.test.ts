@@ -1,6 +1,7 @@
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import {
+  CheckpointIdentifier,
   Checkpointer,
   CheckpointerConfig,
   CheckpointResult,
@@ -10,14 +11,13 @@ import {
   ResultStore,
   SucceededRecord
 } from "@checkpointer/core"
-import type { CheckpointIdentifier } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
-import { Deferred, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Ref, Schedule } from "effect"
+import { Deferred, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Ref, Schedule, Schema } from "effect"
 import { onOwnServer, World } from "./TestLayers.ts"
 
-const container = ContainerRef.make({ namespace: "default", pod: "counter", container: "main" } as never)
-const expired = "node-a:1111111111111111" as CheckpointIdentifier
-const leftPending = "node-a:2222222222222222" as CheckpointIdentifier
+const container = Schema.decodeUnknownSync(ContainerRef)({ namespace: "default", pod: "counter", container: "main" })
+const expired = CheckpointIdentifier.make("node-a:1111111111111111")
+const leftPending = CheckpointIdentifier.make("node-a:2222222222222222")
 
 /** A store as a previous process left it: an expired result and a checkpoint that never finished. */
 const StoreFromBefore = Layer.effect(

@@ -10,6 +10,7 @@ import {
   ImageBuilder,
   KubeletServiceTest,
   KubernetesApiError,
+  NodeName,
   podRunningNotFaked,
   Readiness,
   ResultStore
@@ -22,7 +23,7 @@ import { AppLive } from "../src/HttpServer.ts"
 
 export const testSettings: CheckpointerSettings = {
   imagePrefix: "registry.test/checkpoints",
-  node: "node-a" as CheckpointerSettings["node"],
+  node: NodeName.make("node-a"),
   nodeIp: "127.0.0.1",
   port: 0,
   kubeletPort: 10250,
