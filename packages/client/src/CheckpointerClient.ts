@@ -82,11 +82,14 @@ export interface TlsOptions {
 const decodeContainer = Schema.decodeUnknown(ContainerPath)
 const decodeIdentifier = Schema.decodeUnknown(CheckpointIdentifier)
 
+const failOutsideContract = (error: HttpClientError.HttpClientError | ParseResult.ParseError) =>
+  Effect.flatMap(describeClientError(error), Effect.fail)
+
 /** Everything outside the contract becomes CheckpointerRequestFailed; the contract's errors stay as they are. */
 const outsideContract = {
-  RequestError: (error: HttpClientError.RequestError) => Effect.flatMap(describeClientError(error), Effect.fail),
-  ResponseError: (error: HttpClientError.ResponseError) => Effect.flatMap(describeClientError(error), Effect.fail),
-  ParseError: (error: ParseResult.ParseError) => Effect.flatMap(describeClientError(error), Effect.fail)
+  RequestError: failOutsideContract,
+  ResponseError: failOutsideContract,
+  ParseError: failOutsideContract
 }
 
 const make = (options: ClientOptions) =>
