@@ -12,6 +12,8 @@ RUN npm install --global --no-audit --no-fund pnpm@10.34.9
 COPY package.json pnpm-lock.yaml pnpm-workspace.yaml tsconfig.base.json ./
 COPY packages/core/package.json packages/core/package.json
 COPY packages/strategies/package.json packages/strategies/package.json
+COPY packages/client/package.json packages/client/package.json
+COPY packages/cli/package.json packages/cli/package.json
 COPY packages/server/package.json packages/server/package.json
 RUN pnpm install --frozen-lockfile
 COPY scripts/build.mjs scripts/build.mjs

@@ -17,5 +17,5 @@ export default tseslint.config(
     }
   },
   { files: ["scripts/**/*.mjs", "eslint.config.js"], languageOptions: { globals: globals.node } },
-  { files: ["test/**", "bench/**", "scripts/**", "packages/server/src/cli/**"], rules: { "no-console": "off" } }
+  { files: ["test/**", "bench/**", "scripts/**", "packages/cli/src/**"], rules: { "no-console": "off" } }
 )

@@ -1,5 +1,5 @@
 // Bundles the server into one minified ESM file (dist/server/main.mjs): what `pnpm start` and the container image run.
-// Also bundles the kubectl plugin into one executable, packages/server/dist/bin/kubectl-checkpoint (the package's bin).
+// Also bundles the kubectl plugin into one executable, packages/cli/dist/bin/kubectl-checkpoint (its bin).
 import { build } from "esbuild"
 import { chmod } from "node:fs/promises"
 import { fileURLToPath } from "node:url"
@@ -29,10 +29,10 @@ await build({
   banner: { js: requireShim }
 })
 
-const plugin = "packages/server/dist/bin/kubectl-checkpoint"
+const plugin = "packages/cli/dist/bin/kubectl-checkpoint"
 await build({
   ...bundle,
-  entryPoints: ["packages/server/src/cli/kubectl-checkpoint.ts"],
+  entryPoints: ["packages/cli/src/kubectl-checkpoint.ts"],
   outfile: plugin,
   legalComments: "none",
   banner: { js: `#!/usr/bin/env node\n${requireShim}` }

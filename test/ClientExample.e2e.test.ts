@@ -7,7 +7,7 @@ import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { Stack } from "./harness/LocalStack.ts"
 
-const examplePath = "packages/server/examples/checkpoint.ts"
+const examplePath = "packages/client/examples/checkpoint.ts"
 
 const run = (command: string, args: ReadonlyArray<string>, env: Record<string, string>) =>
   Effect.async<{ readonly code: number | null; readonly stdout: string; readonly stderr: string }>((resume) => {

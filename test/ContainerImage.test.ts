@@ -104,7 +104,7 @@ describe("Dockerfile", () => {
       expect(inContext(file), file).toBe(true)
     }
     for (const path of ["node_modules/effect/package.json", "dist/server/main.mjs", ".git/HEAD", "test/harness/E2E.ts",
-      "packages/core/node_modules/x", "packages/server/dist/bin/kubectl-checkpoint", "bench/main.ts", "README.md"]) {
+      "packages/core/node_modules/x", "packages/cli/dist/bin/kubectl-checkpoint", "bench/main.ts", "README.md"]) {
       expect(inContext(path), path).toBe(false)
     }
   })

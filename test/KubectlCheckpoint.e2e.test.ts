@@ -8,8 +8,8 @@ import { describeE2E } from "./harness/E2E.ts"
 import { Stack } from "./harness/LocalStack.ts"
 import { getResult } from "./HttpCalls.ts"
 
-/** Where scripts/build.mjs puts the plugin (the bin of @checkpointer/server); kubectl finds it on PATH. */
-const pluginDir = `${projectRoot}/packages/server/dist/bin`
+/** Where scripts/build.mjs puts the plugin (the bin of @checkpointer/cli); kubectl finds it on PATH. */
+const pluginDir = `${projectRoot}/packages/cli/dist/bin`
 
 const hasKubectl = (() => {
   try {

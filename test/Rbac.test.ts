@@ -82,9 +82,12 @@ const methodsUsedIn = (service: Service, paths: ReadonlyArray<string>) =>
     [...source(path).matchAll(new RegExp(`\\b${services[service].usedAs}\\.(\\w+)\\(`, "g"))].map((match) => match[1]!)
   ))
 
-const corePaths = readdirSync(`${projectRoot}/packages/core/src`)
-  .filter((file) => file.endsWith(".ts") && file !== "Cluster.ts" && file !== "PodEvents.ts")
-  .map((file) => `packages/core/src/${file}`)
+/** Where the orchestration and the API (the server's caller authentication) use those services. */
+const corePaths = ["core", "server"].flatMap((pkg) =>
+  readdirSync(`${projectRoot}/packages/${pkg}/src`)
+    .filter((file) => file.endsWith(".ts") && file !== "Cluster.ts" && file !== "PodEvents.ts")
+    .map((file) => `packages/${pkg}/src/${file}`)
+)
 
 type Scope = "cluster" | "namespace"
 

@@ -1,5 +1,14 @@
-import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
-import { Schema } from "effect"
+import {
+  HttpApi,
+  HttpApiEndpoint,
+  HttpApiGroup,
+  HttpApiMiddleware,
+  HttpApiSchema,
+  HttpApiSecurity,
+  OpenApi
+} from "@effect/platform"
+import { Array as Arr, Context, ParseResult, Schema } from "effect"
+import type { Effect } from "effect"
 import {
   AsyncCheckpointAccepted,
   CheckpointIdentifier,
@@ -61,6 +70,16 @@ export class AccessDenied extends Schema.TaggedError<AccessDenied>()("AccessDeni
   message: Schema.String
 }) {}
 
+/** The request is for another node and was already forwarded once (it is never forwarded twice). */
+export class Misdirected extends Schema.TaggedError<Misdirected>()("Misdirected", {
+  message: Schema.String
+}) {}
+
+/** The Checkpointer on the node that serves this request did not answer. */
+export class PeerUnreachable extends Schema.TaggedError<PeerUnreachable>()("PeerUnreachable", {
+  message: Schema.String
+}) {}
+
 /** A checkpoint that failed; the message names the phase (kubelet, build/push, delete pod) and the reason. */
 export class CheckpointFailed extends Schema.TaggedError<CheckpointFailed>()("CheckpointFailed", {
   message: Schema.String
@@ -79,6 +98,64 @@ const PayloadTooLargeText = plainText(PayloadTooLarge, 413, "The request body is
 const UnavailableText = plainText(Unavailable, 503, "The Checkpointer is shutting down.")
 const AuthenticationRequiredText = plainText(AuthenticationRequired, 401, "A valid bearer token is required.")
 const AccessDeniedText = plainText(AccessDenied, 403, "The caller may not do this.")
+const MisdirectedText = plainText(
+  Misdirected,
+  421,
+  "The pod or checkpoint is on another node and this request was already forwarded once."
+)
+const PeerUnreachableText = plainText(
+  PeerUnreachable,
+  502,
+  "The Checkpointer on the node of the pod or checkpoint did not answer."
+)
+
+/** What a caller wants to do, as a SubjectAccessReview puts it. */
+export interface Access {
+  readonly verb: string
+  readonly resource: string
+  readonly subresource?: string
+  /** Omitted: in every namespace. */
+  readonly namespace?: Namespace
+}
+
+/** The authenticated caller of a checkpoint endpoint. */
+export class Caller extends Context.Tag("checkpointer/Caller")<Caller, {
+  /** Fails unless the caller may do every one of `accesses` (AUTH_MODE=none: always allowed). */
+  readonly authorize: (accesses: ReadonlyArray<Access>) => Effect.Effect<void, AccessDenied | CheckpointFailed>
+}>() {}
+
+/**
+ * Authenticates the caller of the checkpoint endpoints by their bearer token (AUTH_MODE=kubernetes: a TokenReview);
+ * 401 without a valid one, 500 when the API server cannot be asked.
+ */
+export class Authentication extends HttpApiMiddleware.Tag<Authentication>()("checkpointer/Authentication", {
+  failure: Schema.Union(AuthenticationRequiredText, CheckpointFailedText),
+  provides: Caller,
+  security: { bearer: HttpApiSecurity.bearer }
+}) {}
+
+const payloadShape = '{"deletePod"?: boolean, "async"?: boolean}'
+
+/** What is wrong with a body that is not CheckpointOptions (its alternative, no body, would add nothing). */
+const describePayloadIssue = (issue: ParseResult.ParseIssue) =>
+  ParseResult.ArrayFormatter.formatIssueSync(issue._tag === "Composite" ? Arr.ensure(issue.issues)[0] : issue)
+    .map((each) => `${each.path.join(".") || "body"}: ${each.message}`)
+    .join("; ")
+
+/** The optional JSON body of a checkpoint request: no body means `{"deletePod": false, "async": false}`. */
+export const CheckpointPayload = Schema.Union(
+  CheckpointOptions,
+  Schema.transform(Schema.Null, Schema.typeSchema(CheckpointOptions), {
+    strict: true,
+    decode: () => new CheckpointOptions({}),
+    encode: () => null
+  })
+).annotations({
+  message: (issue) => ({
+    message: `expected ${payloadShape} or no body: ${describePayloadIssue(issue)}`,
+    override: true
+  })
+})
 
 export const ContainerPath = Schema.Struct({
   namespace: Namespace,
@@ -90,12 +167,15 @@ export class CheckpointGroup extends HttpApiGroup.make("checkpoint")
   .add(
     HttpApiEndpoint.post("checkpoint", "/checkpoint/:namespace/:pod/:container")
       .setPath(ContainerPath)
-      .setPayload(CheckpointOptions)
+      .setPayload(CheckpointPayload)
       .addSuccess(CheckpointResult, { status: 201 })
       .addSuccess(AsyncCheckpointAccepted, { status: 202 })
+      .addError(AccessDeniedText)
       .addError(ContainerNotFoundText)
       .addError(CheckpointInProgressText)
       .addError(PayloadTooLargeText)
+      .addError(MisdirectedText)
+      .addError(PeerUnreachableText)
       .addError(UnavailableText)
       .addError(CheckpointFailedText)
       .annotate(OpenApi.Summary, "Checkpoint a container")
@@ -110,14 +190,16 @@ export class CheckpointGroup extends HttpApiGroup.make("checkpoint")
     HttpApiEndpoint.get("result", "/checkpoint")
       .setUrlParams(Schema.Struct({ checkpointIdentifier: CheckpointIdentifier }))
       .addSuccess(CheckpointResult)
-      .addError(AuthenticationRequiredText)
       .addError(AccessDeniedText)
       .addError(CheckpointNotFoundText)
+      .addError(MisdirectedText)
+      .addError(PeerUnreachableText)
       .addError(CheckpointFailedText)
       .annotate(OpenApi.Summary, "Result of an asynchronous checkpoint")
       .annotate(OpenApi.Description, "Waits while the checkpoint is still running.")
   )
   .addError(InvalidRequestText)
+  .middleware(Authentication)
 {}
 
 /** This Checkpointer cannot take checkpoints now; the message says which check failed and why. */

@@ -279,16 +279,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     yield* sweep
     yield* Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced(sweepInterval)))
 
-    /** The namespace of the container a checkpoint was made of, when this node has its record. */
-    const namespaceOf = (identifier: CheckpointIdentifier) =>
-      store.get(identifier).pipe(
-        Effect.map(Option.map((record) =>
-          record._tag === "Succeeded" ? record.result.containerIdentifier.namespace : record.container.namespace
-        )),
-        Effect.orElseSucceed(() => Option.none<string>())
-      )
-
-    return { checkpoint, result, drain, namespaceOf } as const
+    return { checkpoint, result, drain } as const
   })
 }) {}
 

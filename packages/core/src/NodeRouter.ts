@@ -9,12 +9,23 @@ export type Route =
   | { readonly _tag: "Local" }
   | { readonly _tag: "Forward"; readonly node: string; readonly url: string }
 
-/** Why a request can be neither served here nor forwarded; `status` is what the caller is answered. */
-export class RoutingFailed extends Data.TaggedError("RoutingFailed")<{
-  readonly status: 404 | 421 | 500
+/** The pod does not exist or is not scheduled, or no Checkpointer runs on the node where it (or a result) is. */
+export class RouteTargetMissing extends Data.TaggedError("RouteTargetMissing")<{ readonly message: string }> {}
+
+/** The request belongs to another node but was already forwarded once. */
+export class AlreadyForwarded extends Data.TaggedError("AlreadyForwarded")<{ readonly message: string }> {}
+
+/** The API server could not be asked where the pod runs. */
+export class RoutingLookupFailed extends Data.TaggedError("RoutingLookupFailed")<{
   readonly message: string
-  readonly cause?: unknown
+  readonly cause: unknown
 }> {}
+
+/** Why a request can be neither served here nor forwarded. */
+export type RoutingFailed = RouteTargetMissing | AlreadyForwarded | RoutingLookupFailed
+
+const lookupFailed = (error: { readonly message: string }) =>
+  new RoutingLookupFailed({ message: `routing failed: ${error.message}`, cause: error })
 
 const local: Route = { _tag: "Local" }
 
@@ -30,20 +41,14 @@ export class NodeRouter extends Effect.Service<NodeRouter>()("checkpointer/NodeR
     const toNode = Effect.fn("NodeRouter.toNode")(function*(node: string, what: string, forwarded: boolean) {
       if (node === config.node) return local
       if (forwarded) {
-        return yield* new RoutingFailed({
-          status: 421,
+        return yield* new AlreadyForwarded({
           message: `${what} is on node ${node}, not on ${config.node}, and this request was already forwarded once`
         })
       }
-      const pods = yield* cluster.checkpointerPodsOn(node).pipe(
-        Effect.mapError((error) =>
-          new RoutingFailed({ status: 500, message: `routing failed: ${error.message}`, cause: error })
-        )
-      )
+      const pods = yield* cluster.checkpointerPodsOn(node).pipe(Effect.mapError(lookupFailed))
       const peer = pods[0]?.status?.podIP
       if (peer === undefined) {
-        return yield* new RoutingFailed({
-          status: 404,
+        return yield* new RouteTargetMissing({
           message: `no Checkpointer is running on node ${node}, where ${what} is`
         })
       }
@@ -56,21 +61,15 @@ export class NodeRouter extends Effect.Service<NodeRouter>()("checkpointer/NodeR
     /** POST /checkpoint/...: the node the pod runs on. */
     const forCheckpoint = Effect.fn("NodeRouter.forCheckpoint")(function*(container: ContainerRef, forwarded: boolean) {
       if (config.disableRouteForward) return local
-      const pod = yield* cluster.getPod(container.namespace, container.pod).pipe(
-        Effect.mapError((error) =>
-          new RoutingFailed({ status: 500, message: `routing failed: ${error.message}`, cause: error })
-        )
-      )
+      const pod = yield* cluster.getPod(container.namespace, container.pod).pipe(Effect.mapError(lookupFailed))
       if (Option.isNone(pod)) {
-        return yield* new RoutingFailed({
-          status: 404,
+        return yield* new RouteTargetMissing({
           message: `pod ${container.namespace}/${container.pod} does not exist`
         })
       }
       const node = pod.value.spec?.nodeName
       if (node === undefined || node === "") {
-        return yield* new RoutingFailed({
-          status: 404,
+        return yield* new RouteTargetMissing({
           message: `pod ${container.namespace}/${container.pod} is not scheduled to a node`
         })
       }

@@ -1,5 +1,4 @@
 export * from "./Api.ts"
-export * from "./CallerAuth.ts"
 export * from "./CheckpointDirectory.ts"
 export * from "./Checkpointer.ts"
 export * from "./Cluster.ts"

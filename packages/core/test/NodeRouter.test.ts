@@ -60,16 +60,16 @@ describe("NodeRouter", () => {
       CHECKPOINTER_TLS_KEY_FILE: "/tls/tls.key"
     }))))
 
-  it.effect("answers 404, 421 and 500 where it can neither serve nor forward", () =>
+  it.effect("fails with the reason where it can neither serve nor forward (the server answers 404, 421, 500)", () =>
     Effect.gen(function*() {
-      expect((yield* Effect.flip(decide("nobody"))).status).toBe(404)
+      expect((yield* Effect.flip(decide("nobody")))._tag).toBe("RouteTargetMissing")
       expect((yield* Effect.flip(decide("orphan"))).message).toBe(
         "no Checkpointer is running on node node-d, where pod default/orphan is"
       )
-      expect((yield* Effect.flip(decide("there", true))).status).toBe(421)
+      expect((yield* Effect.flip(decide("there", true)))._tag).toBe("AlreadyForwarded")
       expect(yield* decide("here", true)).toEqual({ _tag: "Local" })
       const broken = yield* Effect.flip(decide("broken"))
-      expect(broken.status).toBe(500)
+      expect(broken._tag).toBe("RoutingLookupFailed")
       expect(broken.message).toContain("ECONNREFUSED")
     }).pipe(Effect.provide(router({}))))
 

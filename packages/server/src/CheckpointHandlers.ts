@@ -1,64 +1,39 @@
-import type { HttpServerRequest } from "@effect/platform"
-import { FileSystem, HttpApiBuilder, HttpIncomingMessage } from "@effect/platform"
+import { HttpApiBuilder } from "@effect/platform"
 import {
-  AccessDenied,
-  AuthenticationRequired,
-  CallerAuth,
+  Caller,
   CheckpointerApi,
   Checkpointer,
   CheckpointFailed,
   CheckpointInProgress,
   CheckpointNotFound,
-  CheckpointOptions,
   ContainerNotFound,
   ContainerRef,
-  InvalidRequest,
-  PayloadTooLarge,
+  Misdirected,
+  ResultStore,
   Unavailable
 } from "@checkpointer/core"
-import { Effect, Option, ParseResult, Schema } from "effect"
+import type { Access, CheckpointIdentifier, CheckpointOptions, Namespace } from "@checkpointer/core"
+import { Effect, Option } from "effect"
+import { RequestGate } from "./RequestGate.ts"
 
-const maxBodyBytes = 64 * 1024
+/** What the caller must be allowed before a checkpoint is made (here or on another node). */
+const checkpointAccess = (namespace: Namespace, options: CheckpointOptions): ReadonlyArray<Access> => [
+  { verb: "create", resource: "pods", subresource: "checkpoint", namespace },
+  ...(options.deletePod ? [{ verb: "delete", resource: "pods", namespace }] : [])
+]
 
-const decodeOptions = Schema.decodeUnknown(CheckpointOptions, { errors: "all", onExcessProperty: "ignore" })
+/** What the caller must be allowed to read a result: in its container's namespace, or everywhere if it is unknown. */
+const resultAccess = (namespace: Option.Option<Namespace>): ReadonlyArray<Access> => [{
+  verb: "get",
+  resource: "pods",
+  subresource: "checkpoint",
+  ...Option.match(namespace, { onNone: () => ({}), onSome: (namespace) => ({ namespace }) })
+}]
 
-/** The optional JSON body of a checkpoint request: no body means `{"deletePod": false, "async": false}`. */
-/** The raw body of a checkpoint request, at most 64 KiB (read once; later reads get the same text). */
-export const readCheckpointBody = (request: HttpServerRequest.HttpServerRequest) =>
-  Effect.gen(function*() {
-    const tooLarge = new PayloadTooLarge({ message: `request body is larger than ${maxBodyBytes} bytes` })
-    if (Number(request.headers["content-length"] ?? 0) > maxBodyBytes) return yield* tooLarge
-    const text = yield* request.text.pipe(
-      HttpIncomingMessage.withMaxBodySize(Option.some(FileSystem.Size(maxBodyBytes))),
-      Effect.mapError((error) =>
-        error.reason === "Decode" && String(error.cause).includes("maxBytes exceeded")
-          ? tooLarge
-          : new InvalidRequest({ message: "could not read the request body" })
-      )
-    )
-    return Buffer.byteLength(text) > maxBodyBytes ? yield* tooLarge : text
-  })
-
-export const readCheckpointOptions = (request: HttpServerRequest.HttpServerRequest) =>
-  Effect.gen(function*() {
-    const text = yield* readCheckpointBody(request)
-    if (text.trim() === "") return new CheckpointOptions({})
-    const json = yield* Effect.try({
-      try: () => JSON.parse(text) as unknown,
-      catch: (error) => new InvalidRequest({ message: `request body is not valid JSON: ${(error as Error).message}` })
-    })
-    return yield* decodeOptions(json).pipe(
-      Effect.mapError((error) =>
-        new InvalidRequest({
-          message: `invalid request body, expected {"deletePod"?: boolean, "async"?: boolean}: ${
-            ParseResult.ArrayFormatter.formatErrorSync(error)
-              .map((issue) => `${issue.path.join(".") || "body"}: ${issue.message}`)
-              .join("; ")
-          }`
-        })
-      )
-    )
-  })
+const refusedRoute = {
+  AlreadyForwarded: (error: { readonly message: string }) => new Misdirected({ message: error.message }),
+  RoutingLookupFailed: (error: { readonly message: string }) => new CheckpointFailed({ message: error.message })
+}
 
 export const CheckpointHandlers = HttpApiBuilder.group(
   CheckpointerApi,
@@ -66,12 +41,28 @@ export const CheckpointHandlers = HttpApiBuilder.group(
   (handlers) =>
     Effect.gen(function*() {
       const checkpointer = yield* Checkpointer
-      const auth = yield* CallerAuth
+      const store = yield* ResultStore
+      const gate = yield* RequestGate
+
+      /** The namespace of the container a result belongs to, when this node has its record. */
+      const namespaceOf = (identifier: CheckpointIdentifier) =>
+        store.get(identifier).pipe(
+          Effect.map(Option.map((record) =>
+            record._tag === "Succeeded" ? record.result.containerIdentifier.namespace : record.container.namespace
+          )),
+          Effect.orElseSucceed(() => Option.none<Namespace>())
+        )
+
       return handlers
-        .handleRaw("checkpoint", ({ path, request }) =>
-          readCheckpointOptions(request).pipe(
-            Effect.flatMap((options) => checkpointer.checkpoint(new ContainerRef(path), options)),
+        .handle("checkpoint", ({ path, payload }) =>
+          Effect.gen(function*() {
+            const container = new ContainerRef(path)
+            yield* Effect.flatMap(Caller, (caller) => caller.authorize(checkpointAccess(path.namespace, payload)))
+            return yield* gate.checkpoint(container, payload, checkpointer.checkpoint(container, payload))
+          }).pipe(
             Effect.catchTags({
+              ...refusedRoute,
+              RouteTargetMissing: (error) => new ContainerNotFound({ message: error.message }),
               ContainerMissing: (error) => new ContainerNotFound({ message: error.message }),
               CheckpointConflict: (error) => new CheckpointInProgress({ message: error.message }),
               ShuttingDown: (error) => new Unavailable({ message: error.message }),
@@ -79,24 +70,19 @@ export const CheckpointHandlers = HttpApiBuilder.group(
               CheckpointFailure: (error) => new CheckpointFailed({ message: error.message })
             })
           ))
-        .handle("result", ({ request, urlParams }) =>
-          Effect.gen(function*() {
-            // The namespace of a result is known only here, where it is stored.
-            if (auth.enabled) {
-              const namespace = yield* checkpointer.namespaceOf(urlParams.checkpointIdentifier)
-              yield* auth.authorize(request.headers.authorization, [{
-                verb: "get",
-                resource: "pods",
-                subresource: "checkpoint",
-                ...Option.match(namespace, { onNone: () => ({}), onSome: (namespace) => ({ namespace }) })
-              }])
-            }
-            return yield* checkpointer.result(urlParams.checkpointIdentifier)
-          }).pipe(
+        .handle("result", ({ urlParams: { checkpointIdentifier } }) =>
+          gate.result(
+            checkpointIdentifier,
+            Effect.gen(function*() {
+              // The namespace of a result is known only on the node that stores it.
+              const namespace = yield* namespaceOf(checkpointIdentifier)
+              yield* Effect.flatMap(Caller, (caller) => caller.authorize(resultAccess(namespace)))
+              return yield* checkpointer.result(checkpointIdentifier)
+            })
+          ).pipe(
             Effect.catchTags({
-              Unauthenticated: (error) => new AuthenticationRequired({ message: error.message }),
-              Forbidden: (error) => new AccessDenied({ message: error.message }),
-              AuthUnavailable: (error) => new CheckpointFailed({ message: error.message }),
+              ...refusedRoute,
+              RouteTargetMissing: (error) => new CheckpointNotFound({ message: error.message }),
               CheckpointUnknown: (error) => new CheckpointNotFound({ message: error.message }),
               CheckpointFailure: (error) => new CheckpointFailed({ message: error.message })
             })

@@ -1,4 +1,3 @@
-export * from "./CheckpointerClient.ts"
 export * from "./CheckpointHandlers.ts"
 export * from "./HttpServer.ts"
 export * from "./ImageBuilderLayer.ts"

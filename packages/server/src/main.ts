@@ -1,13 +1,11 @@
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import {
-  CallerAuth,
   CheckpointDirectory,
   Checkpointer,
   checkpointerConfig,
   Cluster,
   describeConfigError,
   KubeletService,
-  NodeRouter,
   PodEvents,
   Readiness,
   ResultStore,
@@ -22,15 +20,10 @@ class StartupError extends Data.TaggedError("StartupError")<{ readonly message: 
 /** Every variable read once before any service starts: every problem is listed at once. */
 const ConfigChecked = Layer.effectDiscard(checkpointerConfig)
 
-const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, NodeRouter.Default, Readiness.Default, CallerAuth.Default).pipe(
-  Layer.provide([
-    KubeletService.Default,
-    CheckpointDirectory.Default,
-    ResultStore.File,
-    ImageBuilderLayer,
-    PodEvents.Default
-  ]),
-  Layer.provide(Cluster.Default)
+const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
+  Layer.provide([KubeletService.Default, CheckpointDirectory.Default, ImageBuilderLayer, PodEvents.Default]),
+  Layer.provideMerge(ResultStore.File),
+  Layer.provideMerge(Cluster.Default)
 )
 
 const LoggerLive = Layer.unwrapEffect(

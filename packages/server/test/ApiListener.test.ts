@@ -10,7 +10,7 @@ import { connect as tlsConnect } from "node:tls"
 import type { ClientLimits } from "../src/ApiListener.ts"
 import { listenerLayer } from "../src/ApiListener.ts"
 import { AppLive } from "../src/HttpServer.ts"
-import { CheckpointerTest, World } from "./TestLayers.ts"
+import { makeCheckpointerTest, World } from "./TestLayers.ts"
 
 const quick: ClientLimits = {
   requestTimeoutSeconds: 2,
@@ -28,7 +28,7 @@ const serve = (limits: ClientLimits, tls?: { readonly certFile: string; readonly
           { port: 0, listenAddress: Option.some("127.0.0.1"), clientLimits: limits, tls: Option.fromNullable(tls) },
           Duration.millis(200)
         )),
-        Layer.provideMerge(CheckpointerTest)
+        Layer.provideMerge(makeCheckpointerTest())
       )
     )
     const address = Context.get(context, HttpServer.HttpServer).address

@@ -1,24 +1,23 @@
-import { HttpApiBuilder, HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
-import { expect, layer } from "@effect/vitest"
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { describe, expect, it } from "@effect/vitest"
 import {
+  CheckpointIdentifier,
   Checkpointer,
   checkpointDirConfig,
   CheckpointResult,
   ContainerRef,
   PendingRecord,
+  Metrics,
   ResultStore,
   SucceededRecord
 } from "@checkpointer/core"
-import type { CheckpointIdentifier } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
-import { Deferred, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
-import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
-import { makeCheckpointerTest, World } from "./TestLayers.ts"
+import { Deferred, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Ref, Schedule, Schema } from "effect"
+import { onOwnServer, World } from "./TestLayers.ts"
 
-const container = ContainerRef.make({ namespace: "default", pod: "counter", container: "main" } as never)
-const expired = "node-a:1111111111111111" as CheckpointIdentifier
-const leftPending = "node-a:2222222222222222" as CheckpointIdentifier
+const container = Schema.decodeUnknownSync(ContainerRef)({ namespace: "default", pod: "counter", container: "main" })
+const expired = CheckpointIdentifier.make("node-a:1111111111111111")
+const leftPending = CheckpointIdentifier.make("node-a:2222222222222222")
 
 /** A store as a previous process left it: an expired result and a checkpoint that never finished. */
 const StoreFromBefore = Layer.effect(
@@ -37,12 +36,6 @@ const StoreFromBefore = Layer.effect(
   })
 ).pipe(Layer.provide(ResultStore.Memory))
 
-const ServerTest = HttpApiBuilder.serve().pipe(
-  Layer.provide(DecodeErrorsAsText),
-  Layer.provide(ApiLive),
-  Layer.provideMerge(makeCheckpointerTest(StoreFromBefore)),
-  Layer.provideMerge(NodeHttpServer.layerTest)
-)
 
 const send = (request: HttpClientRequest.HttpClientRequest) =>
   Effect.gen(function*() {
@@ -57,16 +50,25 @@ const post = (path: string, body?: unknown) =>
   )
 const get = (path: string) => send(HttpClientRequest.get(path))
 
-/** Holds every build until the returned effect is run. */
+/** Holds every build until `release` is run; `started` takes the pod of each build as it starts. */
 const holdBuilds = Effect.gen(function*() {
   const world = yield* World
   const release = yield* Deferred.make<void>()
-  yield* Ref.set(world.buildBehaviour, () => Deferred.await(release))
-  return Deferred.succeed(release, undefined).pipe(Effect.zipRight(Ref.set(world.buildBehaviour, () => Effect.void)))
+  const started = yield* Queue.unbounded<string>()
+  yield* Ref.set(world.buildBehaviour, (build) =>
+    Queue.offer(started, build.container.pod).pipe(Effect.zipRight(Deferred.await(release))))
+  return { release: Deferred.succeed(release, undefined), started }
 })
 
-layer(ServerTest, { excludeTestServices: true })("hardening", (it) => {
-  it.effect("at startup, records left pending become 'interrupted by restart' and expired ones are removed", () =>
+/** Waits until `checkpoints_queued` is `count` (it is one gauge for the process; tests of this file run one by one). */
+const queuedReaches = (count: number) =>
+  Metric.value(Metrics.queued).pipe(
+    Effect.filterOrFail((state) => state.value === count),
+    Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("10 seconds")))
+  )
+
+describe("hardening", () => {
+  it.live("at startup, records left pending become 'interrupted by restart' and expired ones are removed", () =>
     Effect.gen(function*() {
       const store = yield* ResultStore
       expect((yield* store.get(leftPending))._tag).toBe("Some")
@@ -76,11 +78,11 @@ layer(ServerTest, { excludeTestServices: true })("hardening", (it) => {
       const record = yield* store.get(leftPending)
       expect(record).toMatchObject({ value: { _tag: "Failed" } })
       expect((yield* get(`/checkpoint?checkpointIdentifier=${expired}`)).status).toBe(404)
-    }))
+    }).pipe(onOwnServer({ store: StoreFromBefore })))
 
-  it.effect("a second checkpoint of a container that is being checkpointed answers 409 with the running identifier", () =>
+  it.live("a second checkpoint of a container that is being checkpointed answers 409 with the running identifier", () =>
     Effect.gen(function*() {
-      const release = yield* holdBuilds
+      const { release } = yield* holdBuilds
       const first = yield* post("/checkpoint/default/busy/main", { async: true })
       const { checkpointIdentifier } = JSON.parse(first.text)
       const second = yield* post("/checkpoint/default/busy/main")
@@ -91,28 +93,29 @@ layer(ServerTest, { excludeTestServices: true })("hardening", (it) => {
       yield* release
       expect((yield* get(`/checkpoint?checkpointIdentifier=${checkpointIdentifier}`)).status).toBe(200)
       expect((yield* post("/checkpoint/default/busy/main")).status).toBe(201)
-    }))
+    }).pipe(onOwnServer({ store: StoreFromBefore })))
 
-  it.effect("no more than MAX_CONCURRENT_CHECKPOINTS (2) run at once; the others wait their turn and finish", () =>
+  it.live("no more than MAX_CONCURRENT_CHECKPOINTS (2) run at once; the others wait their turn and finish", () =>
     Effect.gen(function*() {
       const world = yield* World
-      const release = yield* holdBuilds
-      const buildsBefore = (yield* Ref.get(world.builds)).length
+      const { release, started } = yield* holdBuilds
       const identifiers = yield* Effect.forEach(["q1", "q2", "q3", "q4"], (pod) =>
         Effect.map(post(`/checkpoint/default/${pod}/main`, { async: true }), (answer) =>
           JSON.parse(answer.text).checkpointIdentifier as string))
       const waiting = yield* Effect.fork(get(`/checkpoint?checkpointIdentifier=${identifiers[3]}`))
-      yield* Effect.sleep(Duration.millis(200))
-      expect((yield* Ref.get(world.builds)).length - buildsBefore).toBe(2)
+      yield* Queue.takeN(started, 2)
+      yield* queuedReaches(2)
+      expect((yield* Ref.get(world.builds)).length).toBe(2)
+      expect(yield* Queue.size(started)).toBe(0)
       expect(yield* Fiber.poll(waiting)).toMatchObject({ _tag: "None" })
       yield* release
       expect((yield* Fiber.join(waiting)).status).toBe(200)
       for (const identifier of identifiers) {
         expect((yield* get(`/checkpoint?checkpointIdentifier=${identifier}`)).status).toBe(200)
       }
-    }))
+    }).pipe(onOwnServer({ store: StoreFromBefore })))
 
-  it.effect("an archive path outside KUBELET_CHECKPOINT_DIR, a symbolic link or '..' fails in phase kubelet, untouched", () =>
+  it.live("an archive path outside KUBELET_CHECKPOINT_DIR, a symbolic link or '..' fails in phase kubelet, untouched", () =>
     Effect.gen(function*() {
       const world = yield* World
       const fs = yield* FileSystem.FileSystem
@@ -133,16 +136,16 @@ layer(ServerTest, { excludeTestServices: true })("hardening", (it) => {
       expect(yield* fs.readFileString(`${outside}/secret`)).toBe("not an archive")
       expect(yield* fs.readLink(`${dir}/checkpoint-link.tar`)).toBe(`${outside}/secret`)
       yield* fs.remove(`${dir}/checkpoint-link.tar`)
-    }).pipe(Effect.scoped))
+    }).pipe(onOwnServer({ store: StoreFromBefore })))
 
-  it.effect("a body over 64 KiB answers 413", () =>
+  it.live("a body over 64 KiB answers 413", () =>
     Effect.gen(function*() {
       const answer = yield* post("/checkpoint/default/counter/main", { pad: "x".repeat(70 * 1024) })
       expect(answer.status).toBe(413)
       expect(answer.text).toBe("request body is larger than 65536 bytes")
-    }))
+    }).pipe(onOwnServer({ store: StoreFromBefore })))
 
-  it.effect("while shutting down, new checkpoints answer 503 and results are still served", () =>
+  it.live("while shutting down, new checkpoints answer 503 and results are still served", () =>
     Effect.gen(function*() {
       const done = yield* post("/checkpoint/default/last/main")
       expect(done.status).toBe(201)
@@ -151,5 +154,5 @@ layer(ServerTest, { excludeTestServices: true })("hardening", (it) => {
       const refused = yield* post("/checkpoint/default/late/main")
       expect(refused.status).toBe(503)
       expect(refused.text).toContain("shutting down")
-    }))
+    }).pipe(onOwnServer({ store: StoreFromBefore })))
 })

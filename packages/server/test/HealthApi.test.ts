@@ -1,17 +1,9 @@
-import { HttpApiBuilder, HttpClient, HttpClientRequest, OpenApi } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
-import { expect, layer } from "@effect/vitest"
+import { HttpClient, HttpClientRequest, OpenApi } from "@effect/platform"
+import { describe, expect, it } from "@effect/vitest"
 import { CheckpointerApi, ImageBuildError } from "@checkpointer/core"
-import { Deferred, Effect, Fiber, Layer, Ref } from "effect"
-import { ApiLive, DecodeErrorsAsText } from "../src/HttpServer.ts"
-import { CheckpointerTest, World } from "./TestLayers.ts"
+import { Deferred, Effect, Fiber, Ref } from "effect"
+import { onOwnServer, World } from "./TestLayers.ts"
 
-const ServerTest = HttpApiBuilder.serve().pipe(
-  Layer.provide(DecodeErrorsAsText),
-  Layer.provide(ApiLive),
-  Layer.provideMerge(CheckpointerTest),
-  Layer.provideMerge(NodeHttpServer.layerTest)
-)
 
 const call = (request: HttpClientRequest.HttpClientRequest) =>
   Effect.gen(function*() {
@@ -42,8 +34,8 @@ const checkpoint = (path: string, body?: unknown) =>
       : HttpClientRequest.post(`/checkpoint/${path}`).pipe(HttpClientRequest.bodyUnsafeJson(body))
   )
 
-layer(ServerTest, { excludeTestServices: true })("health and metrics API", (it) => {
-  it.effect("/healthz and /readyz answer ok in plain text", () =>
+describe("health and metrics API", () => {
+  it.live("/healthz and /readyz answer ok in plain text", () =>
     Effect.gen(function*() {
       for (const path of ["/healthz", "/readyz"]) {
         const response = yield* call(HttpClientRequest.get(path))
@@ -51,9 +43,9 @@ layer(ServerTest, { excludeTestServices: true })("health and metrics API", (it) 
         expect(response.text).toBe("ok")
         expect(response.type).toContain("text/plain")
       }
-    }))
+    }).pipe(onOwnServer()))
 
-  it.effect("/metrics counts a checkpoint by outcome and builder, times its phases and counts the bytes pushed", () =>
+  it.live("/metrics counts a checkpoint by outcome and builder, times its phases and counts the bytes pushed", () =>
     Effect.gen(function*() {
       const before = yield* scrape
       expect((yield* checkpoint("default/metrics-pod/main", { deletePod: true })).status).toBe(201)
@@ -69,24 +61,23 @@ layer(ServerTest, { excludeTestServices: true })("health and metrics API", (it) 
       expect(delta(before, after, 'checkpoint_pushed_bytes_count{builder="fake"}')).toBe(1)
       expect(after.get("checkpoints_in_flight")).toBe(0)
       expect(after.get("checkpoints_queued")).toBe(0)
-    }))
+    }).pipe(onOwnServer()))
 
-  it.effect("/metrics counts failed and not-found checkpoints apart", () =>
+  it.live("/metrics counts failed and not-found checkpoints apart", () =>
     Effect.gen(function*() {
       const world = yield* World
       const before = yield* scrape
       yield* Ref.set(world.buildBehaviour, () => Effect.fail(new ImageBuildError({ step: "push", message: "refused" })))
       expect((yield* checkpoint("default/metrics-pod/main")).status).toBe(500)
-      yield* Ref.set(world.buildBehaviour, () => Effect.void)
       yield* Ref.set(world.missingContainers, new Set(["ghost"]))
       expect((yield* checkpoint("default/metrics-pod/ghost")).status).toBe(404)
       const after = yield* scrape
       expect(delta(before, after, 'checkpoints_total{builder="fake",outcome="failed"}')).toBe(1)
       expect(delta(before, after, 'checkpoints_total{builder="fake",outcome="not_found"}')).toBe(1)
       expect(delta(before, after, 'checkpoint_phase_duration_seconds_count{phase="build/push"}')).toBe(1)
-    }))
+    }).pipe(onOwnServer()))
 
-  it.effect("/metrics shows running checkpoints in flight and the ones beyond the limit queued", () =>
+  it.live("/metrics shows running checkpoints in flight and the ones beyond the limit queued", () =>
     Effect.gen(function*() {
       const world = yield* World
       const release = yield* Deferred.make<void>()
@@ -104,16 +95,32 @@ layer(ServerTest, { excludeTestServices: true })("health and metrics API", (it) 
           `/checkpoint?checkpointIdentifier=${JSON.parse(answer.text).checkpointIdentifier}`
         ))))
       expect((yield* Fiber.join(results)).map((answer) => answer.status)).toEqual([200, 200, 200])
-      yield* Ref.set(world.buildBehaviour, () => Effect.void)
       const after = yield* scrape
       expect(after.get("checkpoints_in_flight")).toBe(0)
       expect(after.get("checkpoints_queued")).toBe(0)
-    }))
+    }).pipe(onOwnServer()))
 
   it.effect("the OpenAPI document lists /metrics and the 503 of /readyz", () =>
     Effect.sync(() => {
       const spec = OpenApi.fromApi(CheckpointerApi)
       expect(Object.keys(spec.paths)).toEqual(expect.arrayContaining(["/metrics", "/readyz", "/healthz"]))
       expect(Object.keys(spec.paths["/readyz"]?.get?.responses ?? {})).toEqual(expect.arrayContaining(["200", "503"]))
+    }))
+
+  it.effect("the OpenAPI document lists every answer of the checkpoint endpoints and their bearer security", () =>
+    Effect.sync(() => {
+      const spec = OpenApi.fromApi(CheckpointerApi)
+      const checkpoint = spec.paths["/checkpoint/{namespace}/{pod}/{container}"]?.post
+      const result = spec.paths["/checkpoint"]?.get
+      expect(Object.keys(checkpoint?.responses ?? {}).sort()).toEqual(
+        ["201", "202", "400", "401", "403", "404", "409", "413", "421", "500", "502", "503"]
+      )
+      expect(Object.keys(result?.responses ?? {}).sort()).toEqual(
+        ["200", "400", "401", "403", "404", "421", "500", "502"]
+      )
+      expect(checkpoint?.security).toEqual([{ bearer: [] }])
+      expect(result?.security).toEqual([{ bearer: [] }])
+      expect(spec.components.securitySchemes).toEqual({ bearer: { type: "http", scheme: "bearer" } })
+      expect(spec.paths["/healthz"]?.get?.security ?? []).toEqual([])
     }))
 })

@@ -1,12 +1,12 @@
 import { HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
 import type { HttpMethod } from "@effect/platform/HttpMethod"
 import { NodeHttpClient } from "@effect/platform-node"
-import { expect, layer } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { ContainerPath } from "@checkpointer/core"
-import { Effect, FastCheck as fc, Layer, Option, Ref, Schema } from "effect"
+import { Effect, FastCheck as fc, Layer, Option, Ref, Runtime, Schema } from "effect"
 import { listenerLayer } from "../src/ApiListener.ts"
 import { AppLive } from "../src/HttpServer.ts"
-import { CheckpointerTest, testClientLimits, World } from "./TestLayers.ts"
+import { makeCheckpointerTest, testClientLimits, World } from "./TestLayers.ts"
 
 /** The whole API (request gate, contract, docs) on the real listener, with the fake kubelet, builder and API server. */
 const ServerTest = AppLive.pipe(
@@ -19,7 +19,7 @@ const ServerTest = AppLive.pipe(
     clientLimits: testClientLimits,
     tls: Option.none()
   })),
-  Layer.provideMerge(CheckpointerTest)
+  Layer.provideMerge(makeCheckpointerTest())
 )
 
 const name = fc.oneof(
@@ -83,37 +83,42 @@ const method = fc.oneof(
 
 const isContainerPath = Schema.is(ContainerPath)
 
-layer(ServerTest, { excludeTestServices: true, timeout: "120 seconds" })("the HTTP contract under random requests", (it) => {
-  it.effect.prop(
-    "never a 5xx but a checkpoint failure, never a crash, never a kubelet call for an invalid name",
-    [method, path, headers, body],
-    ([method, path, headers, body]) =>
-      Effect.gen(function*() {
-        const client = yield* HttpClient.HttpClient
-        const world = yield* World
-        const request = HttpClientRequest.make(method)(path).pipe(
-          HttpClientRequest.setHeaders(headers),
-          body === undefined || method === "HEAD" ? (request) => request : HttpClientRequest.bodyText(body)
-        )
-        const response = yield* client.execute(request)
-        const text = yield* response.text
-        const allowed = response.status < 500 ||
-          (response.status === 500 && text.startsWith("checkpoint failed in phase ")) ||
-          (response.status === 503 && path === "/readyz")
-        expect(allowed, `${method} ${path} ${JSON.stringify(headers)} -> ${response.status} ${text}`).toBe(true)
-        if (response.status >= 400 && method !== "HEAD") expect(text.trim(), `${method} ${path}`).not.toBe("")
-        const calls = yield* Ref.get(world.kubeletCalls)
-        expect(calls.filter((call) => !isContainerPath(call))).toEqual([])
-        const health = yield* client.execute(HttpClientRequest.get("/healthz"))
-        expect(health.status).toBe(200)
-      }).pipe(Effect.scoped),
-    { fastCheck: { numRuns: 300 } }
-  )
+/** One random request: no 5xx but a checkpoint failure, no crash, no kubelet call for an invalid name. */
+const exchange = (
+  [method, path, headers, body]: readonly [HttpMethod, string, Record<string, string>, string | undefined]
+) =>
+  Effect.gen(function*() {
+    const client = yield* HttpClient.HttpClient
+    const world = yield* World
+    const request = HttpClientRequest.make(method)(path).pipe(
+      HttpClientRequest.setHeaders(headers),
+      body === undefined || method === "HEAD" ? (request) => request : HttpClientRequest.bodyText(body)
+    )
+    const response = yield* client.execute(request)
+    const text = yield* response.text
+    const allowed = response.status < 500 ||
+      (response.status === 500 && text.startsWith("checkpoint failed in phase ")) ||
+      (response.status === 503 && path === "/readyz")
+    expect(allowed, `${method} ${path} ${JSON.stringify(headers)} -> ${response.status} ${text}`).toBe(true)
+    if (response.status >= 400 && method !== "HEAD") expect(text.trim(), `${method} ${path}`).not.toBe("")
+    const calls = yield* Ref.get(world.kubeletCalls)
+    expect(calls.filter((call) => !isContainerPath(call))).toEqual([])
+    const health = yield* client.execute(HttpClientRequest.get("/healthz"))
+    expect(health.status).toBe(200)
+  }).pipe(Effect.scoped)
 
-  it.effect("the random requests did reach the kubelet, each time for valid names only", () =>
+describe("the HTTP contract under random requests", () => {
+  it.live("never a 5xx but a checkpoint failure, never a crash; the kubelet is reached, for valid names only", () =>
     Effect.gen(function*() {
+      const runtime = yield* Effect.runtime<HttpClient.HttpClient | World>()
+      yield* Effect.promise(() =>
+        fc.assert(
+          fc.asyncProperty(method, path, headers, body, (...request) => Runtime.runPromise(runtime, exchange(request))),
+          { numRuns: 300 }
+        )
+      )
       const calls = yield* Ref.get((yield* World).kubeletCalls)
       expect(calls.length).toBeGreaterThan(0)
       expect(calls.every(isContainerPath)).toBe(true)
-    }))
+    }).pipe(Effect.provide(ServerTest)), 120_000)
 })

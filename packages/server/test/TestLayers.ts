@@ -1,7 +1,6 @@
 import { FileSystem } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
+import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import {
-  CallerAuth,
   CheckpointDirectory,
   Checkpointer,
   checkpointDirConfig,
@@ -11,13 +10,15 @@ import {
   ImageBuilder,
   KubeletServiceTest,
   KubernetesApiError,
-  NodeRouter,
   Readiness,
   ResultStore,
   ServerConfig
 } from "@checkpointer/core"
-import type { BuildRequest, ContainerRef } from "@checkpointer/core"
-import { ConfigProvider, Effect, Layer, Option, Ref } from "effect"
+import type { Access, BuildRequest, ContainerRef } from "@checkpointer/core"
+import type { V1Pod, V1ResourceAttributes } from "@kubernetes/client-node"
+import { ConfigProvider, Effect, Layer, Option, Queue, Ref } from "effect"
+import type { Scope } from "effect"
+import { AppLive } from "../src/HttpServer.ts"
 
 /** The environment of the Checkpointer under test (KUBELET_CHECKPOINT_DIR is a fresh directory per test layer). */
 export const testEnvironment: Readonly<Record<string, string>> = {
@@ -50,6 +51,8 @@ export interface FakeWorld {
   readonly kubeletCalls: Ref.Ref<ReadonlyArray<ContainerRef>>
   /** The path the kubelet answers instead of the archive it wrote (a lying kubelet), given its checkpoint directory. */
   readonly kubeletLie: Ref.Ref<Option.Option<(checkpointDir: string) => string>>
+  /** Every bearer token the API server was asked to review. */
+  readonly tokenReviews: Ref.Ref<ReadonlyArray<string>>
 }
 
 export class World extends Effect.Service<World>()("test/World", {
@@ -61,7 +64,8 @@ export class World extends Effect.Service<World>()("test/World", {
       missingContainers: yield* Ref.make<ReadonlySet<string>>(new Set()),
       buildBehaviour: yield* Ref.make<(request: BuildRequest) => Effect.Effect<void, ImageBuildError>>(() => Effect.void),
       kubeletCalls: yield* Ref.make<ReadonlyArray<ContainerRef>>([]),
-      kubeletLie: yield* Ref.make(Option.none<(checkpointDir: string) => string>())
+      kubeletLie: yield* Ref.make(Option.none<(checkpointDir: string) => string>()),
+      tokenReviews: yield* Ref.make<ReadonlyArray<string>>([])
     } satisfies FakeWorld
   })
 }) {}
@@ -107,42 +111,116 @@ const FakeBuilder = Layer.effect(
   })
 )
 
-const FakeCluster = Layer.effect(
-  Cluster,
-  Effect.gen(function*() {
-    const world = yield* World
-    return Cluster.make({
-      reviewToken: () => Effect.dieMessage("no token review here"),
-      reviewAccess: () => Effect.dieMessage("no access review here"),
-      getPod: () => Effect.succeed(Option.none()),
-      checkpointerPodsOn: () => Effect.succeed([]),
-      deletePod: (namespace: string, name: string) =>
-        name === "undeletable"
-          ? Effect.fail(new KubernetesApiError({ status: 403, message: `delete pod ${namespace}/${name}: 403 forbidden` }))
-          : Ref.update(world.deletedPods, (all) => [...all, `${namespace}/${name}`])
+/** What the fake API server knows. */
+export interface FakeClusterState {
+  /** Pods by `namespace/name`. */
+  readonly pods?: Readonly<Record<string, V1Pod>>
+  /** The pod IP of the Checkpointer on each node. */
+  readonly checkpointers?: Readonly<Record<string, string>>
+  /** Callers by bearer token, with everything they may do. */
+  readonly users?: Readonly<Record<string, { readonly username: string; readonly allow: ReadonlyArray<Access> }>>
+  /** The API server does not answer (pod lookups and reviews fail). */
+  readonly unreachable?: boolean
+}
+
+const allows = (allowed: Access, wanted: V1ResourceAttributes) =>
+  allowed.verb === wanted.verb && allowed.resource === wanted.resource &&
+  allowed.subresource === wanted.subresource && allowed.namespace === wanted.namespace
+
+const makeFakeCluster = (state: FakeClusterState) =>
+  Layer.effect(
+    Cluster,
+    Effect.gen(function*() {
+      const world = yield* World
+      const unreachable = (what: string) =>
+        Effect.fail(new KubernetesApiError({ status: undefined, message: `${what}: connect ECONNREFUSED` }))
+      return Cluster.make({
+        getPod: (namespace: string, name: string) =>
+          state.unreachable
+            ? unreachable("get pod")
+            : Effect.succeed(Option.fromNullable(state.pods?.[`${namespace}/${name}`])),
+        checkpointerPodsOn: (node: string) =>
+          Effect.succeed(Option.match(Option.fromNullable(state.checkpointers?.[node]), {
+            onNone: (): Array<V1Pod> => [],
+            onSome: (podIP) => [{ status: { phase: "Running", podIP } }]
+          })),
+        deletePod: (namespace: string, name: string) =>
+          name === "undeletable"
+            ? Effect.fail(
+              new KubernetesApiError({ status: 403, message: `delete pod ${namespace}/${name}: 403 forbidden` })
+            )
+            : Ref.update(world.deletedPods, (all) => [...all, `${namespace}/${name}`]),
+        reviewToken: (token: string) =>
+          Effect.gen(function*() {
+            yield* Ref.update(world.tokenReviews, (all) => [...all, token])
+            if (state.unreachable) return yield* unreachable("token review")
+            return Option.map(Option.fromNullable(state.users?.[token]), ({ username }) => ({ username }))
+          }),
+        reviewAccess: (user, access) =>
+          Effect.succeed(
+            Object.values(state.users ?? {}).some((known) =>
+              known.username === user.username && known.allow.some((allowed) => allows(allowed, access))
+            )
+          )
+      })
     })
-  })
-)
+  )
 
-/** The test environment with a fresh KUBELET_CHECKPOINT_DIR, removed afterwards. */
-const TestConfig = Layer.unwrapScoped(
-  Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpoints-" })
-    const environment = { ...testEnvironment, KUBELET_CHECKPOINT_DIR: dir }
-    return Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(environment))))
-  })
-)
+/** The test environment, changed by `environment`, with a fresh KUBELET_CHECKPOINT_DIR, removed afterwards. */
+const makeTestConfig = (environment: Readonly<Record<string, string>>) =>
+  Layer.unwrapScoped(
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpoints-" })
+      const variables = { ...testEnvironment, KUBELET_CHECKPOINT_DIR: dir, ...environment }
+      return Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(variables))))
+    })
+  )
 
-/** Checkpointer with fake kubelet, builder and API server, the given result store and the real orchestration. */
-export const makeCheckpointerTest = <E>(store: Layer.Layer<ResultStore, E>) =>
-  Layer.mergeAll(Checkpointer.Default, Readiness.Default, CallerAuth.Default, NodeRouter.Default).pipe(
-  Layer.provide([FakeKubelet, FakeBuilder, FakeCluster, CheckpointDirectory.Default]),
-  Layer.provideMerge(store),
-  Layer.provideMerge(World.Default),
-  Layer.provideMerge(ServerConfig.Default),
-  Layer.provideMerge(TestConfig),
-  Layer.provideMerge(NodeContext.layer)
-)
+export interface TestOptions<E> {
+  /** Default: a memory store. */
+  readonly store?: Layer.Layer<ResultStore, E>
+  /** Variables on top of testEnvironment, e.g. AUTH_MODE. */
+  readonly environment?: Readonly<Record<string, string>>
+  readonly cluster?: FakeClusterState
+}
 
-export const CheckpointerTest = makeCheckpointerTest(ResultStore.Memory)
+/**
+ * Checkpointer with fake kubelet, builder and API server, the given result store and the real orchestration. Every
+ * build of this layer has a world of its own.
+ */
+export const makeCheckpointerTest = <E = never>(options: TestOptions<E> = {}) =>
+  Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
+    Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default]),
+    Layer.provideMerge(makeFakeCluster(options.cluster ?? {})),
+    Layer.provideMerge(options.store ?? ResultStore.Memory),
+    Layer.provideMerge(World.Default),
+    Layer.provideMerge(ServerConfig.Default),
+    Layer.provideMerge(makeTestConfig(options.environment ?? {})),
+    Layer.provideMerge(NodeContext.layer)
+  )
+
+/** The whole API in process (NodeHttpServer.layerTest: an HttpClient that reaches it) over `makeCheckpointerTest`. */
+export const makeServerTest = <E = never>(options: TestOptions<E> = {}) =>
+  AppLive.pipe(
+    Layer.provideMerge(makeCheckpointerTest(options)),
+    Layer.provideMerge(NodeHttpServer.layerTest)
+  )
+
+/** A memory store that offers every identifier it is asked for to `reads`. */
+export const recordingReads = (reads: Queue.Enqueue<string>) =>
+  Layer.effect(
+    ResultStore,
+    Effect.map(ResultStore, (store) =>
+      ResultStore.of({
+        ...store,
+        get: (identifier) => Queue.offer(reads, identifier).pipe(Effect.zipRight(store.get(identifier)))
+      }))
+  ).pipe(Layer.provide(ResultStore.Memory))
+
+type ServerTestServices = Layer.Layer.Success<ReturnType<typeof makeServerTest>>
+
+/** Runs one test against a server of its own: no world, store or setting is shared with another test. */
+export const onOwnServer = <E = never>(options: TestOptions<E> = {}) =>
+<A, E2>(test: Effect.Effect<A, E2, ServerTestServices | Scope.Scope>) =>
+  test.pipe(Effect.scoped, Effect.provide(makeServerTest(options)))

@@ -4,7 +4,7 @@ import { Clock, Console, Data, Duration, Effect, Either, Layer, Option, Redacted
 import { readFile } from "node:fs/promises"
 import type { RequestOptions } from "node:https"
 import { parseArgs } from "node:util"
-import { CheckpointerClient } from "../CheckpointerClient.ts"
+import { CheckpointerClient } from "@checkpointer/client"
 
 export const usage = `Checkpoints a container with CRIU and prints the name of the image it was pushed as.
 

@@ -1,9 +1,10 @@
 import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientError } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { CheckpointerApi } from "@checkpointer/core"
-import type { AsyncCheckpointAccepted, CheckpointIdentifier, CheckpointResult, ContainerRef } from "@checkpointer/core"
-import { Context, Data, Duration, Effect, Layer, Redacted, Schedule } from "effect"
+import { CheckpointerApi, CheckpointIdentifier, ContainerPath } from "@checkpointer/core"
+import type { AsyncCheckpointAccepted, CheckpointResult } from "@checkpointer/core"
+import { CheckpointOptions as CheckpointBody } from "@checkpointer/core"
+import { Context, Data, Duration, Effect, Layer, Redacted, Schedule, Schema } from "effect"
 import type { ParseResult } from "effect"
 
 /** The request did not get an answer the contract describes: unreachable server, unexpected status, bad input. */
@@ -25,12 +26,6 @@ export interface CheckpointOptions {
   readonly deletePod?: boolean
 }
 
-/** `checkpoint(container)` answers the result; `checkpoint(container, { async: true })` answers the identifier. */
-export interface CheckpointMethod<E> {
-  (container: ContainerInput, options: CheckpointOptions & { readonly async: true }): Effect.Effect<AsyncCheckpointAccepted, E>
-  (container: ContainerInput, options?: CheckpointOptions & { readonly async?: false }): Effect.Effect<CheckpointResult, E>
-}
-
 export interface WaitOptions {
   /** Give up after this long (default 30 minutes). */
   readonly timeout?: Duration.DurationInput
@@ -41,7 +36,11 @@ export interface WaitOptions {
 const describeClientError = (error: HttpClientError.HttpClientError | ParseResult.ParseError) =>
   Effect.gen(function*() {
     if (error._tag === "ParseError") {
-      return new CheckpointerRequestFailed({ status: undefined, message: `not allowed by the API contract: ${error.message}`, cause: error })
+      return new CheckpointerRequestFailed({
+        status: undefined,
+        message: `not allowed by the API contract: ${error.message}`,
+        cause: error
+      })
     }
     if (error._tag === "RequestError") {
       const cause = error.cause instanceof Error ? `: ${error.cause.message}` : ""
@@ -59,9 +58,12 @@ const describeClientError = (error: HttpClientError.HttpClientError | ParseResul
     })
   })
 
-/** Worth asking again: no answer at all, a peer Checkpointer that could not be reached (502), one shutting down (503). */
+/** Worth asking again: no answer, a peer Checkpointer that could not be reached (502), one shutting down (503). */
 const isTransient = (error: { readonly _tag: string; readonly status?: number | undefined }) =>
-  error._tag === "CheckpointerRequestFailed" && (error.status === undefined || error.status === 502 || error.status === 503)
+  error._tag === "PeerUnreachable" ||
+  (error._tag === "CheckpointerRequestFailed" && [undefined, 502, 503].includes(error.status))
+
+const retryTransient = Schedule.exponential("250 millis").pipe(Schedule.upTo("5 seconds"))
 
 export interface ClientOptions {
   /** Where Checkpointer answers, e.g. `http://checkpoint-service.checkpointer` inside the cluster. */
@@ -77,6 +79,19 @@ export interface TlsOptions {
   readonly serverName?: string
 }
 
+const decodeContainer = Schema.decodeUnknown(ContainerPath)
+const decodeIdentifier = Schema.decodeUnknown(CheckpointIdentifier)
+
+const failOutsideContract = (error: HttpClientError.HttpClientError | ParseResult.ParseError) =>
+  Effect.flatMap(describeClientError(error), Effect.fail)
+
+/** Everything outside the contract becomes CheckpointerRequestFailed; the contract's errors stay as they are. */
+const outsideContract = {
+  RequestError: failOutsideContract,
+  ResponseError: failOutsideContract,
+  ParseError: failOutsideContract
+}
+
 const make = (options: ClientOptions) =>
   Effect.gen(function*() {
     const token = options.token
@@ -89,30 +104,36 @@ const make = (options: ClientOptions) =>
       })
     })
 
-    /** Everything outside the contract becomes CheckpointerRequestFailed; contract errors stay as they are. */
-    const plain = <A, E>(effect: Effect.Effect<A, E | HttpClientError.HttpClientError | ParseResult.ParseError>) =>
-      effect.pipe(
-        Effect.catchIf(
-          (error): error is HttpClientError.HttpClientError | ParseResult.ParseError =>
-            typeof error === "object" && error !== null && "_tag" in error &&
-            (error._tag === "RequestError" || error._tag === "ResponseError" || error._tag === "ParseError"),
-          (error) => Effect.flatMap(describeClientError(error), Effect.fail)
-        )
-      ) as Effect.Effect<A, Exclude<E, HttpClientError.HttpClientError | ParseResult.ParseError> | CheckpointerRequestFailed>
+    const post = (container: ContainerInput, payload: CheckpointOptions & { readonly async?: boolean }) =>
+      decodeContainer(container).pipe(
+        Effect.flatMap((path) =>
+          api.checkpoint.checkpoint({
+            path,
+            payload: new CheckpointBody({ deletePod: payload.deletePod ?? false, async: payload.async ?? false })
+          })
+        ),
+        Effect.catchTags(outsideContract),
+        Effect.withSpan("CheckpointerClient.checkpoint")
+      )
 
-    const post = (container: ContainerInput, payload: { readonly deletePod: boolean; readonly async: boolean }) =>
-      plain(api.checkpoint.checkpoint({ path: container as ContainerRef, payload }))
-
-    const checkpoint = Effect.fn("CheckpointerClient.checkpoint")(function*(
+    type CheckpointFailure = Effect.Effect.Error<ReturnType<typeof post>>
+    /** `checkpoint(container)` answers the result; `checkpoint(container, { async: true })` answers the identifier. */
+    function checkpoint(
       container: ContainerInput,
-      options?: CheckpointOptions & { readonly async?: boolean }
-    ) {
-      return yield* post(container, { deletePod: options?.deletePod ?? false, async: options?.async ?? false })
-    })
+      options: CheckpointOptions & { readonly async: true }
+    ): Effect.Effect<AsyncCheckpointAccepted, CheckpointFailure>
+    function checkpoint(
+      container: ContainerInput,
+      options?: CheckpointOptions & { readonly async?: false }
+    ): Effect.Effect<CheckpointResult, CheckpointFailure>
+    function checkpoint(container: ContainerInput, options: CheckpointOptions & { readonly async?: boolean } = {}) {
+      return post(container, options)
+    }
 
     const result = Effect.fn("CheckpointerClient.result")(function*(identifier: string) {
-      return yield* plain(
-        api.checkpoint.result({ urlParams: { checkpointIdentifier: identifier as CheckpointIdentifier } })
+      return yield* decodeIdentifier(identifier).pipe(
+        Effect.flatMap((checkpointIdentifier) => api.checkpoint.result({ urlParams: { checkpointIdentifier } })),
+        Effect.catchTags(outsideContract)
       )
     })
 
@@ -130,7 +151,7 @@ const make = (options: ClientOptions) =>
           )
         })
       return yield* result(identifier).pipe(
-        Effect.retry({ schedule: Schedule.exponential("250 millis").pipe(Schedule.upTo("5 seconds")), while: isTransient }),
+        Effect.retry({ schedule: retryTransient, while: isTransient }),
         Effect.raceFirst(waiting),
         Effect.timeoutFail({
           duration: timeout,
@@ -143,11 +164,7 @@ const make = (options: ClientOptions) =>
       )
     })
 
-    return {
-      checkpoint: checkpoint as CheckpointMethod<Effect.Effect.Error<ReturnType<typeof post>>>,
-      result,
-      waitFor
-    } as const
+    return { checkpoint, result, waitFor } as const
   })
 
 /**

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either, Option } from "effect"
-import { parseInvocation } from "../src/cli/KubectlCheckpoint.ts"
+import { parseInvocation } from "../src/KubectlCheckpoint.ts"
 
 describe("kubectl checkpoint arguments", () => {
   it("reads the pod, -c, -n and the flags", () => {
