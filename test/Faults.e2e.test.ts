@@ -9,7 +9,7 @@ import { describeE2E } from "./harness/E2E.ts"
 import type { LocalStack } from "./harness/LocalStack.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
 import { startRegistry } from "./harness/Registry.ts"
-import { expectNoArchiveLeft } from "./Expectations.ts"
+import { expectNoArchiveLeft, podEvents } from "./Expectations.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
 const StackLive = Stack.layer({ registryAuth: "htpasswd" })
@@ -60,6 +60,13 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
           expect(result.text, fault).toMatch(/phase "kubelet"/)
         }
         yield* stack.node.setFault(null)
+        const failures = (yield* podEvents(stack.cluster, "default", "fault-kubelet"))
+          .filter((event) => event.reason === "CheckpointFailed")
+        expect(failures).toHaveLength(6)
+        for (const event of failures) {
+          expect(event.type).toBe("Warning")
+          expect(event.message).toMatch(/^checkpoint failed in phase "kubelet": /)
+        }
         const recovered = yield* postCheckpoint(server.url, "default/fault-kubelet/counter")
         expect(recovered.status, recovered.text).toBe(201)
         yield* expectHealthy(stack, server)
