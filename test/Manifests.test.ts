@@ -117,7 +117,8 @@ const build = (dir: string): ReadonlyArray<Resource> =>
 const knownVariables = new Set(
   ["core", "strategies", "server"].flatMap((pkg) => {
     const dir = `${projectRoot}/packages/${pkg}/src`
-    return readdirSync(dir).filter((name) => name.endsWith(".ts")).flatMap((name) =>
+    const sources = readdirSync(dir, { recursive: true, encoding: "utf8" }).filter((name) => name.endsWith(".ts"))
+    return sources.flatMap((name) =>
       [...readFileSync(`${dir}/${name}`, "utf8").matchAll(/"([A-Z][A-Z0-9_]{3,})"/g)].map((match) => match[1]!)
     )
   })

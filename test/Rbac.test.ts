@@ -29,9 +29,9 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
 
 /** The services that call the Kubernetes API: where each lives, and the name its users give it. */
 const services = {
-  cluster: { path: "packages/core/src/Cluster.ts", usedAs: "cluster" },
-  podEvents: { path: "packages/core/src/PodEvents.ts", usedAs: "events" },
-  kanikoPods: { path: "packages/strategies/src/KanikoPods.ts", usedAs: "pods" }
+  cluster: { path: "packages/core/src/kubernetes/Cluster.ts", usedAs: "cluster" },
+  podEvents: { path: "packages/core/src/kubernetes/PodEvents.ts", usedAs: "events" },
+  kanikoPods: { path: "packages/strategies/src/kaniko/KanikoPods.ts", usedAs: "pods" }
 } as const
 
 type Service = keyof typeof services
@@ -84,8 +84,8 @@ const methodsUsedIn = (service: Service, paths: ReadonlyArray<string>) =>
 
 /** Where the orchestration and the API (the server's caller authentication) use those services. */
 const corePaths = ["core", "server"].flatMap((pkg) =>
-  readdirSync(`${projectRoot}/packages/${pkg}/src`)
-    .filter((file) => file.endsWith(".ts") && file !== "Cluster.ts" && file !== "PodEvents.ts")
+  readdirSync(`${projectRoot}/packages/${pkg}/src`, { recursive: true, encoding: "utf8" })
+    .filter((file) => file.endsWith(".ts") && !file.endsWith("/Cluster.ts") && !file.endsWith("/PodEvents.ts"))
     .map((file) => `packages/${pkg}/src/${file}`)
 )
 
@@ -102,7 +102,10 @@ const required = (builder: "native" | "kaniko" | "kaniko-fs") => {
   const strategies = "packages/strategies/src"
   const builderFiles = builder === "native"
     ? []
-    : [`${strategies}/KanikoBuilder.ts`, `${strategies}/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`]
+    : [
+      `${strategies}/kaniko/KanikoBuilder.ts`,
+      `${strategies}/kaniko/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`
+    ]
   const base = new Set([
     ...permissions("cluster", methodsUsedIn("cluster", corePaths), "cluster"),
     ...permissions("podEvents", methodsUsedIn("podEvents", corePaths), "cluster")

@@ -8,7 +8,7 @@ import {
   recordPod,
   restoredFromLabel,
   restoredPod
-} from "../src/PodRecord.ts"
+} from "../src/domain/PodRecord.ts"
 
 const deploymentPod: V1Pod = {
   apiVersion: "v1",

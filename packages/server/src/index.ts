@@ -1,3 +1,3 @@
-export * from "./CheckpointHandlers.ts"
-export * from "./HttpServer.ts"
+export * from "./handlers/CheckpointHandlers.ts"
+export * from "./http/HttpServer.ts"
 export * from "./ImageBuilderLayer.ts"

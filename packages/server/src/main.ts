@@ -12,7 +12,7 @@ import {
   ServerConfig
 } from "@checkpointer/core"
 import { Data, Duration, Effect, Layer, Logger, LogLevel } from "effect"
-import { HttpServerLive } from "./HttpServer.ts"
+import { HttpServerLive } from "./http/HttpServer.ts"
 import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
 
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}

@@ -7,9 +7,9 @@ import { request as httpsRequest } from "node:https"
 import { connect as netConnect } from "node:net"
 import type { Socket } from "node:net"
 import { connect as tlsConnect } from "node:tls"
-import type { ClientLimits } from "../src/ApiListener.ts"
-import { listenerLayer } from "../src/ApiListener.ts"
-import { AppLive } from "../src/HttpServer.ts"
+import type { ClientLimits } from "../src/http/ApiListener.ts"
+import { listenerLayer } from "../src/http/ApiListener.ts"
+import { AppLive } from "../src/http/HttpServer.ts"
 import { makeCheckpointerTest, World } from "./TestLayers.ts"
 
 const quick: ClientLimits = {

@@ -4,8 +4,8 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { ContainerPath } from "@checkpointer/core"
 import { Effect, FastCheck as fc, Layer, Option, Ref, Runtime, Schema } from "effect"
-import { listenerLayer } from "../src/ApiListener.ts"
-import { AppLive } from "../src/HttpServer.ts"
+import { listenerLayer } from "../src/http/ApiListener.ts"
+import { AppLive } from "../src/http/HttpServer.ts"
 import { makeCheckpointerTest, testClientLimits, World } from "./TestLayers.ts"
 
 /** The whole API (request gate, contract, docs) on the real listener, with the fake kubelet, builder and API server. */

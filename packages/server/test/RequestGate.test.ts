@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { V1Pod } from "@kubernetes/client-node"
 import { Effect, Ref } from "effect"
-import { forwardedHeader } from "../src/RequestGate.ts"
+import { forwardedHeader } from "../src/http/RequestGate.ts"
 import { call, startPeer } from "./ServerCalls.ts"
 import type { FakeClusterState } from "./TestLayers.ts"
 import { onOwnServer, World } from "./TestLayers.ts"

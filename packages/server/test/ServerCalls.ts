@@ -2,7 +2,7 @@ import { HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer } from "effect"
 import * as Http from "node:http"
-import { AppLive } from "../src/HttpServer.ts"
+import { AppLive } from "../src/http/HttpServer.ts"
 import type { TestOptions } from "./TestLayers.ts"
 import { makeCheckpointerTest, World } from "./TestLayers.ts"
 

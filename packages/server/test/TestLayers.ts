@@ -18,7 +18,7 @@ import type { Access, BuildRequest, ContainerRef } from "@checkpointer/core"
 import type { V1Pod, V1ResourceAttributes } from "@kubernetes/client-node"
 import { ConfigProvider, Effect, Layer, Option, Queue, Ref } from "effect"
 import type { Scope } from "effect"
-import { AppLive } from "../src/HttpServer.ts"
+import { AppLive } from "../src/http/HttpServer.ts"
 
 /** The environment of the Checkpointer under test (KUBELET_CHECKPOINT_DIR is a fresh directory per test layer). */
 export const testEnvironment: Readonly<Record<string, string>> = {

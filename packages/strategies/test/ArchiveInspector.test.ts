@@ -5,8 +5,8 @@ import { Effect, Option } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { gzipSync, zstdCompressSync } from "node:zlib"
 import { create } from "tar"
-import { sniffCompression } from "../src/ArchiveFormat.ts"
-import { describeArchive } from "../src/ArchiveInspector.ts"
+import { sniffCompression } from "../src/archive/ArchiveFormat.ts"
+import { describeArchive } from "../src/archive/ArchiveInspector.ts"
 import { podmanConfigDump, podmanSpecDump } from "./ArchiveFixtures.ts"
 
 const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`

@@ -15,7 +15,7 @@ import {
 } from "node:crypto"
 import { create } from "tar"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
-import * as NativeImageBuilder from "../src/NativeImageBuilder.ts"
+import * as NativeImageBuilder from "../src/native/NativeImageBuilder.ts"
 
 /** The native builder as the server makes it, configured by `settings` alone (not the environment). */
 export const nativeBuilder = (settings: Readonly<Record<string, string>>) =>

@@ -1,8 +1,8 @@
 import { ContainerName, ContainerRef, Namespace, PodName } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Option } from "effect"
-import { checkpointFacts } from "../src/CheckpointMetadata.ts"
-import { imageAnnotations } from "../src/ImageAnnotations.ts"
+import { checkpointFacts } from "../src/archive/CheckpointMetadata.ts"
+import { imageAnnotations } from "../src/archive/ImageAnnotations.ts"
 import { podmanConfigDump, podmanSpecDump } from "./ArchiveFixtures.ts"
 
 describe("CheckpointMetadata", () => {

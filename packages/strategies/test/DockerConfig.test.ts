@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
-import { credentialsFor, normalizeAuthKey, parseAuthConfig } from "../src/DockerConfig.ts"
-import type { Credentials } from "../src/DockerConfig.ts"
+import { credentialsFor, normalizeAuthKey, parseAuthConfig } from "../src/registry/DockerConfig.ts"
+import type { Credentials } from "../src/registry/DockerConfig.ts"
 
 describe("docker config auth file", () => {
   it("normalizes keys like the docker CLI", () => {

@@ -13,7 +13,7 @@ import {
   describeContextArchive,
   readArchiveFormat,
   sniffArchiveFormat
-} from "../src/KanikoContext.ts"
+} from "../src/kaniko/KanikoContext.ts"
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex")
 

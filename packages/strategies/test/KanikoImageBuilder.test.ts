@@ -29,11 +29,11 @@ import { createHash, randomBytes } from "node:crypto"
 import { gunzipSync, zstdCompressSync } from "node:zlib"
 import { create, Parser } from "tar"
 import type { ReadEntry } from "tar"
-import { readArchiveMetadata } from "../src/CheckpointMetadata.ts"
-import { buildContext } from "../src/KanikoContext.ts"
-import * as KanikoFsImageBuilder from "../src/KanikoFsImageBuilder.ts"
-import * as KanikoImageBuilder from "../src/KanikoImageBuilder.ts"
-import { KanikoPods } from "../src/KanikoPods.ts"
+import { readArchiveMetadata } from "../src/archive/CheckpointMetadata.ts"
+import { buildContext } from "../src/kaniko/KanikoContext.ts"
+import * as KanikoFsImageBuilder from "../src/kaniko/KanikoFsImageBuilder.ts"
+import * as KanikoImageBuilder from "../src/kaniko/KanikoImageBuilder.ts"
+import { KanikoPods } from "../src/kaniko/KanikoPods.ts"
 import {
   contextFiles,
   describePodState,
@@ -46,8 +46,8 @@ import {
   registryHost,
   reportedDigest,
   sizeAllowance
-} from "../src/KanikoBuilder.ts"
-import type { KanikoPodSettings } from "../src/KanikoBuilder.ts"
+} from "../src/kaniko/KanikoBuilder.ts"
+import type { KanikoPodSettings } from "../src/kaniko/KanikoBuilder.ts"
 
 const container = ContainerRef.make({
   namespace: Namespace.make("team-a"),

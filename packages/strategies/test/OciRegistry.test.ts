@@ -1,7 +1,7 @@
 import { HttpClient, HttpClientResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Option, Redacted, Ref, Stream } from "effect"
-import { formatReference, makeSession, parseImageReference, sha256Digest } from "../src/OciRegistry.ts"
+import { formatReference, makeSession, parseImageReference, sha256Digest } from "../src/registry/OciRegistry.ts"
 
 const parsed = (name: string) => Either.getOrThrow(parseImageReference(name))
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { parseWwwAuthenticate } from "../src/WwwAuthenticate.ts"
+import { parseWwwAuthenticate } from "../src/registry/WwwAuthenticate.ts"
 
 describe("parseWwwAuthenticate", () => {
   it("reads a distribution Bearer challenge", () => {

@@ -1,7 +1,7 @@
 import { Context, Data } from "effect"
 import type { Effect } from "effect"
-import type { ContainerRef } from "./Domain.ts"
-import type { BuildStep } from "./Errors.ts"
+import type { ContainerRef } from "../domain/Domain.ts"
+import type { BuildStep } from "../domain/Errors.ts"
 
 export interface BuildRequest {
   /** Path of the checkpoint archive on this node; the builder reads it, the caller deletes it. */

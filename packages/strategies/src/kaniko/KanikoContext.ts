@@ -8,8 +8,8 @@ import type { Readable } from "node:stream"
 import { pipeline } from "node:stream"
 import * as Zlib from "node:zlib"
 import { Header, Pack, ReadEntry } from "tar"
-import { sniffCompression } from "./ArchiveFormat.ts"
-import type { Compression } from "./ArchiveFormat.ts"
+import { sniffCompression } from "../archive/ArchiveFormat.ts"
+import type { Compression } from "../archive/ArchiveFormat.ts"
 
 export class BuildContextError extends Data.TaggedError("BuildContextError")<{
   readonly message: string

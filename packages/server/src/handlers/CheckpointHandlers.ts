@@ -14,7 +14,7 @@ import {
 } from "@checkpointer/core"
 import type { Access, CheckpointIdentifier, CheckpointOptions, Namespace } from "@checkpointer/core"
 import { Effect, Option } from "effect"
-import { RequestGate } from "./RequestGate.ts"
+import { RequestGate } from "../http/RequestGate.ts"
 
 /** What the caller must be allowed before a checkpoint is made (here or on another node). */
 const checkpointAccess = (namespace: Namespace, options: CheckpointOptions): ReadonlyArray<Access> => [

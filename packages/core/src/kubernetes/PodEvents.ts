@@ -1,7 +1,7 @@
 import { CoreV1Api } from "@kubernetes/client-node"
 import { Duration, Effect, Option } from "effect"
-import { nodeName } from "./Config.ts"
-import type { ContainerRef } from "./Domain.ts"
+import { nodeName } from "../config/Config.ts"
+import type { ContainerRef } from "../domain/Domain.ts"
 import { callApi, KubernetesApi, whenFound } from "./KubernetesApi.ts"
 
 export interface PodEvent {

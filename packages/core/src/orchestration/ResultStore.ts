@@ -1,8 +1,8 @@
 import { FileSystem, Path } from "@effect/platform"
 import { Context, Data, Effect, Layer, Option, Ref, Schema } from "effect"
-import { storageConfig } from "./Config.ts"
-import type { CheckpointIdentifier} from "./Domain.ts"
-import { CheckpointResult, ContainerRef } from "./Domain.ts"
+import { storageConfig } from "../config/Config.ts"
+import type { CheckpointIdentifier} from "../domain/Domain.ts"
+import { CheckpointResult, ContainerRef } from "../domain/Domain.ts"
 
 export class PendingRecord extends Schema.TaggedClass<PendingRecord>()("Pending", {
   container: ContainerRef,

@@ -1,6 +1,6 @@
 import { KubeConfig } from "@kubernetes/client-node"
 import { Data, Duration, Effect, Option, Schedule } from "effect"
-import { reasonOf, transportReason } from "./Reason.ts"
+import { reasonOf, transportReason } from "../domain/Reason.ts"
 
 export class KubernetesApiError extends Data.TaggedError("KubernetesApiError")<{
   readonly status: number | undefined

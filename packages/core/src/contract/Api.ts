@@ -17,7 +17,7 @@ import {
   ContainerName,
   Namespace,
   PodName
-} from "./Domain.ts"
+} from "../domain/Domain.ts"
 
 /** An API error whose body is its message as plain text, as the seed answers errors. */
 const plainText = <E extends { readonly message: string }, I>(

@@ -2,9 +2,9 @@ import { Effect } from "effect"
 import { constants } from "node:fs"
 import { lstat, open, realpath, unlink } from "node:fs/promises"
 import { basename, dirname, isAbsolute, join } from "node:path"
-import { checkpointDirConfig } from "./Config.ts"
-import { PhaseFailed } from "./Errors.ts"
-import { reasonOf } from "./Reason.ts"
+import { checkpointDirConfig } from "../config/Config.ts"
+import { PhaseFailed } from "../domain/Errors.ts"
+import { reasonOf } from "../domain/Reason.ts"
 
 /** An archive the kubelet answered, verified to be a regular file directly inside KUBELET_CHECKPOINT_DIR. */
 export interface ClaimedArchive {

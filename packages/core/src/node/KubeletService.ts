@@ -1,10 +1,10 @@
 import { FileSystem, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Duration, Effect, Layer, Option, Schema } from "effect"
-import { kubeletConfig } from "./Config.ts"
-import type { ContainerRef } from "./Domain.ts"
-import { ContainerMissing, PhaseFailed } from "./Errors.ts"
-import { transportReason } from "./Reason.ts"
+import { kubeletConfig } from "../config/Config.ts"
+import type { ContainerRef } from "../domain/Domain.ts"
+import { ContainerMissing, PhaseFailed } from "../domain/Errors.ts"
+import { transportReason } from "../domain/Reason.ts"
 
 const CheckpointResponse = Schema.Struct({ items: Schema.NonEmptyArray(Schema.String) })
 

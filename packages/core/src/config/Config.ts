@@ -1,6 +1,6 @@
 import { FileSystem } from "@effect/platform"
 import { Config, ConfigError, Effect, Either, Option, Schema } from "effect"
-import { NodeName } from "./Domain.ts"
+import { NodeName } from "../domain/Domain.ts"
 
 export type BuilderName = "native" | "kaniko" | "kaniko-fs"
 

@@ -1,8 +1,8 @@
 import { Data, Effect, Option } from "effect"
-import { Cluster } from "./Cluster.ts"
-import { routingConfig } from "./Config.ts"
-import { parseIdentifier } from "./Domain.ts"
-import type { CheckpointIdentifier, ContainerRef } from "./Domain.ts"
+import { Cluster } from "../kubernetes/Cluster.ts"
+import { routingConfig } from "../config/Config.ts"
+import { parseIdentifier } from "../domain/Domain.ts"
+import type { CheckpointIdentifier, ContainerRef } from "../domain/Domain.ts"
 
 /** Serve the request here, or pass it on unchanged to the Checkpointer at `url` on `node`. */
 export type Route =

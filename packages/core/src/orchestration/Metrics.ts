@@ -1,6 +1,6 @@
 import { Cause, Clock, Context, Effect, Exit, Metric, MetricBoundaries, MetricState, Option, Ref } from "effect"
 import type { MetricPair } from "effect"
-import type { CheckpointPhase } from "./Errors.ts"
+import type { CheckpointPhase } from "../domain/Errors.ts"
 import type { BuiltImage } from "./ImageBuilder.ts"
 
 /** How a checkpoint ended, as counted in `checkpoints_total{outcome}`. */

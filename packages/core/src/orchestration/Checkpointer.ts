@@ -1,22 +1,22 @@
 import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Ref, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
-import { CheckpointDirectory } from "./CheckpointDirectory.ts"
-import { Cluster } from "./Cluster.ts"
-import { checkpointsConfig } from "./Config.ts"
+import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
+import { Cluster } from "../kubernetes/Cluster.ts"
+import { checkpointsConfig } from "../config/Config.ts"
 import {
   AsyncCheckpointAccepted,
   CheckpointResult,
   makeIdentifier,
   parseIdentifier
-} from "./Domain.ts"
-import type { CheckpointIdentifier, CheckpointOptions, CheckpointTag, ContainerRef } from "./Domain.ts"
-import type { ContainerMissing } from "./Errors.ts"
-import { PhaseFailed } from "./Errors.ts"
+} from "../domain/Domain.ts"
+import type { CheckpointIdentifier, CheckpointOptions, CheckpointTag, ContainerRef } from "../domain/Domain.ts"
+import type { ContainerMissing } from "../domain/Errors.ts"
+import { PhaseFailed } from "../domain/Errors.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
-import { KubeletService } from "./KubeletService.ts"
+import { KubeletService } from "../node/KubeletService.ts"
 import * as Metrics from "./Metrics.ts"
-import type { PodEvent } from "./PodEvents.ts"
-import { PodEvents } from "./PodEvents.ts"
+import type { PodEvent } from "../kubernetes/PodEvents.ts"
+import { PodEvents } from "../kubernetes/PodEvents.ts"
 import { FailedRecord, PendingRecord, ResultStore, SucceededRecord } from "./ResultStore.ts"
 
 /** No checkpoint with this identifier was made on this node. */

@@ -1,9 +1,9 @@
 import { Array as Arr, Config, ConfigError, Data, Deferred, Effect, Either, FiberId, Option, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as Zlib from "node:zlib"
-import { layerMediaType, sniffCompression } from "./ArchiveFormat.ts"
-import type { Compression } from "./ArchiveFormat.ts"
-import type { ArchiveDescription } from "./ArchiveInspector.ts"
+import { layerMediaType, sniffCompression } from "../archive/ArchiveFormat.ts"
+import type { Compression } from "../archive/ArchiveFormat.ts"
+import type { ArchiveDescription } from "../archive/ArchiveInspector.ts"
 import { encryptedMediaType, encryptionAnnotations, keysVariable, makeLayerCipher } from "./LayerEncryption.ts"
 import type { LayerEncryptionError, Recipient, SealedLayer } from "./LayerEncryption.ts"
 
