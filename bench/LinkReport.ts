@@ -16,7 +16,13 @@ export interface LinkResult {
   }
   readonly heap: { readonly records: string; readonly startSeconds: number }
   readonly archive: HeapArchive
-  readonly links: ReadonlyArray<{ readonly label: string; readonly title: string; readonly samples: ReadonlyArray<LinkSample> }>
+  readonly links: ReadonlyArray<{
+    readonly label: string
+    readonly title: string
+    /** The shaped rate; none for loopback. */
+    readonly rateMbit?: number
+    readonly samples: ReadonlyArray<LinkSample>
+  }>
   readonly starts: ReadonlyArray<StartSample>
   readonly loads: ReadonlyArray<number>
   readonly date: string
@@ -90,10 +96,11 @@ export const linkReport = (result: LinkResult): string => {
   const crossing = (pipeline: "gzip" | "zstd") => {
     const throughput = archive.bytes / medianSeconds(loopback, pipeline)
     const uncompressed = archive.bytes / medianSeconds(loopback, "none")
+    const cpuThroughput = archive.bytes / median(of(loopback, pipeline).map((sample) => sample.cpu))
     const wins = result.links.filter((link) =>
       medianSeconds(link.samples, pipeline) < medianSeconds(link.samples, "none")
     ).map((link) => link.label)
-    return { pipeline, throughput, uncompressed, wins }
+    return { pipeline, throughput, uncompressed, cpuThroughput, wins }
   }
   const crossings = [crossing("zstd"), crossing("gzip")]
 
@@ -159,12 +166,23 @@ export const linkReport = (result: LinkResult): string => {
       : `**${targetMet ? "met" : "missed"}**: ${formatRatio(zstdAtGigabit.median)} ` +
         `(${formatRatio(zstdAtGigabit.min)}–${formatRatio(zstdAtGigabit.max)}), with a compression ratio of ` +
         `${formatRatio(archive.bytes / pushedOf("zstd"))}.`),
-    ...crossings.map(({ pipeline, throughput, uncompressed, wins }) =>
+    ...result.links.flatMap((link) => {
+      if (link.rateMbit === undefined) return []
+      const raw = mbit(archive.bytes / medianSeconds(link.samples, "raw"))
+      return [
+        `- ${link.title}: the raw upload moved ${raw.toFixed(0)} Mbit/s of archive, ` +
+        `${((raw / link.rateMbit) * 100).toFixed(0)}% of the link's rate` +
+        (raw / link.rateMbit < 0.7 ? " (the link was not the limit here: CPU was)." : ".")
+      ]
+    }),
+    ...crossings.map(({ cpuThroughput, pipeline, throughput, uncompressed, wins }) =>
       `- Where ${pipeline} stops paying: on loopback a ${pipeline} build/push gets through ` +
       `${(throughput / MiB).toFixed(0)} MiB/s of archive (${mbit(throughput).toFixed(0)} Mbit/s; uncompressed ` +
       `${(uncompressed / MiB).toFixed(0)} MiB/s, ${mbit(uncompressed).toFixed(0)} Mbit/s), so it beats the ` +
       `uncompressed push on links slower than about **${mbit(throughput).toFixed(0)} Mbit/s** and loses on faster ` +
-      `ones (on this machine, at this load). Measured: ${pipeline} faster than \`none\` on ` +
+      "ones (on this machine, at this load). With a CPU to itself (archive bytes / CPU seconds of the build, the " +
+      `registry's CPU not counted) it would get through ${mbit(cpuThroughput).toFixed(0)} Mbit/s. ` +
+      `Measured: ${pipeline} faster than \`none\` on ` +
       `${wins.length === 0 ? "no link" : wins.join(", ")}.`
     ),
     "",

@@ -53,7 +53,12 @@ const program = Effect.gen(function*() {
   yield* noteLoad
 
   const loopback = yield* startBenchRegistry(path.join(dir, "registry-loopback"))
-  const registries: Array<{ readonly label: string; readonly title: string; readonly registry: BenchRegistry }> = [
+  const registries: Array<{
+    readonly label: string
+    readonly title: string
+    readonly rateMbit?: number
+    readonly registry: BenchRegistry
+  }> = [
     { label: "loopback", title: "loopback (unshaped)", registry: loopback }
   ]
   for (const [index, link] of shapedLinks.entries()) {
@@ -62,7 +67,7 @@ const program = Effect.gen(function*() {
       address: shaped.nsAddress,
       commandPrefix: shaped.commandPrefix
     })
-    registries.push({ label: link.label, title: link.title, registry })
+    registries.push({ label: link.label, title: link.title, rateMbit: link.rateMbit, registry })
   }
   const cluster = yield* startLocalCluster({
     dir: path.join(dir, "cluster"),
@@ -80,11 +85,11 @@ const program = Effect.gen(function*() {
   )
 
   const links: Array<LinkResult["links"][number]> = []
-  for (const { label, registry, title } of registries) {
+  for (const { registry, ...link } of registries) {
     yield* noteLoad
     const builders = yield* makeBuilders(registry)
-    const samples = yield* measureLink(label, registry, builders, archive, config)
-    links.push({ label, title, samples })
+    const samples = yield* measureLink(link.label, registry, builders, archive, config)
+    links.push({ ...link, samples })
   }
 
   yield* noteLoad
