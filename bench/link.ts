@@ -5,7 +5,8 @@
  * loopback and to one inside a network namespace behind a veth pair shaped with `tc tbf` to 1 Gbit/s and 100 Mbit/s;
  * then the uncompressed and the zstd image are restored on CRI-O next to a cold start. Writes bench/LINK.md.
  * Settings: LINK_MIB (256), LINK_RUNS (3), LINK_WARMUP (1), LINK_RESTORE_RUNS (LINK_RUNS), LINK_OUT (bench/LINK.md),
- * LINK_WORK_DIR (bench/.work). Needs root (ip netns, tc).
+ * LINK_WORK_DIR (bench/.work). Needs root (ip netns, tc). The measurements are also written as JSON next to the
+ * report (LINK.json); LINK_FROM=<that file> writes the report again from them without measuring.
  */
 import { FileSystem, Path } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
@@ -28,6 +29,7 @@ const settings = Config.all({
   warmups: Config.withDefault(Config.integer("LINK_WARMUP"), 1),
   restoreRuns: Config.option(Config.integer("LINK_RESTORE_RUNS")),
   out: Config.withDefault(Config.string("LINK_OUT"), "bench/LINK.md"),
+  from: Config.option(Config.string("LINK_FROM")),
   workDir: Config.withDefault(Config.string("LINK_WORK_DIR"), "bench/.work")
 })
 
@@ -36,10 +38,24 @@ const shapedLinks = [
   { label: "100m", title: "100 Mbit/s (veth + tc tbf)", rateMbit: 100 }
 ] as const
 
+const writeReport = Effect.fn("link.writeReport")(function*(result: LinkResult, out: string) {
+  const fs = yield* FileSystem.FileSystem
+  const report = linkReport(result)
+  yield* fs.writeFileString(out, report)
+  yield* Console.log(report)
+  yield* Console.log(`[link] wrote ${out}`)
+})
+
+const jsonOf = (out: string) => out.replace(/\.md$/, "") + ".json"
+
 const program = Effect.gen(function*() {
   const config = yield* settings
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
+  if (config.from._tag === "Some") {
+    const result = JSON.parse(yield* fs.readFileString(config.from.value)) as LinkResult
+    return yield* writeReport(result, config.out)
+  }
   const swept = yield* sweepShapedLinks
   if (swept > 0) yield* Console.log(`[link] removed ${swept} shaped links of earlier runs`)
   yield* fs.makeDirectory(config.workDir, { recursive: true })
@@ -113,7 +129,7 @@ const program = Effect.gen(function*() {
   }
   yield* noteLoad
 
-  const report = linkReport({
+  const result: LinkResult = {
     machine,
     code,
     runtime: `${cluster.runtime.kind} (${cluster.runtime.version})`,
@@ -124,10 +140,9 @@ const program = Effect.gen(function*() {
     starts,
     loads: yield* Ref.get(loads),
     date: new Date().toISOString()
-  })
-  yield* fs.writeFileString(config.out, report)
-  yield* Console.log(report)
-  yield* Console.log(`[link] wrote ${config.out}`)
+  }
+  yield* fs.writeFileString(jsonOf(config.out), JSON.stringify(result, null, 2) + "\n")
+  yield* writeReport(result, config.out)
 })
 
 NodeRuntime.runMain(
