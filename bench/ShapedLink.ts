@@ -74,13 +74,17 @@ const ownerAlive = (pid: number) => {
   }
 }
 
+/** Names carrying the pid of a run (`<prefix><pid>-...`) whose process is gone. */
+export const orphanedNames = (names: ReadonlyArray<string>, prefix: string) =>
+  names.filter((name) => {
+    const pid = Number(new RegExp(`^${prefix}(\\d+)-`).exec(name)?.[1] ?? Number.NaN)
+    return Number.isInteger(pid) && pid !== process.pid && !ownerAlive(pid)
+  })
+
 /** Removes the namespaces (with their processes and veth pairs) of earlier runs whose process is gone. */
 export const sweepShapedLinks = Effect.gen(function*() {
   const listed = (yield* ip(["netns", "list"])).stdout.split("\n").map((line) => line.trim().split(/\s+/)[0] ?? "")
-  const stale = listed.filter((name) => {
-    const pid = Number(new RegExp(`^${namespacePrefix}(\\d+)-`).exec(name)?.[1] ?? Number.NaN)
-    return Number.isInteger(pid) && pid !== process.pid && !ownerAlive(pid)
-  })
+  const stale = orphanedNames(listed, namespacePrefix)
   yield* Effect.forEach(stale, removeNamespace, { discard: true })
   return stale.length
 }).pipe(Effect.mapError(failedTo("remove shaped links of earlier runs")))

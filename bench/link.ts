@@ -5,12 +5,15 @@
  * loopback and to one inside a network namespace behind a veth pair shaped with `tc tbf` to 1 Gbit/s and 100 Mbit/s;
  * then the uncompressed and the zstd image are restored on CRI-O next to a cold start. Writes bench/LINK.md.
  * Settings: LINK_MIB (256), LINK_RUNS (3), LINK_WARMUP (1), LINK_RESTORE_RUNS (LINK_RUNS), LINK_OUT (bench/LINK.md),
- * LINK_WORK_DIR (bench/.work). Needs root (ip netns, tc). The measurements are also written as JSON next to the
+ * LINK_WORK_DIR (bench/.work). Needs root (ip netns, tc). The corpus alone takes about 40 MiB of heap: a smaller
+ * LINK_MIB gets that much. A killed run's namespaces (with the registries inside), its work directory and the
+ * processes naming it are removed at the next start. The measurements are also written as JSON next to the
  * report (LINK.json); LINK_FROM=<that file> writes the report again from them without measuring.
  */
 import { FileSystem, Path } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Config, Console, Effect, Logger, LogLevel, Ref } from "effect"
+import { readdirSync, readFileSync } from "node:fs"
 import { startLocalCluster } from "../test/harness/Cluster.ts"
 import type { BenchRegistry } from "./BenchRegistry.ts"
 import { startBenchRegistry } from "./BenchRegistry.ts"
@@ -20,7 +23,7 @@ import type { StartKind, StartSample } from "./LinkRuns.ts"
 import { libraryImage, makeBuilders, measureLink, startOnce } from "./LinkRuns.ts"
 import { makeHeapArchive, runHeapPod } from "./LinkWorkload.ts"
 import { codeFacts, loadAverage, machineFacts } from "./Machine.ts"
-import { makeShapedLink, sweepShapedLinks } from "./ShapedLink.ts"
+import { makeShapedLink, orphanedNames, sweepShapedLinks } from "./ShapedLink.ts"
 import { failedTo } from "./Tools.ts"
 
 const settings = Config.all({
@@ -46,6 +49,16 @@ const writeReport = Effect.fn("link.writeReport")(function*(result: LinkResult, 
   yield* Console.log(`[link] wrote ${out}`)
 })
 
+/** Processes whose command line mentions `text` (a killed run's registries and runtime name their directory). */
+const processesMentioning = (text: string) =>
+  readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(text)
+    } catch {
+      return false
+    }
+  }).map(Number)
+
 const jsonOf = (out: string) => out.replace(/\.md$/, "") + ".json"
 
 const program = Effect.gen(function*() {
@@ -59,6 +72,14 @@ const program = Effect.gen(function*() {
   const swept = yield* sweepShapedLinks
   if (swept > 0) yield* Console.log(`[link] removed ${swept} shaped links of earlier runs`)
   yield* fs.makeDirectory(config.workDir, { recursive: true })
+  const staleRuns = orphanedNames(yield* fs.readDirectory(config.workDir), "run-")
+    .filter((name) => name.includes("-link-"))
+  for (const name of staleRuns) {
+    const runDir = path.resolve(config.workDir, name)
+    for (const pid of processesMentioning(runDir)) yield* Effect.ignore(Effect.try(() => process.kill(pid, "SIGKILL")))
+    yield* fs.remove(runDir, { recursive: true })
+  }
+  if (staleRuns.length > 0) yield* Console.log(`[link] removed ${staleRuns.length} work directories of killed runs`)
   const dir = path.resolve(
     yield* fs.makeTempDirectoryScoped({ directory: config.workDir, prefix: `run-${process.pid}-link-` })
   )
