@@ -15,12 +15,21 @@ export interface BenchRegistry extends TestRegistry {
 /**
  * Scoped: the harness's real docker-registry on loopback, TLS (its own CA) and htpasswd (Basic) auth, shared by every
  * pipeline. Its storage is emptied before every run instead of starting a registry per run, so that the Checkpointer
- * process (configured with one registry) stays warm between runs as it does in production.
+ * process (configured with one registry) stays warm between runs as it does in production. `listen`: elsewhere than
+ * loopback, e.g. inside a network namespace (see startRegistry).
  */
-export const startBenchRegistry = Effect.fn("BenchRegistry.start")(function*(dir: string) {
+export const startBenchRegistry = Effect.fn("BenchRegistry.start")(function*(
+  dir: string,
+  listen?: { readonly address: string; readonly commandPrefix?: ReadonlyArray<string> }
+) {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
-  const registry = yield* startRegistry({ dir, auth: "htpasswd", tls: true })
+  const registry = yield* startRegistry({
+    dir,
+    auth: "htpasswd",
+    tls: true,
+    ...(listen === undefined ? {} : { listen })
+  })
   // startRegistry keeps the registry's filesystem storage in DIR/storage (the registry creates it on demand).
   const storage = path.join(dir, "storage")
   const empty = fs.remove(storage, { recursive: true, force: true }).pipe(

@@ -84,6 +84,7 @@ const harnessError = (message: string) => (cause: unknown) =>
   cause instanceof RegistryHarnessError ? cause : new RegistryHarnessError({ message, cause })
 
 const registryConfig = (options: {
+  readonly address: string
   readonly port: number
   readonly storage: string
   readonly tls: { readonly cert: string; readonly key: string } | undefined
@@ -100,7 +101,7 @@ const registryConfig = (options: {
     "  delete:",
     "    enabled: true",
     "http:",
-    `  addr: 127.0.0.1:${options.port}`,
+    `  addr: ${options.address}:${options.port}`,
     `  secret: ${randomBytes(16).toString("hex")}`,
     ...(options.tls === undefined
       ? []
@@ -119,6 +120,11 @@ export const startRegistry = (options: {
   readonly auth: RegistryAuthMode
   /** Default true. */
   readonly tls?: boolean
+  /**
+   * Where the registry listens (default 127.0.0.1, the host in `host`) and what its command is prefixed with, e.g.
+   * `["ip", "netns", "exec", NAME]` for a registry inside a network namespace reached at that namespace's address.
+   */
+  readonly listen?: { readonly address: string; readonly commandPrefix?: ReadonlyArray<string> }
 }): Effect.Effect<
   TestRegistry,
   RegistryHarnessError,
@@ -134,7 +140,8 @@ export const startRegistry = (options: {
     const output = yield* Ref.make<ReadonlyArray<string>>([])
     const log = (line: string) => Ref.update(output, (lines) => [...lines, line])
     const pki = yield* makePki(path.join(options.dir, "pki"))
-    const serverCert = yield* pki.issue("registry", { ips: ["127.0.0.1"], dns: ["localhost"] })
+    const address = options.listen?.address ?? "127.0.0.1"
+    const serverCert = yield* pki.issue("registry", { ips: [...new Set(["127.0.0.1", address])], dns: ["localhost"] })
     const certDir = path.join(options.dir, "certs.d")
     yield* fs.makeDirectory(certDir, { recursive: true })
     yield* fs.copyFile(pki.caFile, path.join(certDir, "ca.crt"))
@@ -143,7 +150,7 @@ export const startRegistry = (options: {
     const password = `pw-${randomBytes(12).toString("hex")}`
     const wrongPassword = `wrong-${randomBytes(12).toString("hex")}`
     const port = yield* freePort
-    const host = `127.0.0.1:${port}`
+    const host = `${address}:${port}`
 
     let authSection: string | undefined
     if (options.auth === "anonymous") {
@@ -177,6 +184,7 @@ export const startRegistry = (options: {
     yield* fs.writeFileString(
       configFile,
       registryConfig({
+        address,
         port,
         storage: path.join(options.dir, "storage"),
         tls: options.tls === false ? undefined : serverCert,
@@ -184,7 +192,8 @@ export const startRegistry = (options: {
       })
     )
 
-    const process = yield* Command.start(Command.make("docker-registry", "serve", configFile))
+    const [command, ...args] = [...(options.listen?.commandPrefix ?? []), "docker-registry", "serve", configFile]
+    const process = yield* Command.start(Command.make(command!, ...args))
     const collect = (stream: Stream.Stream<Uint8Array, unknown>) =>
       stream.pipe(Stream.decodeText(), Stream.splitLines, Stream.runForEach(log), Effect.ignore)
     yield* Effect.forkScoped(collect(process.stdout))
