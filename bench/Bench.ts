@@ -1,7 +1,7 @@
-import { FileSystem, Path } from "@effect/platform"
-import type { CommandExecutor } from "@effect/platform"
 import { ImageBuilder } from "@checkpointer/core"
 import { NativeImageBuilder } from "@checkpointer/strategies"
+import { FileSystem, Path } from "@effect/platform"
+import type { CommandExecutor } from "@effect/platform"
 import { Console, Context, Effect, Layer, Option, Ref } from "effect"
 import type { Scope } from "effect"
 import { createHash, generateKeyPairSync, randomBytes } from "node:crypto"
@@ -238,8 +238,10 @@ const profileRuns = Effect.fn("Bench.profileRuns")(function*(
     return windows
   }))
   const files = (yield* fs.readDirectory(profileDir)).filter((name) => name.endsWith(".cpuprofile"))
-  const serverProfiles = yield* Effect.forEach(files, (name) =>
-    Effect.map(fs.readFileString(path.join(profileDir, name)), (text) => JSON.parse(text) as Profiler.Profile))
+  const serverProfiles = yield* Effect.forEach(
+    files,
+    (name) => Effect.map(fs.readFileString(path.join(profileDir, name)), (text) => JSON.parse(text) as Profiler.Profile)
+  )
   if (serverProfiles.length === 0) {
     return yield* Effect.fail(failedTo("profile the server")(`no .cpuprofile in ${profileDir}`))
   }

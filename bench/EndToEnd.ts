@@ -72,8 +72,10 @@ export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*
   const containers = yield* Effect.forEach(pods, (pod) => runMemoryContainer(env.cluster, pod, concurrentMiB), {
     concurrency: 2
   })
-  const archives = yield* Effect.forEach(containers, (container, i) =>
-    makeArchive(env.cluster, container, path.join(env.dir, `concurrent-${i}.tar`)))
+  const archives = yield* Effect.forEach(
+    containers,
+    (container, i) => makeArchive(env.cluster, container, path.join(env.dir, `concurrent-${i}.tar`))
+  )
   const archiveBytes = archives.reduce((sum, archive) => sum + archive.bytes, 0)
   const server = yield* env.startServer("concurrency")
   const serverIdleRss = yield* currentRss(server.pid)

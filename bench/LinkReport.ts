@@ -47,10 +47,12 @@ const of = (samples: ReadonlyArray<LinkSample>, pipeline: LinkPipeline) =>
 /** Per-round ratios of `pipeline`'s time to the raw upload's of the same round. */
 export const ratiosToRaw = (samples: ReadonlyArray<LinkSample>, pipeline: LinkPipeline): Summary => {
   const raw = new Map(of(samples, "raw").map((sample) => [sample.round, sample.seconds]))
-  return summarize(of(samples, pipeline).flatMap((sample) => {
-    const reference = raw.get(sample.round)
-    return reference === undefined ? [] : [sample.seconds / reference]
-  }))
+  return summarize(
+    of(samples, pipeline).flatMap((sample) => {
+      const reference = raw.get(sample.round)
+      return reference === undefined ? [] : [sample.seconds / reference]
+    })
+  )
 }
 
 const median = (values: ReadonlyArray<number>) => summarize(values).median
@@ -98,9 +100,9 @@ export const linkReport = (result: LinkResult): string => {
   const crossing = (pipeline: "gzip" | "zstd") => {
     const runs = unlimited.flatMap((link) => of(link.samples, pipeline))
     const throughputs = summarize(runs.map((sample) => archive.bytes / sample.seconds))
-    const uncompressed = summarize(unlimited.flatMap((link) => of(link.samples, "none")).map((sample) =>
-      archive.bytes / sample.seconds
-    ))
+    const uncompressed = summarize(
+      unlimited.flatMap((link) => of(link.samples, "none")).map((sample) => archive.bytes / sample.seconds)
+    )
     const cpuThroughput = archive.bytes / median(runs.map((sample) => sample.cpu))
     const wins = result.links.filter((link) =>
       medianSeconds(link.samples, pipeline) < medianSeconds(link.samples, "none")
@@ -128,7 +130,9 @@ export const linkReport = (result: LinkResult): string => {
     "",
     `Written by \`pnpm bench:link\` (bench/link.ts) on ${result.date}, commit ${result.code.commit}` +
     `${result.code.changedFiles > 0 ? ` (+${result.code.changedFiles} changed files under packages/)` : ""}; ` +
-    `${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 2 ** 30).toFixed(0)} GiB, ${machine.kernel}; ` +
+    `${machine.cpus} CPUs (${machine.cpuModel}), ${
+      (machine.memoryBytes / 2 ** 30).toFixed(0)
+    } GiB, ${machine.kernel}; ` +
     `runtime ${result.runtime}; ${machine.versions.map(([name, version]) => `${name} ${version}`).join(", ")}.`,
     "",
     `Shared machine: one-minute load average ${loads.min.toFixed(1)}–${loads.max.toFixed(1)} ` +

@@ -95,7 +95,9 @@ export const measureLink = Effect.fn("LinkRuns.measureLink")(function*(
   const pipelines: ReadonlyArray<LinkPipeline> = ["raw", ...compressions]
   const once = (pipeline: LinkPipeline, round: number, what: string) =>
     runPipeline(registry, builders, archive, pipeline, round).pipe(
-      Effect.tapError((error) => Console.log(`[link] ${label} ${what} ${pipeline} failed, once more: ${error.message}`)),
+      Effect.tapError((error) =>
+        Console.log(`[link] ${label} ${what} ${pipeline} failed, once more: ${error.message}`)
+      ),
       Effect.retry({ times: 1 }),
       Effect.tap((sample) =>
         Console.log(
@@ -198,4 +200,7 @@ export const libraryImage = (
   archive: HeapArchive,
   tag: string
 ) =>
-  Effect.as(libraryBuild(builder, registry, archive, heapRef, tag, "bench/restore"), `${registry.host}/bench/restore:${tag}`)
+  Effect.as(
+    libraryBuild(builder, registry, archive, heapRef, tag, "bench/restore"),
+    `${registry.host}/bench/restore:${tag}`
+  )

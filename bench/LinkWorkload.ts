@@ -112,7 +112,11 @@ export const runHeapPod = Effect.fn("LinkWorkload.runHeapPod")(function*(
 ) {
   const nodeName = cluster.nodes[0]!.nodeName
   const [startSeconds, records] = yield* seconds(Effect.gen(function*() {
-    yield* runPod(cluster, "default", heapPodManifest({ name: pod, image: cluster.workloads.counterImage, nodeName, mib }))
+    yield* runPod(
+      cluster,
+      "default",
+      heapPodManifest({ name: pod, image: cluster.workloads.counterImage, nodeName, mib })
+    )
     return yield* waitForHeap(cluster, pod, Duration.minutes(20))
   }))
   return { pod, container: heapContainer, mib, records, startSeconds } as const

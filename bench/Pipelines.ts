@@ -1,8 +1,8 @@
-import { FileSystem } from "@effect/platform"
-import type { CommandExecutor } from "@effect/platform"
 import type { ImageBuilder } from "@checkpointer/core"
 import { ContainerRef } from "@checkpointer/core"
 import { ArchiveInspector, ArchiveReader } from "@checkpointer/strategies"
+import { FileSystem } from "@effect/platform"
+import type { CommandExecutor } from "@effect/platform"
 import type { Context } from "effect"
 import { Effect, Schema, Stream } from "effect"
 import type { CheckpointerProcess } from "../test/harness/CheckpointerProcess.ts"
@@ -147,13 +147,13 @@ export const archivePassPipeline = (archive: Archive): Pipeline => ({
           )
         )
       )).pipe(
-      Effect.flatMap(([time, description]) =>
-        description.digest === archive.digest
-          ? Effect.succeed({ seconds: time, phases: {} })
-          : Effect.fail(failedTo("archive pass")(`digest ${description.digest}, sha256sum said ${archive.digest}`))
-      ),
-      Effect.mapError(failedTo("archive pass"))
-    )
+        Effect.flatMap(([time, description]) =>
+          description.digest === archive.digest
+            ? Effect.succeed({ seconds: time, phases: {} })
+            : Effect.fail(failedTo("archive pass")(`digest ${description.digest}, sha256sum said ${archive.digest}`))
+        ),
+        Effect.mapError(failedTo("archive pass"))
+      )
 })
 
 const benchRef = (pod: string, container: string) =>
@@ -309,14 +309,16 @@ export const podmanPipeline = (registry: BenchRegistry, container: string): Pipe
   run: (tag) =>
     Effect.scoped(Effect.gen(function*() {
       const local = `localhost/bench-${process.pid}-podman:${tag}`
-      const [time, phases] = yield* seconds(Effect.gen(function*() {
-        const [checkpoint] = yield* seconds(Effect.acquireRelease(
-          Podman.podman(["container", "checkpoint", "--leave-running", "--create-image", local, container]),
-          () => Effect.ignore(Podman.podman(["rmi", "--ignore", local]))
-        ))
-        const [push] = yield* seconds(Podman.podman(pushArguments(registry, local, `bench/podman:${tag}`)))
-        return { "checkpoint --create-image": checkpoint, push }
-      }).pipe(Effect.mapError(failedTo("podman checkpoint image"))))
+      const [time, phases] = yield* seconds(
+        Effect.gen(function*() {
+          const [checkpoint] = yield* seconds(Effect.acquireRelease(
+            Podman.podman(["container", "checkpoint", "--leave-running", "--create-image", local, container]),
+            () => Effect.ignore(Podman.podman(["rmi", "--ignore", local]))
+          ))
+          const [push] = yield* seconds(Podman.podman(pushArguments(registry, local, `bench/podman:${tag}`)))
+          return { "checkpoint --create-image": checkpoint, push }
+        }).pipe(Effect.mapError(failedTo("podman checkpoint image")))
+      )
       return { seconds: time, phases, ...yield* pushedLayers(registry, "bench/podman", tag) }
     }))
 })

@@ -1,6 +1,6 @@
 import { Effect } from "effect"
-import { Session } from "node:inspector/promises"
 import type { Profiler, Runtime } from "node:inspector"
+import { Session } from "node:inspector/promises"
 import { BenchError } from "./Tools.ts"
 
 /** Time windows on the monotonic clock (process.hrtime, µs), the clock V8's profiler stamps its samples with. */

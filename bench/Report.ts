@@ -2,21 +2,12 @@ import type { ProfileResult, SizeResult } from "./Bench.ts"
 import type { ConcurrencyResult, CounterResult, Round } from "./EndToEnd.ts"
 import type { MachineFacts } from "./Machine.ts"
 import type { PipelineId } from "./Pipelines.ts"
-import type { CpuBreakdown } from "./Profile.ts"
 import { pipelineTitles } from "./Pipelines.ts"
+import type { CpuBreakdown } from "./Profile.ts"
 import type { BenchSettings } from "./Settings.ts"
 import type { Sample, Summary } from "./Stats.ts"
+import { formatMiB, formatRange, formatRatio, formatSeconds, maxOf, MiB, phaseSummary, summarize } from "./Stats.ts"
 import { comparedDuration, overlapVerdict, shareWord, verdictThresholds } from "./Verdicts.ts"
-import {
-  formatMiB,
-  formatRange,
-  formatRatio,
-  formatSeconds,
-  maxOf,
-  MiB,
-  phaseSummary,
-  summarize
-} from "./Stats.ts"
 
 export interface BenchReport {
   readonly command: string
@@ -102,9 +93,11 @@ const cpuText = (samples: ReadonlyArray<Sample>) => {
 /** This process's peak during a build, and (+) how far it rose above its RSS when the build began. */
 const libraryPeak = (samples: ReadonlyArray<Sample>) => {
   const peak = maxOf(samples.map((sample) => sample.peakRss))
-  const growth = maxOf(samples.map((sample) =>
-    sample.peakRss === undefined || sample.startRss === undefined ? undefined : sample.peakRss - sample.startRss
-  ))
+  const growth = maxOf(
+    samples.map((sample) =>
+      sample.peakRss === undefined || sample.startRss === undefined ? undefined : sample.peakRss - sample.startRss
+    )
+  )
   return peak === undefined ? "–" : `${formatMiB(peak)} (+${formatMiB(growth)})`
 }
 
@@ -335,9 +328,11 @@ const roundRow = (name: string, rounds: ReadonlyArray<Round>, rawThroughput: num
 
 const roundPeak = (rounds: ReadonlyArray<Round>) => {
   const peak = maxOf(rounds.map((round) => round.peakRss))
-  const growth = maxOf(rounds.map((round) =>
-    round.peakRss === undefined || round.startRss === undefined ? undefined : round.peakRss - round.startRss
-  ))
+  const growth = maxOf(
+    rounds.map((round) =>
+      round.peakRss === undefined || round.startRss === undefined ? undefined : round.peakRss - round.startRss
+    )
+  )
   if (peak === undefined) return "–"
   return growth === undefined ? formatMiB(peak) : `${formatMiB(peak)} (+${formatMiB(growth)})`
 }

@@ -85,8 +85,7 @@ const statTimes = (pid: number | "self") => {
 }
 
 /** CPU seconds (user + system) a process has used; 0 once it is gone. */
-export const processCpu = (pid: number) =>
-  Effect.try(() => statTimes(pid).own).pipe(Effect.orElseSucceed(() => 0))
+export const processCpu = (pid: number) => Effect.try(() => statTimes(pid).own).pipe(Effect.orElseSucceed(() => 0))
 
 /** CPU seconds of this process, and of its children that have ended (curl, buildah, podman and their children). */
 export const selfCpu = Effect.sync(() => {

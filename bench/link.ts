@@ -1,8 +1,8 @@
 /**
  * `pnpm bench:link` (issue 16, items 3 and 4): layer compression over shaped links, and restores of compressed images.
  * A busybox awk process on the harness's CRI-O holds LINK_MIB MiB of JSON-like records and real text in its heap; its
- * CRI-O checkpoint is pushed by the native builder (none, gzip, zstd) and uploaded raw with curl to a docker-registry on
- * loopback and to one inside a network namespace behind a veth pair shaped with `tc tbf` to 1 Gbit/s and 100 Mbit/s;
+ * CRI-O checkpoint is pushed by the native builder (none, gzip, zstd) and uploaded raw with curl to a docker-registry
+ * on loopback and to one inside a network namespace behind a veth pair shaped with `tc tbf` to 1 Gbit/s and 100 Mbit/s;
  * then the uncompressed and the zstd image are restored on CRI-O next to a cold start. Writes bench/LINK.md.
  * Settings: LINK_MIB (256), LINK_RUNS (3), LINK_WARMUP (1), LINK_RESTORE_RUNS (LINK_RUNS), LINK_OUT (bench/LINK.md),
  * LINK_WORK_DIR (bench/.work). Needs root (ip netns, tc). The corpus alone takes about 40 MiB of heap: a smaller

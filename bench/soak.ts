@@ -167,12 +167,17 @@ const program = Effect.gen(function*() {
   const missingImages = (yield* Effect.forEach(images, (image) =>
     registry.manifest(checkpointRepository, image.slice(image.lastIndexOf(":") + 1)).pipe(
       Effect.as(0),
-      Effect.orElseSucceed(() => 1)
-    ), { concurrency: 8 })).reduce((sum, missing) => sum + missing, 0)
+      Effect.orElseSucceed(() =>
+        1
+      )
+    ), { concurrency: 8 })).reduce((sum, missing) =>
+      sum + missing, 0)
   const metrics = (yield* call(`${server.url}/metrics`)).text
   const phases = histogramSeries(metrics, "checkpoint_phase_duration_seconds", "phase")
   const archivesLeft = (yield* fs.readDirectory(node.checkpointsDir)).length
-  const podsLeft = (yield* cluster.apiServer.pods()).filter((pod) => !pods.includes(pod.metadata.name)).length
+  const podsLeft = (yield* cluster.apiServer.pods()).filter((pod) =>
+    !pods.includes(pod.metadata.name)
+  ).length
   const runtimeContainers = (yield* cluster.runtime.crictl(["ps", "-a", "-q"]).pipe(
     Effect.mapError(failedTo("list the runtime's containers"))
   )).split("\n").filter((line) => line.trim() !== "").length
@@ -208,14 +213,14 @@ const program = Effect.gen(function*() {
     "# Soak",
     "",
     `Written by \`pnpm soak\` on ${new Date().toISOString()}, commit ${code.commit}` +
-      `${code.changedFiles > 0 ? ` (+${code.changedFiles} changed files)` : ""}; ` +
-      `${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 2 ** 30).toFixed(0)} GiB, ` +
-      `${machine.kernel}.`,
+    `${code.changedFiles > 0 ? ` (+${code.changedFiles} changed files)` : ""}; ` +
+    `${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 2 ** 30).toFixed(0)} GiB, ` +
+    `${machine.kernel}.`,
     "",
     `${config.clients} clients, one counter pod each on one node ` +
-      `(${cluster.runtime.kind} ${cluster.runtime.version}), ` +
-      "each alternating sync and async checkpoints (POST, then GET of the identifier) back to back, against one " +
-      "server (native builder, default settings, `pnpm start`'s command) and the real registry.",
+    `(${cluster.runtime.kind} ${cluster.runtime.version}), ` +
+    "each alternating sync and async checkpoints (POST, then GET of the identifier) back to back, against one " +
+    "server (native builder, default settings, `pnpm start`'s command) and the real registry.",
     "",
     "| | |",
     "|---|---|",

@@ -6,7 +6,8 @@ import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 // Some CommonJS dependencies call require(); give the ESM bundles one.
-const requireShim = "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);"
+const requireShim =
+  "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);"
 
 /** What every bundle shares: one minified ESM file for Node 24. */
 const bundle = {

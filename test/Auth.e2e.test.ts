@@ -55,23 +55,26 @@ const tokenReviews = (stack: MultiNodeStack) =>
 
 describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by token", () => {
   layer(NodesLive, { excludeTestServices: true, timeout: "180 seconds" })((it) => {
-    it.scoped("no token or an unknown one answers 401; " +
-      "an allowed caller's request is forwarded and checked again", () =>
-      Effect.gen(function*() {
-        const stack = yield* Nodes
-        yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-pod", nodeName: "node-b" })
-        const a = stack.checkpointer("node-a").url
-        const anonymous = yield* checkpointAs(a, "auth-pod", undefined)
-        expect(anonymous.status).toBe(401)
-        expect(anonymous.text).toBe("a bearer token is required")
-        const unknown = yield* checkpointAs(a, "auth-pod", "token-nobody")
-        expect(unknown.status).toBe(401)
-        const reviewsBefore = yield* tokenReviews(stack)
-        const allowed = yield* checkpointAs(a, "auth-pod", tokens.bob)
-        expect(allowed.status, allowed.text).toBe(201)
-        // node-a checked the caller before forwarding, node-b checked the same token again.
-        expect((yield* tokenReviews(stack)) - reviewsBefore).toBe(2)
-      }))
+    it.scoped(
+      "no token or an unknown one answers 401; " +
+        "an allowed caller's request is forwarded and checked again",
+      () =>
+        Effect.gen(function*() {
+          const stack = yield* Nodes
+          yield* startCounterPod(stack.cluster, { namespace: "team-a", name: "auth-pod", nodeName: "node-b" })
+          const a = stack.checkpointer("node-a").url
+          const anonymous = yield* checkpointAs(a, "auth-pod", undefined)
+          expect(anonymous.status).toBe(401)
+          expect(anonymous.text).toBe("a bearer token is required")
+          const unknown = yield* checkpointAs(a, "auth-pod", "token-nobody")
+          expect(unknown.status).toBe(401)
+          const reviewsBefore = yield* tokenReviews(stack)
+          const allowed = yield* checkpointAs(a, "auth-pod", tokens.bob)
+          expect(allowed.status, allowed.text).toBe(201)
+          // node-a checked the caller before forwarding, node-b checked the same token again.
+          expect((yield* tokenReviews(stack)) - reviewsBefore).toBe(2)
+        })
+    )
 
     it.scoped("a caller allowed to checkpoint but not to delete pods gets 403 for deletePod=true", () =>
       Effect.gen(function*() {
@@ -137,7 +140,7 @@ describeE2E("caller authentication (AUTH_MODE=kubernetes) and kubelet access by 
         yield* fs.writeFileString(`${dir}/token`, "revoked-token")
         const refused = yield* checkpointAs(server.url, "auth-token", tokens.alice)
         expect(refused.status).toBe(500)
-        expect(refused.text).toBe('checkpoint failed in phase "kubelet": kubelet answered 401: Unauthorized')
+        expect(refused.text).toBe("checkpoint failed in phase \"kubelet\": kubelet answered 401: Unauthorized")
         for (const logs of [server.logs(), stack.checkpointer("node-a").logs(), stack.checkpointer("node-b").logs()]) {
           for (const token of [...Object.values(tokens), stack.cluster.apiServer.token]) {
             expect(logs).not.toContain(token)

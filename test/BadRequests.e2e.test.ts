@@ -27,7 +27,8 @@ const send = (base: string, raw: Raw) =>
           resume(Effect.succeed({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") })))
       }
     )
-    outgoing.on("error", (error) => resume(Effect.succeed({ status: 0, text: String(error) })))
+    outgoing.on("error", (error) =>
+      resume(Effect.succeed({ status: 0, text: String(error) })))
     outgoing.end(raw.body)
   })
 
@@ -80,23 +81,32 @@ const corpus: ReadonlyArray<readonly [string, Raw]> = [
   ["invalid UTF-8 in the path", post("/checkpoint/default/%FF%FE/counter")],
   ["truncated escape in the path", post("/checkpoint/default/bad-target/%E0%A4")],
   ["invalid UTF-8 body", post("/checkpoint/default/bad-target/counter", Buffer.from([0x7b, 0xff, 0xfe, 0x7d]))],
-  ["form-encoded body", post("/checkpoint/default/bad-target/counter", "deletePod=true", {
-    "content-type": "application/x-www-form-urlencoded"
-  })],
-  ["XML body", post("/checkpoint/default/bad-target/counter", "<deletePod>true</deletePod>", {
-    "content-type": "application/xml"
-  })],
-  ["multipart body", post("/checkpoint/default/bad-target/counter", "--x\r\n\r\nasync\r\n--x--", {
-    "content-type": "multipart/form-data; boundary=x"
-  })],
-  ["truncated JSON", json('{"deletePod": tru')],
-  ["deletePod as a string", json('{"deletePod": "true"}')],
-  ["async as a number", json('{"async": 1}')],
-  ["async null", json('{"async": null}')],
+  [
+    "form-encoded body",
+    post("/checkpoint/default/bad-target/counter", "deletePod=true", {
+      "content-type": "application/x-www-form-urlencoded"
+    })
+  ],
+  [
+    "XML body",
+    post("/checkpoint/default/bad-target/counter", "<deletePod>true</deletePod>", {
+      "content-type": "application/xml"
+    })
+  ],
+  [
+    "multipart body",
+    post("/checkpoint/default/bad-target/counter", "--x\r\n\r\nasync\r\n--x--", {
+      "content-type": "multipart/form-data; boundary=x"
+    })
+  ],
+  ["truncated JSON", json("{\"deletePod\": tru")],
+  ["deletePod as a string", json("{\"deletePod\": \"true\"}")],
+  ["async as a number", json("{\"async\": 1}")],
+  ["async null", json("{\"async\": null}")],
   ["array body", json("[true, false]")],
   ["number body", json("42")],
-  ["string body", json('"async"')],
-  ["nested object", json('{"deletePod": {"value": true}}')],
+  ["string body", json("\"async\"")],
+  ["nested object", json("{\"deletePod\": {\"value\": true}}")],
   ["65 KiB body", json(`{"deletePod": false, "pad": "${"x".repeat(65 * 1024)}"}`)],
   ["10 MiB body", json(`{"pad": "${"x".repeat(10 * 1024 * 1024)}"}`)],
   ["duplicate identifiers", identifier("node-a:0123456789abcdef&checkpointIdentifier=node-a:fedcba9876543210")],
@@ -124,7 +134,9 @@ describeE2E("a corpus of bad requests", () => {
         expect(corpus.length).toBeGreaterThanOrEqual(40)
         const answers = yield* Effect.forEach(corpus, ([name, raw]) =>
           Effect.map(send(stack.checkpointer.url, raw), (answer) => ({ name, ...answer })))
-        const wrong = answers.filter((answer) => answer.status < 400 || answer.status >= 500)
+        const wrong = answers.filter((answer) =>
+          answer.status < 400 || answer.status >= 500
+        )
         expect(wrong.map(({ name, status, text }) => `${name}: ${status} ${text.slice(0, 120)}`)).toEqual([])
         expect((yield* call(`${stack.checkpointer.url}/healthz`)).text).toBe("ok")
         const real = yield* postCheckpoint(stack.checkpointer.url, "default/bad-target/counter")
@@ -132,29 +144,33 @@ describeE2E("a corpus of bad requests", () => {
         expect(stack.checkpointer.exitCode()).toBeNull()
       }), 120_000)
 
-    it.scoped("a client that stops sending gets 408 and its connection closed by the real process", () =>
-      Effect.gen(function*() {
-        const stack = yield* Stack
-        const checkpointer = yield* stack.startAnotherCheckpointer({
-          extra: { CHECKPOINTER_REQUEST_TIMEOUT: "3", CHECKPOINTER_HEADERS_TIMEOUT: "2" }
-        })
-        const kubeletCalls = Effect.map(stack.node.requests(), (requests) => requests.length)
-        const callsBefore = yield* kubeletCalls
-        const body = yield* Effect.fork(stall(
-          checkpointer.url,
-          "POST /checkpoint/default/bad-target/counter HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n" +
-            "content-type: application/json\r\n\r\n5\r\n{\"asy\r\n"
-        ))
-        const headers = yield* Effect.fork(stall(checkpointer.url, "GET /healthz HTTP/1.1\r\nhost: x\r\n"))
-        expect((yield* call(`${checkpointer.url}/healthz`)).text).toBe("ok")
-        const [stalledBody, stalledHeaders] = [yield* body, yield* headers]
-        expect(stalledBody.received).toMatch(/^HTTP\/1\.1 408 /)
-        expect(stalledHeaders.received).toMatch(/^HTTP\/1\.1 408 /)
-        expect(stalledBody.closedAfterMillis).toBeLessThan(20_000)
-        expect(stalledHeaders.closedAfterMillis).toBeLessThan(20_000)
-        expect((yield* call(`${checkpointer.url}/healthz`)).text).toBe("ok")
-        expect(yield* kubeletCalls).toBe(callsBefore)
-        expect(checkpointer.exitCode()).toBeNull()
-      }), 60_000)
+    it.scoped(
+      "a client that stops sending gets 408 and its connection closed by the real process",
+      () =>
+        Effect.gen(function*() {
+          const stack = yield* Stack
+          const checkpointer = yield* stack.startAnotherCheckpointer({
+            extra: { CHECKPOINTER_REQUEST_TIMEOUT: "3", CHECKPOINTER_HEADERS_TIMEOUT: "2" }
+          })
+          const kubeletCalls = Effect.map(stack.node.requests(), (requests) => requests.length)
+          const callsBefore = yield* kubeletCalls
+          const body = yield* Effect.fork(stall(
+            checkpointer.url,
+            "POST /checkpoint/default/bad-target/counter HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n" +
+              "content-type: application/json\r\n\r\n5\r\n{\"asy\r\n"
+          ))
+          const headers = yield* Effect.fork(stall(checkpointer.url, "GET /healthz HTTP/1.1\r\nhost: x\r\n"))
+          expect((yield* call(`${checkpointer.url}/healthz`)).text).toBe("ok")
+          const [stalledBody, stalledHeaders] = [yield* body, yield* headers]
+          expect(stalledBody.received).toMatch(/^HTTP\/1\.1 408 /)
+          expect(stalledHeaders.received).toMatch(/^HTTP\/1\.1 408 /)
+          expect(stalledBody.closedAfterMillis).toBeLessThan(20_000)
+          expect(stalledHeaders.closedAfterMillis).toBeLessThan(20_000)
+          expect((yield* call(`${checkpointer.url}/healthz`)).text).toBe("ok")
+          expect(yield* kubeletCalls).toBe(callsBefore)
+          expect(checkpointer.exitCode()).toBeNull()
+        }),
+      60_000
+    )
   })
 })

@@ -1,9 +1,9 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect, Option } from "effect"
+import { expectNoArchiveLeft, expectRestoredCounterContinues, podEvents, tagOf } from "./Expectations.ts"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
-import { expectNoArchiveLeft, expectRestoredCounterContinues, podEvents, tagOf } from "./Expectations.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
 const StackLive = Stack.layer({ registryAuth: "token" })
@@ -193,7 +193,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         const badCheckpointer = yield* stack.startAnotherCheckpointer({ authFile: stack.registry.wrongAuthFile })
         const response = yield* postCheckpoint(badCheckpointer.url, "default/counter-creds/counter")
         expect(response.status).toBe(500)
-        expect(response.text).toContain('phase "build/push"')
+        expect(response.text).toContain("phase \"build/push\"")
         expect(response.text).toMatch(/401|credentials|unauthorized/i)
         for (const secret of [stack.registry.wrongPassword, stack.registry.password]) {
           expect(response.text).not.toContain(secret)

@@ -1,9 +1,9 @@
+import { Effect } from "effect"
 import { execFileSync, spawn } from "node:child_process"
 import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { afterAll, describe, expect, it } from "vitest"
 import { freePort, projectRoot } from "./harness/CheckpointerProcess.ts"
-import { Effect } from "effect"
 
 /**
  * The Dockerfile cannot be built here (no container engine can pull node:24-slim). What can be checked is checked:
@@ -103,8 +103,18 @@ describe("Dockerfile", () => {
     for (const file of trackedFiles.filter((file) => /^packages\/\w+\/src\//.test(file))) {
       expect(inContext(file), file).toBe(true)
     }
-    for (const path of ["node_modules/effect/package.json", "dist/server/main.mjs", ".git/HEAD", "test/harness/E2E.ts",
-      "packages/core/node_modules/x", "packages/cli/dist/bin/kubectl-checkpoint", "bench/main.ts", "README.md"]) {
+    for (
+      const path of [
+        "node_modules/effect/package.json",
+        "dist/server/main.mjs",
+        ".git/HEAD",
+        "test/harness/E2E.ts",
+        "packages/core/node_modules/x",
+        "packages/cli/dist/bin/kubectl-checkpoint",
+        "bench/main.ts",
+        "README.md"
+      ]
+    ) {
       expect(inContext(path), path).toBe(false)
     }
   })

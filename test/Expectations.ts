@@ -1,6 +1,6 @@
 import { FileSystem } from "@effect/platform"
-import { CoreV1Api, KubeConfig } from "@kubernetes/client-node"
 import { expect } from "@effect/vitest"
+import { CoreV1Api, KubeConfig } from "@kubernetes/client-node"
 import { Effect } from "effect"
 import type { LocalCluster } from "./harness/Cluster.ts"
 import type { RestoreOptions } from "./harness/Cluster.ts"

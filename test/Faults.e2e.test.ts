@@ -2,14 +2,14 @@ import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Exit, Fiber, Schedule, Scope } from "effect"
 import { execFileSync } from "node:child_process"
-import { startBallastPod, startCounterPod } from "./harness/Cluster.ts"
+import { expectNoArchiveLeft, podEvents } from "./Expectations.ts"
 import type { CheckpointerProcess } from "./harness/CheckpointerProcess.ts"
 import { freePort } from "./harness/CheckpointerProcess.ts"
+import { startBallastPod, startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import type { LocalStack } from "./harness/LocalStack.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
 import { startRegistry } from "./harness/Registry.ts"
-import { expectNoArchiveLeft, podEvents } from "./Expectations.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
 const StackLive = Stack.layer({ registryAuth: "htpasswd" })
@@ -45,32 +45,36 @@ const waitForKubeletCall = (stack: LocalStack, pod: string) =>
 
 describeE2E("faults: each answers the right status, records the outcome, leaves nothing behind", () => {
   layer(StackLive, { excludeTestServices: true, timeout: "300 seconds" })((it) => {
-    it.scoped("the kubelet answering 500, closing the connection, or hanging past its timeout", () =>
-      Effect.gen(function*() {
-        const stack = yield* Stack
-        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-kubelet", nodeName: "node-a" })
-        const server = yield* stack.startAnotherCheckpointer({ extra: { KUBELET_TIMEOUT: "1" } })
-        for (const fault of ["500", "close", "hang"] as const) {
-          yield* stack.node.setFault(fault)
-          const sync = yield* postCheckpoint(server.url, "default/fault-kubelet/counter")
-          expect(sync.status, fault).toBe(500)
-          expect(sync.text, fault).toMatch(/^checkpoint failed in phase "kubelet": /)
-          const { result } = yield* asyncOutcome(server, "fault-kubelet")
-          expect(result.status, fault).toBe(500)
-          expect(result.text, fault).toMatch(/phase "kubelet"/)
-        }
-        yield* stack.node.setFault(null)
-        const failures = (yield* podEvents(stack.cluster, "default", "fault-kubelet"))
-          .filter((event) => event.reason === "CheckpointFailed")
-        expect(failures).toHaveLength(6)
-        for (const event of failures) {
-          expect(event.type).toBe("Warning")
-          expect(event.message).toMatch(/^checkpoint failed in phase "kubelet": /)
-        }
-        const recovered = yield* postCheckpoint(server.url, "default/fault-kubelet/counter")
-        expect(recovered.status, recovered.text).toBe(201)
-        yield* expectHealthy(stack, server)
-      }), 120_000)
+    it.scoped(
+      "the kubelet answering 500, closing the connection, or hanging past its timeout",
+      () =>
+        Effect.gen(function*() {
+          const stack = yield* Stack
+          yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-kubelet", nodeName: "node-a" })
+          const server = yield* stack.startAnotherCheckpointer({ extra: { KUBELET_TIMEOUT: "1" } })
+          for (const fault of ["500", "close", "hang"] as const) {
+            yield* stack.node.setFault(fault)
+            const sync = yield* postCheckpoint(server.url, "default/fault-kubelet/counter")
+            expect(sync.status, fault).toBe(500)
+            expect(sync.text, fault).toMatch(/^checkpoint failed in phase "kubelet": /)
+            const { result } = yield* asyncOutcome(server, "fault-kubelet")
+            expect(result.status, fault).toBe(500)
+            expect(result.text, fault).toMatch(/phase "kubelet"/)
+          }
+          yield* stack.node.setFault(null)
+          const failures = (yield* podEvents(stack.cluster, "default", "fault-kubelet"))
+            .filter((event) => event.reason === "CheckpointFailed")
+          expect(failures).toHaveLength(6)
+          for (const event of failures) {
+            expect(event.type).toBe("Warning")
+            expect(event.message).toMatch(/^checkpoint failed in phase "kubelet": /)
+          }
+          const recovered = yield* postCheckpoint(server.url, "default/fault-kubelet/counter")
+          expect(recovered.status, recovered.text).toBe(201)
+          yield* expectHealthy(stack, server)
+        }),
+      120_000
+    )
 
     it.scoped("the registry down before the push, and killed during it", () =>
       Effect.gen(function*() {
@@ -163,61 +167,69 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
         yield* expectHealthy(stack, server)
       }), 120_000)
 
-    it.scoped("the server killed during an async checkpoint and restarted: " +
-      "the result says interrupted by restart", () =>
-      Effect.gen(function*() {
-        const stack = yield* Stack
-        const fs = yield* FileSystem.FileSystem
-        const storage = yield* fs.makeTempDirectoryScoped({ prefix: "fault-restart-" })
-        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-restart", nodeName: "node-a" })
-        const first = yield* stack.startAnotherCheckpointer({ extra: { STORAGE_BASE_PATH: storage } })
-        yield* stack.node.setFault("hang")
-        const accepted = yield* postCheckpoint(first.url, "default/fault-restart/counter", { async: true })
-        expect(accepted.status).toBe(202)
-        const { checkpointIdentifier } = JSON.parse(accepted.text)
-        yield* waitForKubeletCall(stack, "fault-restart")
-        yield* first.kill
-        yield* stack.node.setFault(null)
-        const second = yield* stack.startAnotherCheckpointer({ extra: { STORAGE_BASE_PATH: storage } })
-        const result = yield* getResult(second.url, checkpointIdentifier)
-        expect(result.status).toBe(500)
-        expect(result.text).toContain("interrupted by restart")
-        const record = JSON.parse(yield* fs.readFileString(`${storage}/${checkpointIdentifier}.json`))
-        expect(record._tag).toBe("Failed")
-        yield* expectHealthy(stack, second)
-      }), 120_000)
+    it.scoped(
+      "the server killed during an async checkpoint and restarted: " +
+        "the result says interrupted by restart",
+      () =>
+        Effect.gen(function*() {
+          const stack = yield* Stack
+          const fs = yield* FileSystem.FileSystem
+          const storage = yield* fs.makeTempDirectoryScoped({ prefix: "fault-restart-" })
+          yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-restart", nodeName: "node-a" })
+          const first = yield* stack.startAnotherCheckpointer({ extra: { STORAGE_BASE_PATH: storage } })
+          yield* stack.node.setFault("hang")
+          const accepted = yield* postCheckpoint(first.url, "default/fault-restart/counter", { async: true })
+          expect(accepted.status).toBe(202)
+          const { checkpointIdentifier } = JSON.parse(accepted.text)
+          yield* waitForKubeletCall(stack, "fault-restart")
+          yield* first.kill
+          yield* stack.node.setFault(null)
+          const second = yield* stack.startAnotherCheckpointer({ extra: { STORAGE_BASE_PATH: storage } })
+          const result = yield* getResult(second.url, checkpointIdentifier)
+          expect(result.status).toBe(500)
+          expect(result.text).toContain("interrupted by restart")
+          const record = JSON.parse(yield* fs.readFileString(`${storage}/${checkpointIdentifier}.json`))
+          expect(record._tag).toBe("Failed")
+          yield* expectHealthy(stack, second)
+        }),
+      120_000
+    )
 
-    it.scoped("SIGTERM: new checkpoints are refused, running ones get the grace period, " +
-      "the rest are recorded as interrupted", () =>
-      Effect.gen(function*() {
-        const stack = yield* Stack
-        const fs = yield* FileSystem.FileSystem
-        const storage = yield* fs.makeTempDirectoryScoped({ prefix: "fault-shutdown-" })
-        yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-shutdown", nodeName: "node-a" })
-        const server = yield* stack.startAnotherCheckpointer({
-          extra: { STORAGE_BASE_PATH: storage, SHUTDOWN_GRACE_SECONDS: "2" }
-        })
-        yield* stack.node.setFault("hang")
-        const pending = yield* Effect.fork(postCheckpoint(server.url, "default/fault-shutdown/counter"))
-        yield* waitForKubeletCall(stack, "fault-shutdown")
-        const exit = yield* Effect.fork(server.terminate)
-        yield* Effect.sleep("300 millis")
-        const refused = yield* postCheckpoint(server.url, "default/fault-shutdown/counter").pipe(
-          Effect.map((answer) => answer.status),
-          Effect.catchAllDefect(() => Effect.succeed(0))
-        )
-        expect([503, 0]).toContain(refused)
-        const answer = yield* Fiber.join(pending)
-        expect(answer.status).toBe(500)
-        expect(answer.text).toContain("interrupted by shutdown")
-        expect(yield* Fiber.join(exit)).toBe(0)
-        yield* stack.node.setFault(null)
-        const records = (yield* fs.readDirectory(storage)).filter((name) => name.endsWith(".json"))
-        expect(records).toHaveLength(1)
-        const record = JSON.parse(yield* fs.readFileString(`${storage}/${records[0]}`))
-        expect(record).toMatchObject({ _tag: "Failed" })
-        expect(record.message).toContain("interrupted by shutdown")
-        yield* expectNoArchiveLeft(stack.node.checkpointsDir)
-      }), 120_000)
+    it.scoped(
+      "SIGTERM: new checkpoints are refused, running ones get the grace period, " +
+        "the rest are recorded as interrupted",
+      () =>
+        Effect.gen(function*() {
+          const stack = yield* Stack
+          const fs = yield* FileSystem.FileSystem
+          const storage = yield* fs.makeTempDirectoryScoped({ prefix: "fault-shutdown-" })
+          yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-shutdown", nodeName: "node-a" })
+          const server = yield* stack.startAnotherCheckpointer({
+            extra: { STORAGE_BASE_PATH: storage, SHUTDOWN_GRACE_SECONDS: "2" }
+          })
+          yield* stack.node.setFault("hang")
+          const pending = yield* Effect.fork(postCheckpoint(server.url, "default/fault-shutdown/counter"))
+          yield* waitForKubeletCall(stack, "fault-shutdown")
+          const exit = yield* Effect.fork(server.terminate)
+          yield* Effect.sleep("300 millis")
+          const refused = yield* postCheckpoint(server.url, "default/fault-shutdown/counter").pipe(
+            Effect.map((answer) => answer.status),
+            Effect.catchAllDefect(() => Effect.succeed(0))
+          )
+          expect([503, 0]).toContain(refused)
+          const answer = yield* Fiber.join(pending)
+          expect(answer.status).toBe(500)
+          expect(answer.text).toContain("interrupted by shutdown")
+          expect(yield* Fiber.join(exit)).toBe(0)
+          yield* stack.node.setFault(null)
+          const records = (yield* fs.readDirectory(storage)).filter((name) => name.endsWith(".json"))
+          expect(records).toHaveLength(1)
+          const record = JSON.parse(yield* fs.readFileString(`${storage}/${records[0]}`))
+          expect(record).toMatchObject({ _tag: "Failed" })
+          expect(record.message).toContain("interrupted by shutdown")
+          yield* expectNoArchiveLeft(stack.node.checkpointsDir)
+        }),
+      120_000
+    )
   })
 })

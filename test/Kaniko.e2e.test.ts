@@ -2,13 +2,13 @@ import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
+import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
 import { startBallastPod, startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
-import { checkpointBaseAnnotations } from "./harness/Workloads.ts"
 import type { KanikoStack } from "./harness/KanikoStack.ts"
 import { KanikoStackTag } from "./harness/KanikoStack.ts"
 import { checkpointRepository } from "./harness/LocalStack.ts"
-import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
+import { checkpointBaseAnnotations } from "./harness/Workloads.ts"
 import { postCheckpoint } from "./HttpCalls.ts"
 
 /** Pod names unique to this run. */
@@ -33,7 +33,11 @@ const expectNoKanikoPodLeft = (stack: KanikoStack) =>
         })`
       ).join(", ")),
     Effect.retry({ schedule: Schedule.spaced(Duration.millis(100)), times: 300 }),
-    Effect.catchAll((left) => Effect.sync(() => expect.fail(`Kaniko pods left: ${left}`)))
+    Effect.catchAll((left) =>
+      Effect.sync(() =>
+        expect.fail(`Kaniko pods left: ${left}`)
+      )
+    )
   )
 
 const expectNoBuildContextLeft = (stack: KanikoStack) =>

@@ -192,70 +192,73 @@ describe("k8s-manifests", () => {
       }
     })
 
-    it.each(Object.entries(builds))("%s: the DaemonSet runs on every node " +
-      "as routing and the kubelet need", (_, dir) => {
-      const resources = build(dir)
-      const daemonSet = find<k8s.V1DaemonSet>(resources, "DaemonSet", "checkpointer")
-      const pod = daemonSet.spec!.template.spec!
-      const container = pod.containers[0]!
-      const env = container.env ?? []
-      const mounts = container.volumeMounts ?? []
-      expect(daemonSet.spec!.selector.matchLabels).toEqual({ "app.kubernetes.io/name": "checkpointer" })
-      expect(daemonSet.spec!.template.metadata!.labels!["app.kubernetes.io/name"]).toBe("checkpointer")
-      expect(pod.tolerations).toEqual([{ operator: "Exists" }])
-      const fieldOf = (name: string) => env.find((variable) => variable.name === name)?.valueFrom?.fieldRef?.fieldPath
-      expect(fieldOf("CHECKPOINTER_NODE")).toBe("spec.nodeName")
-      expect(fieldOf("CHECKPOINTER_NODE_IP")).toBe("status.hostIP")
-      expect(container.readinessProbe!.httpGet).toEqual({ path: "/readyz", port: "http" })
-      expect(container.livenessProbe!.httpGet).toEqual({ path: "/healthz", port: "http" })
-      expect(container.ports).toEqual([{ name: "http", containerPort: 3333, protocol: "TCP" }])
-      expect(container.resources!.requests).toMatchObject({ cpu: expect.any(String), memory: expect.any(String) })
-      expect(container.resources!.limits!.memory).toEqual(expect.any(String))
-      expect(container.image).toBe("registry.example.com/checkpointer:0.1.0")
+    it.each(Object.entries(builds))(
+      "%s: the DaemonSet runs on every node " +
+        "as routing and the kubelet need",
+      (_, dir) => {
+        const resources = build(dir)
+        const daemonSet = find<k8s.V1DaemonSet>(resources, "DaemonSet", "checkpointer")
+        const pod = daemonSet.spec!.template.spec!
+        const container = pod.containers[0]!
+        const env = container.env ?? []
+        const mounts = container.volumeMounts ?? []
+        expect(daemonSet.spec!.selector.matchLabels).toEqual({ "app.kubernetes.io/name": "checkpointer" })
+        expect(daemonSet.spec!.template.metadata!.labels!["app.kubernetes.io/name"]).toBe("checkpointer")
+        expect(pod.tolerations).toEqual([{ operator: "Exists" }])
+        const fieldOf = (name: string) => env.find((variable) => variable.name === name)?.valueFrom?.fieldRef?.fieldPath
+        expect(fieldOf("CHECKPOINTER_NODE")).toBe("spec.nodeName")
+        expect(fieldOf("CHECKPOINTER_NODE_IP")).toBe("status.hostIP")
+        expect(container.readinessProbe!.httpGet).toEqual({ path: "/readyz", port: "http" })
+        expect(container.livenessProbe!.httpGet).toEqual({ path: "/healthz", port: "http" })
+        expect(container.ports).toEqual([{ name: "http", containerPort: 3333, protocol: "TCP" }])
+        expect(container.resources!.requests).toMatchObject({ cpu: expect.any(String), memory: expect.any(String) })
+        expect(container.resources!.limits!.memory).toEqual(expect.any(String))
+        expect(container.image).toBe("registry.example.com/checkpointer:0.1.0")
 
-      // Reading root-owned 0600 archives: uid 0 and no capability, nothing privileged.
-      expect(container.securityContext).toMatchObject({
-        runAsUser: 0,
-        privileged: false,
-        allowPrivilegeEscalation: false,
-        readOnlyRootFilesystem: true,
-        capabilities: { drop: ["ALL"] }
-      })
-      expect(container.securityContext!.capabilities!.add).toBeUndefined()
-      expect(pod.hostNetwork ?? false).toBe(false)
-      expect(pod.hostPID ?? false).toBe(false)
+        // Reading root-owned 0600 archives: uid 0 and no capability, nothing privileged.
+        expect(container.securityContext).toMatchObject({
+          runAsUser: 0,
+          privileged: false,
+          allowPrivilegeEscalation: false,
+          readOnlyRootFilesystem: true,
+          capabilities: { drop: ["ALL"] }
+        })
+        expect(container.securityContext!.capabilities!.add).toBeUndefined()
+        expect(pod.hostNetwork ?? false).toBe(false)
+        expect(pod.hostPID ?? false).toBe(false)
 
-      // Every hostPath is mounted at its own path: paths the kubelet and Kaniko pods see are the same inside.
-      const volumes = new Map((pod.volumes ?? []).map((volume) => [volume.name, volume]))
-      for (const mount of mounts) {
-        const hostPath = volumes.get(mount.name)?.hostPath?.path
-        if (hostPath !== undefined) expect(mount.mountPath, mount.name).toBe(hostPath)
+        // Every hostPath is mounted at its own path: paths the kubelet and Kaniko pods see are the same inside.
+        const volumes = new Map((pod.volumes ?? []).map((volume) => [volume.name, volume]))
+        for (const mount of mounts) {
+          const hostPath = volumes.get(mount.name)?.hostPath?.path
+          if (hostPath !== undefined) expect(mount.mountPath, mount.name).toBe(hostPath)
+        }
+        expect(mounts.map((mount) => mount.mountPath)).toContain("/var/lib/kubelet/checkpoints")
+
+        // Settings: known variables only, the store on the node, the secrets in the same namespace.
+        const config = find<k8s.V1ConfigMap>(resources, "ConfigMap", container.envFrom![0]!.configMapRef!.name).data!
+        for (const name of [...Object.keys(config), ...env.map((variable) => variable.name)]) {
+          expect(knownVariables.has(name), `${name} is read by Checkpointer`).toBe(true)
+        }
+        expect(mounts.map((mount) => mount.mountPath)).toContain(config.STORAGE_BASE_PATH)
+        // The kubelet's checkpoint directory: the only place archives are read from, mounted from the node as it is.
+        const checkpoints = mounts.find((mount) => mount.mountPath === config.KUBELET_CHECKPOINT_DIR)
+        expect(checkpoints, "KUBELET_CHECKPOINT_DIR is mounted").toBeDefined()
+        expect(volumes.get(checkpoints!.name)?.hostPath?.path).toBe(config.KUBELET_CHECKPOINT_DIR)
+        const kubeletTls = volumes.get("kubelet-tls")!.secret!.secretName
+        expect(find<k8s.V1Secret>(resources, "Secret", kubeletTls).type).toBe("kubernetes.io/tls")
+        expect(find<k8s.V1Secret>(resources, "Secret", config.KANIKO_SECRET_NAME).type)
+          .toBe("kubernetes.io/dockerconfigjson")
+        for (const resource of resources.filter((r) => r.metadata.namespace !== undefined)) {
+          expect(resource.metadata.namespace, `${resource.kind} ${resource.metadata.name}`).toBe("checkpointer")
+        }
+        expect(find(resources, "ServiceAccount", pod.serviceAccountName)).toBeDefined()
+
+        const service = find<k8s.V1Service>(resources, "Service", "checkpoint-service")
+        expect(service.spec!.selector).toEqual({ "app.kubernetes.io/name": "checkpointer" })
+        expect(service.spec!.ports).toEqual([{ name: "http", protocol: "TCP", port: 80, targetPort: "http" }])
       }
-      expect(mounts.map((mount) => mount.mountPath)).toContain("/var/lib/kubelet/checkpoints")
-
-      // Settings: known variables only, the store on the node, the secrets in the same namespace.
-      const config = find<k8s.V1ConfigMap>(resources, "ConfigMap", container.envFrom![0]!.configMapRef!.name).data!
-      for (const name of [...Object.keys(config), ...env.map((variable) => variable.name)]) {
-        expect(knownVariables.has(name), `${name} is read by Checkpointer`).toBe(true)
-      }
-      expect(mounts.map((mount) => mount.mountPath)).toContain(config.STORAGE_BASE_PATH)
-      // The kubelet's checkpoint directory: the only place archives are read from, mounted from the node as it is.
-      const checkpoints = mounts.find((mount) => mount.mountPath === config.KUBELET_CHECKPOINT_DIR)
-      expect(checkpoints, "KUBELET_CHECKPOINT_DIR is mounted").toBeDefined()
-      expect(volumes.get(checkpoints!.name)?.hostPath?.path).toBe(config.KUBELET_CHECKPOINT_DIR)
-      const kubeletTls = volumes.get("kubelet-tls")!.secret!.secretName
-      expect(find<k8s.V1Secret>(resources, "Secret", kubeletTls).type).toBe("kubernetes.io/tls")
-      expect(find<k8s.V1Secret>(resources, "Secret", config.KANIKO_SECRET_NAME).type)
-        .toBe("kubernetes.io/dockerconfigjson")
-      for (const resource of resources.filter((r) => r.metadata.namespace !== undefined)) {
-        expect(resource.metadata.namespace, `${resource.kind} ${resource.metadata.name}`).toBe("checkpointer")
-      }
-      expect(find(resources, "ServiceAccount", pod.serviceAccountName)).toBeDefined()
-
-      const service = find<k8s.V1Service>(resources, "Service", "checkpoint-service")
-      expect(service.spec!.selector).toEqual({ "app.kubernetes.io/name": "checkpointer" })
-      expect(service.spec!.ports).toEqual([{ name: "http", protocol: "TCP", port: 80, targetPort: "http" }])
-    })
+    )
 
     it("the default install is the Go service's default kaniko builder with its RBAC", () => {
       const resources = build(".")
@@ -283,28 +286,31 @@ describe("k8s-manifests", () => {
       expect(resources.filter((r) => r.kind === "Role")).toEqual([])
     })
 
-    it("the TLS component serves HTTPS from a mounted Secret, probes with HTTPS, " +
-      "and the Service answers on 443", () => {
-      const resources = build("overlays/native-tls")
-      for (const resource of resources) {
-        expect(schemaErrors(resource), `${resource.kind} ${resource.metadata.name}`).toBe("")
-        expect(strictErrors(resource), `${resource.kind} ${resource.metadata.name}`).toEqual([])
+    it(
+      "the TLS component serves HTTPS from a mounted Secret, probes with HTTPS, " +
+        "and the Service answers on 443",
+      () => {
+        const resources = build("overlays/native-tls")
+        for (const resource of resources) {
+          expect(schemaErrors(resource), `${resource.kind} ${resource.metadata.name}`).toBe("")
+          expect(strictErrors(resource), `${resource.kind} ${resource.metadata.name}`).toEqual([])
+        }
+        const config = find<k8s.V1ConfigMap>(resources, "ConfigMap", "checkpointer-config").data!
+        const pod = find<k8s.V1DaemonSet>(resources, "DaemonSet", "checkpointer").spec!.template.spec!
+        const container = pod.containers[0]!
+        expect(container.readinessProbe!.httpGet).toEqual({ path: "/readyz", port: "http", scheme: "HTTPS" })
+        expect(container.livenessProbe!.httpGet).toEqual({ path: "/healthz", port: "http", scheme: "HTTPS" })
+        for (const name of ["CHECKPOINTER_TLS_CERT_FILE", "CHECKPOINTER_TLS_KEY_FILE", "CHECKPOINTER_TLS_CA_FILE"]) {
+          const file = config[name]!
+          const mount = container.volumeMounts!.find((m) => file.startsWith(`${m.mountPath}/`))!
+          const secretName = pod.volumes!.find((v) => v.name === mount.name)!.secret!.secretName!
+          const secret = find<k8s.V1Secret>(resources, "Secret", secretName)
+          expect(Object.keys(secret.stringData ?? {}), name).toContain(file.slice(mount.mountPath.length + 1))
+        }
+        const service = find<k8s.V1Service>(resources, "Service", "checkpoint-service")
+        expect(service.spec!.ports).toEqual([{ name: "https", protocol: "TCP", port: 443, targetPort: "http" }])
       }
-      const config = find<k8s.V1ConfigMap>(resources, "ConfigMap", "checkpointer-config").data!
-      const pod = find<k8s.V1DaemonSet>(resources, "DaemonSet", "checkpointer").spec!.template.spec!
-      const container = pod.containers[0]!
-      expect(container.readinessProbe!.httpGet).toEqual({ path: "/readyz", port: "http", scheme: "HTTPS" })
-      expect(container.livenessProbe!.httpGet).toEqual({ path: "/healthz", port: "http", scheme: "HTTPS" })
-      for (const name of ["CHECKPOINTER_TLS_CERT_FILE", "CHECKPOINTER_TLS_KEY_FILE", "CHECKPOINTER_TLS_CA_FILE"]) {
-        const file = config[name]!
-        const mount = container.volumeMounts!.find((m) => file.startsWith(`${m.mountPath}/`))!
-        const secretName = pod.volumes!.find((v) => v.name === mount.name)!.secret!.secretName!
-        const secret = find<k8s.V1Secret>(resources, "Secret", secretName)
-        expect(Object.keys(secret.stringData ?? {}), name).toContain(file.slice(mount.mountPath.length + 1))
-      }
-      const service = find<k8s.V1Service>(resources, "Service", "checkpoint-service")
-      expect(service.spec!.ports).toEqual([{ name: "https", protocol: "TCP", port: 443, targetPort: "http" }])
-    })
+    )
 
     it("the kaniko-fs overlay shares its build-context directory with the node and has no pod attach", () => {
       const resources = build("overlays/kaniko-fs")

@@ -47,8 +47,8 @@ describeE2E("operability of the real server: metrics, readiness, production logs
         expect(missing.status).toBe(404)
 
         const after = yield* scrape(checkpointer.url)
-        expect(after.get('checkpoints_total{builder="native",outcome="succeeded"}')).toBe(1)
-        expect(after.get('checkpoints_total{builder="native",outcome="not_found"}')).toBe(1)
+        expect(after.get("checkpoints_total{builder=\"native\",outcome=\"succeeded\"}")).toBe(1)
+        expect(after.get("checkpoints_total{builder=\"native\",outcome=\"not_found\"}")).toBe(1)
         for (const phase of ["kubelet", "build/push", "delete pod"]) {
           expect(after.get(`checkpoint_phase_duration_seconds_count{phase="${phase}"}`), phase)
             .toBeGreaterThanOrEqual(1)
@@ -59,8 +59,8 @@ describeE2E("operability of the real server: metrics, readiness, production logs
           JSON.parse(answer.text).containerImageName.split(":").at(-1)
         )
         const layerSize = manifest.json.layers[0]!.size
-        expect(after.get('checkpoint_pushed_bytes_sum{builder="native"}')).toBe(layerSize)
-        expect(after.get('checkpoint_pushed_bytes_count{builder="native"}')).toBe(1)
+        expect(after.get("checkpoint_pushed_bytes_sum{builder=\"native\"}")).toBe(layerSize)
+        expect(after.get("checkpoint_pushed_bytes_count{builder=\"native\"}")).toBe(1)
         expect(after.get("checkpoints_in_flight")).toBe(0)
       }))
 

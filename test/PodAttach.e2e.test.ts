@@ -1,6 +1,6 @@
+import { KanikoPods } from "@checkpointer/strategies"
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { KanikoPods } from "@checkpointer/strategies"
 import { expect, layer } from "@effect/vitest"
 import { Context, Deferred, Effect, Layer, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"

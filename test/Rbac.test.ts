@@ -4,9 +4,10 @@ import { parseAllDocuments } from "yaml"
 import { projectRoot } from "./harness/CheckpointerProcess.ts"
 
 /**
- * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in core's Cluster.ts and PodEvents.ts and in
- * the strategies' KanikoPods.ts, the methods of each that core and each strategy use (found in the sources), and the
- * permission each call needs. A call added without its permission, or a permission no call needs, fails here.
+ * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in core's Cluster.ts and PodEvents.ts
+ * and in the strategies' KanikoPods.ts, the methods of each that core, the server and each strategy use (found in the
+ * sources), and the permission each call needs. A call added without its permission, or a permission no call needs,
+ * fails here.
  */
 
 const source = (path: string) => readFileSync(`${projectRoot}/${path}`, "utf8")
@@ -78,9 +79,13 @@ const callsOf = (
 }
 
 const methodsUsedIn = (service: Service, paths: ReadonlyArray<string>) =>
-  new Set(paths.flatMap((path) =>
-    [...source(path).matchAll(new RegExp(`\\b${services[service].usedAs}\\.(\\w+)\\(`, "g"))].map((match) => match[1]!)
-  ))
+  new Set(
+    paths.flatMap((path) =>
+      [...source(path).matchAll(new RegExp(`\\b${services[service].usedAs}\\.(\\w+)\\(`, "g"))].map((match) =>
+        match[1]!
+      )
+    )
+  )
 
 /** Where the orchestration and the API (the server's caller authentication) use those services. */
 const corePaths = ["core", "server"].flatMap((pkg) =>

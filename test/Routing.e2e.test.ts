@@ -2,11 +2,11 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { Context, Effect, Fiber, Layer, Schedule } from "effect"
+import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import type { MultiNodeStack } from "./harness/LocalStack.ts"
 import { startMultiNodeStack } from "./harness/LocalStack.ts"
-import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
 
 class Nodes extends Context.Tag("test/Nodes")<Nodes, MultiNodeStack>() {}

@@ -1,10 +1,10 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
+import { expectNoArchiveLeft, expectRestoredCounterContinues } from "./Expectations.ts"
 import { startCounterPod } from "./harness/Cluster.ts"
 import type { RuntimeKind } from "./harness/CriRuntime.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { Stack } from "./harness/LocalStack.ts"
-import { expectNoArchiveLeft, expectRestoredCounterContinues } from "./Expectations.ts"
 import { postCheckpoint } from "./HttpCalls.ts"
 
 /** The native builder's image restores on every runtime users run (CRI-O 1.36 is covered by the other suites). */

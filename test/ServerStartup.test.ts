@@ -1,8 +1,8 @@
 import { FileSystem } from "@effect/platform"
 import { NodeFileSystem } from "@effect/platform-node"
 import { Effect } from "effect"
-import { describe, expect, it } from "vitest"
 import { spawnSync } from "node:child_process"
+import { describe, expect, it } from "vitest"
 import { freePort, projectRoot, serverCommand, startCheckpointer } from "./harness/CheckpointerProcess.ts"
 
 /** A scoped directory with a kubeconfig whose API server does not answer: the server must start without calling it. */
@@ -10,15 +10,18 @@ const startupDir = Effect.gen(function*() {
   const fs = yield* FileSystem.FileSystem
   const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-startup-" })
   const file = `${dir}/kubeconfig`
-  yield* fs.writeFileString(file, [
-    "apiVersion: v1",
-    "kind: Config",
-    "clusters: [{ name: c, cluster: { server: \"https://127.0.0.1:9\" } }]",
-    "users: [{ name: u, user: { token: t } }]",
-    "contexts: [{ name: x, context: { cluster: c, user: u } }]",
-    "current-context: x",
-    ""
-  ].join("\n"))
+  yield* fs.writeFileString(
+    file,
+    [
+      "apiVersion: v1",
+      "kind: Config",
+      "clusters: [{ name: c, cluster: { server: \"https://127.0.0.1:9\" } }]",
+      "users: [{ name: u, user: { token: t } }]",
+      "contexts: [{ name: x, context: { cluster: c, user: u } }]",
+      "current-context: x",
+      ""
+    ].join("\n")
+  )
   return { kubeconfig: file, storage: `${dir}/storage` }
 }).pipe(Effect.provide(NodeFileSystem.layer))
 
@@ -117,22 +120,25 @@ describe("server startup", () => {
     )
   })
 
-  it.each(["kaniko", "kaniko-fs"])("starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)", (builder) =>
-    Effect.gen(function*() {
-      const port = yield* freePort("127.0.0.1")
-      const { kubeconfig, storage } = yield* startupDir
-      const checkpointer = yield* startCheckpointer({
-        env: {
-          ...required,
-          CHECKPOINTER_PORT: String(port),
-          CHECKPOINT_BUILDER: builder,
-          KUBECONFIG: kubeconfig,
-          STORAGE_BASE_PATH: storage
-        },
-        address: "127.0.0.1",
-        port
-      })
-      expect(checkpointer.exitCode()).toBeNull()
-      expect(checkpointer.logs()).not.toContain("not available")
-    }).pipe(Effect.scoped, Effect.runPromise))
+  it.each(["kaniko", "kaniko-fs"])(
+    "starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)",
+    (builder) =>
+      Effect.gen(function*() {
+        const port = yield* freePort("127.0.0.1")
+        const { kubeconfig, storage } = yield* startupDir
+        const checkpointer = yield* startCheckpointer({
+          env: {
+            ...required,
+            CHECKPOINTER_PORT: String(port),
+            CHECKPOINT_BUILDER: builder,
+            KUBECONFIG: kubeconfig,
+            STORAGE_BASE_PATH: storage
+          },
+          address: "127.0.0.1",
+          port
+        })
+        expect(checkpointer.exitCode()).toBeNull()
+        expect(checkpointer.logs()).not.toContain("not available")
+      }).pipe(Effect.scoped, Effect.runPromise)
+  )
 })

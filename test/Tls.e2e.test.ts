@@ -69,7 +69,10 @@ const captureOn = (address: string, port: number) =>
         })
       })
       server.listen(port, address, () =>
-        resume(Effect.succeed({ received: () => Buffer.concat(chunks), close: () => server.close() })))
+        resume(Effect.succeed({
+          received: () => Buffer.concat(chunks),
+          close: () => server.close()
+        })))
     }),
     (capture) => Effect.sync(capture.close)
   )
@@ -101,36 +104,39 @@ describeE2E("TLS: the API over HTTPS, forwarding between nodes over verified HTT
         }
       }))
 
-    it.scoped("a forwarded request never goes out in plain text: " +
-      "a plain listener in a peer's place gets a TLS hello", () =>
-      Effect.gen(function*() {
-        const { ca, stack } = yield* Nodes
-        const capture = yield* captureOn(stack.cluster.node("node-c").address, stack.port)
-        yield* stack.cluster.apiServer.addPod({
-          namespace: "kube-system",
-          name: "checkpointer-node-c",
-          nodeName: "node-c",
-          podIP: stack.cluster.node("node-c").address,
-          labels: { "app.kubernetes.io/name": "checkpointer" },
-          containers: [{ name: "checkpointer" }]
+    it.scoped(
+      "a forwarded request never goes out in plain text: " +
+        "a plain listener in a peer's place gets a TLS hello",
+      () =>
+        Effect.gen(function*() {
+          const { ca, stack } = yield* Nodes
+          const capture = yield* captureOn(stack.cluster.node("node-c").address, stack.port)
+          yield* stack.cluster.apiServer.addPod({
+            namespace: "kube-system",
+            name: "checkpointer-node-c",
+            nodeName: "node-c",
+            podIP: stack.cluster.node("node-c").address,
+            labels: { "app.kubernetes.io/name": "checkpointer" },
+            containers: [{ name: "checkpointer" }]
+          })
+          yield* startCounterPod(stack.cluster, { namespace: "default", name: "tls-capture", nodeName: "node-c" })
+          const a = stack.checkpointer("node-a").url
+          const answer = yield* callTls(`${a}/checkpoint/default/tls-capture/counter`, ca, {
+            method: "POST",
+            headers: { ...bearer, "content-type": "application/json" },
+            body: JSON.stringify({ async: true })
+          })
+          expect(answer.status, answer.text).toBe(502)
+          expect(answer.text).toContain("the Checkpointer on node node-c (https://")
+          const received = capture.received()
+          expect(received.length).toBeGreaterThan(0)
+          expect(received[0]).toBe(0x16)
+          const text = received.toString("latin1")
+          for (const plain of ["POST", "/checkpoint", token, "async", "authorization"]) {
+            expect(text).not.toContain(plain)
+          }
+          expect(stack.checkpointer("node-a").logs()).not.toContain(token)
         })
-        yield* startCounterPod(stack.cluster, { namespace: "default", name: "tls-capture", nodeName: "node-c" })
-        const a = stack.checkpointer("node-a").url
-        const answer = yield* callTls(`${a}/checkpoint/default/tls-capture/counter`, ca, {
-          method: "POST",
-          headers: { ...bearer, "content-type": "application/json" },
-          body: JSON.stringify({ async: true })
-        })
-        expect(answer.status, answer.text).toBe(502)
-        expect(answer.text).toContain("the Checkpointer on node node-c (https://")
-        const received = capture.received()
-        expect(received.length).toBeGreaterThan(0)
-        expect(received[0]).toBe(0x16)
-        const text = received.toString("latin1")
-        for (const plain of ["POST", "/checkpoint", token, "async", "authorization"]) {
-          expect(text).not.toContain(plain)
-        }
-        expect(stack.checkpointer("node-a").logs()).not.toContain(token)
-      }))
+    )
   })
 })

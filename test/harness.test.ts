@@ -3,9 +3,9 @@ import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node"
 import type { V1Pod } from "@kubernetes/client-node"
+import { Context, Data, Duration, Effect, Either, Layer, Queue, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
 import * as https from "node:https"
-import { Context, Data, Duration, Effect, Either, Layer, Queue, Schedule } from "effect"
 import type { LocalCluster } from "./harness/Cluster.ts"
 import { startCounterPod, startLocalCluster } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
@@ -49,7 +49,8 @@ const httpsRequest = (options: {
         response.on("data", (chunk: Buffer) => chunks.push(chunk))
         response.on("end", () =>
           resume(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") })))
-        response.on("error", (cause) => resume(Effect.fail(new RequestFailed({ cause }))))
+        response.on("error", (cause) =>
+          resume(Effect.fail(new RequestFailed({ cause }))))
       })
       request.on("error", (cause) => resume(Effect.fail(new RequestFailed({ cause }))))
       request.end()
@@ -214,9 +215,7 @@ describeE2E("local cluster harness", () => {
         const byLabel = yield* call(() => core.listNamespacedPod({ namespace: "default", labelSelector: `app=${web}` }))
         expect(byLabel.kind).toBe("PodList")
         expect(names(byLabel.items)).toEqual([`default/${web}`])
-        const byLabels = yield* call(() =>
-          core.listPodForAllNamespaces({ labelSelector: `app=${web},tier=back` })
-        )
+        const byLabels = yield* call(() => core.listPodForAllNamespaces({ labelSelector: `app=${web},tier=back` }))
         expect(byLabels.items).toEqual([])
         const agents = yield* call(() =>
           core.listPodForAllNamespaces({
@@ -251,8 +250,10 @@ describeE2E("local cluster harness", () => {
         // Poll the API; the moment it answers 404 the container must already be gone.
         const containerWhenGone = yield* call(() => core.readNamespacedPod({ namespace: "default", name: web })).pipe(
           Effect.flatMap(() => Effect.fail("still there" as const)),
-          Effect.catchIf((error) => error !== "still there" && error.code === 404, () =>
-            cluster.runtime.crictl(["ps", "--all", "--quiet", "--id", id!]).pipe(Effect.map((out) => out !== ""))),
+          Effect.catchIf(
+            (error) => error !== "still there" && error.code === 404,
+            () => cluster.runtime.crictl(["ps", "--all", "--quiet", "--id", id!]).pipe(Effect.map((out) => out !== ""))
+          ),
           Effect.retry({
             while: (error) => error === "still there",
             schedule: Schedule.spaced("50 millis"),

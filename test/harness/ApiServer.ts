@@ -1,15 +1,11 @@
 import type { CommandExecutor } from "@effect/platform"
 import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
-import { randomBytes } from "node:crypto"
-import type { IncomingMessage, ServerResponse } from "node:http"
 import { Data, Effect } from "effect"
 import type { Option, Scope } from "effect"
-import type { Pki } from "./Certificates.ts"
-import type { HttpsServerError } from "./HttpsServer.ts"
-import { respondJson, serveHttps } from "./HttpsServer.ts"
-import type { CreateFault, PodRunner } from "./PodRuntime.ts"
-import { makeContainerStreams } from "./PodRuntime.ts"
+import { randomBytes } from "node:crypto"
+import type { IncomingMessage, ServerResponse } from "node:http"
+import { makeEvents } from "./apiserver/Events.ts"
 import { makeFaults } from "./apiserver/Faults.ts"
 import { kubeconfigYaml } from "./apiserver/Kubeconfig.ts"
 import type { NodeInput } from "./apiserver/Nodes.ts"
@@ -25,12 +21,16 @@ import type { ApiUser } from "./apiserver/Reviews.ts"
 import { makeReviews } from "./apiserver/Reviews.ts"
 import type { Reply, Route } from "./apiserver/Router.ts"
 import { makeRouter, pathSegments, reply } from "./apiserver/Router.ts"
-import { makeEvents } from "./apiserver/Events.ts"
 import { makeSecrets } from "./apiserver/Secrets.ts"
 import type { SecretInput } from "./apiserver/Secrets.ts"
 import type { ApiFailure } from "./apiserver/Status.ts"
 import { statusBody } from "./apiserver/Status.ts"
 import { makeStore } from "./apiserver/Store.ts"
+import type { Pki } from "./Certificates.ts"
+import type { HttpsServerError } from "./HttpsServer.ts"
+import { respondJson, serveHttps } from "./HttpsServer.ts"
+import type { CreateFault, PodRunner } from "./PodRuntime.ts"
+import { makeContainerStreams } from "./PodRuntime.ts"
 
 export class ApiServerError extends Data.TaggedError("ApiServerError")<{ readonly message: string }> {}
 
@@ -154,8 +154,10 @@ export const startApiServer = (
           { method: entry.method, url, incoming, response, onStreamStarted: recordStatus(200) },
           pathSegments(url)
         ).pipe(
-          Effect.catchTag("ApiFailure", (failure) =>
-            Effect.succeed<Reply>({ status: failure.body.code, body: failure.body }))
+          Effect.catchTag(
+            "ApiFailure",
+            (failure) => Effect.succeed<Reply>({ status: failure.body.code, body: failure.body })
+          )
         )
         if (answer !== "streamed") yield* finish(answer.status, answer.body)
       })

@@ -1,10 +1,10 @@
+import { Cause, Data, Effect, FiberId, FiberSet } from "effect"
+import type { Scope } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import * as https from "node:https"
 import type { AddressInfo } from "node:net"
 import type { Duplex } from "node:stream"
 import type { TLSSocket } from "node:tls"
-import { Cause, Data, Effect, FiberId, FiberSet } from "effect"
-import type { Scope } from "effect"
 
 export class HttpsServerError extends Data.TaggedError("HttpsServerError")<{
   readonly message: string

@@ -1,9 +1,9 @@
 import type { CommandExecutor } from "@effect/platform"
 import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
-import type { IncomingMessage, ServerResponse } from "node:http"
 import { Clock, Duration, Effect, Ref } from "effect"
 import type { Scope } from "effect"
+import type { IncomingMessage, ServerResponse } from "node:http"
 import type { Pki } from "./Certificates.ts"
 import type { HttpsServerError } from "./HttpsServer.ts"
 import { clientCommonName, respondJson, respondText, serveHttps } from "./HttpsServer.ts"
@@ -64,7 +64,6 @@ export interface KubeletNodeOptions {
 
 /** Go's time.RFC3339 in UTC, as the kubelet puts it into archive names: 2024-02-29T18:28:17Z */
 const rfc3339 = (millis: number) => new Date(millis).toISOString().replace(/\.\d{3}Z$/, "Z")
-
 
 /**
  * A kubelet-compatible HTTPS endpoint (client certificate required) whose `POST /checkpoint/{ns}/{pod}/{container}`

@@ -314,8 +314,10 @@ export const startNodeAgent = (options: {
         const pullConfigs = yield* Effect.forEach(
           listOf<{ readonly name: string }>(pod.spec["imagePullSecrets"]),
           (secret) =>
-            Effect.map(handle.secret(secret.name), (data) =>
-              Option.flatMap(data, (values) => Option.fromNullable(values[".dockerconfigjson"])))
+            Effect.map(
+              handle.secret(secret.name),
+              (data) => Option.flatMap(data, (values) => Option.fromNullable(values[".dockerconfigjson"]))
+            )
         ).pipe(Effect.map((found) => found.flatMap(Option.toArray)))
         for (const container of specContainers) {
           const image = container.image ?? ""
@@ -617,7 +619,9 @@ export const startNodeAgent = (options: {
     const restored: NodeAgent["restored"] = (namespace, pod, container) =>
       Effect.flatMap(requireContainer(namespace, pod, container), (id) =>
         runtime.crictl(["inspect", "-o", "json", id]).pipe(
-          Effect.map((text) => (JSON.parse(text) as { info?: { restored?: boolean } }).info?.restored)
+          Effect.map((text) =>
+            (JSON.parse(text) as { info?: { restored?: boolean } }).info?.restored
+          )
         )).pipe(Effect.provide(context))
 
     return {

@@ -41,9 +41,9 @@ export const processFailure = (
   new ProcessError({
     message: details.timedOut === true
       ? `${shownAs.join(" ")} timed out`
-      : `${shownAs.join(" ")} failed${details.exitCode === undefined ? "" : ` (exit ${details.exitCode})`}: ${
-        details.stderr.trim()
-      }`,
+      : `${shownAs.join(" ")} failed${
+        details.exitCode === undefined ? "" : ` (exit ${details.exitCode})`
+      }: ${details.stderr.trim()}`,
     command: shownAs,
     stderr: details.stderr,
     timedOut: details.timedOut ?? false,

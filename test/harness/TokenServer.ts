@@ -1,7 +1,7 @@
 import { FileSystem } from "@effect/platform"
-import type { IncomingMessage, ServerResponse } from "node:http"
-import { createPrivateKey, randomUUID, sign, X509Certificate } from "node:crypto"
 import { Effect } from "effect"
+import { createPrivateKey, randomUUID, sign, X509Certificate } from "node:crypto"
+import type { IncomingMessage, ServerResponse } from "node:http"
 import type { Pki } from "./Certificates.ts"
 import { respondJson, serveHttps } from "./HttpsServer.ts"
 

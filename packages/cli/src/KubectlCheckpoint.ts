@@ -1,10 +1,10 @@
+import { CheckpointerClient } from "@checkpointer/client"
 import { Cluster, KubernetesApiError } from "@checkpointer/core"
 import { KubeConfig } from "@kubernetes/client-node"
 import { Clock, Console, Data, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
 import { readFile } from "node:fs/promises"
 import type { RequestOptions } from "node:https"
 import { parseArgs } from "node:util"
-import { CheckpointerClient } from "@checkpointer/client"
 
 export const usage = `Checkpoints a container with CRIU and prints the name of the image it was pushed as.
 
@@ -51,7 +51,9 @@ export interface Invocation {
 export class UsageError extends Data.TaggedError("UsageError")<{ readonly message: string }> {}
 
 /** The checkpoint could not be made; the message is the server's (or says why it could not be asked). */
-export class CheckpointCommandFailed extends Data.TaggedError("CheckpointCommandFailed")<{ readonly message: string }> {}
+export class CheckpointCommandFailed
+  extends Data.TaggedError("CheckpointCommandFailed")<{ readonly message: string }>
+{}
 
 export const parseInvocation = (
   args: ReadonlyArray<string>,
@@ -109,7 +111,8 @@ const contextNamespace = Effect.try({
     config.loadFromDefault()
     return Option.fromNullable(config.getContextObject(config.getCurrentContext())?.namespace)
   },
-  catch: (cause) => new KubernetesApiError({ status: undefined, message: `cannot load kubeconfig: ${String(cause)}`, cause })
+  catch: (cause) =>
+    new KubernetesApiError({ status: undefined, message: `cannot load kubeconfig: ${String(cause)}`, cause })
 }).pipe(Effect.map(Option.filter((namespace) => namespace !== "")))
 
 /** The bearer credentials of the kubeconfig's current user (its token, or what its exec plugin answers), if any. */

@@ -4,7 +4,17 @@ import { parseInvocation } from "../src/KubectlCheckpoint.ts"
 
 describe("kubectl checkpoint arguments", () => {
   it("reads the pod, -c, -n and the flags", () => {
-    const parsed = parseInvocation(["web-0", "-c", "app", "-n", "team", "--delete-pod", "--wait", "--url", "http://x:1"], {})
+    const parsed = parseInvocation([
+      "web-0",
+      "-c",
+      "app",
+      "-n",
+      "team",
+      "--delete-pod",
+      "--wait",
+      "--url",
+      "http://x:1"
+    ], {})
     expect(parsed).toEqual(Either.right({
       pod: "web-0",
       container: Option.some("app"),
@@ -21,8 +31,10 @@ describe("kubectl checkpoint arguments", () => {
 
   it("takes the CA file from --ca-file, else CHECKPOINTER_CA_FILE, and --tls-server-name", () => {
     const tls = (args: ReadonlyArray<string>, env: Record<string, string>) =>
-      Either.getOrThrow(Either.map(parseInvocation(["p", "--url", "https://x:1", ...args], env), (parsed) =>
-        parsed === "help" ? undefined : { caFile: parsed.caFile, serverName: parsed.tlsServerName }))
+      Either.getOrThrow(
+        Either.map(parseInvocation(["p", "--url", "https://x:1", ...args], env), (parsed) =>
+          parsed === "help" ? undefined : { caFile: parsed.caFile, serverName: parsed.tlsServerName })
+      )
     expect(tls(["--ca-file", "/ca.crt", "--tls-server-name", "checkpoint-service.checkpointer.svc"], {
       CHECKPOINTER_CA_FILE: "/env.crt"
     })).toEqual({ caFile: Option.some("/ca.crt"), serverName: Option.some("checkpoint-service.checkpointer.svc") })
@@ -41,7 +53,9 @@ describe("kubectl checkpoint arguments", () => {
 
   it("takes the token from --token, else CHECKPOINTER_TOKEN", () => {
     const token = (args: ReadonlyArray<string>, env: Record<string, string>) =>
-      Either.getOrThrow(Either.map(parseInvocation(["p", ...args], env), (parsed) => parsed === "help" ? undefined : parsed.token))
+      Either.getOrThrow(
+        Either.map(parseInvocation(["p", ...args], env), (parsed) => parsed === "help" ? undefined : parsed.token)
+      )
     expect(token(["--token", "abc"], { CHECKPOINTER_TOKEN: "env" })).toEqual(Option.some("abc"))
     expect(token([], { CHECKPOINTER_TOKEN: "env" })).toEqual(Option.some("env"))
     expect(token([], {})).toEqual(Option.none())

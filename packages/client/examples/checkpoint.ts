@@ -1,7 +1,7 @@
 // Checkpoints a container twice through the typed client: synchronously, then asynchronously (deleting the pod)
 // while waiting for the result. Run: CHECKPOINTER_URL=http://localhost:3333 node --import tsx checkpoint.ts NS POD CONTAINER
-import { NodeRuntime } from "@effect/platform-node"
 import { CheckpointerClient } from "@checkpointer/client"
+import { NodeRuntime } from "@effect/platform-node"
 import { Config, Console, Effect, Layer } from "effect"
 
 const [namespace = "default", pod = "counter", container = "counter"] = process.argv.slice(2)

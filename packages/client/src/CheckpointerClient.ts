@@ -1,9 +1,9 @@
-import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
-import type { HttpClientError } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
 import { CheckpointerApi, CheckpointIdentifier, ContainerPath } from "@checkpointer/core"
 import type { AsyncCheckpointAccepted, CheckpointResult } from "@checkpointer/core"
 import { CheckpointOptions as CheckpointBody } from "@checkpointer/core"
+import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
+import type { HttpClientError } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
 import { Context, Data, Duration, Effect, Layer, Redacted, Schedule, Schema } from "effect"
 import type { ParseResult } from "effect"
 
@@ -180,8 +180,7 @@ export class CheckpointerClient extends Context.Tag("checkpointer/CheckpointerCl
   static readonly make = make
 
   /** The client over an `HttpClient` you provide. */
-  static readonly layerWithoutHttpClient = (options: ClientOptions) =>
-    Layer.effect(CheckpointerClient, make(options))
+  static readonly layerWithoutHttpClient = (options: ClientOptions) => Layer.effect(CheckpointerClient, make(options))
 
   /**
    * The client over Node's HTTP client, which waits as long as a synchronous checkpoint takes. An https `baseUrl`

@@ -1,7 +1,7 @@
+import { CheckpointDirectory } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { CheckpointDirectory } from "@checkpointer/core"
 import { ConfigProvider, Effect } from "effect"
 import { execFileSync } from "node:child_process"
 

@@ -1,6 +1,6 @@
+import { checkpointerConfig, describeConfigError, ServerConfig } from "@checkpointer/core"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { checkpointerConfig, describeConfigError, ServerConfig } from "@checkpointer/core"
 import { ConfigProvider, Effect, Either, Option } from "effect"
 
 /** Every service's settings as startup reads them (all problems at once), and the server's as it sees them. */
@@ -14,7 +14,11 @@ const load = (env: Record<string, string>) =>
     Effect.either
   )
 
-const required = { CHECKPOINT_IMAGE_PREFIX: "quay.io/x/y", CHECKPOINTER_NODE: "worker-1", CHECKPOINTER_NODE_IP: "10.0.0.2" }
+const required = {
+  CHECKPOINT_IMAGE_PREFIX: "quay.io/x/y",
+  CHECKPOINTER_NODE: "worker-1",
+  CHECKPOINTER_NODE_IP: "10.0.0.2"
+}
 
 const problems = (env: Record<string, string>) =>
   load(env).pipe(
@@ -65,7 +69,16 @@ describe("Checkpointer's configuration", () => {
         KUBELET_ALLOW_INSECURE: "maybe",
         CHECKPOINT_BUILDER: "docker"
       })
-      for (const name of ["CHECKPOINTER_NODE", "CHECKPOINTER_PORT", "KUBELET_PORT", "KANIKO_TIMEOUT", "KUBELET_ALLOW_INSECURE", "CHECKPOINT_BUILDER"]) {
+      for (
+        const name of [
+          "CHECKPOINTER_NODE",
+          "CHECKPOINTER_PORT",
+          "KUBELET_PORT",
+          "KANIKO_TIMEOUT",
+          "KUBELET_ALLOW_INSECURE",
+          "CHECKPOINT_BUILDER"
+        ]
+      ) {
         expect(found.some((line) => line.startsWith(`${name}:`)), `${name} in ${found.join(" | ")}`).toBe(true)
       }
     }))
@@ -76,7 +89,9 @@ describe("Checkpointer's configuration", () => {
         load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.server.builder)))
       expect(yield* builder({ USE_KANIKO_FS: "true" })).toEqual(Either.right("kaniko-fs"))
       expect(yield* builder({ CHECKPOINT_BUILDER: "native" })).toEqual(Either.right("native"))
-      expect(yield* builder({ CHECKPOINT_BUILDER: "kaniko-fs", USE_KANIKO_FS: "true" })).toEqual(Either.right("kaniko-fs"))
+      expect(yield* builder({ CHECKPOINT_BUILDER: "kaniko-fs", USE_KANIKO_FS: "true" })).toEqual(
+        Either.right("kaniko-fs")
+      )
       expect(yield* problems({ ...required, CHECKPOINT_BUILDER: "native", USE_KANIKO_FS: "true" })).toEqual([
         "CHECKPOINT_BUILDER: CHECKPOINT_BUILDER=native contradicts USE_KANIKO_FS=true (which selects kaniko-fs)"
       ])
@@ -169,19 +184,28 @@ describe("Checkpointer's configuration", () => {
         CHECKPOINTER_MAX_CONNECTIONS: "0",
         CHECKPOINTER_TLS_CERT_FILE: "/tls/tls.crt"
       })
-      for (const name of ["KUBELET_CHECKPOINT_DIR", "CHECKPOINTER_REQUEST_TIMEOUT", "CHECKPOINTER_KEEP_ALIVE_TIMEOUT",
-        "CHECKPOINTER_MAX_CONNECTIONS", "CHECKPOINTER_TLS_KEY_FILE"]) {
+      for (
+        const name of [
+          "KUBELET_CHECKPOINT_DIR",
+          "CHECKPOINTER_REQUEST_TIMEOUT",
+          "CHECKPOINTER_KEEP_ALIVE_TIMEOUT",
+          "CHECKPOINTER_MAX_CONNECTIONS",
+          "CHECKPOINTER_TLS_KEY_FILE"
+        ]
+      ) {
         expect(found.some((line) => line.startsWith(`${name}:`)), `${name} in ${found.join(" | ")}`).toBe(true)
       }
       expect(yield* problems({ ...required, CHECKPOINTER_HEADERS_TIMEOUT: "60" })).toEqual([
         "CHECKPOINTER_HEADERS_TIMEOUT: must not exceed CHECKPOINTER_REQUEST_TIMEOUT (30)"
       ])
-      const tls = Either.getOrThrow(yield* load({
-        ...required,
-        CHECKPOINTER_TLS_CERT_FILE: "/tls/tls.crt",
-        CHECKPOINTER_TLS_KEY_FILE: "/tls/tls.key",
-        CHECKPOINTER_NAMESPACE: "checkpointer"
-      }))
+      const tls = Either.getOrThrow(
+        yield* load({
+          ...required,
+          CHECKPOINTER_TLS_CERT_FILE: "/tls/tls.crt",
+          CHECKPOINTER_TLS_KEY_FILE: "/tls/tls.key",
+          CHECKPOINTER_NAMESPACE: "checkpointer"
+        })
+      )
       expect(tls.server.tls).toEqual(Option.some({ certFile: "/tls/tls.crt", keyFile: "/tls/tls.key" }))
       expect(tls.server.tlsServerName).toBe("checkpoint-service.checkpointer.svc")
     }))

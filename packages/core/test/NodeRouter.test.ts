@@ -1,11 +1,6 @@
-import { describe, expect, it } from "@effect/vitest"
-import {
-  Cluster,
-  ContainerRef,
-  KubernetesApiError,
-  NodeRouter
-} from "@checkpointer/core"
+import { Cluster, ContainerRef, KubernetesApiError, NodeRouter } from "@checkpointer/core"
 import type { CheckpointIdentifier } from "@checkpointer/core"
+import { describe, expect, it } from "@effect/vitest"
 import type { V1Pod } from "@kubernetes/client-node"
 import { ConfigProvider, Effect, Layer, Option } from "effect"
 
@@ -33,22 +28,28 @@ const router = (variables: Readonly<Record<string, string>>) =>
         checkpointerPodsOn: (node) => Effect.succeed(checkpointers[node] ?? [])
       })
     )),
-    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries({
-      CHECKPOINTER_NODE: "node-a",
-      CHECKPOINTER_PORT: "3333",
-      ...variables
-    })))))
+    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(
+      new Map(Object.entries({
+        CHECKPOINTER_NODE: "node-a",
+        CHECKPOINTER_PORT: "3333",
+        ...variables
+      }))
+    )))
   )
 
 const ref = (pod: string) => ContainerRef.make({ namespace: "default", pod, container: "c" } as never)
-const decide = (pod: string, forwarded = false) => Effect.flatMap(NodeRouter, (r) => r.forCheckpoint(ref(pod), forwarded))
+const decide = (pod: string, forwarded = false) =>
+  Effect.flatMap(NodeRouter, (r) => r.forCheckpoint(ref(pod), forwarded))
 
 describe("NodeRouter", () => {
   it.effect("serves pods of this node here and forwards others to that node's Checkpointer", () =>
     Effect.gen(function*() {
       expect(yield* decide("here")).toEqual({ _tag: "Local" })
       expect(yield* decide("there")).toEqual({ _tag: "Forward", node: "node-c", url: "http://10.1.2.3:3333" })
-      const result = yield* Effect.flatMap(NodeRouter, (r) => r.forResult("node-c:0123456789abcdef" as CheckpointIdentifier, false))
+      const result = yield* Effect.flatMap(
+        NodeRouter,
+        (r) => r.forResult("node-c:0123456789abcdef" as CheckpointIdentifier, false)
+      )
       expect(result).toEqual({ _tag: "Forward", node: "node-c", url: "http://10.1.2.3:3333" })
     }).pipe(Effect.provide(router({}))))
 

@@ -1,12 +1,7 @@
+import { Cluster, KubernetesApiError, Readiness, ResultStore } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import {
-  Cluster,
-  KubernetesApiError,
-  Readiness,
-  ResultStore
-} from "@checkpointer/core"
 import { ConfigProvider, Effect, Fiber, Layer, Option, TestClock } from "effect"
 
 type ApiBehaviour = "answers" | "refuses" | "hangs"
@@ -29,10 +24,12 @@ const readiness = (storageBasePath: string, api: ApiBehaviour) =>
             : Effect.never
       })
     )),
-    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([
-      ["CHECKPOINTER_NODE", "node-a"],
-      ["STORAGE_BASE_PATH", storageBasePath]
-    ])))),
+    Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(
+      new Map([
+        ["CHECKPOINTER_NODE", "node-a"],
+        ["STORAGE_BASE_PATH", storageBasePath]
+      ])
+    ))),
     Layer.provideMerge(NodeContext.layer)
   )
 

@@ -1,7 +1,7 @@
+import { kubernetesReason, reasonOf, transportReason } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { kubernetesReason, reasonOf, transportReason } from "@checkpointer/core"
 import { Effect } from "effect"
 
 const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:9"), { code: "ECONNREFUSED" })

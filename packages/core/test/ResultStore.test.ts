@@ -1,6 +1,3 @@
-import { FileSystem } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
-import { describe, expect, it } from "@effect/vitest"
 import {
   CheckpointResult,
   ContainerRef,
@@ -10,6 +7,9 @@ import {
   SucceededRecord
 } from "@checkpointer/core"
 import type { CheckpointIdentifier } from "@checkpointer/core"
+import { FileSystem } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
+import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Layer, Option } from "effect"
 
 const container = ContainerRef.make({ namespace: "default", pod: "counter", container: "main" } as never)
@@ -38,7 +38,12 @@ describe("ResultStore.File", () => {
         yield* store.put(identifier, new SucceededRecord({ result }))
         yield* store.put(
           "node-a:fedcba9876543210" as CheckpointIdentifier,
-          new FailedRecord({ container, beginTimestamp: 1, endTimestamp: 2, message: 'failed in phase "kubelet": boom' })
+          new FailedRecord({
+            container,
+            beginTimestamp: 1,
+            endTimestamp: 2,
+            message: "failed in phase \"kubelet\": boom"
+          })
         )
       }).pipe(Effect.provide(fileStore(dir)))
 
@@ -52,7 +57,7 @@ describe("ResultStore.File", () => {
         ])
       }).pipe(Effect.provide(fileStore(dir)))
       expect(Option.getOrThrow(succeeded)).toEqual(new SucceededRecord({ result }))
-      expect(Option.getOrThrow(failed)).toMatchObject({ _tag: "Failed", message: 'failed in phase "kubelet": boom' })
+      expect(Option.getOrThrow(failed)).toMatchObject({ _tag: "Failed", message: "failed in phase \"kubelet\": boom" })
       expect(Option.isNone(unknown)).toBe(true)
       expect((yield* fs.readDirectory(dir)).sort()).toEqual([
         "node-a:0123456789abcdef.json",

@@ -1,7 +1,7 @@
-import type { FileSystem, Path } from "@effect/platform"
 import { ServerConfig } from "@checkpointer/core"
 import type { BuilderName, ImageBuilder, KubernetesApiError } from "@checkpointer/core"
 import { KanikoFsImageBuilder, KanikoImageBuilder, NativeImageBuilder } from "@checkpointer/strategies"
+import type { FileSystem, Path } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import type { ConfigError } from "effect"
 

@@ -1,4 +1,3 @@
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import {
   CheckpointDirectory,
   Checkpointer,
@@ -11,6 +10,7 @@ import {
   ResultStore,
   ServerConfig
 } from "@checkpointer/core"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Data, Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./http/HttpServer.ts"
 import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
@@ -39,7 +39,8 @@ const LoggerLive = Layer.unwrapEffect(
 
 /**
  * On SIGTERM, before the HTTP server closes: new checkpoints are refused (503), running ones get
- * SHUTDOWN_GRACE_SECONDS to finish, the rest are recorded as interrupted. Built after the server, so released before it.
+ * SHUTDOWN_GRACE_SECONDS to finish, the rest are recorded as interrupted. Built after the server, so released
+ * before it.
  */
 const DrainOnShutdown = Layer.scopedDiscard(
   Effect.gen(function*() {
@@ -59,7 +60,9 @@ const MainLive = DrainOnShutdown.pipe(
 )
 
 Layer.launch(MainLive).pipe(
-  Effect.catchTag("ConfigError", (error) =>
-    new StartupError({ message: `invalid configuration:\n  ${describeConfigError(error).join("\n  ")}` })),
+  Effect.catchTag(
+    "ConfigError",
+    (error) => new StartupError({ message: `invalid configuration:\n  ${describeConfigError(error).join("\n  ")}` })
+  ),
   NodeRuntime.runMain
 )

@@ -135,8 +135,23 @@ const issue = (dir: string, name: string, cn: string) =>
     }
     execFileSync("sh", ["-c", `printf 'subjectAltName=IP:127.0.0.1\\n' > ${dir}/san.ext`])
     run("req", ...curve, "-subj", `/CN=${cn}`, "-keyout", "next.key", "-out", "next.csr")
-    run("x509", "-req", "-in", "next.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
-      "-extfile", "san.ext", "-out", "next.crt")
+    run(
+      "x509",
+      "-req",
+      "-in",
+      "next.csr",
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-days",
+      "1",
+      "-extfile",
+      "san.ext",
+      "-out",
+      "next.crt"
+    )
     // Replaced as a mounted Secret is: each file at once.
     execFileSync("mv", [`${dir}/next.key`, `${dir}/${name}.key`])
     execFileSync("mv", [`${dir}/next.crt`, `${dir}/${name}.crt`])
@@ -158,8 +173,10 @@ const httpsGet = (port: number, path: string, ca: string) =>
     const request = httpsRequest({ host: "127.0.0.1", port, path, ca }, (response) => {
       const chunks: Array<Buffer> = []
       response.on("data", (chunk: Buffer) => chunks.push(chunk))
-      response.on("end", () =>
-        resume(Effect.succeed({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString() })))
+      response.on(
+        "end",
+        () => resume(Effect.succeed({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString() }))
+      )
     })
     request.on("error", (error) => resume(Effect.fail(error)))
     request.end()

@@ -1,5 +1,5 @@
-import { describe, expect, it } from "@effect/vitest"
 import { Namespace } from "@checkpointer/core"
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, Ref } from "effect"
 import { call, startPeer } from "./ServerCalls.ts"
 import type { FakeClusterState } from "./TestLayers.ts"
@@ -112,6 +112,11 @@ describe("caller authentication (AUTH_MODE=kubernetes)", () => {
         expect(yield* Ref.get((yield* World).tokenReviews)).toEqual([tokens.bob, tokens.bob])
         expect(yield* Ref.get(peer.world.tokenReviews)).toEqual([tokens.bob])
         expect(yield* Ref.get(peer.world.kubeletCalls)).toHaveLength(1)
-      }).pipe(onOwnServer({ environment: { ...checking, DISABLE_ROUTE_FORWARD: "false", CHECKPOINTER_PORT: String(peer.port) }, cluster }))
+      }).pipe(
+        onOwnServer({
+          environment: { ...checking, DISABLE_ROUTE_FORWARD: "false", CHECKPOINTER_PORT: String(peer.port) },
+          cluster
+        })
+      )
     }).pipe(Effect.scoped))
 })

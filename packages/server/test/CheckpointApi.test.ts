@@ -1,5 +1,3 @@
-import { FileSystem, HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
-import { describe, expect, it } from "@effect/vitest"
 import {
   CheckpointerApi,
   CheckpointIdentifier,
@@ -8,9 +6,10 @@ import {
   PendingRecord,
   ResultStore
 } from "@checkpointer/core"
+import { FileSystem, HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
+import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber, Queue, Ref, Schema } from "effect"
 import { onOwnServer, recordingReads, World } from "./TestLayers.ts"
-
 
 const post = (path: string, body?: string, contentType = "application/json") =>
   Effect.gen(function*() {
@@ -86,7 +85,7 @@ describe("checkpoint API", () => {
     Effect.gen(function*() {
       const world = yield* World
       const form = "application/x-www-form-urlencoded"
-      const accepted = yield* post("/checkpoint/default/counter/main", '{"deletePod": true, "async": true}', form)
+      const accepted = yield* post("/checkpoint/default/counter/main", "{\"deletePod\": true, \"async\": true}", form)
       expect(accepted.status, accepted.text).toBe(202)
       const { checkpointIdentifier } = JSON.parse(accepted.text)
       expect((yield* get(`/checkpoint?checkpointIdentifier=${checkpointIdentifier}`)).status).toBe(200)
@@ -108,7 +107,7 @@ describe("checkpoint API", () => {
     Effect.gen(function*() {
       const response = yield* post("/checkpoint/default/undeletable/main", JSON.stringify({ deletePod: true }))
       expect(response.status).toBe(500)
-      expect(response.text).toContain('phase "delete pod"')
+      expect(response.text).toContain("phase \"delete pod\"")
     }).pipe(onOwnServer()))
 
   it.live("an unknown container answers 404 in plain text", () =>
@@ -124,13 +123,16 @@ describe("checkpoint API", () => {
   it.live("a failed build answers 500 naming the phase, records the failure and removes the archive", () =>
     Effect.gen(function*() {
       const world = yield* World
-      yield* Ref.set(world.buildBehaviour, () =>
-        Effect.fail(new ImageBuildError({ step: "push", message: "registry refused credentials (401 UNAUTHORIZED)" })))
+      yield* Ref.set(
+        world.buildBehaviour,
+        () =>
+          Effect.fail(new ImageBuildError({ step: "push", message: "registry refused credentials (401 UNAUTHORIZED)" }))
+      )
       const response = yield* post("/checkpoint/default/counter/main")
       expect(response.status).toBe(500)
       expect(response.type).toContain("text/plain")
       expect(response.text).toBe(
-        'checkpoint failed in phase "build/push": push: registry refused credentials (401 UNAUTHORIZED)'
+        "checkpoint failed in phase \"build/push\": push: registry refused credentials (401 UNAUTHORIZED)"
       )
       const accepted = yield* post("/checkpoint/default/counter/main", JSON.stringify({ async: true }))
       const { checkpointIdentifier } = JSON.parse(accepted.text)
@@ -144,7 +146,7 @@ describe("checkpoint API", () => {
   describe("bad input answers 400 in plain text", () => {
     const cases: ReadonlyArray<[string, string, string | undefined, string]> = [
       ["malformed JSON", "/checkpoint/default/counter/main", "{deletePod: true", "not valid JSON"],
-      ["wrong type", "/checkpoint/default/counter/main", '{"deletePod": "yes"}', "deletePod"],
+      ["wrong type", "/checkpoint/default/counter/main", "{\"deletePod\": \"yes\"}", "deletePod"],
       ["not an object", "/checkpoint/default/counter/main", "[true]", "expected"],
       ["upper-case namespace", "/checkpoint/Default/counter/main", undefined, "invalid namespace"],
       ["underscore in pod", "/checkpoint/default/my_pod/main", undefined, "invalid pod"],
@@ -199,7 +201,9 @@ describe("checkpoint API", () => {
       })
       expect("checkpointIdentifier" in accepted).toBe(true)
       if (!("checkpointIdentifier" in accepted)) return
-      const result = yield* client.checkpoint.result({ urlParams: { checkpointIdentifier: accepted.checkpointIdentifier } })
+      const result = yield* client.checkpoint.result({
+        urlParams: { checkpointIdentifier: accepted.checkpointIdentifier }
+      })
       expect(result.containerImageName).toMatch(/^registry\.test\/checkpoints:[0-9a-f]{16}$/)
       const failure = yield* client.checkpoint.result({
         urlParams: { checkpointIdentifier: CheckpointIdentifier.make("node-a:ffffffffffffffff") }

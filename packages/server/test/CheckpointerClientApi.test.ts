@@ -1,7 +1,7 @@
-import { describe, expect, it } from "@effect/vitest"
-import { CheckpointResult, ImageBuildError } from "@checkpointer/core"
-import { Deferred, Duration, Effect, Fiber, Queue, Ref, TestClock } from "effect"
 import { CheckpointerClient } from "@checkpointer/client"
+import { CheckpointResult, ImageBuildError } from "@checkpointer/core"
+import { describe, expect, it } from "@effect/vitest"
+import { Deferred, Duration, Effect, Fiber, Queue, Ref, TestClock } from "effect"
 import { onOwnServer, World } from "./TestLayers.ts"
 
 const container = (pod: string) => ({ namespace: "default", pod, container: "main" })
@@ -47,7 +47,7 @@ describe("CheckpointerClient against the API", () => {
       yield* Ref.set(world.buildBehaviour, () => Effect.fail(new ImageBuildError({ step: "push", message: "denied" })))
       const failed = yield* Effect.flip(client.checkpoint(container("client-failing")))
       expect(failed._tag).toBe("CheckpointFailed")
-      expect(failed.message).toBe('checkpoint failed in phase "build/push": push: denied')
+      expect(failed.message).toBe("checkpoint failed in phase \"build/push\": push: denied")
 
       const unknown = yield* Effect.flip(client.result("node-a:0123456789abcdef"))
       expect(unknown._tag).toBe("CheckpointNotFound")

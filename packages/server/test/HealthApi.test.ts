@@ -1,9 +1,8 @@
+import { CheckpointerApi, ImageBuildError } from "@checkpointer/core"
 import { HttpClient, HttpClientRequest, OpenApi } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { CheckpointerApi, ImageBuildError } from "@checkpointer/core"
 import { Deferred, Effect, Fiber, Ref } from "effect"
 import { onOwnServer, World } from "./TestLayers.ts"
-
 
 const call = (request: HttpClientRequest.HttpClientRequest) =>
   Effect.gen(function*() {
@@ -50,15 +49,15 @@ describe("health and metrics API", () => {
       const before = yield* scrape
       expect((yield* checkpoint("default/metrics-pod/main", { deletePod: true })).status).toBe(201)
       const after = yield* scrape
-      expect(delta(before, after, 'checkpoints_total{builder="fake",outcome="succeeded"}')).toBe(1)
+      expect(delta(before, after, "checkpoints_total{builder=\"fake\",outcome=\"succeeded\"}")).toBe(1)
       for (const phase of ["kubelet", "build/push", "delete pod"]) {
         expect(delta(before, after, `checkpoint_phase_duration_seconds_count{phase="${phase}"}`), phase).toBe(1)
         expect(after.get(`checkpoint_phase_duration_seconds_bucket{phase="${phase}",le="+Inf"}`)).toBe(
           after.get(`checkpoint_phase_duration_seconds_count{phase="${phase}"}`)
         )
       }
-      expect(delta(before, after, 'checkpoint_pushed_bytes_sum{builder="fake"}')).toBe(13)
-      expect(delta(before, after, 'checkpoint_pushed_bytes_count{builder="fake"}')).toBe(1)
+      expect(delta(before, after, "checkpoint_pushed_bytes_sum{builder=\"fake\"}")).toBe(13)
+      expect(delta(before, after, "checkpoint_pushed_bytes_count{builder=\"fake\"}")).toBe(1)
       expect(after.get("checkpoints_in_flight")).toBe(0)
       expect(after.get("checkpoints_queued")).toBe(0)
     }).pipe(onOwnServer()))
@@ -72,9 +71,9 @@ describe("health and metrics API", () => {
       yield* Ref.set(world.missingContainers, new Set(["ghost"]))
       expect((yield* checkpoint("default/metrics-pod/ghost")).status).toBe(404)
       const after = yield* scrape
-      expect(delta(before, after, 'checkpoints_total{builder="fake",outcome="failed"}')).toBe(1)
-      expect(delta(before, after, 'checkpoints_total{builder="fake",outcome="not_found"}')).toBe(1)
-      expect(delta(before, after, 'checkpoint_phase_duration_seconds_count{phase="build/push"}')).toBe(1)
+      expect(delta(before, after, "checkpoints_total{builder=\"fake\",outcome=\"failed\"}")).toBe(1)
+      expect(delta(before, after, "checkpoints_total{builder=\"fake\",outcome=\"not_found\"}")).toBe(1)
+      expect(delta(before, after, "checkpoint_phase_duration_seconds_count{phase=\"build/push\"}")).toBe(1)
     }).pipe(onOwnServer()))
 
   it.live("/metrics shows running checkpoints in flight and the ones beyond the limit queued", () =>
@@ -83,8 +82,10 @@ describe("health and metrics API", () => {
       const release = yield* Deferred.make<void>()
       yield* Ref.set(world.buildBehaviour, () => Deferred.await(release))
       // The test settings allow two checkpoints at once.
-      const accepted = yield* Effect.forEach(["a", "b", "c"], (container) =>
-        checkpoint(`default/metrics-queue/${container}`, { async: true }))
+      const accepted = yield* Effect.forEach(
+        ["a", "b", "c"],
+        (container) => checkpoint(`default/metrics-queue/${container}`, { async: true })
+      )
       expect(accepted.map((answer) => answer.status)).toEqual([202, 202, 202])
       const during = yield* scrape
       expect(during.get("checkpoints_in_flight")).toBe(2)

@@ -1,8 +1,8 @@
-import { HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
-import type { HttpMethod } from "@effect/platform/HttpMethod"
-import { NodeHttpClient } from "@effect/platform-node"
-import { describe, expect, it } from "@effect/vitest"
 import { ContainerPath } from "@checkpointer/core"
+import { HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
+import type { HttpMethod } from "@effect/platform/HttpMethod"
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, FastCheck as fc, Layer, Option, Ref, Runtime, Schema } from "effect"
 import { listenerLayer } from "../src/http/ApiListener.ts"
 import { AppLive } from "../src/http/HttpServer.ts"
@@ -41,7 +41,17 @@ const path = fc.oneof(
     `/checkpoint?${ids.map((id) => `checkpointIdentifier=${encodeURIComponent(id)}`).join("&")}`
   ),
   fc.array(name, { maxLength: 5 }).map((segments) => `/${segments.join("/")}`),
-  fc.constantFrom("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/checkpoint", "/checkpoint/", "//", "/?")
+  fc.constantFrom(
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/checkpoint",
+    "/checkpoint/",
+    "//",
+    "/?"
+  )
 )
 
 const skippedHeaders = new Set([
@@ -70,7 +80,9 @@ const headers = fc.dictionary(
 
 const body = fc.oneof(
   fc.constant(undefined),
-  fc.record({ deletePod: fc.jsonValue(), async: fc.jsonValue() }, { requiredKeys: [] }).map((value) => JSON.stringify(value)),
+  fc.record({ deletePod: fc.jsonValue(), async: fc.jsonValue() }, { requiredKeys: [] }).map((value) =>
+    JSON.stringify(value)
+  ),
   fc.jsonValue().map((value) => JSON.stringify(value)),
   fc.string({ maxLength: 200 }),
   fc.constant(`{"pad":"${"x".repeat(70 * 1024)}"}`)
@@ -108,17 +120,27 @@ const exchange = (
   }).pipe(Effect.scoped)
 
 describe("the HTTP contract under random requests", () => {
-  it.live("never a 5xx but a checkpoint failure, never a crash; the kubelet is reached, for valid names only", () =>
-    Effect.gen(function*() {
-      const runtime = yield* Effect.runtime<HttpClient.HttpClient | World>()
-      yield* Effect.promise(() =>
-        fc.assert(
-          fc.asyncProperty(method, path, headers, body, (...request) => Runtime.runPromise(runtime, exchange(request))),
-          { numRuns: 300 }
+  it.live(
+    "never a 5xx but a checkpoint failure, never a crash; the kubelet is reached, for valid names only",
+    () =>
+      Effect.gen(function*() {
+        const runtime = yield* Effect.runtime<HttpClient.HttpClient | World>()
+        yield* Effect.promise(() =>
+          fc.assert(
+            fc.asyncProperty(
+              method,
+              path,
+              headers,
+              body,
+              (...request) => Runtime.runPromise(runtime, exchange(request))
+            ),
+            { numRuns: 300 }
+          )
         )
-      )
-      const calls = yield* Ref.get((yield* World).kubeletCalls)
-      expect(calls.length).toBeGreaterThan(0)
-      expect(calls.every(isContainerPath)).toBe(true)
-    }).pipe(Effect.provide(ServerTest)), 120_000)
+        const calls = yield* Ref.get((yield* World).kubeletCalls)
+        expect(calls.length).toBeGreaterThan(0)
+        expect(calls.every(isContainerPath)).toBe(true)
+      }).pipe(Effect.provide(ServerTest)),
+    120_000
+  )
 })

@@ -45,8 +45,10 @@ describe("routing between nodes", () => {
 
   it.live("a pod that does not exist, is not scheduled or has no Checkpointer on its node answers 404", () =>
     Effect.gen(function*() {
-      const answers = yield* Effect.forEach(["nobody", "unscheduled", "orphan"], (pod) =>
-        call("POST", `/checkpoint/default/${pod}/main`))
+      const answers = yield* Effect.forEach(
+        ["nobody", "unscheduled", "orphan"],
+        (pod) => call("POST", `/checkpoint/default/${pod}/main`)
+      )
       expect(answers.map(({ status, text }) => [status, text])).toEqual([
         [404, "pod default/nobody does not exist"],
         [404, "pod default/unscheduled is not scheduled to a node"],

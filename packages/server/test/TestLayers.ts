@@ -1,13 +1,11 @@
-import { FileSystem } from "@effect/platform"
-import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import {
+  checkpointDirConfig,
   CheckpointDirectory,
   Checkpointer,
-  checkpointDirConfig,
   Cluster,
   ContainerMissing,
-  ImageBuildError,
   ImageBuilder,
+  ImageBuildError,
   KubeletServiceTest,
   KubernetesApiError,
   Readiness,
@@ -15,6 +13,8 @@ import {
   ServerConfig
 } from "@checkpointer/core"
 import type { Access, BuildRequest, ContainerRef } from "@checkpointer/core"
+import { FileSystem } from "@effect/platform"
+import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import type { V1Pod, V1ResourceAttributes } from "@kubernetes/client-node"
 import { ConfigProvider, Effect, Layer, Option, Queue, Ref } from "effect"
 import type { Scope } from "effect"
@@ -62,7 +62,9 @@ export class World extends Effect.Service<World>()("test/World", {
       builds: yield* Ref.make<ReadonlyArray<BuildRequest>>([]),
       deletedPods: yield* Ref.make<ReadonlyArray<string>>([]),
       missingContainers: yield* Ref.make<ReadonlySet<string>>(new Set()),
-      buildBehaviour: yield* Ref.make<(request: BuildRequest) => Effect.Effect<void, ImageBuildError>>(() => Effect.void),
+      buildBehaviour: yield* Ref.make<(request: BuildRequest) => Effect.Effect<void, ImageBuildError>>(() =>
+        Effect.void
+      ),
       kubeletCalls: yield* Ref.make<ReadonlyArray<ContainerRef>>([]),
       kubeletLie: yield* Ref.make(Option.none<(checkpointDir: string) => string>()),
       tokenReviews: yield* Ref.make<ReadonlyArray<string>>([])
@@ -83,7 +85,8 @@ const FakeKubelet = Layer.unwrapEffect(Effect.gen(function*() {
       if ((yield* Ref.get(world.missingContainers)).has(container.container)) {
         return yield* new ContainerMissing({ container, message: `container ${container} not found on node node-a` })
       }
-      const archive = `${dir}/checkpoint-${container.pod}_${container.namespace}-${container.container}-${Date.now()}.tar`
+      const archive =
+        `${dir}/checkpoint-${container.pod}_${container.namespace}-${container.container}-${Date.now()}.tar`
       yield* fs.writeFileString(archive, "archive bytes").pipe(Effect.orDie)
       yield* Ref.update(world.archives, (all) => [...all, archive])
       return archive
@@ -221,6 +224,6 @@ export const recordingReads = (reads: Queue.Enqueue<string>) =>
 type ServerTestServices = Layer.Layer.Success<ReturnType<typeof makeServerTest>>
 
 /** Runs one test against a server of its own: no world, store or setting is shared with another test. */
-export const onOwnServer = <E = never>(options: TestOptions<E> = {}) =>
-<A, E2>(test: Effect.Effect<A, E2, ServerTestServices | Scope.Scope>) =>
-  test.pipe(Effect.scoped, Effect.provide(makeServerTest(options)))
+export const onOwnServer =
+  <E = never>(options: TestOptions<E> = {}) => <A, E2>(test: Effect.Effect<A, E2, ServerTestServices | Scope.Scope>) =>
+    test.pipe(Effect.scoped, Effect.provide(makeServerTest(options)))

@@ -1,6 +1,6 @@
 import { Command, FileSystem, Path } from "@effect/platform"
-import type { PlatformError } from "@effect/platform/Error"
 import { NodeFileSystem } from "@effect/platform-node"
+import type { PlatformError } from "@effect/platform/Error"
 import { ConfigProvider, Effect, Layer, Stream } from "effect"
 import { flattenedDecrypt, generalDecrypt } from "jose"
 import type { FlattenedJWE, GeneralJWE } from "jose"
@@ -167,5 +167,8 @@ export const ociLayoutLayerFile = (dir: string) =>
 
 /** The same layer with its bytes (small images). */
 export const ociLayoutLayer = (dir: string) =>
-  Effect.flatMap(ociLayoutLayerFile(dir), ({ descriptor, file }) =>
-    Effect.map(Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFile(file)), (bytes) => ({ descriptor, bytes })))
+  Effect.flatMap(
+    ociLayoutLayerFile(dir),
+    ({ descriptor, file }) =>
+      Effect.map(Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFile(file)), (bytes) => ({ descriptor, bytes }))
+  )

@@ -1,15 +1,15 @@
-import { FileSystem, Path } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
 import {
   ContainerName,
-  describeConfigError,
   ContainerRef,
+  describeConfigError,
   ImageBuilder,
   Namespace,
   NodeName,
   PodName
 } from "@checkpointer/core"
 import type { BuildRequest, KubernetesApiError } from "@checkpointer/core"
+import { FileSystem, Path } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import type { V1Pod } from "@kubernetes/client-node"
 import {
@@ -30,10 +30,6 @@ import { gunzipSync, zstdCompressSync } from "node:zlib"
 import { create, Parser } from "tar"
 import type { ReadEntry } from "tar"
 import { readArchiveMetadata } from "../src/archive/CheckpointMetadata.ts"
-import { buildContext } from "../src/kaniko/KanikoContext.ts"
-import * as KanikoFsImageBuilder from "../src/kaniko/KanikoFsImageBuilder.ts"
-import * as KanikoImageBuilder from "../src/kaniko/KanikoImageBuilder.ts"
-import { KanikoPods } from "../src/kaniko/KanikoPods.ts"
 import {
   contextFiles,
   describePodState,
@@ -48,6 +44,10 @@ import {
   sizeAllowance
 } from "../src/kaniko/KanikoBuilder.ts"
 import type { KanikoPodSettings } from "../src/kaniko/KanikoBuilder.ts"
+import { buildContext } from "../src/kaniko/KanikoContext.ts"
+import * as KanikoFsImageBuilder from "../src/kaniko/KanikoFsImageBuilder.ts"
+import * as KanikoImageBuilder from "../src/kaniko/KanikoImageBuilder.ts"
+import { KanikoPods } from "../src/kaniko/KanikoPods.ts"
 
 const container = ContainerRef.make({
   namespace: Namespace.make("team-a"),
@@ -121,8 +121,12 @@ const makeArchive = Effect.gen(function*() {
   return { dir, archive }
 })
 
-const plainContextArchive = (path: string) =>
-  ({ path, name: path.slice(path.lastIndexOf("/") + 1), size: 0, compression: "none" as const })
+const plainContextArchive = (path: string) => ({
+  path,
+  name: path.slice(path.lastIndexOf("/") + 1),
+  size: 0,
+  compression: "none" as const
+})
 
 /** The entries of a tar.gz: name and sha256 of the content. */
 const entriesOf = (targz: Uint8Array) =>
@@ -136,8 +140,11 @@ const entriesOf = (targz: Uint8Array) =>
           hash.update(chunk)
           if (chunks.length < 4) chunks.push(Buffer.from(chunk))
         })
-        entry.on("end", () =>
-          entries.push({ path: entry.path, sha256: hash.digest("hex"), text: Buffer.concat(chunks).toString("utf8") }))
+        entry.on(
+          "end",
+          () =>
+            entries.push({ path: entry.path, sha256: hash.digest("hex"), text: Buffer.concat(chunks).toString("utf8") })
+        )
       }
     })
     parser.on("end", () => resume(Effect.succeed(entries)))

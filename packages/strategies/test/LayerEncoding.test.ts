@@ -1,6 +1,6 @@
+import { describeConfigError } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { describeConfigError } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, ConfigProvider, Effect, Exit, Option, Stream } from "effect"
 import { generateKeyPairSync, randomBytes } from "node:crypto"
@@ -25,14 +25,17 @@ const plainDescription = (bytes: Uint8Array): ArchiveDescription => ({
 
 /** The bytes of a stream whose chunks are valid only until a few more are taken (as an upload takes them). */
 const collectCopies = <E, R>(stream: Stream.Stream<Uint8Array, E, R>) =>
-  Effect.map(Stream.runCollect(Stream.map(stream, (chunk) => Buffer.from(chunk))), (chunks) =>
-    Buffer.concat(Chunk.toArray(chunks)))
+  Effect.map(
+    Stream.runCollect(Stream.map(stream, (chunk) => Buffer.from(chunk))),
+    (chunks) => Buffer.concat(Chunk.toArray(chunks))
+  )
 
 /** Runs the encoder over `bytes` (in 64 KiB chunks) and returns what it would push. */
 const encode = (bytes: Uint8Array, options: LayerEncoding.LayerEncodingOptions) =>
   Effect.gen(function*() {
-    const chunks = Stream.fromIterable(Array.from({ length: Math.ceil(bytes.length / 65536) }, (_, i) =>
-      bytes.subarray(i * 65536, (i + 1) * 65536)))
+    const chunks = Stream.fromIterable(
+      Array.from({ length: Math.ceil(bytes.length / 65536) }, (_, i) => bytes.subarray(i * 65536, (i + 1) * 65536))
+    )
     const encoded = yield* LayerEncoding.encodeLayer(chunks, options)
     const pushed = yield* collectCopies(encoded.stream)
     const layer = yield* encoded.layer(plainDescription(bytes))

@@ -1,6 +1,6 @@
+import { ContainerName, ContainerRef, ImageBuilder, Namespace, PodName } from "@checkpointer/core"
 import { Command, FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { ContainerName, ContainerRef, ImageBuilder, Namespace, PodName } from "@checkpointer/core"
 import { expect, layer } from "@effect/vitest"
 import { Context, Effect, Fiber, Layer, Schedule } from "effect"
 import { createHash } from "node:crypto"
@@ -30,12 +30,15 @@ const BigLive = Layer.scoped(
     const dir = yield* fs.makeTempDirectoryScoped({ prefix: "native-builder-big-" })
     const registry = yield* startRegistry({ dir: `${dir}/registry`, auth: "token" })
     yield* fs.makeDirectory(`${dir}/content`)
-    yield* Effect.forEach(Array.from({ length: fileCount }, (_, i) => i), (i) =>
-      Command.make("sh", "-c", `head -c ${fileSize} /dev/urandom > pages-${i}.img`).pipe(
-        Command.workingDirectory(`${dir}/content`),
-        Command.exitCode
-      ),
-      { concurrency: 2 })
+    yield* Effect.forEach(
+      Array.from({ length: fileCount }, (_, i) => i),
+      (i) =>
+        Command.make("sh", "-c", `head -c ${fileSize} /dev/urandom > pages-${i}.img`).pipe(
+          Command.workingDirectory(`${dir}/content`),
+          Command.exitCode
+        ),
+      { concurrency: 2 }
+    )
     const archive = `${dir}/big.tar`
     yield* Command.make("tar", "-C", `${dir}/content`, "-cf", archive, ".").pipe(Command.exitCode)
     yield* fs.remove(`${dir}/content`, { recursive: true })
@@ -66,9 +69,12 @@ const pushMeasured = (tag: string, settings: Record<string, string>) =>
     const baseline = process.memoryUsage.rss()
     let peak = baseline
     const sampler = yield* Effect.fork(
-      Effect.repeat(Effect.sync(() => {
-        peak = Math.max(peak, process.memoryUsage.rss())
-      }), Schedule.spaced("20 millis"))
+      Effect.repeat(
+        Effect.sync(() => {
+          peak = Math.max(peak, process.memoryUsage.rss())
+        }),
+        Schedule.spaced("20 millis")
+      )
     )
     const started = Date.now()
     const built = yield* Effect.flatMap(ImageBuilder, (b) => b.build(request)).pipe(Effect.provide(builder))
@@ -100,31 +106,35 @@ describeE2E("NativeImageBuilder memory", () => {
         expect(yield* registry.blobDigest("big/archive", digest)).toEqual({ digest, size })
       }))
 
-    it.effect("encrypts a 1 GiB archive for two recipients, then zstd + encryption, with flat memory (< 100 MiB)", () =>
-      Effect.gen(function*() {
-        const { dir, digest, registry, size } = yield* Big
-        const rsa = yield* writeKeyPair(dir, "rsa")
-        const ec = yield* writeKeyPair(dir, "p256")
-        const keys = `${rsa.publicFile},${ec.publicFile}`
-        for (const compression of ["none", "zstd"] as const) {
-          const { built, growth, manifest } = yield* pushMeasured(`encrypted-${compression}`, {
-            CHECKPOINT_ENCRYPTION_KEYS: keys,
-            CHECKPOINT_LAYER_COMPRESSION: compression
-          })
-          expect(growth, compression).toBeLessThan(100)
-          const [layer] = manifest.json.layers
-          expect(layer?.mediaType).toBe(
-            `application/vnd.oci.image.layer.v1.tar${compression === "none" ? "" : "+zstd"}+encrypted`
-          )
-          expect(built.size).toBe(layer?.size)
-          if (compression === "none") expect(layer?.size).toBe(size)
-          expect(yield* registry.blobDigest("big/archive", layer!.digest)).toEqual({
-            digest: layer!.digest,
-            size: layer!.size
-          })
-          const configBlob = yield* registry.blob("big/archive", manifest.json.config.digest)
-          expect(JSON.parse(Buffer.from(configBlob).toString("utf8")).rootfs.diff_ids).toEqual([digest])
-        }
-      }).pipe(Effect.provide(NodeContext.layer)), 300_000)
+    it.effect(
+      "encrypts a 1 GiB archive for two recipients, then zstd + encryption, with flat memory (< 100 MiB)",
+      () =>
+        Effect.gen(function*() {
+          const { dir, digest, registry, size } = yield* Big
+          const rsa = yield* writeKeyPair(dir, "rsa")
+          const ec = yield* writeKeyPair(dir, "p256")
+          const keys = `${rsa.publicFile},${ec.publicFile}`
+          for (const compression of ["none", "zstd"] as const) {
+            const { built, growth, manifest } = yield* pushMeasured(`encrypted-${compression}`, {
+              CHECKPOINT_ENCRYPTION_KEYS: keys,
+              CHECKPOINT_LAYER_COMPRESSION: compression
+            })
+            expect(growth, compression).toBeLessThan(100)
+            const [layer] = manifest.json.layers
+            expect(layer?.mediaType).toBe(
+              `application/vnd.oci.image.layer.v1.tar${compression === "none" ? "" : "+zstd"}+encrypted`
+            )
+            expect(built.size).toBe(layer?.size)
+            if (compression === "none") expect(layer?.size).toBe(size)
+            expect(yield* registry.blobDigest("big/archive", layer!.digest)).toEqual({
+              digest: layer!.digest,
+              size: layer!.size
+            })
+            const configBlob = yield* registry.blob("big/archive", manifest.json.config.digest)
+            expect(JSON.parse(Buffer.from(configBlob).toString("utf8")).rootfs.diff_ids).toEqual([digest])
+          }
+        }).pipe(Effect.provide(NodeContext.layer)),
+      300_000
+    )
   })
 })

@@ -1,6 +1,6 @@
-import type { IncomingMessage } from "node:http"
-import { randomBytes } from "node:crypto"
 import { Effect } from "effect"
+import { randomBytes } from "node:crypto"
+import type { IncomingMessage } from "node:http"
 import { asRecord, asStringMap, readJson } from "./RequestBody.ts"
 import type { KubernetesEvent } from "./Resources.ts"
 import { asListItem, keyOf } from "./Resources.ts"

@@ -1,11 +1,11 @@
+import { Effect } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
-import { Effect } from "effect"
 import type { ContainerStreams } from "../PodRuntime.ts"
 import { makeAttachServer } from "../PodRuntime.ts"
-import { keyOf } from "./Resources.ts"
 import { describeRequest } from "./RequestLog.ts"
 import type { RequestLog } from "./RequestLog.ts"
+import { keyOf } from "./Resources.ts"
 import { pathSegments } from "./Router.ts"
 import type { Store } from "./Store.ts"
 

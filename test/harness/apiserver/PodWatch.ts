@@ -1,5 +1,5 @@
-import type { ServerResponse } from "node:http"
 import { Duration, Effect, Option, Stream } from "effect"
+import type { ServerResponse } from "node:http"
 import type { Pod, PodEvent } from "./Resources.ts"
 import { podMatcher } from "./Selectors.ts"
 import type { Store } from "./Store.ts"

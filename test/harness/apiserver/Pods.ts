@@ -1,6 +1,6 @@
-import type { IncomingMessage } from "node:http"
-import { randomBytes } from "node:crypto"
 import { Effect, FiberMap, FiberSet, Option, Ref } from "effect"
+import { randomBytes } from "node:crypto"
+import type { IncomingMessage } from "node:http"
 import type { ContainerStreams, PodHandle, PodRunner } from "../PodRuntime.ts"
 import type { Faults } from "./Faults.ts"
 import { schedule } from "./Nodes.ts"

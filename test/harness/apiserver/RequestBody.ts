@@ -1,5 +1,5 @@
-import type { IncomingMessage } from "node:http"
 import { Effect } from "effect"
+import type { IncomingMessage } from "node:http"
 import { readBody } from "../HttpsServer.ts"
 import { badRequest } from "./Status.ts"
 

@@ -1,5 +1,5 @@
-import type { IncomingMessage } from "node:http"
 import { Effect, Ref } from "effect"
+import type { IncomingMessage } from "node:http"
 
 export interface ApiRequest {
   readonly method: string

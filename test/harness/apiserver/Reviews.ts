@@ -1,5 +1,5 @@
-import type { IncomingMessage } from "node:http"
 import { Effect, Ref } from "effect"
+import type { IncomingMessage } from "node:http"
 import { asRecord, readJson } from "./RequestBody.ts"
 import type { Route } from "./Router.ts"
 import { reply } from "./Router.ts"

@@ -1,5 +1,5 @@
-import type { IncomingMessage, ServerResponse } from "node:http"
 import { Effect } from "effect"
+import type { IncomingMessage, ServerResponse } from "node:http"
 import type { ApiFailure } from "./Status.ts"
 import { methodNotAllowed, unknownResource } from "./Status.ts"
 

@@ -1,5 +1,5 @@
-import type { IncomingMessage } from "node:http"
 import { Effect, Option } from "effect"
+import type { IncomingMessage } from "node:http"
 import { decodeSecretData } from "../PodRuntime.ts"
 import { asRecord, asStringMap, readJson } from "./RequestBody.ts"
 import type { Secret } from "./Resources.ts"
@@ -87,10 +87,13 @@ export const makeSecrets = (store: Store) => {
     Effect.map(store.state, (current) => Option.fromNullable(current.secrets.get(keyOf(namespace, name))))
 
   const get = (namespace: string, name: string) =>
-    Effect.flatMap(find(namespace, name), Option.match({
-      onNone: () => Effect.fail(notFound("secrets", name)),
-      onSome: Effect.succeed
-    }))
+    Effect.flatMap(
+      find(namespace, name),
+      Option.match({
+        onNone: () => Effect.fail(notFound("secrets", name)),
+        onSome: Effect.succeed
+      })
+    )
 
   const routes: ReadonlyArray<Route> = [
     {

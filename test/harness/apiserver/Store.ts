@@ -1,5 +1,5 @@
-import { randomUUID } from "node:crypto"
 import { Clock, Effect, PubSub, Ref } from "effect"
+import { randomUUID } from "node:crypto"
 import type { KubernetesEvent, Node, ObjectMeta, Pod, PodEvent, Secret } from "./Resources.ts"
 import { keyOf } from "./Resources.ts"
 

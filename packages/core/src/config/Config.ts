@@ -309,10 +309,13 @@ const serviceAccountNamespace: Effect.Effect<string, never, FileSystem.FileSyste
 })
 
 /** The namespace of Checkpointer (and its Kaniko pods): CHECKPOINTER_NAMESPACE or the service account's. */
-export const checkpointerNamespace = Effect.flatMap(namespaceConfig, Option.match({
-  onSome: Effect.succeed,
-  onNone: () => serviceAccountNamespace
-}))
+export const checkpointerNamespace = Effect.flatMap(
+  namespaceConfig,
+  Option.match({
+    onSome: Effect.succeed,
+    onNone: () => serviceAccountNamespace
+  })
+)
 
 /** The server's settings, read once at startup. */
 export class ServerConfig extends Effect.Service<ServerConfig>()("checkpointer/ServerConfig", {

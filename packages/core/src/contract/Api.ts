@@ -134,7 +134,7 @@ export class Authentication extends HttpApiMiddleware.Tag<Authentication>()("che
   security: { bearer: HttpApiSecurity.bearer }
 }) {}
 
-const payloadShape = '{"deletePod"?: boolean, "async"?: boolean}'
+const payloadShape = "{\"deletePod\"?: boolean, \"async\"?: boolean}"
 
 /** What is wrong with a body that is not CheckpointOptions (its alternative, no body, would add nothing). */
 const describePayloadIssue = (issue: ParseResult.ParseIssue) =>

@@ -7,7 +7,8 @@ const dnsSubdomain = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-
 export const DnsLabel = Schema.String.pipe(
   Schema.maxLength(63, { message: () => "must be at most 63 characters" }),
   Schema.pattern(dnsLabel, {
-    message: () => "must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit"
+    message: () =>
+      "must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit"
   })
 )
 
@@ -15,7 +16,9 @@ export const DnsLabel = Schema.String.pipe(
 export const DnsSubdomain = Schema.String.pipe(
   Schema.maxLength(253, { message: () => "must be at most 253 characters" }),
   Schema.pattern(dnsSubdomain, {
-    message: () => "must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+    message: () =>
+      "must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', " +
+      "starting and ending with a letter or digit"
   })
 )
 

@@ -104,8 +104,11 @@ const decodeRecord = Schema.decodeUnknownEither(Schema.parseJson(PodRecord))
 
 /** The record from an image's annotation; the reason if it is not one. */
 export const parsePodRecord = (text: string): Either.Either<PodRecord, string> =>
-  Either.mapLeft(decodeRecord(text), (error) =>
-    `the ${podRecordAnnotation} annotation is not a pod record: ${ParseResult.TreeFormatter.formatErrorSync(error)}`)
+  Either.mapLeft(
+    decodeRecord(text),
+    (error) =>
+      `the ${podRecordAnnotation} annotation is not a pod record: ${ParseResult.TreeFormatter.formatErrorSync(error)}`
+  )
 
 export const encodePodRecord = (record: PodRecord): string => JSON.stringify(record)
 

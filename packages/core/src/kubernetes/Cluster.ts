@@ -1,7 +1,7 @@
 import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api } from "@kubernetes/client-node"
 import type { V1Pod, V1ResourceAttributes, V1UserInfo } from "@kubernetes/client-node"
 import { Duration, Effect, Option, Schedule } from "effect"
-import { callApi, KubernetesApi, KubernetesApiError, idempotent, whenFound } from "./KubernetesApi.ts"
+import { callApi, idempotent, KubernetesApi, KubernetesApiError, whenFound } from "./KubernetesApi.ts"
 
 /** What the orchestration and the API need of Kubernetes: pods (find, delete), Checkpointer peers, reviews. */
 export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
@@ -46,11 +46,13 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
 
     /** Running Checkpointer pods with an IP on `node` (label app.kubernetes.io/name=checkpointer), in any namespace. */
     const checkpointerPodsOn = Effect.fn("Cluster.checkpointerPodsOn")(function*(node: string) {
-      const list = yield* idempotent(callApi(`list Checkpointer pods on node ${node}`, () =>
-        core.listPodForAllNamespaces({
-          labelSelector: "app.kubernetes.io/name=checkpointer",
-          fieldSelector: `spec.nodeName=${node}`
-        })))
+      const list = yield* idempotent(
+        callApi(`list Checkpointer pods on node ${node}`, () =>
+          core.listPodForAllNamespaces({
+            labelSelector: "app.kubernetes.io/name=checkpointer",
+            fieldSelector: `spec.nodeName=${node}`
+          }))
+      )
       return list.items.filter((pod) => pod.status?.phase === "Running" && (pod.status.podIP ?? "") !== "")
     })
 

@@ -28,8 +28,9 @@ export class PodEvents extends Effect.Service<PodEvents>()("checkpointer/PodEven
     const record = Effect.fn("PodEvents.record")(function*(container: ContainerRef, event: PodEvent) {
       const { namespace, pod: name } = container
       // The uid ties the event to this pod (kubectl describe selects by it); a deleted pod keeps its name only.
-      const pod = yield* whenFound(callApi(`get pod ${namespace}/${name}`, () =>
-        core.readNamespacedPod({ namespace, name })))
+      const pod = yield* whenFound(
+        callApi(`get pod ${namespace}/${name}`, () => core.readNamespacedPod({ namespace, name }))
+      )
       const uid = Option.flatMap(pod, (found) => Option.fromNullable(found.metadata?.uid))
       const now = new Date()
       yield* callApi(`record event ${event.reason} on pod ${namespace}/${name}`, () =>

@@ -58,7 +58,8 @@ export class CheckpointDirectory extends Effect.Service<CheckpointDirectory>()("
       }
       const root = yield* Effect.tryPromise({
         try: () => realpath(kubeletCheckpointDir),
-        catch: (cause) => refused(answered, `KUBELET_CHECKPOINT_DIR ${kubeletCheckpointDir}: ${pathProblem(cause)}`, cause)
+        catch: (cause) =>
+          refused(answered, `KUBELET_CHECKPOINT_DIR ${kubeletCheckpointDir}: ${pathProblem(cause)}`, cause)
       })
       const parent = yield* attempt(answered, () => realpath(dirname(answered)))
       if (parent !== root) {

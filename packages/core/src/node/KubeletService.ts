@@ -26,9 +26,11 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
       onNone: () => Effect.succeed({}),
       onSome: (file) => Effect.map(readPem(file, "CA file"), (pem) => ({ ca: pem }))
     })
-    // KUBELET_AUTH=token: the service-account token (RBAC `create` on nodes/checkpoint) instead of a client certificate.
-    const credentials: Effect.Effect<{ readonly ca?: string; readonly cert?: string; readonly key?: string }, PhaseFailed> =
-      config.auth === "token"
+    // KUBELET_AUTH=token: the service-account token (RBAC `create` on nodes/checkpoint), not a client certificate.
+    const credentials: Effect.Effect<
+      { readonly ca?: string; readonly cert?: string; readonly key?: string },
+      PhaseFailed
+    > = config.auth === "token"
       ? ca
       : Effect.all({
         cert: readPem(config.certFile, "client certificate"),

@@ -1,22 +1,17 @@
 import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Ref, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
-import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
-import { Cluster } from "../kubernetes/Cluster.ts"
 import { checkpointsConfig } from "../config/Config.ts"
-import {
-  AsyncCheckpointAccepted,
-  CheckpointResult,
-  makeIdentifier,
-  parseIdentifier
-} from "../domain/Domain.ts"
+import { AsyncCheckpointAccepted, CheckpointResult, makeIdentifier, parseIdentifier } from "../domain/Domain.ts"
 import type { CheckpointIdentifier, CheckpointOptions, CheckpointTag, ContainerRef } from "../domain/Domain.ts"
 import type { ContainerMissing } from "../domain/Errors.ts"
 import { PhaseFailed } from "../domain/Errors.ts"
-import { ImageBuilder } from "./ImageBuilder.ts"
-import { KubeletService } from "../node/KubeletService.ts"
-import * as Metrics from "./Metrics.ts"
+import { Cluster } from "../kubernetes/Cluster.ts"
 import type { PodEvent } from "../kubernetes/PodEvents.ts"
 import { PodEvents } from "../kubernetes/PodEvents.ts"
+import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
+import { KubeletService } from "../node/KubeletService.ts"
+import { ImageBuilder } from "./ImageBuilder.ts"
+import * as Metrics from "./Metrics.ts"
 import { FailedRecord, PendingRecord, ResultStore, SucceededRecord } from "./ResultStore.ts"
 
 /** No checkpoint with this identifier was made on this node. */
@@ -40,7 +35,7 @@ const describeFailure = (error: ContainerMissing | PhaseFailed): string =>
 const unixSeconds = Clock.currentTimeMillis.pipe(Effect.map((millis) => Math.floor(millis / 1000)))
 
 const deletePodTimeout = Duration.minutes(2)
-/** Pushing even a very large archive takes minutes; a registry that stops answering must not hold a checkpoint forever. */
+/** Pushing a very large archive takes minutes; a registry that stops answering must not hold a checkpoint forever. */
 const buildTimeout = Duration.minutes(30)
 const sweepInterval = Duration.hours(1)
 
@@ -64,8 +59,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const accepting = yield* Ref.make(true)
     const interruption = yield* Ref.make("it was interrupted")
 
-    const storeFailed = (message: string, cause: unknown) =>
-      new PhaseFailed({ phase: "result store", message, cause })
+    const storeFailed = (message: string, cause: unknown) => new PhaseFailed({ phase: "result store", message, cause })
 
     const execute = (
       identifier: CheckpointIdentifier,
@@ -143,9 +137,11 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
             yield* store.put(
               identifier,
               new FailedRecord({ container, beginTimestamp, endTimestamp: yield* unixSeconds, message })
-            ).pipe(Effect.catchAll((error) =>
-              Effect.logError("could not record the failure").pipe(Effect.annotateLogs({ error: error.message }))
-            ))
+            ).pipe(
+              Effect.catchAll((error) =>
+                Effect.logError("could not record the failure").pipe(Effect.annotateLogs({ error: error.message }))
+              )
+            )
           })
         ),
         Effect.ensuring(Ref.update(busy, (map) => {
@@ -162,27 +158,36 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       identifier: CheckpointIdentifier,
       fiber: Fiber.Fiber<CheckpointResult, ContainerMissing | PhaseFailed>
     ) =>
-      Effect.flatMap(Fiber.await(fiber), (exit) =>
-        Exit.isSuccess(exit) ? Effect.succeed(exit.value) : Option.match(Cause.failureOption(exit.cause), {
-          onSome: (error): Effect.Effect<never, ContainerMissing | PhaseFailed | CheckpointFailure> => Effect.fail(error),
-          onNone: () =>
-            Effect.flatMap(Ref.get(interruption), (why) =>
-              Effect.fail(new CheckpointFailure({ message: `checkpoint ${identifier} failed: ${why}` })))
-        }))
+      Effect.flatMap(
+        Fiber.await(fiber),
+        (exit) =>
+          Exit.isSuccess(exit) ? Effect.succeed(exit.value) : Option.match(Cause.failureOption(exit.cause), {
+            onSome: (error): Effect.Effect<never, ContainerMissing | PhaseFailed | CheckpointFailure> =>
+              Effect.fail(error),
+            onNone: () =>
+              Effect.flatMap(
+                Ref.get(interruption),
+                (why) => Effect.fail(new CheckpointFailure({ message: `checkpoint ${identifier} failed: ${why}` }))
+              )
+          })
+      )
 
-    /** Records the checkpoint as pending and starts it in the background; it runs to the end even if its caller goes away. */
+    /** Records the checkpoint as pending and starts it in the background; it runs on if its caller goes away. */
     const start = Effect.fn("Checkpointer.start")(function*(container: ContainerRef, options: CheckpointOptions) {
       if (!(yield* Ref.get(accepting))) {
         return yield* new ShuttingDown({ message: `the Checkpointer on node ${config.node} is shutting down` })
       }
       const tag = randomBytes(8).toString("hex") as CheckpointTag
       const identifier = makeIdentifier(config.node, tag)
-      const claimed = yield* Ref.modify(busy, (map): [Option.Option<CheckpointIdentifier>, Map<string, CheckpointIdentifier>] => {
-        const other = map.get(String(container))
-        return other === undefined
-          ? [Option.none(), new Map(map).set(String(container), identifier)]
-          : [Option.some(other), map]
-      })
+      const claimed = yield* Ref.modify(
+        busy,
+        (map): [Option.Option<CheckpointIdentifier>, Map<string, CheckpointIdentifier>] => {
+          const other = map.get(String(container))
+          return other === undefined
+            ? [Option.none(), new Map(map).set(String(container), identifier)]
+            : [Option.some(other), map]
+        }
+      )
       if (Option.isSome(claimed)) {
         return yield* new CheckpointConflict({
           running: claimed.value,
@@ -192,21 +197,29 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       const beginTimestamp = yield* unixSeconds
       yield* store.put(identifier, new PendingRecord({ container, beginTimestamp })).pipe(
         Effect.mapError((error) => storeFailed(error.message, error)),
-        Effect.tapError(() => Ref.update(busy, (map) => {
-          const next = new Map(map)
-          next.delete(String(container))
-          return next
-        }))
+        Effect.tapError(() =>
+          Ref.update(busy, (map) => {
+            const next = new Map(map)
+            next.delete(String(container))
+            return next
+          })
+        )
       )
-      const fiber = yield* FiberMap.run(running, identifier, execute(identifier, tag, container, options, beginTimestamp))
+      const fiber = yield* FiberMap.run(
+        running,
+        identifier,
+        execute(identifier, tag, container, options, beginTimestamp)
+      )
       return { identifier, fiber }
     })
 
-    const checkpoint = Effect.fn("Checkpointer.checkpoint")(function*(container: ContainerRef, options: CheckpointOptions) {
-      const { fiber, identifier } = yield* start(container, options)
-      if (options.async) return new AsyncCheckpointAccepted({ checkpointIdentifier: identifier })
-      return yield* outcome(identifier, fiber)
-    })
+    const checkpoint = Effect.fn("Checkpointer.checkpoint")(
+      function*(container: ContainerRef, options: CheckpointOptions) {
+        const { fiber, identifier } = yield* start(container, options)
+        if (options.async) return new AsyncCheckpointAccepted({ checkpointIdentifier: identifier })
+        return yield* outcome(identifier, fiber)
+      }
+    )
 
     /** The result of a checkpoint made on this node; waits while it is still running. */
     const result = Effect.fn("Checkpointer.result")(function*(identifier: CheckpointIdentifier) {
@@ -242,9 +255,15 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const drain = Effect.fn("Checkpointer.drain")(function*(grace: Duration.Duration) {
       yield* Ref.set(accepting, false)
       const inFlight = yield* FiberMap.size(running)
-      yield* Effect.logInfo("shutting down").pipe(Effect.annotateLogs({ running: inFlight, grace: Duration.format(grace) }))
+      yield* Effect.logInfo("shutting down").pipe(
+        Effect.annotateLogs({ running: inFlight, grace: Duration.format(grace) })
+      )
       // Shutdown runs in a finalizer, which is uninterruptible: the wait must be interruptible for the grace to end it.
-      const finished = yield* FiberMap.awaitEmpty(running).pipe(Effect.interruptible, Effect.timeout(grace), Effect.option)
+      const finished = yield* FiberMap.awaitEmpty(running).pipe(
+        Effect.interruptible,
+        Effect.timeout(grace),
+        Effect.option
+      )
       if (Option.isNone(finished)) {
         yield* Ref.set(interruption, `interrupted by shutdown of the Checkpointer on node ${config.node}`)
         yield* FiberMap.clear(running)
@@ -271,9 +290,11 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         }
       }
     }).pipe(
-      Effect.catchAll((error) => Effect.logWarning("could not sweep the result store").pipe(
-        Effect.annotateLogs({ error: error.message })
-      )),
+      Effect.catchAll((error) =>
+        Effect.logWarning("could not sweep the result store").pipe(
+          Effect.annotateLogs({ error: error.message })
+        )
+      ),
       Effect.annotateLogs({ service: "Checkpointer" })
     )
     yield* sweep

@@ -32,7 +32,9 @@ export const queued = Metric.gauge("checkpoints_queued", {
 })
 
 /** Set by `observeCheckpoint` for the `running` part inside it: whether the checkpoint got past its queue. */
-export class CheckpointSlot extends Context.Tag("checkpointer/Metrics/CheckpointSlot")<CheckpointSlot, Ref.Ref<boolean>>() {}
+export class CheckpointSlot
+  extends Context.Tag("checkpointer/Metrics/CheckpointSlot")<CheckpointSlot, Ref.Ref<boolean>>()
+{}
 
 const outcomeOf = <A, E>(exit: Exit.Exit<A, E>): CheckpointOutcome => {
   if (Exit.isSuccess(exit)) return "succeeded"
@@ -63,24 +65,24 @@ export const running = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A,
  * A whole checkpoint, from acceptance to its end: counted in `checkpoints_queued` until its `running` part starts,
  * then in `checkpoints_total{outcome,builder}`; its logs carry the span `checkpoint` (milliseconds since acceptance).
  */
-export const observeCheckpoint = (builder: string) =>
-<A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, Exclude<R, CheckpointSlot>> =>
-  Effect.gen(function*() {
-    const started = yield* Ref.make(false)
-    return yield* Effect.uninterruptibleMask((restore) =>
-      Metric.increment(queued).pipe(
-        Effect.zipRight(restore(Effect.provideService(self, CheckpointSlot, started))),
-        Effect.onExit((exit) =>
-          Effect.gen(function*() {
-            if (!(yield* Ref.get(started))) yield* Metric.incrementBy(queued, -1)
-            yield* Metric.increment(
-              Metric.tagged(Metric.tagged(checkpointsTotal, "outcome", outcomeOf(exit)), "builder", builder)
-            )
-          })
+export const observeCheckpoint =
+  (builder: string) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, Exclude<R, CheckpointSlot>> =>
+    Effect.gen(function*() {
+      const started = yield* Ref.make(false)
+      return yield* Effect.uninterruptibleMask((restore) =>
+        Metric.increment(queued).pipe(
+          Effect.zipRight(restore(Effect.provideService(self, CheckpointSlot, started))),
+          Effect.onExit((exit) =>
+            Effect.gen(function*() {
+              if (!(yield* Ref.get(started))) yield* Metric.incrementBy(queued, -1)
+              yield* Metric.increment(
+                Metric.tagged(Metric.tagged(checkpointsTotal, "outcome", outcomeOf(exit)), "builder", builder)
+              )
+            })
+          )
         )
       )
-    )
-  }).pipe(Effect.withLogSpan("checkpoint"))
+    }).pipe(Effect.withLogSpan("checkpoint"))
 
 const elapsedSeconds = (startNanos: bigint) =>
   Clock.currentTimeNanos.pipe(Effect.map((now) => Number(now - startNanos) / 1e9))
@@ -89,37 +91,38 @@ const elapsedSeconds = (startNanos: bigint) =>
  * One phase of a checkpoint: its duration goes into `checkpoint_phase_duration_seconds{phase}` whether it finished
  * or failed, and a log line says how it ended with `phase` and `durationSeconds`.
  */
-export const observePhase = (phase: CheckpointPhase) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.flatMap(Clock.currentTimeNanos, (start) =>
-    self.pipe(
-      Effect.onExit((exit) =>
-        Effect.gen(function*() {
-          const seconds = yield* elapsedSeconds(start)
-          const annotations = { phase, durationSeconds: Math.round(seconds * 1000) / 1000 }
-          if (Exit.isSuccess(exit)) {
-            yield* Metric.update(phaseDuration.pipe(Metric.tagged("phase", phase)), seconds)
-            yield* Effect.logInfo("phase finished").pipe(Effect.annotateLogs(annotations))
-          } else if (Cause.isInterruptedOnly(exit.cause)) {
-            yield* Effect.logInfo("phase interrupted").pipe(Effect.annotateLogs(annotations))
-          } else {
-            yield* Metric.update(phaseDuration.pipe(Metric.tagged("phase", phase)), seconds)
-            yield* Effect.logWarning("phase failed").pipe(Effect.annotateLogs(annotations))
-          }
-        })
-      )
-    ))
+export const observePhase =
+  (phase: CheckpointPhase) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.flatMap(Clock.currentTimeNanos, (start) =>
+      self.pipe(
+        Effect.onExit((exit) =>
+          Effect.gen(function*() {
+            const seconds = yield* elapsedSeconds(start)
+            const annotations = { phase, durationSeconds: Math.round(seconds * 1000) / 1000 }
+            if (Exit.isSuccess(exit)) {
+              yield* Metric.update(phaseDuration.pipe(Metric.tagged("phase", phase)), seconds)
+              yield* Effect.logInfo("phase finished").pipe(Effect.annotateLogs(annotations))
+            } else if (Cause.isInterruptedOnly(exit.cause)) {
+              yield* Effect.logInfo("phase interrupted").pipe(Effect.annotateLogs(annotations))
+            } else {
+              yield* Metric.update(phaseDuration.pipe(Metric.tagged("phase", phase)), seconds)
+              yield* Effect.logWarning("phase failed").pipe(Effect.annotateLogs(annotations))
+            }
+          })
+        )
+      ))
 
 /** The build/push phase: observed as `observePhase("build/push")`, and the bytes it pushed counted. */
-export const observeBuild = (builder: string) =>
-<E, R>(self: Effect.Effect<BuiltImage, E, R>): Effect.Effect<BuiltImage, E, R> =>
-  self.pipe(
-    Effect.tap((image) => Metric.update(pushedBytes.pipe(Metric.tagged("builder", builder)), image.size)),
-    observePhase("build/push")
-  )
+export const observeBuild =
+  (builder: string) => <E, R>(self: Effect.Effect<BuiltImage, E, R>): Effect.Effect<BuiltImage, E, R> =>
+    self.pipe(
+      Effect.tap((image) => Metric.update(pushedBytes.pipe(Metric.tagged("builder", builder)), image.size)),
+      observePhase("build/push")
+    )
 
 const metricName = (name: string) => name.replace(/[^a-zA-Z0-9_:]/g, "_").replace(/^([0-9])/, "_$1")
 const labelName = (name: string) => name.replace(/[^a-zA-Z0-9_]/g, "_").replace(/^([0-9])/, "_$1")
-const labelValue = (value: string) => value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")
+const labelValue = (value: string) => value.replace(/\\/g, "\\\\").replace(/"/g, "\\\"").replace(/\n/g, "\\n")
 const helpText = (text: string) => text.replace(/\\/g, "\\\\").replace(/\n/g, "\\n")
 
 const formatNumber = (value: number | bigint): string => {
@@ -170,7 +173,9 @@ export const renderPrometheus = (pairs: ReadonlyArray<MetricPair.MetricPair.Unty
       sample(family("gauge"), "", [], metricState.value, 0)
     } else if (MetricState.isHistogramState(metricState)) {
       const target = family("histogram")
-      metricState.buckets.forEach(([boundary, count], i) => sample(target, "_bucket", [["le", formatNumber(boundary)]], count, i))
+      metricState.buckets.forEach(([boundary, count], i) =>
+        sample(target, "_bucket", [["le", formatNumber(boundary)]], count, i)
+      )
       sample(target, "_sum", [], metricState.sum, metricState.buckets.length)
       sample(target, "_count", [], metricState.count, metricState.buckets.length + 1)
     } else if (MetricState.isSummaryState(metricState)) {
@@ -198,7 +203,7 @@ export const renderPrometheus = (pairs: ReadonlyArray<MetricPair.MetricPair.Unty
     .join("\n") + "\n"
 }
 
-/** Every metric of this process (Effect's metric registry) as Prometheus text; the gauges appear even when never set. */
+/** Every metric of this process (Effect's metric registry) as Prometheus text; gauges appear even when never set. */
 export const prometheusText: Effect.Effect<string> = Effect.gen(function*() {
   yield* Metric.value(inFlight)
   yield* Metric.value(queued)

@@ -1,8 +1,8 @@
 import { Data, Effect, Option } from "effect"
-import { Cluster } from "../kubernetes/Cluster.ts"
 import { routingConfig } from "../config/Config.ts"
 import { parseIdentifier } from "../domain/Domain.ts"
 import type { CheckpointIdentifier, ContainerRef } from "../domain/Domain.ts"
+import { Cluster } from "../kubernetes/Cluster.ts"
 
 /** Serve the request here, or pass it on unchanged to the Checkpointer at `url` on `node`. */
 export type Route =
@@ -77,10 +77,12 @@ export class NodeRouter extends Effect.Service<NodeRouter>()("checkpointer/NodeR
     })
 
     /** GET /checkpoint?checkpointIdentifier=<node>:<hex>: the node named in the identifier. */
-    const forResult = Effect.fn("NodeRouter.forResult")(function*(identifier: CheckpointIdentifier, forwarded: boolean) {
-      if (config.disableRouteForward) return local
-      return yield* toNode(parseIdentifier(identifier).node, `checkpoint ${identifier}`, forwarded)
-    })
+    const forResult = Effect.fn("NodeRouter.forResult")(
+      function*(identifier: CheckpointIdentifier, forwarded: boolean) {
+        if (config.disableRouteForward) return local
+        return yield* toNode(parseIdentifier(identifier).node, `checkpoint ${identifier}`, forwarded)
+      }
+    )
 
     return { forCheckpoint, forResult } as const
   })

@@ -1,6 +1,6 @@
 import { Data, Duration, Effect, Either } from "effect"
-import { Cluster } from "../kubernetes/Cluster.ts"
 import { nodeName } from "../config/Config.ts"
+import { Cluster } from "../kubernetes/Cluster.ts"
 import { ResultStore } from "./ResultStore.ts"
 
 /** Why this Checkpointer cannot take checkpoints now; the message lists every failed check. */

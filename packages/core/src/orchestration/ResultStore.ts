@@ -1,7 +1,7 @@
 import { FileSystem, Path } from "@effect/platform"
 import { Context, Data, Effect, Layer, Option, Ref, Schema } from "effect"
 import { storageConfig } from "../config/Config.ts"
-import type { CheckpointIdentifier} from "../domain/Domain.ts"
+import type { CheckpointIdentifier } from "../domain/Domain.ts"
 import { CheckpointResult, ContainerRef } from "../domain/Domain.ts"
 
 export class PendingRecord extends Schema.TaggedClass<PendingRecord>()("Pending", {
@@ -54,14 +54,18 @@ export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultS
       const storageBasePath = yield* storageConfig
       const storeError = (action: string) => (cause: { readonly message: string }) =>
         new ResultStoreError({ message: `cannot ${action} in ${storageBasePath}: ${cause.message}`, cause })
-      yield* fs.makeDirectory(storageBasePath, { recursive: true }).pipe(Effect.mapError(storeError("create the store")))
+      yield* fs.makeDirectory(storageBasePath, { recursive: true }).pipe(
+        Effect.mapError(storeError("create the store"))
+      )
       const fileOf = (identifier: CheckpointIdentifier) => path.join(storageBasePath, `${identifier}.json`)
       const files = fs.readDirectory(storageBasePath).pipe(Effect.mapError(storeError("list the results")))
       // A write cut short by a crash leaves its temporary file behind.
       yield* files.pipe(
-        Effect.flatMap(Effect.forEach((name) =>
-          name.endsWith(".tmp") ? fs.remove(path.join(storageBasePath, name)).pipe(Effect.ignore) : Effect.void
-        )),
+        Effect.flatMap(
+          Effect.forEach((name) =>
+            name.endsWith(".tmp") ? fs.remove(path.join(storageBasePath, name)).pipe(Effect.ignore) : Effect.void
+          )
+        ),
         Effect.ignore
       )
 
@@ -91,9 +95,7 @@ export class ResultStore extends Context.Tag("checkpointer/ResultStore")<ResultS
           onSome: (json) =>
             Schema.decode(RecordJson)(json).pipe(
               Effect.map(Option.some),
-              Effect.mapError(() =>
-                new ResultStoreError({ message: `the stored result of ${identifier} is corrupt` })
-              )
+              Effect.mapError(() => new ResultStoreError({ message: `the stored result of ${identifier} is corrupt` }))
             )
         })
       })

@@ -1,8 +1,7 @@
-import { HttpApiBuilder } from "@effect/platform"
 import {
   Caller,
-  CheckpointerApi,
   Checkpointer,
+  CheckpointerApi,
   CheckpointFailed,
   CheckpointInProgress,
   CheckpointNotFound,
@@ -13,6 +12,7 @@ import {
   Unavailable
 } from "@checkpointer/core"
 import type { Access, CheckpointIdentifier, CheckpointOptions, Namespace } from "@checkpointer/core"
+import { HttpApiBuilder } from "@effect/platform"
 import { Effect, Option } from "effect"
 import { RequestGate } from "../http/RequestGate.ts"
 
@@ -47,9 +47,11 @@ export const CheckpointHandlers = HttpApiBuilder.group(
       /** The namespace of the container a result belongs to, when this node has its record. */
       const namespaceOf = (identifier: CheckpointIdentifier) =>
         store.get(identifier).pipe(
-          Effect.map(Option.map((record) =>
-            record._tag === "Succeeded" ? record.result.containerIdentifier.namespace : record.container.namespace
-          )),
+          Effect.map(
+            Option.map((record) =>
+              record._tag === "Succeeded" ? record.result.containerIdentifier.namespace : record.container.namespace
+            )
+          ),
           Effect.orElseSucceed(() => Option.none<Namespace>())
         )
 

@@ -1,5 +1,5 @@
-import { HttpApiBuilder } from "@effect/platform"
 import { CheckpointerApi, Metrics, NotReady, Readiness } from "@checkpointer/core"
+import { HttpApiBuilder } from "@effect/platform"
 import { Effect } from "effect"
 
 /** /healthz: the process answers; /readyz: it can take checkpoints (503 says why not); /metrics: Prometheus text. */

@@ -1,6 +1,6 @@
+import type { ApiTls } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import type { ApiTls } from "@checkpointer/core"
 import { ConfigError, Duration, Effect, Layer, Option, Ref, Schedule } from "effect"
 import * as Http from "node:http"
 import * as Https from "node:https"

@@ -1,14 +1,14 @@
-import { HttpApp, HttpServerResponse } from "@effect/platform"
 import {
   AccessDenied,
   Authentication,
   AuthenticationRequired,
-  Caller,
   authModeConfig,
+  Caller,
   CheckpointFailed,
   Cluster
 } from "@checkpointer/core"
 import type { Access } from "@checkpointer/core"
+import { HttpApp, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer, Option, Redacted } from "effect"
 
 const describe = (access: Access) =>

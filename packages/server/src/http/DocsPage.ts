@@ -1,9 +1,8 @@
-import { HttpApiBuilder, HttpServerResponse, OpenApi } from "@effect/platform"
 import { CheckpointerApi } from "@checkpointer/core"
+import { HttpApiBuilder, HttpServerResponse, OpenApi } from "@effect/platform"
 import { Effect } from "effect"
 
-const escape = (text: string) =>
-  text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
+const escape = (text: string) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 
 type Operation = {
   readonly summary?: string
@@ -23,17 +22,23 @@ const renderOperation = (method: string, path: string, operation: Operation) => 
   <p><strong>${escape(operation.summary ?? "")}</strong></p>
   <p>${escape(operation.description ?? "")}</p>
   ${
-  (operation.parameters ?? []).length === 0 ? "" : `<h3>Parameters</h3><ul>${
-    (operation.parameters ?? []).map((p) =>
-      `<li><code>${escape(p.name)}</code> (${escape(p.in)}${p.required ? ", required" : ""}) ${json(p.schema)}</li>`
-    ).join("")
-  }</ul>`
+  (operation.parameters ?? []).length === 0 ?
+    "" :
+    `<h3>Parameters</h3><ul>${
+      (operation.parameters ?? []).map((p) =>
+        `<li><code>${escape(p.name)}</code> (${escape(p.in)}${p.required ? ", required" : ""}) ${json(p.schema)}</li>`
+      ).join("")
+    }</ul>`
 }
   ${
-  operation.requestBody?.content === undefined ? "" : `<h3>Body (optional)</h3>${
-    Object.entries(operation.requestBody.content).map(([type, body]) => `<p><code>${escape(type)}</code></p>${json(body.schema)}`)
-      .join("")
-  }`
+  operation.requestBody?.content === undefined ?
+    "" :
+    `<h3>Body (optional)</h3>${
+      Object.entries(operation.requestBody.content).map(([type, body]) =>
+        `<p><code>${escape(type)}</code></p>${json(body.schema)}`
+      )
+        .join("")
+    }`
 }
   <h3>Responses</h3><ul>${
   Object.entries(operation.responses ?? {}).map(([status, response]) =>
@@ -45,19 +50,20 @@ const renderOperation = (method: string, path: string, operation: Operation) => 
 </section>`
 
 /** A self-contained HTML page (no scripts, works offline) describing the API, generated from its OpenAPI document. */
-export const renderDocsPage = (spec: OpenApi.OpenAPISpec) => `<!doctype html>
+export const renderDocsPage = (spec: OpenApi.OpenAPISpec) =>
+  `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${escape(spec.info.title)} API</title>
 <style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}
 pre{background:#f4f4f4;padding:.5rem;overflow:auto}section{border-top:1px solid #ccc;margin-top:1.5rem}</style></head>
 <body><h1>${escape(spec.info.title)} API</h1><p>${escape(spec.info.description ?? "")}</p>
 <p>Machine-readable: <a href="/openapi.json">/openapi.json</a></p>
 ${
-  Object.entries(spec.paths).flatMap(([path, item]) =>
-    Object.entries(item as Record<string, Operation>).map(([method, operation]) =>
-      renderOperation(method, path, operation)
-    )
-  ).join("\n")
-}
+    Object.entries(spec.paths).flatMap(([path, item]) =>
+      Object.entries(item as Record<string, Operation>).map(([method, operation]) =>
+        renderOperation(method, path, operation)
+      )
+    ).join("\n")
+  }
 </body></html>`
 
 export const DocsPageLive = HttpApiBuilder.Router.use((router) =>

@@ -1,14 +1,8 @@
+import { CheckpointOptions, NodeRouter, PeerUnreachable, ServerConfig, transportReason } from "@checkpointer/core"
+import type { CheckpointIdentifier, ContainerRef, Route, RoutingFailed } from "@checkpointer/core"
 import { FileSystem, HttpClientRequest, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
-import {
-  ServerConfig,
-  CheckpointOptions,
-  NodeRouter,
-  PeerUnreachable,
-  transportReason
-} from "@checkpointer/core"
-import type { CheckpointIdentifier, ContainerRef, Route, RoutingFailed } from "@checkpointer/core"
 import { ConfigError, Duration, Effect, Option, Schema } from "effect"
 
 /** Marks a request one Checkpointer passed to another; such a request is never forwarded again. */

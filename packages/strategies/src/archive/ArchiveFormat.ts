@@ -1,5 +1,5 @@
-import { Data } from "effect"
 import { reasonOf } from "@checkpointer/core"
+import { Data } from "effect"
 
 export type Compression = "none" | "gzip" | "zstd"
 

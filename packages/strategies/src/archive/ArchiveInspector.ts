@@ -161,8 +161,9 @@ export const inspectWhileStreaming = <E>(bytes: Stream.Stream<Uint8Array, E>) =>
           bytes.pipe(
             Stream.mapError(readFailed),
             Stream.tap(inspector.write),
-            Stream.concat(Stream.execute(Effect.flatMap(inspector.finish, (done) =>
-              Deferred.succeed(description, done)))),
+            Stream.concat(
+              Stream.execute(Effect.flatMap(inspector.finish, (done) => Deferred.succeed(description, done)))
+            ),
             Stream.tapError((error) => Deferred.fail(description, error))
           )
         )

@@ -27,20 +27,20 @@ export const allMetadataCollected = (completed: CollectedMetadata) => completed.
  * A tar entry handler that keeps config.dump and spec.dump in `completed` and lets every other entry pass. The bytes
  * are copied: the archive reader reuses its buffers (see readArchive).
  */
-export const collectMetadata = (completed: CollectedMetadata, onCollected: () => void = () => {}) =>
-(entry: ReadEntry) => {
-  const name = entryName(entry.path)
-  if (!isMetadataFile(name) || entry.type !== "File" || entry.size > maxMetadataSize || completed.has(name)) {
-    entry.resume()
-    return
+export const collectMetadata =
+  (completed: CollectedMetadata, onCollected: () => void = () => {}) => (entry: ReadEntry) => {
+    const name = entryName(entry.path)
+    if (!isMetadataFile(name) || entry.type !== "File" || entry.size > maxMetadataSize || completed.has(name)) {
+      entry.resume()
+      return
+    }
+    const chunks: Array<Buffer> = []
+    entry.on("data", (chunk: Buffer) => chunks.push(Buffer.from(chunk)))
+    entry.on("end", () => {
+      completed.set(name, Buffer.concat(chunks).toString("utf8"))
+      onCollected()
+    })
   }
-  const chunks: Array<Buffer> = []
-  entry.on("data", (chunk: Buffer) => chunks.push(Buffer.from(chunk)))
-  entry.on("end", () => {
-    completed.set(name, Buffer.concat(chunks).toString("utf8"))
-    onCollected()
-  })
-}
 
 const parseJsonObject = (name: MetadataFile, text: string) =>
   Effect.try({

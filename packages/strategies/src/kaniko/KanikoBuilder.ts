@@ -1,17 +1,17 @@
-import { FileSystem, Path } from "@effect/platform"
-import { checkpointerNamespace, ImageBuildError, ImageBuilder, kanikoConfig, reasonOf } from "@checkpointer/core"
+import { checkpointerNamespace, ImageBuilder, ImageBuildError, kanikoConfig, reasonOf } from "@checkpointer/core"
 import type { BuildRequest, BuildStep, BuiltImage, KanikoSettings } from "@checkpointer/core"
+import { FileSystem, Path } from "@effect/platform"
 import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
 import { Duration, Effect, Either, Option } from "effect"
 import type { Scope } from "effect"
 import type { Compression } from "../archive/ArchiveFormat.ts"
 import { checkpointFacts, readArchiveMetadata } from "../archive/CheckpointMetadata.ts"
+import { imageAnnotations, nodeArchitecture } from "../archive/ImageAnnotations.ts"
+import { unsupportedByKaniko } from "../native/LayerEncoding.ts"
+import { readRegistryCa, registryTrustConfig } from "../registry/RegistryTrust.ts"
 import { readArchiveFormat } from "./KanikoContext.ts"
 import type { ContextArchive, ContextFiles } from "./KanikoContext.ts"
-import { unsupportedByKaniko } from "../native/LayerEncoding.ts"
-import { imageAnnotations, nodeArchitecture } from "../archive/ImageAnnotations.ts"
 import { KanikoPods } from "./KanikoPods.ts"
-import { readRegistryCa, registryTrustConfig } from "../registry/RegistryTrust.ts"
 
 export type KanikoBuilderName = "kaniko" | "kaniko-fs"
 
@@ -278,10 +278,12 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
     /** Adds the Kaniko container's last log lines to a failure, when there are any. */
     const withLogs = (name: string) => (error: ImageBuildError) =>
       Effect.flatMap(lastLogLines(name), (log) =>
-        Effect.fail(log === "" ? error : new ImageBuildError({
-          ...error,
-          message: `${error.message}; last log lines of the Kaniko container:\n${log}`
-        })))
+        Effect.fail(
+          log === "" ? error : new ImageBuildError({
+            ...error,
+            message: `${error.message}; last log lines of the Kaniko container:\n${log}`
+          })
+        ))
 
     /** Waits for the pod to satisfy `until`; a timeout while it is still Pending is a scheduling failure. */
     const waitFor = (name: string, until: (pod: V1Pod) => boolean, within: Duration.Duration, what: string) =>
@@ -329,9 +331,11 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
           ),
           (created) =>
             pods.requestPodDeletion(namespace, created.metadata?.name ?? "").pipe(
-              Effect.tapError((error) => Effect.logWarning("could not delete the Kaniko pod").pipe(
-                Effect.annotateLogs({ error: error.message })
-              )),
+              Effect.tapError((error) =>
+                Effect.logWarning("could not delete the Kaniko pod").pipe(
+                  Effect.annotateLogs({ error: error.message })
+                )
+              ),
               Effect.ignore
             )
         )

@@ -1,6 +1,6 @@
+import { reasonOf } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeStream } from "@effect/platform-node"
-import { reasonOf } from "@checkpointer/core"
 import { Data, Effect, Stream } from "effect"
 import { createReadStream } from "node:fs"
 import { basename, dirname } from "node:path"
@@ -68,29 +68,36 @@ const decompressor = (compression: Exclude<Compression, "none">) =>
  * (NodeStream.pipeThroughDuplex does not wait for "drain" after a chunk's last item), and output is read as it is
  * pulled, so the decompressor's buffers are all that is held, whatever the archive's size.
  */
-export const decompress = (compression: Exclude<Compression, "none">) =>
-<E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<Uint8Array, E | BuildContextError> =>
-  Stream.unwrapScoped(
-    Effect.map(
-      Effect.acquireRelease(Effect.sync(() => decompressor(compression)), (zlib) => Effect.sync(() => zlib.destroy())),
-      (zlib) => {
-        const write = (chunk: Uint8Array) =>
-          Effect.async<void>((resume) => {
-            if (zlib.write(chunk)) return resume(Effect.void)
-            const onDrain = () => resume(Effect.void)
-            zlib.once("drain", onDrain)
-            return Effect.sync(() => zlib.off("drain", onDrain))
-          })
-        const feed = Stream.runForEach(bytes, write).pipe(Effect.zipRight(Effect.sync(() => zlib.end())))
-        const output = NodeStream.fromReadable<BuildContextError, Uint8Array>(
-          () => zlib,
-          (cause) =>
-            new BuildContextError({ message: `cannot decompress the ${compression} archive: ${reasonOf(cause)}`, cause })
-        )
-        return Stream.merge(output, Stream.drain(Stream.fromEffect(feed)))
-      }
+export const decompress =
+  (compression: Exclude<Compression, "none">) =>
+  <E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<Uint8Array, E | BuildContextError> =>
+    Stream.unwrapScoped(
+      Effect.map(
+        Effect.acquireRelease(
+          Effect.sync(() => decompressor(compression)),
+          (zlib) => Effect.sync(() => zlib.destroy())
+        ),
+        (zlib) => {
+          const write = (chunk: Uint8Array) =>
+            Effect.async<void>((resume) => {
+              if (zlib.write(chunk)) return resume(Effect.void)
+              const onDrain = () => resume(Effect.void)
+              zlib.once("drain", onDrain)
+              return Effect.sync(() => zlib.off("drain", onDrain))
+            })
+          const feed = Stream.runForEach(bytes, write).pipe(Effect.zipRight(Effect.sync(() => zlib.end())))
+          const output = NodeStream.fromReadable<BuildContextError, Uint8Array>(
+            () => zlib,
+            (cause) =>
+              new BuildContextError({
+                message: `cannot decompress the ${compression} archive: ${reasonOf(cause)}`,
+                cause
+              })
+          )
+          return Stream.merge(output, Stream.drain(Stream.fromEffect(feed)))
+        }
+      )
     )
-  )
 
 const readFailed = (path: string) => (cause: unknown) =>
   new BuildContextError({ message: `cannot read the checkpoint archive ${path}: ${reasonOf(cause)}`, cause })

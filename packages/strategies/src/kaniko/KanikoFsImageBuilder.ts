@@ -1,12 +1,12 @@
-import { FileSystem, Path } from "@effect/platform"
-import { ImageBuildError, ImageBuilder, reasonOf } from "@checkpointer/core"
+import { ImageBuilder, ImageBuildError, reasonOf } from "@checkpointer/core"
 import type { KubernetesApiError } from "@checkpointer/core"
+import { FileSystem, Path } from "@effect/platform"
 import { Duration, Effect, Layer, Option, Stream } from "effect"
 import type { ConfigError } from "effect"
-import { contextArchiveBytes } from "./KanikoContext.ts"
 import { makeKanikoBuilder } from "./KanikoBuilder.ts"
-import { KanikoPods } from "./KanikoPods.ts"
 import type { KanikoStrategy } from "./KanikoBuilder.ts"
+import { contextArchiveBytes } from "./KanikoContext.ts"
+import { KanikoPods } from "./KanikoPods.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko-fs",

@@ -1,12 +1,12 @@
-import { ImageBuildError, ImageBuilder } from "@checkpointer/core"
+import { ImageBuilder, ImageBuildError } from "@checkpointer/core"
 import type { KubernetesApiError } from "@checkpointer/core"
 import type { FileSystem, Path } from "@effect/platform"
 import { Duration, Effect, Layer, Option } from "effect"
 import type { ConfigError } from "effect"
-import { buildContext, describeContextArchive } from "./KanikoContext.ts"
 import { kanikoContainer, makeKanikoBuilder } from "./KanikoBuilder.ts"
-import { KanikoPods } from "./KanikoPods.ts"
 import type { KanikoStrategy } from "./KanikoBuilder.ts"
+import { buildContext, describeContextArchive } from "./KanikoContext.ts"
+import { KanikoPods } from "./KanikoPods.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko",

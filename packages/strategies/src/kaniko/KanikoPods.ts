@@ -171,12 +171,14 @@ export class KanikoPods extends Effect.Service<KanikoPods>()("checkpointer/Kanik
         socket.on("close", () =>
           Deferred.unsafeDone(
             closed,
-            Effect.fail(new KubernetesApiError({
-              status: undefined,
-              message: `attach to pod ${namespace}/${name}: the connection closed before stdin was complete${
-                failure === undefined ? "" : ` (${failure})`
-              }`
-            }))
+            Effect.fail(
+              new KubernetesApiError({
+                status: undefined,
+                message: `attach to pod ${namespace}/${name}: the connection closed before stdin was complete${
+                  failure === undefined ? "" : ` (${failure})`
+                }`
+              })
+            )
           ))
         const inFlight = () => stdin.writableLength + stdin.readableLength + socket.bufferedAmount
         const drained: Effect.Effect<void> = Effect.suspend(() =>

@@ -136,9 +136,11 @@ const compressionStage = (kind: Exclude<Compression, "none">) => {
         compressing ??= sniffCompression(chunk) === "none"
         return compressing ? compressed(compressor.write(chunk)) : Effect.succeed<ReadonlyArray<Uint8Array>>([chunk])
       })
-      const tail = Stream.fromEffect(Effect.suspend(() =>
-        compressing === true ? compressed(compressor.end) : Effect.succeed<ReadonlyArray<Uint8Array>>([])
-      ))
+      const tail = Stream.fromEffect(
+        Effect.suspend(() =>
+          compressing === true ? compressed(compressor.end) : Effect.succeed<ReadonlyArray<Uint8Array>>([])
+        )
+      )
       return Stream.flattenIterables(Stream.concat(body, tail))
     }))
   const result = () =>

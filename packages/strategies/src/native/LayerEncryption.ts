@@ -1,5 +1,5 @@
-import { FileSystem } from "@effect/platform"
 import { reasonOf } from "@checkpointer/core"
+import { FileSystem } from "@effect/platform"
 import { Array as Arr, ConfigError, Data, Deferred, Effect, Either, Queue, Stream } from "effect"
 import { FlattenedEncrypt, GeneralEncrypt } from "jose"
 import { createPublicKey, randomBytes } from "node:crypto"
@@ -72,9 +72,7 @@ export const loadRecipients = Effect.fn("LayerEncryption.loadRecipients")(functi
   const fs = yield* FileSystem.FileSystem
   const load = (file: string) =>
     fs.readFileString(file).pipe(
-      Effect.mapError((error) =>
-        ConfigError.InvalidData([keysVariable], `cannot read ${file} (${reasonOf(error)})`)
-      ),
+      Effect.mapError((error) => ConfigError.InvalidData([keysVariable], `cannot read ${file} (${reasonOf(error)})`)),
       Effect.flatMap((pem) =>
         Either.match(parseRecipient(file, pem), {
           onLeft: (reason) => Effect.fail(ConfigError.InvalidData([keysVariable], `${file} ${reason}`)),

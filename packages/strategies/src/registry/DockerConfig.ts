@@ -1,5 +1,5 @@
-import { FileSystem } from "@effect/platform"
 import { reasonOf } from "@checkpointer/core"
+import { FileSystem } from "@effect/platform"
 import { Effect, Either, Option, Redacted, Schema } from "effect"
 import { RegistryError } from "./RegistryError.ts"
 

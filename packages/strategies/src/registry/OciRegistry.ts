@@ -7,7 +7,6 @@ import type { Credentials } from "./DockerConfig.ts"
 import { makeAuthenticator } from "./RegistryAuth.ts"
 import { failedResponse, RegistryError, transportError } from "./RegistryError.ts"
 
-
 export class InvalidReference extends Data.TaggedError("InvalidReference")<{
   readonly reference: string
   readonly message: string
@@ -81,7 +80,6 @@ export interface SessionOptions {
   readonly insecure: boolean
 }
 
-
 const requestTimeout = Duration.seconds(60)
 const transientRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
 
@@ -105,7 +103,9 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       Effect.timeoutFail({
         duration: requestTimeout,
         onTimeout: () =>
-          new RegistryError({ message: `${what} failed: ${reference.apiHost} did not answer within ${Duration.format(requestTimeout)}` })
+          new RegistryError({
+            message: `${what} failed: ${reference.apiHost} did not answer within ${Duration.format(requestTimeout)}`
+          })
       }),
       Effect.retry({ schedule: transientRetry, while: (error) => error.status === undefined })
     )

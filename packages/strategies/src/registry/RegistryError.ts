@@ -1,5 +1,5 @@
-import type { HttpClientResponse } from "@effect/platform"
 import { transportReason } from "@checkpointer/core"
+import type { HttpClientResponse } from "@effect/platform"
 import { Data, Effect } from "effect"
 
 /** A failure talking to a registry or its token server. Messages carry statuses and error codes, never secrets. */

@@ -1,5 +1,5 @@
-import { FileSystem } from "@effect/platform"
 import { reasonOf } from "@checkpointer/core"
+import { FileSystem } from "@effect/platform"
 import { Config, ConfigError, Effect, Option } from "effect"
 
 /** REGISTRY_CA_FILE (an extra CA, PEM) and REGISTRY_INSECURE (plain HTTP or unverified TLS allowed). */
