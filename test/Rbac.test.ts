@@ -4,8 +4,8 @@ import { parseAllDocuments } from "yaml"
 import { projectRoot } from "./harness/CheckpointerProcess.ts"
 
 /**
- * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in core's Cluster.ts and PodEvents.ts
- * and in the strategies' KanikoPods.ts, the methods of each that core, the server and each strategy use (found in the
+ * The RBAC in k8s-manifests against what the code calls: every Kubernetes call in core's Cluster.ts and in the
+ * strategies' KanikoPods.ts, the methods of each that core, the server and each strategy use (found in the
  * sources), and the permission each call needs. A call added without its permission, or a permission no call needs,
  * fails here.
  */
@@ -17,7 +17,6 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "core.readNamespacedPod": ["pods:get"],
   "core.deleteNamespacedPod": ["pods:delete"],
   "core.listPodForAllNamespaces": ["pods:list"],
-  "core.createNamespacedEvent": ["events:create"],
   "core.createNamespacedPod": ["pods:create"],
   "core.readNamespacedPodLog": ["pods/log:get"],
   "watcher.watch": ["pods:watch"],
@@ -31,7 +30,6 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
 /** The services that call the Kubernetes API: where each lives, and the name its users give it. */
 const services = {
   cluster: { path: "packages/core/src/kubernetes/Cluster.ts", usedAs: "cluster" },
-  podEvents: { path: "packages/core/src/kubernetes/PodEvents.ts", usedAs: "events" },
   kanikoPods: { path: "packages/strategies/src/kaniko/KanikoPods.ts", usedAs: "pods" }
 } as const
 
@@ -90,7 +88,7 @@ const methodsUsedIn = (service: Service, paths: ReadonlyArray<string>) =>
 /** Where the orchestration and the API (the server's caller authentication) use those services. */
 const corePaths = ["core", "server"].flatMap((pkg) =>
   readdirSync(`${projectRoot}/packages/${pkg}/src`, { recursive: true, encoding: "utf8" })
-    .filter((file) => file.endsWith(".ts") && !file.endsWith("/Cluster.ts") && !file.endsWith("/PodEvents.ts"))
+    .filter((file) => file.endsWith(".ts") && !file.endsWith("/Cluster.ts"))
     .map((file) => `packages/${pkg}/src/${file}`)
 )
 
@@ -112,8 +110,7 @@ const required = (builder: "native" | "kaniko" | "kaniko-fs") => {
       `${strategies}/kaniko/${builder === "kaniko" ? "Kaniko" : "KanikoFs"}ImageBuilder.ts`
     ]
   const base = new Set([
-    ...permissions("cluster", methodsUsedIn("cluster", corePaths), "cluster"),
-    ...permissions("podEvents", methodsUsedIn("podEvents", corePaths), "cluster")
+    ...permissions("cluster", methodsUsedIn("cluster", corePaths), "cluster")
   ])
   const builderOnly = permissions("kanikoPods", methodsUsedIn("kanikoPods", builderFiles), "namespace")
     .filter((permission) => !base.has(permission.replace(/^namespace:/, "cluster:")))
@@ -176,7 +173,7 @@ const rbacFiles = {
 }
 
 describe("RBAC in k8s-manifests", () => {
-  it("knows the permission of every Kubernetes call in Cluster.ts, PodEvents.ts and KanikoPods.ts", () => {
+  it("knows the permission of every Kubernetes call in Cluster.ts and KanikoPods.ts", () => {
     const calls = new Set(
       (Object.keys(services) as ReadonlyArray<Service>).flatMap((service) =>
         [...source(services[service].path).matchAll(clientCallPattern(service))].map((match) => match[1]!)
@@ -201,7 +198,6 @@ describe("RBAC in k8s-manifests", () => {
     }
     expect(granted(rbacFiles["kaniko-fs"]).some((permission) => permission.includes("pods/attach"))).toBe(false)
     expect(granted(rbacFiles.native).filter((permission) => permission.endsWith(":create"))).toEqual([
-      "cluster:events:create",
       "cluster:tokenreviews.authentication.k8s.io:create",
       "cluster:subjectaccessreviews.authorization.k8s.io:create"
     ])

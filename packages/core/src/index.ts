@@ -7,10 +7,9 @@ export * from "./domain/Reason.ts"
 export * from "./contract/Api.ts"
 // config: each service's environment variables
 export * from "./config/Config.ts"
-// kubernetes: the API server (pods, reviews, events)
+// kubernetes: the API server (pods, reviews)
 export * from "./kubernetes/Cluster.ts"
 export * from "./kubernetes/KubernetesApi.ts"
-export * from "./kubernetes/PodEvents.ts"
 // node: the kubelet's checkpoint API and the directory its archives land in
 export * from "./node/CheckpointDirectory.ts"
 export * from "./node/KubeletService.ts"

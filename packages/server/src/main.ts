@@ -5,7 +5,6 @@ import {
   Cluster,
   describeConfigError,
   KubeletService,
-  PodEvents,
   Readiness,
   ResultStore,
   ServerConfig
@@ -21,7 +20,7 @@ class StartupError extends Data.TaggedError("StartupError")<{ readonly message: 
 const ConfigChecked = Layer.effectDiscard(checkpointerConfig)
 
 const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
-  Layer.provide([KubeletService.Default, CheckpointDirectory.Default, ImageBuilderLayer, PodEvents.Default]),
+  Layer.provide([KubeletService.Default, CheckpointDirectory.Default, ImageBuilderLayer]),
   Layer.provideMerge(ResultStore.File),
   Layer.provideMerge(Cluster.Default)
 )

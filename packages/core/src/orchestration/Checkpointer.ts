@@ -6,8 +6,6 @@ import type { CheckpointIdentifier, CheckpointOptions, CheckpointTag, ContainerR
 import type { ContainerMissing } from "../domain/Errors.ts"
 import { PhaseFailed } from "../domain/Errors.ts"
 import { Cluster } from "../kubernetes/Cluster.ts"
-import type { PodEvent } from "../kubernetes/PodEvents.ts"
-import { PodEvents } from "../kubernetes/PodEvents.ts"
 import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
 import { KubeletService } from "../node/KubeletService.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
@@ -48,10 +46,6 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const cluster = yield* Cluster
     const store = yield* ResultStore
     const directory = yield* CheckpointDirectory
-    // Optional: a Checkpointer embedded without a Kubernetes API records no events.
-    const podEvents = yield* Effect.serviceOption(PodEvents)
-    const recordEvent = (container: ContainerRef, event: PodEvent) =>
-      Option.match(podEvents, { onNone: () => Effect.void, onSome: (events) => events.record(container, event) })
     const running = yield* FiberMap.make<CheckpointIdentifier, CheckpointResult, ContainerMissing | PhaseFailed>()
     const permits = yield* Effect.makeSemaphore(config.maxConcurrent)
     /** Containers being checkpointed on this node, with the identifier of their checkpoint. */
@@ -69,7 +63,6 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       beginTimestamp: number
     ) =>
       Effect.gen(function*() {
-        const startedAt = yield* Clock.currentTimeMillis
         const imageName = `${config.imagePrefix}:${tag}`
         const archive = yield* kubelet.checkpoint(container).pipe(
           Effect.flatMap(directory.claim),
@@ -92,12 +85,6 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           Metrics.observeBuild(builder.name),
           Effect.ensuring(directory.remove(archive))
         )
-        const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
-        yield* recordEvent(container, {
-          type: "Normal",
-          reason: "Checkpointed",
-          message: `Checkpointed container ${container.container} into ${image.name} in ${seconds.toFixed(1)} s`
-        })
         if (options.deletePod) {
           yield* cluster.deletePod(container.namespace, container.pod, deletePodTimeout).pipe(
             Effect.mapError((error) => new PhaseFailed({ phase: "delete pod", message: error.message, cause: error })),
@@ -130,10 +117,6 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
               onSome: (error) => Effect.succeed(describeFailure(error))
             })
             yield* Effect.logWarning("checkpoint failed").pipe(Effect.annotateLogs({ reason: message }))
-            const missing = Cause.failureOption(exit.cause).pipe(Option.exists((e) => e._tag === "ContainerMissing"))
-            if (!missing) {
-              yield* recordEvent(container, { type: "Warning", reason: "CheckpointFailed", message })
-            }
             yield* store.put(
               identifier,
               new FailedRecord({ container, beginTimestamp, endTimestamp: yield* unixSeconds, message })
