@@ -35,7 +35,7 @@ describe("Checkpointer's configuration", () => {
       ])
     }))
 
-  it.effect("has the seed's defaults", () =>
+  it.effect("has the Go service's defaults", () =>
     Effect.gen(function*() {
       const config = Either.getOrThrow(yield* load(required))
       expect(config).toMatchObject({

@@ -72,7 +72,7 @@ const absolutePath = (name: string, fallback: string) =>
     Config.withDefault(fallback)
   )
 
-/** The seed's boolean flags are "true" or unset; anything else that is not a boolean is an error. */
+/** The Go service's boolean flags are "true" or unset; anything else that is not a boolean is an error. */
 export const flag = (name: string) => Config.boolean(name).pipe(Config.withDefault(false))
 
 const binaryUnits: Readonly<Record<string, number>> = { "": 1, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40 }

@@ -19,7 +19,7 @@ import {
   PodName
 } from "../domain/Domain.ts"
 
-/** An API error whose body is its message as plain text, as the seed answers errors. */
+/** An API error whose body is its message as plain text, as the Go service answers errors. */
 const plainText = <E extends { readonly message: string }, I>(
   error: Schema.Schema<E, I> & (new(props: { readonly message: string }) => E),
   status: number,

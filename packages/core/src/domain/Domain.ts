@@ -74,7 +74,7 @@ export class CheckpointOptions extends Schema.Class<CheckpointOptions>("Checkpoi
   async: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {}
 
-/** The body of a successful checkpoint, as the seed answers it (timestamps in Unix seconds). */
+/** The body of a successful checkpoint, as the Go service answers it (timestamps in Unix seconds). */
 export class CheckpointResult extends Schema.Class<CheckpointResult>("CheckpointResult")({
   containerIdentifier: ContainerRef,
   beginTimestamp: Schema.Number,

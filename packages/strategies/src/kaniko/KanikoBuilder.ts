@@ -115,7 +115,7 @@ export const kanikoArgs = (options: {
   ]
 }
 
-/** The Kaniko pod of one build, as the seed defined it (plus the labels and annotations that say whose it is). */
+/** The Kaniko pod of one build, as the Go service defined it (plus the labels and annotations that say whose it is). */
 export const kanikoPod = (options: {
   readonly settings: Pick<KanikoPodSettings, "namespace" | "node" | "image" | "secretName" | "cpuRequest" | "baseImage">
   readonly builder: KanikoBuilderName

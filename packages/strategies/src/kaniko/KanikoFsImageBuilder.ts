@@ -56,8 +56,8 @@ const strategy: KanikoStrategy = {
 }
 
 /**
- * The `kaniko-fs` strategy (the seed's USE_KANIKO_FS=true): the build context is written to a fresh directory under
- * KANIKO_BUILD_CTX_DIR, which a Kaniko pod pinned to this node mounts as a hostPath volume.
+ * The `kaniko-fs` strategy (the Go service's USE_KANIKO_FS=true): the build context is written to a fresh directory
+ * under KANIKO_BUILD_CTX_DIR, which a Kaniko pod pinned to this node mounts as a hostPath volume.
  */
 export const layerWithoutDependencies: Layer.Layer<
   ImageBuilder,

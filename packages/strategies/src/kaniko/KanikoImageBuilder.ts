@@ -30,8 +30,8 @@ const strategy: KanikoStrategy = {
 }
 
 /**
- * The `kaniko` strategy (the seed's default): the build context goes to the Kaniko pod's stdin over pod attach, as a
- * tar.gz made while it is sent.
+ * The `kaniko` strategy (the Go service's default): the build context goes to the Kaniko pod's stdin over pod attach,
+ * as a tar.gz made while it is sent.
  */
 export const layerWithoutDependencies: Layer.Layer<
   ImageBuilder,
