@@ -1,5 +1,5 @@
 import { CheckpointerClient } from "@checkpointer/client"
-import { Cluster, KubernetesApiError } from "@checkpointer/core"
+import { Cluster, KubernetesApiError, reasonOf } from "@checkpointer/core"
 import { KubeConfig } from "@kubernetes/client-node"
 import { Clock, Console, Data, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
 import { readFile } from "node:fs/promises"
@@ -78,7 +78,7 @@ export const parseInvocation = (
           help: { type: "boolean", short: "h", default: false }
         }
       }),
-    catch: (error) => new UsageError({ message: error instanceof Error ? error.message : String(error) })
+    catch: (error) => new UsageError({ message: reasonOf(error) })
   })
   return Either.flatMap(parsed, ({ positionals, values }): Either.Either<Invocation | "help", UsageError> => {
     if (values.help) return Either.right("help" as const)

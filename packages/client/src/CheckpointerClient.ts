@@ -1,4 +1,4 @@
-import { CheckpointerApi, CheckpointIdentifier, ContainerPath } from "@checkpointer/core"
+import { CheckpointerApi, CheckpointIdentifier, ContainerPath, transportReason } from "@checkpointer/core"
 import type { AsyncCheckpointAccepted, CheckpointResult } from "@checkpointer/core"
 import { CheckpointOptions as CheckpointBody } from "@checkpointer/core"
 import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
@@ -43,7 +43,7 @@ const describeClientError = (error: HttpClientError.HttpClientError | ParseResul
       })
     }
     if (error._tag === "RequestError") {
-      const cause = error.cause instanceof Error ? `: ${error.cause.message}` : ""
+      const cause = error.cause === undefined ? "" : `: ${transportReason(error.cause)}`
       return new CheckpointerRequestFailed({
         status: undefined,
         message: `no answer from ${error.request.url}${cause}`,
