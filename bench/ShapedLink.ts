@@ -1,5 +1,6 @@
 import { Effect } from "effect"
 import { exec, failedTo } from "./Tools.ts"
+import { ownerAlive } from "./Workload.ts"
 
 /** A network namespace joined to the host by a veth pair whose both ends are shaped to `rateMbit`. */
 export interface ShapedLink {
@@ -64,15 +65,6 @@ const removeNamespace = (netns: string) =>
     for (const pid of pids) yield* Effect.ignore(Effect.try(() => process.kill(Number(pid), "SIGKILL")))
     yield* ip(["netns", "delete", netns])
   })
-
-const ownerAlive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
 
 /** Names carrying the pid of a run (`<prefix><pid>-...`) whose process is gone. */
 export const orphanedNames = (names: ReadonlyArray<string>, prefix: string) =>

@@ -106,7 +106,8 @@ export const makeArchive = Effect.fn("Workload.makeArchive")(function*(
   return { path, bytes, digest, memoryBytes, checkpointSeconds, sha256Seconds } satisfies Archive
 }, Effect.mapError(failedTo("make a checkpoint archive")))
 
-const ownerAlive = (pid: number) => {
+/** Whether the process `pid` still runs (a benchmark run's leftovers are removed only when it is gone). */
+export const ownerAlive = (pid: number) => {
   try {
     process.kill(pid, 0)
     return true

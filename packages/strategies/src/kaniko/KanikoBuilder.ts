@@ -1,9 +1,9 @@
 import { checkpointerNamespace, ImageBuilder, ImageBuildError, kanikoConfig, reasonOf } from "@checkpointer/core"
-import type { BuildRequest, BuildStep, BuiltImage, KanikoSettings } from "@checkpointer/core"
+import type { BuildRequest, BuildStep, BuiltImage, KanikoSettings, KubernetesApiError } from "@checkpointer/core"
 import { FileSystem, Path } from "@effect/platform"
 import type { V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node"
-import { Duration, Effect, Either, Option } from "effect"
-import type { Scope } from "effect"
+import { Duration, Effect, Either, Layer, Option } from "effect"
+import type { ConfigError, Scope } from "effect"
 import type { Compression } from "../archive/ArchiveFormat.ts"
 import { checkpointFacts, readArchiveMetadata } from "../archive/CheckpointMetadata.ts"
 import { imageAnnotations, nodeArchitecture } from "../archive/ImageAnnotations.ts"
@@ -412,3 +412,21 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
 
     return ImageBuilder.of({ name: strategy.name, build })
   })
+
+/**
+ * A Kaniko strategy's ImageBuilder layers: without the Kaniko pods' service (tests give a fake one), and with the real
+ * one on the API server.
+ */
+export const kanikoBuilderLayers = (strategy: KanikoStrategy) => {
+  const layerWithoutDependencies: Layer.Layer<
+    ImageBuilder,
+    ConfigError.ConfigError,
+    KanikoPods | FileSystem.FileSystem | Path.Path
+  > = Layer.effect(ImageBuilder, makeKanikoBuilder(strategy))
+  const layer: Layer.Layer<
+    ImageBuilder,
+    ConfigError.ConfigError | KubernetesApiError,
+    FileSystem.FileSystem | Path.Path
+  > = layerWithoutDependencies.pipe(Layer.provide(KanikoPods.Default))
+  return { layerWithoutDependencies, layer } as const
+}

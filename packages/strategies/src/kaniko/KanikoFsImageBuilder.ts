@@ -1,12 +1,9 @@
-import { ImageBuilder, ImageBuildError, reasonOf } from "@checkpointer/core"
-import type { KubernetesApiError } from "@checkpointer/core"
+import { ImageBuildError, reasonOf } from "@checkpointer/core"
 import { FileSystem, Path } from "@effect/platform"
-import { Duration, Effect, Layer, Option, Stream } from "effect"
-import type { ConfigError } from "effect"
-import { makeKanikoBuilder } from "./KanikoBuilder.ts"
+import { Duration, Effect, Option, Stream } from "effect"
+import { kanikoBuilderLayers } from "./KanikoBuilder.ts"
 import type { KanikoStrategy } from "./KanikoBuilder.ts"
 import { contextArchiveBytes } from "./KanikoContext.ts"
-import { KanikoPods } from "./KanikoPods.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko-fs",
@@ -59,14 +56,4 @@ const strategy: KanikoStrategy = {
  * The `kaniko-fs` strategy (the Go service's USE_KANIKO_FS=true): the build context is written to a fresh directory
  * under KANIKO_BUILD_CTX_DIR, which a Kaniko pod pinned to this node mounts as a hostPath volume.
  */
-export const layerWithoutDependencies: Layer.Layer<
-  ImageBuilder,
-  ConfigError.ConfigError,
-  KanikoPods | FileSystem.FileSystem | Path.Path
-> = Layer.effect(ImageBuilder, makeKanikoBuilder(strategy))
-
-export const layer: Layer.Layer<
-  ImageBuilder,
-  ConfigError.ConfigError | KubernetesApiError,
-  FileSystem.FileSystem | Path.Path
-> = layerWithoutDependencies.pipe(Layer.provide(KanikoPods.Default))
+export const { layer, layerWithoutDependencies } = kanikoBuilderLayers(strategy)

@@ -1,12 +1,8 @@
-import { ImageBuilder, ImageBuildError } from "@checkpointer/core"
-import type { KubernetesApiError } from "@checkpointer/core"
-import type { FileSystem, Path } from "@effect/platform"
-import { Duration, Effect, Layer, Option } from "effect"
-import type { ConfigError } from "effect"
-import { kanikoContainer, makeKanikoBuilder } from "./KanikoBuilder.ts"
+import { ImageBuildError } from "@checkpointer/core"
+import { Duration, Effect, Option } from "effect"
+import { kanikoBuilderLayers, kanikoContainer } from "./KanikoBuilder.ts"
 import type { KanikoStrategy } from "./KanikoBuilder.ts"
 import { buildContext, describeContextArchive } from "./KanikoContext.ts"
-import { KanikoPods } from "./KanikoPods.ts"
 
 const strategy: KanikoStrategy = {
   name: "kaniko",
@@ -33,14 +29,4 @@ const strategy: KanikoStrategy = {
  * The `kaniko` strategy (the Go service's default): the build context goes to the Kaniko pod's stdin over pod attach,
  * as a tar.gz made while it is sent.
  */
-export const layerWithoutDependencies: Layer.Layer<
-  ImageBuilder,
-  ConfigError.ConfigError,
-  KanikoPods | FileSystem.FileSystem | Path.Path
-> = Layer.effect(ImageBuilder, makeKanikoBuilder(strategy))
-
-export const layer: Layer.Layer<
-  ImageBuilder,
-  ConfigError.ConfigError | KubernetesApiError,
-  FileSystem.FileSystem | Path.Path
-> = layerWithoutDependencies.pipe(Layer.provide(KanikoPods.Default))
+export const { layer, layerWithoutDependencies } = kanikoBuilderLayers(strategy)
