@@ -1,4 +1,5 @@
 import { Cluster, KubernetesApiError, Readiness, ResultStore } from "@checkpointer/core"
+import type { Path } from "@effect/platform"
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
@@ -6,9 +7,13 @@ import { ConfigProvider, Effect, Fiber, Layer, Option, TestClock } from "effect"
 
 type ApiBehaviour = "answers" | "refuses" | "hangs"
 
-const readiness = (storageBasePath: string, api: ApiBehaviour) =>
+const readiness = (
+  storageBasePath: string,
+  api: ApiBehaviour,
+  store: Layer.Layer<ResultStore, unknown, FileSystem.FileSystem | Path.Path> = ResultStore.File
+) =>
   Readiness.Default.pipe(
-    Layer.provide(ResultStore.File),
+    Layer.provide(store),
     Layer.provide(Layer.succeed(
       Cluster,
       Cluster.make({
@@ -64,7 +69,10 @@ describe("Readiness", () => {
         const fiber = yield* Effect.fork(Effect.flip(check))
         yield* TestClock.adjust("3 seconds")
         return yield* Fiber.join(fiber)
-      }).pipe(Effect.provide(readiness(dir, "hangs")))
+      }).pipe(
+        // A store without disk I/O: the TestClock then times out the API server alone, never a write still under way.
+        Effect.provide(readiness(dir, "hangs", ResultStore.Memory))
+      )
       expect(failure.message).toBe("API server not reachable: no answer within 3s")
     }).pipe(Effect.provide(NodeContext.layer)))
 })
