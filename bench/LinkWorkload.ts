@@ -5,6 +5,7 @@ import { runPod } from "../test/harness/Cluster.ts"
 import { pollUntil } from "../test/harness/Process.ts"
 import { MiB } from "./Stats.ts"
 import { BenchError, exec, failedTo, seconds } from "./Tools.ts"
+import { checkpointInto } from "./Workload.ts"
 
 /** Host directory of real text the workload reads (Perl's modules and their documentation), mounted read-only. */
 export const corpusDir = "/usr/share/perl"
@@ -139,16 +140,7 @@ export const makeHeapArchive = Effect.fn("LinkWorkload.makeHeapArchive")(functio
   path: string
 ) {
   const fs = yield* FileSystem.FileSystem
-  const [checkpointSeconds] = yield* seconds(Effect.acquireRelease(
-    cluster.agent.checkpoint({
-      namespace: "default",
-      pod,
-      container: heapContainer,
-      archive: path,
-      timeout: Duration.minutes(10)
-    }),
-    () => Effect.ignore(fs.remove(path, { force: true }))
-  ))
+  const checkpointSeconds = yield* checkpointInto(cluster, pod, heapContainer, path)
   const bytes = Number((yield* fs.stat(path)).size)
   const listing = (yield* exec("tar", ["-tvf", path])).stdout.split("\n")
   const pagesBytes = listing

@@ -76,6 +76,23 @@ export interface Archive {
   readonly sha256Seconds: number
 }
 
+/** Scoped: CRI-O's checkpoint of a container of a `default` pod into `path`, removed when the scope closes; seconds. */
+export const checkpointInto = (cluster: LocalCluster, pod: string, container: string, path: string) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) =>
+    Effect.map(
+      seconds(Effect.acquireRelease(
+        cluster.agent.checkpoint({
+          namespace: "default",
+          pod,
+          container,
+          archive: path,
+          timeout: Duration.minutes(10)
+        }),
+        () => Effect.ignore(fs.remove(path, { force: true }))
+      )),
+      ([checkpointSeconds]) => checkpointSeconds
+    ))
+
 /** Scoped: checkpoints `container` into `path` (removed when the scope closes) and checks what the archive holds. */
 export const makeArchive = Effect.fn("Workload.makeArchive")(function*(
   cluster: LocalCluster,
@@ -83,16 +100,7 @@ export const makeArchive = Effect.fn("Workload.makeArchive")(function*(
   path: string
 ) {
   const fs = yield* FileSystem.FileSystem
-  const [checkpointSeconds] = yield* seconds(Effect.acquireRelease(
-    cluster.agent.checkpoint({
-      namespace: "default",
-      pod: container.pod,
-      container: container.container,
-      archive: path,
-      timeout: Duration.minutes(10)
-    }),
-    () => Effect.ignore(fs.remove(path, { force: true }))
-  ))
+  const checkpointSeconds = yield* checkpointInto(cluster, container.pod, container.container, path)
   const bytes = Number((yield* fs.stat(path)).size)
   const listing = yield* exec("tar", ["-tvf", path, "rootfs-diff.tar"])
   const memoryBytes = Number(listing.stdout.trim().split(/\s+/)[2])
