@@ -134,6 +134,25 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       return yield* deliver(what, yield* auth.authorize(request))
     })
 
+  /** A PUT the registry must answer 201, and whose Docker-Content-Digest (when it sends one) must be `digest`. */
+  const createdWith = (
+    what: string,
+    registryDid: "stored" | "computed",
+    request: HttpClientRequest.HttpClientRequest,
+    digest: string
+  ) =>
+    Effect.gen(function*() {
+      const response = yield* exchange(what, request)
+      if (response.status !== 201) return yield* refused(what, response)
+      yield* response.text.pipe(Effect.ignore)
+      const confirmed = response.headers["docker-content-digest"]
+      if (confirmed !== undefined && confirmed !== digest) {
+        return yield* new RegistryError({
+          message: `${what} failed: registry ${registryDid} ${confirmed}, expected ${digest}`
+        })
+      }
+    })
+
   const ping = (base: string) =>
     Effect.gen(function*() {
       const response = yield* send("registry ping", HttpClientRequest.get(`${base}/v2/`))
@@ -192,15 +211,7 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
           ? HttpClientRequest.bodyUint8Array(body.value, "application/octet-stream")
           : HttpClientRequest.setHeader("content-length", "0")
       )
-      const response = yield* exchange("blob upload", request)
-      if (response.status !== 201) return yield* refused("blob upload", response)
-      yield* response.text.pipe(Effect.ignore)
-      const confirmed = response.headers["docker-content-digest"]
-      if (confirmed !== undefined && confirmed !== digest) {
-        return yield* new RegistryError({
-          message: `blob upload failed: registry stored ${confirmed}, expected ${digest}`
-        })
-      }
+      yield* createdWith("blob upload", "stored", request, digest)
     })
 
   /** A small blob whose bytes are at hand: HEAD, else POST + monolithic PUT. */
@@ -248,15 +259,7 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       const request = HttpClientRequest.put(`${repositoryUrl}/manifests/${reference.tag}`).pipe(
         HttpClientRequest.bodyUint8Array(manifest, mediaType)
       )
-      const response = yield* exchange("manifest push", request)
-      if (response.status !== 201) return yield* refused("manifest push", response)
-      yield* response.text.pipe(Effect.ignore)
-      const confirmed = response.headers["docker-content-digest"]
-      if (confirmed !== undefined && confirmed !== digest) {
-        return yield* new RegistryError({
-          message: `manifest push failed: registry computed ${confirmed}, expected ${digest}`
-        })
-      }
+      yield* createdWith("manifest push", "computed", request, digest)
       return digest
     })
 
