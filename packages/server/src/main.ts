@@ -6,9 +6,11 @@ import {
   describeConfigError,
   KubeletService,
   Readiness,
+  Restorer,
   ResultStore,
   ServerConfig
 } from "@checkpointer/core"
+import { RegistryImages } from "@checkpointer/strategies"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Data, Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./http/HttpServer.ts"
@@ -19,7 +21,9 @@ class StartupError extends Data.TaggedError("StartupError")<{ readonly message: 
 /** Every variable read once before any service starts: every problem is listed at once. */
 const ConfigChecked = Layer.effectDiscard(checkpointerConfig)
 
-const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
+const CheckpointerLive = Restorer.Default.pipe(
+  Layer.provide(RegistryImages.layer),
+  Layer.provideMerge(Layer.mergeAll(Checkpointer.Default, Readiness.Default)),
   Layer.provide([KubeletService.Default, CheckpointDirectory.Default, ImageBuilderLayer]),
   Layer.provideMerge(ResultStore.File),
   Layer.provideMerge(Cluster.Default)

@@ -1,33 +1,24 @@
 import { ImageBuilder, ImageBuildError, reasonOf } from "@checkpointer/core"
 import type { BuildRequest } from "@checkpointer/core"
-import { FileSystem, HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
-import { Agent } from "@effect/platform-node/Undici"
+import { FileSystem } from "@effect/platform"
 import type { ConfigError } from "effect"
 import { Clock, Config, Effect, Either, Layer, Option, Stream } from "effect"
-import { rootCertificates } from "node:tls"
 import type { ArchiveError, Compression } from "../archive/ArchiveFormat.ts"
 import { inspectWhileStreaming } from "../archive/ArchiveInspector.ts"
 import type { ArchiveDescription } from "../archive/ArchiveInspector.ts"
 import { readArchive } from "../archive/ArchiveReader.ts"
 import { checkpointFacts } from "../archive/CheckpointMetadata.ts"
 import { imageAnnotations, nodeArchitecture } from "../archive/ImageAnnotations.ts"
-import { credentialsFor, readAuthFile } from "../registry/DockerConfig.ts"
-import { formatReference, makeSession, parseImageReference } from "../registry/OciRegistry.ts"
+import { formatReference, makeSession, ociManifestMediaType, parseImageReference } from "../registry/OciRegistry.ts"
 import type { RegistryError } from "../registry/RegistryError.ts"
-import { readRegistryCa, registryTrustConfig } from "../registry/RegistryTrust.ts"
+import { credentialsOf, registryAccessConfig, registryHttpClient } from "../registry/RegistryHttp.ts"
+import type { RegistryAccess } from "../registry/RegistryHttp.ts"
 import { compression, encodeLayer, encryptionKeys } from "./LayerEncoding.ts"
 import type { LayerCompressionError } from "./LayerEncoding.ts"
 import { loadRecipients } from "./LayerEncryption.ts"
 import type { LayerEncryptionError } from "./LayerEncryption.ts"
 
-export interface NativeImageBuilderOptions {
-  /** Docker config JSON with `auths` (REGISTRY_AUTH_FILE). */
-  readonly authFile: Option.Option<string>
-  /** Extra CA certificates (PEM) trusted for registries and token servers (REGISTRY_CA_FILE). */
-  readonly caFile: Option.Option<string>
-  /** Plain HTTP allowed and TLS left unverified (REGISTRY_INSECURE). */
-  readonly insecure: boolean
+export interface NativeImageBuilderOptions extends RegistryAccess {
   /** Compression of an uncompressed archive's layer (CHECKPOINT_LAYER_COMPRESSION); `none` when absent. */
   readonly compression?: Compression
   /** Recipients' public key files (CHECKPOINT_ENCRYPTION_KEYS); the layer is encrypted for them when there are any. */
@@ -35,18 +26,12 @@ export interface NativeImageBuilderOptions {
 }
 
 export const options: Config.Config<NativeImageBuilderOptions> = Config.all({
-  authFile: Config.option(Config.string("REGISTRY_AUTH_FILE")),
-  trust: registryTrustConfig,
+  access: registryAccessConfig,
   compression,
   encryptionKeys
-}).pipe(Config.map(({ authFile, compression, encryptionKeys, trust }) => ({
-  authFile,
-  ...trust,
-  compression,
-  encryptionKeys
-})))
+}).pipe(Config.map(({ access, compression, encryptionKeys }) => ({ ...access, compression, encryptionKeys })))
 
-export const manifestMediaType = "application/vnd.oci.image.manifest.v1+json"
+export const manifestMediaType = ociManifestMediaType
 export const configMediaType = "application/vnd.oci.image.config.v1+json"
 
 const encodeJson = (value: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(value))
@@ -65,21 +50,7 @@ const archiveChunkSize = 1024 * 1024
 /** The native strategy: streams the archive straight into the registry as the single layer of an OCI image. */
 export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: NativeImageBuilderOptions) {
   const fs = yield* FileSystem.FileSystem
-  const extraCa = yield* readRegistryCa(settings.caFile)
-  const dispatcher = yield* Effect.acquireRelease(
-    Effect.sync(() =>
-      new Agent({
-        connect: {
-          ...Option.match(extraCa, { onNone: () => ({}), onSome: (pem) => ({ ca: [...rootCertificates, pem] }) }),
-          rejectUnauthorized: !settings.insecure
-        }
-      })
-    ),
-    (agent) => Effect.promise(() => agent.destroy())
-  )
-  const http = NodeHttpClient.makeUndici(dispatcher).pipe(
-    HttpClient.mapRequest(HttpClientRequest.setHeader("user-agent", "checkpointer-native-image-builder"))
-  )
+  const http = yield* registryHttpClient(settings, "checkpointer-native-image-builder")
   const architecture = nodeArchitecture()
   const recipients = yield* loadRecipients(settings.encryptionKeys ?? [])
   const encoding = { compression: settings.compression ?? "none", recipients } as const
@@ -134,10 +105,10 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
         })
       )
     )
-    const credentials = yield* Option.match(settings.authFile, {
-      onNone: () => Effect.succeed(Option.none()),
-      onSome: (path) => Effect.map(readAuthFile(path), (config) => credentialsFor(config, reference.domain))
-    }).pipe(Effect.provideService(FileSystem.FileSystem, fs), Effect.mapError(pushFailed))
+    const credentials = yield* credentialsOf(settings, reference).pipe(
+      Effect.provideService(FileSystem.FileSystem, fs),
+      Effect.mapError(pushFailed)
+    )
     const session = yield* makeSession({ http, reference, credentials, insecure: settings.insecure }).pipe(
       Effect.mapError(pushFailed)
     )
@@ -173,7 +144,10 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
       mediaType: manifestMediaType,
       config: configBlob,
       layers: [layer],
-      annotations: imageAnnotations(checkpointFacts(archive), request.container, architecture)
+      annotations: {
+        ...request.annotations,
+        ...imageAnnotations(checkpointFacts(archive), request.container, architecture)
+      }
     }
     const digest = yield* session.putManifest(encodeJson(manifest), manifestMediaType).pipe(
       Effect.mapError(pushFailed)
