@@ -59,7 +59,7 @@ export interface FakeWorld {
   readonly kubeletLie: Ref.Ref<Option.Option<(checkpointDir: string) => string>>
   /** Every bearer token the API server was asked to review. */
   readonly tokenReviews: Ref.Ref<ReadonlyArray<string>>
-  /** Pods created through the API, by `namespace/name`; they run at once on their node (default node-a). */
+  /** Pods created through the API, by `namespace/name`; they run at once (on node-c unless pinned). */
   readonly createdPods: Ref.Ref<ReadonlyMap<string, V1Pod>>
 }
 
@@ -146,10 +146,10 @@ const FakeCheckpointImages = Layer.effect(
   })
 )
 
-/** A pod as the fake node runs it: scheduled (node-a unless pinned), every container running. */
+/** A pod as the fake node runs it: scheduled (the scheduler picks node-c unless it is pinned), containers running. */
 const runningPod = (pod: V1Pod): V1Pod => ({
   ...pod,
-  spec: { ...pod.spec!, nodeName: pod.spec?.nodeName ?? "node-a" },
+  spec: { ...pod.spec!, nodeName: pod.spec?.nodeName ?? "node-c" },
   status: {
     phase: "Running",
     containerStatuses: (pod.spec?.containers ?? []).map((container) => ({
