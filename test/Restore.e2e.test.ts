@@ -10,6 +10,7 @@ import { describeE2E } from "./harness/E2E.ts"
 import type { MultiNodeStack } from "./harness/LocalStack.ts"
 import { checkpointerEnv, startMultiNodeStack } from "./harness/LocalStack.ts"
 import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
+import { kubectlCheckpoint } from "./KubectlPlugin.ts"
 
 class Nodes extends Context.Tag("test/RestoreNodes")<Nodes, MultiNodeStack>() {}
 
@@ -118,6 +119,45 @@ describeE2E("restore through the API on the real runtime", () => {
         yield* expectCountsOn(stack.cluster, "quarantine", "forensic-copy", before)
       }))
 
+    it.scoped("kubectl checkpoint POD --migrate --to node-b: checkpointed, deleted, the same pod counts on there", () =>
+      Effect.gen(function*() {
+        const stack = yield* Nodes
+        const { container } = yield* startCounterPod(stack.cluster, {
+          namespace: "default",
+          name: "migrant",
+          nodeName: "node-a"
+        })
+        const before = yield* container.waitAbove(5)
+        const env = { KUBECONFIG: stack.cluster.apiServer.kubeconfigPath }
+        const url = stack.checkpointer("node-a").url
+        const migrated = yield* kubectlCheckpoint(["migrant", "--migrate", "--to", "node-b", "--url", url], env)
+        expect(migrated.code, migrated.stderr).toBe(0)
+        expect(migrated.stdout.trim()).toBe("default/migrant")
+        expect(migrated.stderr).toContain("checkpointed default/migrant/counter in ")
+        expect(migrated.stderr).toContain(", pod deleted")
+        expect(migrated.stderr).toMatch(/restored default\/migrant\/counter as default\/migrant on node node-b in /)
+        const pod = Option.getOrThrow(yield* stack.cluster.apiServer.findPod("default", "migrant"))
+        expect(pod.spec.nodeName).toBe("node-b")
+        yield* expectCountsOn(stack.cluster, "default", "migrant", before)
+      }))
+
+    it.scoped("kubectl checkpoint restore IDENTIFIER --name ... prints the restored pod", () =>
+      Effect.gen(function*() {
+        const stack = yield* Nodes
+        const { before, identifier } = yield* checkpointCounter(stack, "plugin-source")
+        const env = { KUBECONFIG: stack.cluster.apiServer.kubeconfigPath }
+        const url = stack.checkpointer("node-b").url
+        const restored = yield* kubectlCheckpoint(
+          ["restore", identifier, "--name", "plugin-copy", "--to", "node-b", "--wait", "--url", url],
+          env
+        )
+        expect(restored.code, restored.stderr).toBe(0)
+        yield* deleteAtEnd(stack.cluster, "default", "plugin-copy")
+        expect(restored.stdout.trim()).toBe("default/plugin-copy")
+        expect(restored.stderr).toMatch(/restore node-b:[0-9a-f]{16} of node-a:[0-9a-f]{16} started/)
+        yield* expectCountsOn(stack.cluster, "default", "plugin-copy", before)
+      }))
+
     it.scoped("a missing image answers 404 and a taken name 409; neither leaves a pod", () =>
       Effect.gen(function*() {
         const stack = yield* Nodes
@@ -190,6 +230,7 @@ describeE2E("restore through the API on the real runtime", () => {
           port
         })
         const answer = yield* postRestore(checkpointer.url, { image, pod: "cannot" })
+        yield* Effect.log(`a runtime without restore support: ${answer.text}`)
         expect(answer.status, answer.text).toBe(500)
         expect(answer.text).toMatch(/^restore failed in phase "restore": /)
         expect(answer.text).toContain("events: ")
