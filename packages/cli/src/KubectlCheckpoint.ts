@@ -241,9 +241,8 @@ const restoreAndReport = (
         const omitted = restored.omittedEnv === undefined
           ? ""
           : `; env values not restored: ${restored.omittedEnv.join(", ")}`
-        yield* Console.error(
-          `restored ${options.describe} as ${restored.namespace}/${restored.pod} on node ${restored.node} in ${yield* elapsed}${omitted}`
-        )
+        const where = `${restored.namespace}/${restored.pod} on node ${restored.node}`
+        yield* Console.error(`restored ${options.describe} as ${where} in ${yield* elapsed}${omitted}`)
         yield* Console.log(`${restored.namespace}/${restored.pod}`)
       })
     if (!invocation.async && !invocation.wait) {
