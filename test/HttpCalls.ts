@@ -24,6 +24,13 @@ export const postCheckpoint = (base: string, path: string, body?: unknown) =>
     ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { "content-type": "application/json" } })
   })
 
+export const postRestore = (base: string, body: unknown) =>
+  call(`${base}/restore`, {
+    method: "POST",
+    body: JSON.stringify(body),
+    headers: { "content-type": "application/json" }
+  })
+
 export const getResult = (base: string, identifier: string) =>
   call(`${base}/checkpoint?checkpointIdentifier=${encodeURIComponent(identifier)}`)
 

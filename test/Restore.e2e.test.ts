@@ -9,7 +9,7 @@ import { counterOf, counterPodManifest, runPod, startCounterPod, startLocalClust
 import { describeE2E } from "./harness/E2E.ts"
 import type { MultiNodeStack } from "./harness/LocalStack.ts"
 import { checkpointerEnv, startMultiNodeStack } from "./harness/LocalStack.ts"
-import { call, getResult, postCheckpoint } from "./HttpCalls.ts"
+import { getResult, postCheckpoint, postRestore } from "./HttpCalls.ts"
 import { kubectlCheckpoint } from "./KubectlPlugin.ts"
 
 class Nodes extends Context.Tag("test/RestoreNodes")<Nodes, MultiNodeStack>() {}
@@ -23,13 +23,6 @@ const NodesLive = Layer.scoped(
     return yield* startMultiNodeStack({ dir, nodes: ["node-a", "node-b"], nodesPullCheckpoints: true })
   })
 ).pipe(Layer.provideMerge(NodeContext.layer))
-
-const postRestore = (base: string, body: unknown) =>
-  call(`${base}/restore`, {
-    method: "POST",
-    body: JSON.stringify(body),
-    headers: { "content-type": "application/json" }
-  })
 
 /** Checkpoints a running counter through node-a's Checkpointer; answers the identifier, image and counter value. */
 const checkpointCounter = (stack: MultiNodeStack, name: string, nodeName = "node-a") =>

@@ -1,17 +1,18 @@
 /**
  * The local demo (README's first command): a real registry, a real node (CRI-O with CRIU) behind a kubelet endpoint,
  * the simulated API server and Checkpointer started with `pnpm start`. A counter pod is checkpointed through the HTTP
- * API (sync, then async + GET) and each pushed image is restored by CRI-O as a new pod, which goes on counting.
+ * API (sync, then async + GET) and each checkpoint is restored through the API (`POST /restore`, from the image name,
+ * then from the identifier): CRI-O restores it as a new pod, which goes on counting.
  */
 import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Logger, LogLevel } from "effect"
 import type { Counter } from "./harness/Cluster.ts"
-import { counterOf, runRestoredPod, startCounterPod } from "./harness/Cluster.ts"
+import { counterOf, startCounterPod } from "./harness/Cluster.ts"
 import type { LocalStack } from "./harness/LocalStack.ts"
 import { startLocalStack } from "./harness/LocalStack.ts"
 import type { Answer } from "./HttpCalls.ts"
-import { getResult, postCheckpoint } from "./HttpCalls.ts"
+import { getResult, postCheckpoint, postRestore } from "./HttpCalls.ts"
 
 const bold = (text: string) => `\u001b[1m${text}\u001b[0m`
 const step = (text: string) => Console.log(`\n${bold(`==> ${text}`)}`)
@@ -28,10 +29,20 @@ const indentJson = (text: string) => {
 const counterValues = (counter: Counter, count: number) =>
   Effect.forEach(Array.from({ length: count }), () => Effect.zipLeft(counter.value, Effect.sleep("400 millis")))
 
-const restoreAndWatch = (stack: LocalStack, image: string, name: string, valueAtCheckpoint: number) =>
+const restoreAndWatch = (
+  stack: LocalStack,
+  source: { readonly image: string } | { readonly checkpointIdentifier: string },
+  name: string,
+  valueAtCheckpoint: number
+) =>
   Effect.gen(function*() {
-    yield* step(`Restore: pod ${name} whose image is ${image}; ${stack.cluster.runtime.version} pulls and restores it`)
-    const restored = yield* runRestoredPod(stack, image, name)
+    yield* step(`Restore through the HTTP API as pod ${name}; ${stack.cluster.runtime.version} pulls and restores it`)
+    const body = { ...source, pod: name }
+    const answer = yield* postRestore(stack.checkpointer.url, body)
+    yield* show(`-> POST ${stack.checkpointer.url}/restore ${JSON.stringify(body)}`, answer)
+    if (answer.status !== 201) return yield* Effect.fail(new Error(`restore failed: ${answer.status} ${answer.text}`))
+    yield* Effect.addFinalizer(() => Effect.ignore(stack.cluster.apiServer.deletePod("default", name, 0)))
+    const restored = yield* stack.cluster.agent.restored("default", name, "counter")
     yield* Console.log(`pod ${name} is running; CRI-O says its container was restored from a checkpoint: ${restored}`)
     const values = yield* counterValues(counterOf(stack.cluster, "default", name), 5)
     yield* Console.log(`counter when checkpointed: ${valueAtCheckpoint}; restored counter: ${values.join(", ")}`)
@@ -48,7 +59,8 @@ const demo = Effect.gen(function*() {
   const dir = yield* fs.makeTempDirectoryScoped({ prefix: "checkpointer-demo-" })
 
   yield* step("Start a real registry, the simulated Kubernetes API server, a CRI-O node with CRIU, and Checkpointer")
-  const stack = yield* startLocalStack({ dir, registryAuth: "token", viaPnpm: true })
+  // The node pulls checkpoint images with its own registry credentials, as a kubelet configured for the registry does.
+  const stack = yield* startLocalStack({ dir, registryAuth: "token", viaPnpm: true, nodesPullCheckpoints: true })
   yield* Console.log(`registry:           https://${stack.registry.host} (docker-registry, TLS, token auth)`)
   const { apiServer, runtime } = stack.cluster
   yield* Console.log(`API server:         ${apiServer.url} (simulated; kubeconfig ${apiServer.kubeconfigPath})`)
@@ -74,7 +86,7 @@ const demo = Effect.gen(function*() {
   if (sync.status !== 201) return yield* Effect.fail(new Error(`checkpoint failed: ${sync.status} ${sync.text}`))
   const syncResult = JSON.parse(sync.text)
   yield* Console.log(`image ${syncResult.containerImageName}\ndigest ${syncResult.containerImageDigest}`)
-  yield* restoreAndWatch(stack, syncResult.containerImageName, "counter-restored-sync", before)
+  yield* restoreAndWatch(stack, { image: syncResult.containerImageName }, "counter-restored-sync", before)
 
   yield* step("Asynchronous checkpoint, then GET of its result")
   const beforeAsync = yield* container.value
@@ -86,7 +98,7 @@ const demo = Effect.gen(function*() {
   if (result.status !== 200) return yield* Effect.fail(new Error(`checkpoint failed: ${result.status} ${result.text}`))
   const asyncResult = JSON.parse(result.text)
   yield* Console.log(`digest ${asyncResult.containerImageDigest}`)
-  yield* restoreAndWatch(stack, asyncResult.containerImageName, "counter-restored-async", beforeAsync)
+  yield* restoreAndWatch(stack, { checkpointIdentifier }, "counter-restored-async", beforeAsync)
 
   yield* step("Clean up: pods, runtime, registries, API server, node and Checkpointer stop")
 })

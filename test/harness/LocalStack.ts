@@ -94,6 +94,7 @@ export const startLocalStack = (options: {
   readonly viaPnpm?: boolean
   readonly runtime?: RuntimeKind
   readonly kaniko?: boolean
+  readonly nodesPullCheckpoints?: boolean
 }) =>
   Effect.gen(function*() {
     const path = yield* Path.Path
