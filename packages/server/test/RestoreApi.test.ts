@@ -1,4 +1,4 @@
-import { Namespace, originalLabelsAnnotation, restoredFromLabel } from "@checkpointer/core"
+import { ImageBuildError, Namespace, originalLabelsAnnotation, restoredFromLabel } from "@checkpointer/core"
 import { describe, expect, it } from "@effect/vitest"
 import type { V1Pod } from "@kubernetes/client-node"
 import { Effect, Ref } from "effect"
@@ -135,10 +135,21 @@ describe("POST /restore", () => {
       const missing = yield* call("POST", "/restore", { body: { image: "registry.test/checkpoints:nothing" } })
       expect([missing.status, missing.text]).toEqual([404, "image registry.test/checkpoints:nothing does not exist"])
       const unknown = yield* call("POST", "/restore", { body: { checkpointIdentifier: "node-a:0123456789abcdef" } })
-      expect([unknown.status, unknown.text]).toEqual([404, "no checkpoint node-a:0123456789abcdef on node node-a"])
+      expect([unknown.status, unknown.text]).toEqual([
+        404,
+        "checkpoint node-a:0123456789abcdef: image registry.test/checkpoints:0123456789abcdef does not exist"
+      ])
       const taken = yield* call("POST", "/restore", { body: { image, pod: "taken" } })
       expect([taken.status, taken.text]).toEqual([409, "pod team-a/taken already exists"])
       const world = yield* World
+      yield* Ref.set(world.buildBehaviour, () => new ImageBuildError({ step: "push", message: "registry said no" }))
+      const failing = yield* call("POST", "/checkpoint/team-a/web-7d4b9c-x2x9q/main", { body: { async: true } })
+      const failed: string = JSON.parse(failing.text).checkpointIdentifier
+      const noImage = yield* call("POST", "/restore", { body: { checkpointIdentifier: failed } })
+      expect([noImage.status, noImage.text]).toEqual([
+        404,
+        `${failed} has no image: checkpoint failed in phase "build/push": push: registry said no`
+      ])
       yield* Ref.update(world.builds, (builds) => builds.map((build) => ({ ...build, annotations: {} })))
       const unrecorded = yield* call("POST", "/restore", { body: { image } })
       expect([unrecorded.status, unrecorded.text]).toEqual([400, `${image} does not record its pod`])

@@ -124,10 +124,14 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
     const running = yield* FiberMap.make<CheckpointIdentifier, RestoreResult, RestoreConflict | RestoreFailed>()
     const unixSeconds = Clock.currentTimeMillis.pipe(Effect.map((millis) => Math.floor(millis / 1000)))
 
-    /** The image of a checkpoint: this node's result says it (and waits for a running checkpoint); else its tag. */
+    /**
+     * The image of a checkpoint: its tag is the identifier's; on the node that made it, its result is awaited first (a
+     * running checkpoint, a failed one). A result this node no longer has (RESULT_TTL) still leaves the image.
+     */
     const imageOfCheckpoint = (identifier: CheckpointIdentifier) => {
       const { node, tag } = parseIdentifier(identifier)
-      if (node !== config.node) return Effect.succeed(`${config.imagePrefix}:${tag}`)
+      const byTag = `${config.imagePrefix}:${tag}`
+      if (node !== config.node) return Effect.succeed(byTag)
       return checkpointer.result(identifier).pipe(
         Effect.flatMap((result) =>
           result instanceof RestoreResult
@@ -135,7 +139,7 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
             : Effect.succeed(result.containerImageName)
         ),
         Effect.catchTags({
-          CheckpointUnknown: (error) => Effect.fail(new RestoreSourceMissing({ message: error.message })),
+          CheckpointUnknown: () => Effect.succeed(byTag),
           CheckpointFailure: (error) =>
             Effect.fail(new RestoreSourceMissing({ message: `${identifier} has no image: ${error.message}` }))
         })
@@ -170,9 +174,10 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
     /** Reads the image's pod record and works out the pod to create; creates nothing. */
     const plan = Effect.fn("Restorer.plan")(function*(request: RestoreRequest) {
       const image = request.image ?? (yield* imageOfCheckpoint(request.checkpointIdentifier!))
+      const source = request.checkpointIdentifier === undefined ? "" : `checkpoint ${request.checkpointIdentifier}: `
       const record = yield* images.podRecord(image).pipe(
         Effect.catchTags({
-          ImageMissing: (error) => Effect.fail(new RestoreSourceMissing({ message: error.message })),
+          ImageMissing: (error) => Effect.fail(new RestoreSourceMissing({ message: `${source}${error.message}` })),
           ImageUnusable: (error) => Effect.fail(new RestoreInvalid({ message: error.message })),
           ImageLookupFailed: (error) =>
             Effect.fail(new RestoreFailed({ phase: "image", message: error.message, cause: error }))
