@@ -4,7 +4,7 @@ import { FileSystem, Path } from "@effect/platform"
 import type { CommandExecutor } from "@effect/platform"
 import { Console, Context, Effect, Layer, Option, Ref } from "effect"
 import type { Scope } from "effect"
-import { createHash, generateKeyPairSync, randomBytes } from "node:crypto"
+import { createHash, randomBytes } from "node:crypto"
 import type { Profiler } from "node:inspector"
 import type { CheckpointerProcess } from "../test/harness/CheckpointerProcess.ts"
 import { freePort, projectRoot, serverCommand, startCheckpointer } from "../test/harness/CheckpointerProcess.ts"
@@ -29,6 +29,7 @@ import {
 } from "./Pipelines.ts"
 import type { CpuBreakdown, Window } from "./Profile.ts"
 import { breakdown, monotonicMicros, profiled } from "./Profile.ts"
+import { writeRecipients } from "./Recipients.ts"
 import type { BenchSettings } from "./Settings.ts"
 import type { Sample } from "./Stats.ts"
 import { formatSeconds } from "./Stats.ts"
@@ -77,14 +78,7 @@ export const makeEnv = Effect.fn("Bench.makeEnv")(function*(settings: BenchSetti
   const builderContext = yield* Layer.build(NativeImageBuilder.layerWith(builderSettings)).pipe(
     Effect.mapError(failedTo("make the native builder"))
   )
-  const recipients = [
-    generateKeyPairSync("rsa", { modulusLength: 4096 }).publicKey,
-    generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey
-  ]
-  const encryptionKeys = yield* Effect.forEach(recipients, (key, i) => {
-    const file = path.join(dir, `recipient-${i}.pub.pem`)
-    return Effect.as(fs.writeFileString(file, key.export({ type: "spki", format: "pem" }).toString()), file)
-  }).pipe(Effect.mapError(failedTo("write the recipients' public keys")))
+  const encryptionKeys = yield* writeRecipients(dir)
   const encryptingBuilder = NativeImageBuilder.layerWith({ ...builderSettings, encryptionKeys })
   const encryptingContext = yield* Layer.build(encryptingBuilder).pipe(
     Effect.mapError(failedTo("make the encrypting native builder"))

@@ -35,8 +35,12 @@ const pipelineTitles: Readonly<Record<LinkPipeline, string>> = {
   raw: "raw upload of the uncompressed archive (curl)",
   none: "native builder, library, `none`",
   gzip: "native builder, library, `gzip` (level 1)",
-  zstd: "native builder, library, `zstd` (default level)"
+  zstd: "native builder, library, `zstd` (default level)",
+  encrypted: "native builder, library, `none`, encrypted for 2 recipients (RSA 4096 + EC P-256)"
 }
+
+/** The target of issue 15: an encrypted push at most this times the unencrypted one. */
+export const encryptionTarget = 1.15
 
 const range = (summary: Summary, format: (value: number) => string) =>
   `${format(summary.median)} (${format(summary.min)}–${format(summary.max)})`
@@ -44,9 +48,13 @@ const range = (summary: Summary, format: (value: number) => string) =>
 const of = (samples: ReadonlyArray<LinkSample>, pipeline: LinkPipeline) =>
   samples.filter((sample) => sample.pipeline === pipeline)
 
-/** Per-round ratios of `pipeline`'s time to the raw upload's of the same round. */
-export const ratiosToRaw = (samples: ReadonlyArray<LinkSample>, pipeline: LinkPipeline): Summary => {
-  const raw = new Map(of(samples, "raw").map((sample) => [sample.round, sample.seconds]))
+/** Per-round ratios of `pipeline`'s time to `reference`'s (default: the raw upload's) of the same round. */
+export const ratiosToRaw = (
+  samples: ReadonlyArray<LinkSample>,
+  pipeline: LinkPipeline,
+  reference: LinkPipeline = "raw"
+): Summary => {
+  const raw = new Map(of(samples, reference).map((sample) => [sample.round, sample.seconds]))
   return summarize(
     of(samples, pipeline).flatMap((sample) => {
       const reference = raw.get(sample.round)
@@ -64,18 +72,19 @@ const linkTable = (archiveBytes: number, samples: ReadonlyArray<LinkSample>) => 
   "| pipeline | wall s, median (min–max) | × raw upload, median of rounds (min–max) | pushed MiB | " +
   "compression ratio | archive MiB/s | CPU s (this process / curl) | registry CPU s |",
   "|---|---:|---:|---:|---:|---:|---:|---:|",
-  ...(["raw", "none", "gzip", "zstd"] as const).map((pipeline) => {
-    const runs = of(samples, pipeline)
-    const time = summarize(runs.map((sample) => sample.seconds))
-    const pushed = median(runs.map((sample) => sample.pushedBytes))
-    return `| ${pipelineTitles[pipeline]} | ${range(time, formatSeconds)} | ${
-      pipeline === "raw" ? "1" : range(ratiosToRaw(samples, pipeline), formatRatio)
-    } | ${formatMiB(pushed)} | ${formatRatio(archiveBytes / pushed)} | ${
-      (archiveBytes / MiB / time.median).toFixed(0)
-    } | ${median(runs.map((sample) => sample.cpu)).toFixed(2)} | ${
-      median(runs.map((sample) => sample.registryCpu)).toFixed(2)
-    } |`
-  })
+  ...(["raw", "none", "gzip", "zstd", "encrypted"] as const).filter((pipeline) => of(samples, pipeline).length > 0)
+    .map((pipeline) => {
+      const runs = of(samples, pipeline)
+      const time = summarize(runs.map((sample) => sample.seconds))
+      const pushed = median(runs.map((sample) => sample.pushedBytes))
+      return `| ${pipelineTitles[pipeline]} | ${range(time, formatSeconds)} | ${
+        pipeline === "raw" ? "1" : range(ratiosToRaw(samples, pipeline), formatRatio)
+      } | ${formatMiB(pushed)} | ${formatRatio(archiveBytes / pushed)} | ${
+        (archiveBytes / MiB / time.median).toFixed(0)
+      } | ${median(runs.map((sample) => sample.cpu)).toFixed(2)} | ${
+        median(runs.map((sample) => sample.registryCpu)).toFixed(2)
+      } |`
+    })
 ]
 
 const startKinds: ReadonlyArray<StartKind> = ["restore none", "restore zstd", "cold start"]
@@ -196,6 +205,14 @@ export const linkReport = (result: LinkResult): string => {
       `the registry's not counted) it would get through ${mbit(cpuThroughput).toFixed(0)} Mbit/s. ` +
       `Measured: ${pipeline} faster than \`none\` on ${wins.length === 0 ? "no link" : wins.join(", ")}.`
     ),
+    ...result.links.flatMap((link) => {
+      const cost = ratiosToRaw(link.samples, "encrypted", "none")
+      return cost.count === 0 ? [] : [
+        `- Encryption's cost on ${link.title}: the encrypted push takes ${formatRatio(cost.median)} ` +
+        `(${formatRatio(cost.min)}–${formatRatio(cost.max)}) the time of the unencrypted one ` +
+        `(target ≤ ${encryptionTarget}×: **${cost.median <= encryptionTarget ? "met" : "missed"}** on this link).`
+      ]
+    }),
     "- curl's CPU seconds on the shaped links (much higher at 100 Mbit/s than on loopback for the same bytes) are " +
     "curl's own, not explained here; they take part in no verdict.",
     "",

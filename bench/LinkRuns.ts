@@ -15,7 +15,9 @@ import { BenchError, failedTo, seconds, selfCpu } from "./Tools.ts"
 /** CHECKPOINT_LAYER_COMPRESSION's values. */
 export type Compression = "none" | "gzip" | "zstd"
 export const compressions: ReadonlyArray<Compression> = ["none", "gzip", "zstd"]
-export type LinkPipeline = "raw" | Compression
+/** `encrypted`: no compression, the layer encrypted for two recipients (CHECKPOINT_ENCRYPTION_KEYS). */
+export type LinkPipeline = "raw" | Compression | "encrypted"
+export type BuilderKind = Compression | "encrypted"
 
 /** One measured run of one pipeline over one link. */
 export interface LinkSample {
@@ -28,18 +30,29 @@ export interface LinkSample {
   readonly registryCpu: number
 }
 
-export type Builders = Readonly<Record<Compression, Context.Tag.Service<ImageBuilder>>>
+export type Builders = Readonly<Record<BuilderKind, Context.Tag.Service<ImageBuilder>>>
 
-/** Scoped: the library's native builder for `registry`, once per compression (`NativeImageBuilder.layerWith`). */
-export const makeBuilders = Effect.fn("LinkRuns.makeBuilders")(function*(registry: BenchRegistry) {
-  const entries = yield* Effect.forEach(compressions, (compression) =>
-    Layer.build(NativeImageBuilder.layerWith({
-      authFile: Option.some(registry.authFile),
-      caFile: Option.some(registry.caFile),
-      insecure: false,
-      compression
-    })).pipe(Effect.map((context) => [compression, Context.get(context, ImageBuilder)] as const)))
-  return Object.fromEntries(entries) as Record<Compression, Context.Tag.Service<ImageBuilder>>
+/**
+ * Scoped: the library's native builder for `registry` (`NativeImageBuilder.layerWith`), once per compression, and
+ * once uncompressed encrypting for the recipients `encryptionKeys`.
+ */
+export const makeBuilders = Effect.fn("LinkRuns.makeBuilders")(function*(
+  registry: BenchRegistry,
+  encryptionKeys: ReadonlyArray<string>
+) {
+  const access = { authFile: Option.some(registry.authFile), caFile: Option.some(registry.caFile), insecure: false }
+  const variants: ReadonlyArray<readonly [BuilderKind, NativeImageBuilder.NativeImageBuilderOptions]> = [
+    ...compressions.map((compression) => [compression, { ...access, compression }] as const),
+    ["encrypted", { ...access, compression: "none", encryptionKeys }]
+  ]
+  const entries = yield* Effect.forEach(
+    variants,
+    ([kind, options]) =>
+      Layer.build(NativeImageBuilder.layerWith(options)).pipe(
+        Effect.map((context) => [kind, Context.get(context, ImageBuilder)] as const)
+      )
+  )
+  return Object.fromEntries(entries) as Record<BuilderKind, Context.Tag.Service<ImageBuilder>>
 }, Effect.mapError(failedTo("make the native builders")))
 
 const pushedBytesOf = (registry: BenchRegistry, repository: string, tag: string) =>
@@ -92,7 +105,7 @@ export const measureLink = Effect.fn("LinkRuns.measureLink")(function*(
   archive: HeapArchive,
   settings: { readonly runs: number; readonly warmups: number }
 ) {
-  const pipelines: ReadonlyArray<LinkPipeline> = ["raw", ...compressions]
+  const pipelines: ReadonlyArray<LinkPipeline> = ["raw", ...compressions, "encrypted"]
   const once = (pipeline: LinkPipeline, round: number, what: string) =>
     runPipeline(registry, builders, archive, pipeline, round).pipe(
       Effect.tapError((error) =>

@@ -1,7 +1,8 @@
 /**
- * `pnpm bench:link` (issue 16, items 3 and 4): layer compression over shaped links, and restores of compressed images.
- * A busybox awk process on the harness's CRI-O holds LINK_MIB MiB of JSON-like records and real text in its heap; its
- * CRI-O checkpoint is pushed by the native builder (none, gzip, zstd) and uploaded raw with curl to a docker-registry
+ * `pnpm bench:link` (issue 16, items 3 and 4; issue 15's cost of encryption on a link): layer compression and
+ * encryption over shaped links, and restores of compressed images. A busybox awk process on the harness's CRI-O holds
+ * LINK_MIB MiB of JSON-like records and real text in its heap; its CRI-O checkpoint is pushed by the native builder
+ * (none, gzip, zstd, and none encrypted for two recipients) and uploaded raw with curl to a docker-registry
  * on loopback and to one inside a network namespace behind a veth pair shaped with `tc tbf` to 1 Gbit/s and 100 Mbit/s;
  * then the uncompressed and the zstd image are restored on CRI-O next to a cold start. Writes bench/LINK.md.
  * Settings: LINK_MIB (256), LINK_RUNS (3), LINK_WARMUP (1), LINK_RESTORE_RUNS (LINK_RUNS), LINK_OUT (bench/LINK.md),
@@ -23,6 +24,7 @@ import type { StartKind, StartSample } from "./LinkRuns.ts"
 import { libraryImage, makeBuilders, measureLink, startOnce } from "./LinkRuns.ts"
 import { makeHeapArchive, runHeapPod } from "./LinkWorkload.ts"
 import { codeFacts, loadAverage, machineFacts } from "./Machine.ts"
+import { writeRecipients } from "./Recipients.ts"
 import { makeShapedLink, orphanedNames, sweepShapedLinks } from "./ShapedLink.ts"
 import { failedTo } from "./Tools.ts"
 
@@ -121,17 +123,18 @@ const program = Effect.gen(function*() {
       `checkpoint ${archive.checkpointSeconds.toFixed(2)} s`
   )
 
+  const encryptionKeys = yield* writeRecipients(dir)
   const links: Array<LinkResult["links"][number]> = []
   for (const { registry, ...link } of registries) {
     yield* noteLoad
-    const builders = yield* makeBuilders(registry)
+    const builders = yield* makeBuilders(registry, encryptionKeys)
     const samples = yield* measureLink(link.label, registry, builders, archive, config)
     links.push({ ...link, samples })
   }
 
   yield* noteLoad
   const restoreRuns = config.restoreRuns._tag === "Some" ? config.restoreRuns.value : config.runs
-  const loopbackBuilders = yield* makeBuilders(loopback)
+  const loopbackBuilders = yield* makeBuilders(loopback, encryptionKeys)
   yield* loopback.empty
   const images = {
     none: yield* libraryImage(loopbackBuilders.none, loopback, archive, "restore-none"),
