@@ -43,7 +43,7 @@ export class ArchivePusher extends Context.Tag("checkpointer/ArchivePusher")<Arc
     options?: Pick<PushRequest, "onProgress">
   ) => Effect.Effect<BuiltImage, ImageBuildError>
 }>() {
-  /** With explicit options; an unreadable CA or key file fails with InvalidConfiguration, as at the server's startup. */
+  /** With explicit options; an unreadable CA or key file fails with InvalidConfiguration, as at server startup. */
   static readonly layerWith = (
     settings: NativeImageBuilderOptions
   ): Layer.Layer<ArchivePusher, InvalidConfiguration, FileSystem.FileSystem> =>
