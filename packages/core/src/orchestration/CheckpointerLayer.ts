@@ -18,7 +18,7 @@ export interface CheckpointerLayerOptions<E, R> {
    * its `ImageBuilderLayer`, the builder CHECKPOINT_BUILDER selects.
    */
   readonly imageBuilder: Layer.Layer<ImageBuilder, E, R>
-  /** Where results are kept: `ResultStore.Memory` (default) or `ResultStore.File` (STORAGE_BASE_PATH, as the server). */
+  /** Where results are kept: `ResultStore.Memory` (default) or `ResultStore.File` (STORAGE_BASE_PATH, the server). */
   readonly resultStore?: typeof ResultStore.Memory | typeof ResultStore.File
   /** The settings; the process environment when absent. */
   readonly config?: CheckpointerSettings
