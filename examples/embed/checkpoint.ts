@@ -1,0 +1,28 @@
+// Checkpoints a container in this process through the library, without a Checkpointer server: the kubelet at
+// CHECKPOINTER_NODE_IP writes the archive, the builder CHECKPOINT_BUILDER names pushes it as an image.
+// Settings come from the environment, as the server's do. Run: node checkpoint.ts NAMESPACE POD CONTAINER
+import { Checkpointer, checkpointerLayer, CheckpointOptions, ContainerRef, ResultStore } from "@checkpointer/core"
+import { ImageBuilderLayer } from "@checkpointer/strategies"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Console, Effect, Layer, Schema } from "effect"
+
+const [namespace = "default", pod = "counter", container = "counter"] = process.argv.slice(2)
+
+const program = Effect.gen(function*() {
+  const checkpointer = yield* Checkpointer
+  const target = yield* Schema.decodeUnknown(ContainerRef)({ namespace, pod, container })
+
+  // Starts the checkpoint and answers its identifier; `result` waits until the image is pushed or it failed.
+  const { checkpointIdentifier } = yield* checkpointer.checkpoint(target, new CheckpointOptions({ async: true }))
+    .pipe(Effect.filterOrDie((accepted) => "checkpointIdentifier" in accepted, () => "expected an identifier"))
+  const result = yield* checkpointer.result(checkpointIdentifier)
+  yield* Console.log(`${result.containerImageName}@${result.containerImageDigest}`)
+})
+
+const CheckpointerLive = checkpointerLayer({ imageBuilder: ImageBuilderLayer, resultStore: ResultStore.Memory })
+
+program.pipe(
+  Effect.provide(CheckpointerLive.pipe(Layer.provide(NodeContext.layer))),
+  Effect.tapErrorCause(Effect.logError),
+  NodeRuntime.runMain
+)
