@@ -1,10 +1,11 @@
 // Checkpoints a container in this process through the library, without a Checkpointer server: the kubelet at
 // CHECKPOINTER_NODE_IP writes the archive, the builder CHECKPOINT_BUILDER names pushes it as an image.
-// Settings come from the environment, as the server's do. Run: node checkpoint.ts NAMESPACE POD CONTAINER
+// Settings come from the environment, as the server's do; the image goes to stdout, logs to stderr.
+// Run: node checkpoint.ts NAMESPACE POD CONTAINER
 import { Checkpointer, checkpointerLayer, CheckpointOptions, ContainerRef, ResultStore } from "@checkpointer/core"
 import { ImageBuilderLayer } from "@checkpointer/strategies"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Layer, Schema } from "effect"
+import { Console, Effect, Layer, Logger, Schema } from "effect"
 
 const [namespace = "default", pod = "counter", container = "counter"] = process.argv.slice(2)
 
@@ -20,9 +21,11 @@ const program = Effect.gen(function*() {
 })
 
 const CheckpointerLive = checkpointerLayer({ imageBuilder: ImageBuilderLayer, resultStore: ResultStore.Memory })
+const LogsToStderr = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true }))
 
 program.pipe(
   Effect.provide(CheckpointerLive.pipe(Layer.provide(NodeContext.layer))),
   Effect.tapErrorCause(Effect.logError),
-  NodeRuntime.runMain
+  Effect.provide(LogsToStderr),
+  NodeRuntime.runMain({ disablePrettyLogger: true, disableErrorReporting: true })
 )
