@@ -1,53 +1,12 @@
 import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Option } from "effect"
-import { execFileSync, spawn } from "node:child_process"
-import { freePort, projectRoot } from "./harness/CheckpointerProcess.ts"
+import { freePort } from "./harness/CheckpointerProcess.ts"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { Stack } from "./harness/LocalStack.ts"
 import { getResult } from "./HttpCalls.ts"
-
-/** Where scripts/build.mjs puts the plugin (the bin of @checkpointer/cli); kubectl finds it on PATH. */
-const pluginDir = `${projectRoot}/packages/cli/dist/bin`
-
-const hasKubectl = (() => {
-  try {
-    execFileSync("sh", ["-c", "command -v kubectl"], { stdio: "ignore" })
-    return true
-  } catch {
-    return false
-  }
-})()
-
-interface Outcome {
-  readonly code: number | null
-  readonly stdout: string
-  readonly stderr: string
-}
-
-const run = (command: string, args: ReadonlyArray<string>, env: Record<string, string>) =>
-  Effect.async<Outcome>((resume) => {
-    const child = spawn(command, args, {
-      env: { PATH: `${pluginDir}:${process.env.PATH ?? ""}`, HOME: process.env.HOME ?? "/root", ...env },
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let stdout = ""
-    let stderr = ""
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk))
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
-    child.on("close", (code) => resume(Effect.succeed({ code, stdout, stderr })))
-  })
-
-/** `kubectl checkpoint ARGS` (the real kubectl when installed, which runs kubectl-checkpoint from PATH). */
-const kubectlCheckpoint = (args: ReadonlyArray<string>, env: Record<string, string>) =>
-  hasKubectl ? run("kubectl", ["checkpoint", ...args], env) : run("kubectl-checkpoint", args, env)
-
-/** The same on a terminal (script(1) gives it one), to see the progress line. */
-const kubectlCheckpointOnTerminal = (args: ReadonlyArray<string>, env: Record<string, string>) =>
-  run("script", ["-qec", ["kubectl-checkpoint", ...args].map((word) => `'${word}'`).join(" "), "/dev/null"], env).pipe(
-    Effect.map(({ code, stderr, stdout }) => ({ code, output: `${stdout}${stderr}` }))
-  )
+import { hasKubectl, kubectlCheckpoint, kubectlCheckpointOnTerminal } from "./KubectlPlugin.ts"
 
 describeE2E("kubectl checkpoint against the local stack", () => {
   layer(Stack.layer({ registryAuth: "htpasswd" }), { excludeTestServices: true, timeout: "180 seconds" })((it) => {

@@ -130,7 +130,14 @@ export const startApiServer = (
     const nodes = makeNodes(store)
     const secrets = makeSecrets(store)
     const kubernetesEvents = makeEvents(store)
-    const pods = yield* makePods({ store, streams, secrets, faults, onPodCreated: options.onPodCreated })
+    const pods = yield* makePods({
+      store,
+      streams,
+      secrets,
+      faults,
+      onPodCreated: options.onPodCreated,
+      events: kubernetesEvents
+    })
     const podLog = makePodLog(store, streams)
     const podAttach = makePodAttach({ store, streams, requestLog, token })
     const route = makeRouter([

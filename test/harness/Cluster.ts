@@ -61,6 +61,10 @@ export const startLocalCluster = (options: {
   readonly registries?: ReadonlyArray<RegistryAccess>
   /** Preload the Kaniko executor image into the runtime (CRI-O only). */
   readonly kaniko?: boolean
+  /** The nodes' own registry credentials (docker config JSON), e.g. for the checkpoint registry. */
+  readonly nodeCredentials?: string
+  /** CRI-O only: whether the runtime restores checkpoint images (enable_criu_support), default true. */
+  readonly restoreSupport?: boolean
 }): Effect.Effect<LocalCluster, ClusterError, Requirements | Scope.Scope> =>
   Effect.gen(function*() {
     const path = yield* Path.Path
@@ -76,10 +80,17 @@ export const startLocalCluster = (options: {
       dir: path.join(dir, "runtime"),
       pauseImage: workloads.pauseImage,
       registries: [{ host: workloads.registry.host, insecure: true }, ...(options.registries ?? [])],
-      ...(options.kaniko === true ? { preload: [kanikoExecutorImage] } : {})
+      ...(options.kaniko === true ? { preload: [kanikoExecutorImage] } : {}),
+      ...(options.restoreSupport === undefined ? {} : { restoreSupport: options.restoreSupport })
     })
     for (const registry of options.registries ?? []) yield* runtime.trustRegistry(registry)
-    const agent = yield* startNodeAgent({ apiServer, runtime, nodes: addresses, dir: path.join(dir, "agent") })
+    const agent = yield* startNodeAgent({
+      apiServer,
+      runtime,
+      nodes: addresses,
+      dir: path.join(dir, "agent"),
+      ...(options.nodeCredentials === undefined ? {} : { nodeCredentials: options.nodeCredentials })
+    })
     const nodes = yield* Effect.forEach(addresses, ({ address, name: nodeName }) =>
       Effect.gen(function*() {
         yield* apiServer.addNode({ name: nodeName, address })

@@ -67,7 +67,7 @@ const crioBinary: Record<Exclude<RuntimeKind, "containerd">, string> = {
   "crio-1.33": "crio-1.33.13"
 }
 
-const crioConfig = (dir: string, attachDir: string, pauseImage: string) => `
+const crioConfig = (dir: string, attachDir: string, pauseImage: string, restoreSupport: boolean) => `
 [crio]
 root = "${dir}/root"
 runroot = "${dir}/run"
@@ -82,7 +82,7 @@ stream_port = "0"
 default_runtime = "runc"
 cgroup_manager = "cgroupfs"
 conmon_cgroup = "pod"
-enable_criu_support = true
+enable_criu_support = ${restoreSupport}
 drop_infra_ctr = true
 pinns_path = "${runtimesBin}/pinns"
 container_exits_dir = "${dir}/exits"
@@ -176,6 +176,8 @@ export const startCriRuntime = (options: {
   readonly pauseImage: string
   readonly registries: ReadonlyArray<RegistryAccess>
   readonly preload?: ReadonlyArray<string>
+  /** CRI-O's enable_criu_support: checkpoint and restore (default true). */
+  readonly restoreSupport?: boolean
 }): Effect.Effect<
   CriRuntime,
   CriRuntimeError | ProcessError | PlatformError,
@@ -222,7 +224,10 @@ export const startCriRuntime = (options: {
         fs.makeTempDirectory({ directory: "/run", prefix: "crio-attach-" }),
         (made) => Effect.ignore(fs.remove(made, { recursive: true }))
       )
-      yield* fs.writeFileString(configFile, crioConfig(dir, attachDir, options.pauseImage))
+      yield* fs.writeFileString(
+        configFile,
+        crioConfig(dir, attachDir, options.pauseImage, options.restoreSupport ?? true)
+      )
       yield* fs.writeFileString(path.join(dir, "registries.conf"), registriesConf(options.registries))
       env = { CONTAINER_REGISTRIES_CONF: path.join(dir, "registries.conf") }
       const storage = `containers-storage:[overlay@${dir}/root+${dir}/run]`

@@ -62,6 +62,9 @@ const startInfrastructure = (options: {
   readonly nodes: ReadonlyArray<string>
   readonly runtime?: RuntimeKind
   readonly kaniko?: boolean
+  /** The nodes hold the checkpoint registry's credentials themselves (restored pods need no imagePullSecret). */
+  readonly nodesPullCheckpoints?: boolean
+  readonly restoreSupport?: boolean
 }) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
@@ -73,7 +76,9 @@ const startInfrastructure = (options: {
       nodes: options.nodes,
       registries: [{ host: registry.host, caFile: registry.caFile }],
       ...(options.runtime === undefined ? {} : { runtime: options.runtime }),
-      ...(options.kaniko === undefined ? {} : { kaniko: options.kaniko })
+      ...(options.kaniko === undefined ? {} : { kaniko: options.kaniko }),
+      ...(options.nodesPullCheckpoints === true ? { nodeCredentials: registry.authFile } : {}),
+      ...(options.restoreSupport === undefined ? {} : { restoreSupport: options.restoreSupport })
     })
     return { registry, cluster }
   })
@@ -163,6 +168,8 @@ export const startMultiNodeStack = (options: {
   readonly withoutCheckpointer?: ReadonlyArray<string>
   /** Settings for every Checkpointer of the stack. */
   readonly extra?: Readonly<Record<string, string>>
+  readonly nodesPullCheckpoints?: boolean
+  readonly restoreSupport?: boolean
 }) =>
   Effect.gen(function*() {
     const path = yield* Path.Path

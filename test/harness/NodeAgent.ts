@@ -192,6 +192,11 @@ export const startNodeAgent = (options: {
   readonly runtime: CriRuntime
   readonly nodes: ReadonlyArray<{ readonly name: string; readonly address: string }>
   readonly dir: string
+  /**
+   * The node's own registry credentials (docker config JSON), used after the pod's imagePullSecrets, as the kubelet
+   * uses `config.json` in its root directory or a credential provider.
+   */
+  readonly nodeCredentials?: string
 }): Effect.Effect<
   NodeAgent,
   PlatformError,
@@ -268,6 +273,9 @@ export const startNodeAgent = (options: {
             }))
           }))
         const event = (text: string) => Effect.logDebug(`node agent: ${namespace}/${name}: ${text}`)
+        /** The container cannot start: its status says why, and so does a Warning event (as the kubelet's). */
+        const failing = (reason: string, message: string) =>
+          waiting(reason, message).pipe(Effect.zipRight(handle.report("Warning", "Failed", `Error: ${message}`)))
         yield* waiting("ContainerCreating")
 
         const podDir = path.join(dir, "pods", uid)
@@ -311,6 +319,9 @@ export const startNodeAgent = (options: {
           }
         }
 
+        const nodeConfigs = options.nodeCredentials === undefined
+          ? []
+          : [yield* fs.readFileString(options.nodeCredentials)]
         const pullConfigs = yield* Effect.forEach(
           listOf<{ readonly name: string }>(pod.spec["imagePullSecrets"]),
           (secret) =>
@@ -318,7 +329,7 @@ export const startNodeAgent = (options: {
               handle.secret(secret.name),
               (data) => Option.flatMap(data, (values) => Option.fromNullable(values[".dockerconfigjson"]))
             )
-        ).pipe(Effect.map((found) => found.flatMap(Option.toArray)))
+        ).pipe(Effect.map((found) => [...found.flatMap(Option.toArray), ...nodeConfigs]))
         for (const container of specContainers) {
           const image = container.image ?? ""
           const policy = pullPolicyOf(container)
@@ -329,7 +340,7 @@ export const startNodeAgent = (options: {
             shownAs: ["pull", image],
             timeout: Duration.minutes(5)
           }).pipe(
-            Effect.tapError((error) => waiting("ErrImagePull", error.message)),
+            Effect.tapError((error) => failing("ErrImagePull", `failed to pull image "${image}": ${error.message}`)),
             Effect.retry(Schedule.spaced(Duration.seconds(2)))
           )
         }
@@ -360,7 +371,7 @@ export const startNodeAgent = (options: {
             Effect.ignore(
               runtime.crictl(["stopp", id]).pipe(Effect.zipRight(runtime.crictl(["rmp", "--force", id])))
             )
-        ).pipe(Effect.tapError((error) => waiting("CreatePodSandboxError", error.message)))
+        ).pipe(Effect.tapError((error) => failing("CreatePodSandboxError", error.message)))
 
         const created: Array<{ readonly spec: PodContainer; readonly id: string; readonly terminationLog: string }> = []
         for (const container of specContainers) {
@@ -423,10 +434,11 @@ export const startNodeAgent = (options: {
                 yield* Effect.ignore(runtime.crictl(["stop", "--timeout", String(grace), id]))
                 yield* Effect.ignore(runtime.crictl(["rm", "--force", id]))
               })
-          ).pipe(Effect.tapError((error) => waiting("CreateContainerError", error.message)))
+          ).pipe(Effect.tapError((error) => failing("CreateContainerError", error.message)))
           yield* runtime.crictl(["start", id]).pipe(
-            Effect.tapError((error) => waiting("RunContainerError", error.message))
+            Effect.tapError((error) => failing("RunContainerError", error.message))
           )
+          yield* handle.report("Normal", "Started", `Started container ${container.name}`)
           yield* Ref.update(containers, (all) => new Map(all).set(keyOf(namespace, name, container.name), id))
           created.push({ spec: container, id, terminationLog })
           if (container["stdin"] === true) {

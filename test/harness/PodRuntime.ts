@@ -20,6 +20,8 @@ export interface PodHandle {
   readonly log: (container: string, text: string) => Effect.Effect<void>
   /** The decoded data of a secret in the pod's namespace. */
   readonly secret: (name: string) => Effect.Effect<Option.Option<Readonly<Record<string, string>>>>
+  /** An event about the pod, as the kubelet reports them (`kubectl describe pod` lists them). */
+  readonly report: (type: "Normal" | "Warning", reason: string, message: string) => Effect.Effect<void>
 }
 
 /** A node agent: runs the pods it accepts; the run is interrupted when the pod is deleted. */

@@ -1,23 +1,32 @@
 import { CheckpointerClient } from "@checkpointer/client"
-import { Cluster, KubernetesApiError, reasonOf } from "@checkpointer/core"
+import type { RestoreInput } from "@checkpointer/client"
+import { CheckpointIdentifier, Cluster, KubernetesApiError, reasonOf } from "@checkpointer/core"
+import type { RestoreResult } from "@checkpointer/core"
 import { KubeConfig } from "@kubernetes/client-node"
-import { Clock, Console, Data, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
+import { Clock, Console, Data, Duration, Effect, Either, Layer, Option, Redacted, Schedule, Schema } from "effect"
 import { readFile } from "node:fs/promises"
 import type { RequestOptions } from "node:https"
 import { parseArgs } from "node:util"
 
-export const usage = `Checkpoints a container with CRIU and prints the name of the image it was pushed as.
+export const usage = `Checkpoints a container with CRIU and prints the name of the image it was pushed as;
+restores a checkpoint as a running pod; migrates a pod to another node.
 
 Usage:
   kubectl checkpoint POD [-c CONTAINER] [-n NAMESPACE] [--delete-pod] [--async | --wait] [--url URL]
+  kubectl checkpoint POD --migrate [--to NODE] [-c CONTAINER] [-n NAMESPACE] [--name NAME]
+  kubectl checkpoint restore (IDENTIFIER | IMAGE) [--to NODE] [-n NAMESPACE] [--name NAME] [--async | --wait]
 
 Options:
   -c, --container NAME  container to checkpoint (default: the pod's only container, or its
                         kubectl.kubernetes.io/default-container annotation)
   -n, --namespace NAME  namespace of the pod (default: the kubeconfig context's namespace, else "default")
       --delete-pod      delete the pod once its image is pushed
-      --async           start the checkpoint, print its identifier and return
-      --wait            start the checkpoint, then wait for its image, showing progress (with or without --async)
+      --async           start the checkpoint (or restore), print its identifier and return
+      --wait            start it, then wait for its result, showing progress (with or without --async)
+      --migrate         checkpoint the container and delete the pod, then restore it under the same name
+                        (or --name) on --to NODE (default: where the scheduler puts it)
+      --to NODE         the node a restore or migration runs the pod on (default: the scheduler decides)
+      --name NAME       name of the restored pod (restore default: <original>-restored-<hex>)
       --url URL         Checkpointer API, http or https (default: $CHECKPOINTER_URL, else http://localhost:3333)
       --ca-file FILE    CA (PEM) that signed Checkpointer's certificate, for an https URL
                         (default: $CHECKPOINTER_CA_FILE, else the system's CAs)
@@ -28,6 +37,7 @@ Options:
                         else the credentials of the kubeconfig's current user, when it has a token or exec plugin)
   -h, --help            show this help
 
+A restore prints the restored pod as NAMESPACE/NAME; its namespace is -n, else the checkpointed pod's.
 The pod is looked up through the Kubernetes API (KUBECONFIG or ~/.kube/config) only when -c is not given.
 Checkpointer's answers are printed as they are (401/403 when it checks callers and denies this one).
 To reach Checkpointer from outside the cluster:
@@ -35,7 +45,9 @@ To reach Checkpointer from outside the cluster:
 Exit status: 0 done, 1 the checkpoint failed or Checkpointer could not be reached, 2 wrong usage.`
 
 export interface Invocation {
-  readonly pod: string
+  readonly command: "checkpoint" | "restore"
+  /** The pod to checkpoint, or what to restore: a checkpoint identifier or an image name. */
+  readonly target: string
   readonly container: Option.Option<string>
   readonly namespace: Option.Option<string>
   readonly deletePod: boolean
@@ -45,6 +57,9 @@ export interface Invocation {
   readonly token: Option.Option<string>
   readonly caFile: Option.Option<string>
   readonly tlsServerName: Option.Option<string>
+  readonly migrate: boolean
+  readonly to: Option.Option<string>
+  readonly name: Option.Option<string>
 }
 
 /** Wrong arguments: exit 2 with the usage. */
@@ -75,6 +90,9 @@ export const parseInvocation = (
           token: { type: "string" },
           "ca-file": { type: "string" },
           "tls-server-name": { type: "string" },
+          migrate: { type: "boolean", default: false },
+          to: { type: "string" },
+          name: { type: "string" },
           help: { type: "boolean", short: "h", default: false }
         }
       }),
@@ -82,13 +100,25 @@ export const parseInvocation = (
   })
   return Either.flatMap(parsed, ({ positionals, values }): Either.Either<Invocation | "help", UsageError> => {
     if (values.help) return Either.right("help" as const)
-    if (positionals.length !== 1) {
+    const restoring = positionals[0] === "restore" && positionals.length === 2
+    if (!restoring && positionals.length !== 1) {
       return Either.left(
         new UsageError({ message: positionals.length === 0 ? "name the pod to checkpoint" : "name exactly one pod" })
       )
     }
+    const misplaced = restoring
+      ? [["--migrate", values.migrate], ["--delete-pod", values["delete-pod"]], ["-c", values.container !== undefined]]
+      : values.migrate
+      ? [["--async", values.async], ["--wait", values.wait], ["--delete-pod", values["delete-pod"]]]
+      : [["--to", values.to !== undefined], ["--name", values.name !== undefined]]
+    const refused = misplaced.find(([, given]) => given === true)
+    if (refused !== undefined) {
+      const context = restoring ? "with restore" : values.migrate ? "with --migrate" : "without restore or --migrate"
+      return Either.left(new UsageError({ message: `${String(refused[0])} cannot be used ${context}` }))
+    }
     return Either.right({
-      pod: positionals[0]!,
+      command: restoring ? "restore" : "checkpoint",
+      target: positionals.at(-1)!,
       container: Option.fromNullable(values.container),
       namespace: Option.fromNullable(values.namespace),
       deletePod: values["delete-pod"],
@@ -99,7 +129,10 @@ export const parseInvocation = (
       caFile: Option.fromNullable(values["ca-file"] ?? env.CHECKPOINTER_CA_FILE).pipe(
         Option.filter((file) => file !== "")
       ),
-      tlsServerName: Option.fromNullable(values["tls-server-name"])
+      tlsServerName: Option.fromNullable(values["tls-server-name"]),
+      migrate: values.migrate,
+      to: Option.fromNullable(values.to),
+      name: Option.fromNullable(values.name)
     })
   })
 }
@@ -185,36 +218,107 @@ const withProgress = (what: string, interactive: boolean) => <A, E, R>(effect: E
 
 const asFailure = (error: { readonly message: string }) => new CheckpointCommandFailed({ message: error.message })
 
-/**
- * `kubectl checkpoint`: resolves the namespace and container, asks Checkpointer for the checkpoint, and prints the
- * image name on stdout (or the identifier with --async); progress and summaries go to stderr.
- */
-export const kubectlCheckpoint = (invocation: Invocation, options: { readonly interactive: boolean }) =>
+/** The namespace of -n, else the kubeconfig context's, else "default". */
+const namespaceOf = (invocation: Invocation) =>
+  Option.isSome(invocation.namespace)
+    ? Effect.succeed(invocation.namespace.value)
+    : contextNamespace.pipe(Effect.map(Option.getOrElse(() => "default")), Effect.mapError(asFailure))
+
+const isIdentifier = Schema.is(CheckpointIdentifier)
+
+/** Restores `input` (sync, or async with --async/--wait) and prints the pod as NAMESPACE/NAME (or the identifier). */
+const restoreAndReport = (
+  input: RestoreInput,
+  invocation: Pick<Invocation, "async" | "wait">,
+  options: { readonly interactive: boolean; readonly describe: string }
+) =>
   Effect.gen(function*() {
-    const namespace: string = Option.isSome(invocation.namespace)
-      ? invocation.namespace.value
-      : yield* contextNamespace.pipe(Effect.map(Option.getOrElse(() => "default")), Effect.mapError(asFailure))
-    const container: string = Option.isSome(invocation.container)
-      ? invocation.container.value
-      : yield* containerOf(namespace, invocation.pod).pipe(
-        Effect.provide(Cluster.Default),
-        Effect.catchTag("KubernetesApiError", (error) => Effect.fail(asFailure(error)))
-      )
-    const target = { namespace, pod: invocation.pod, container }
-    const named = `${namespace}/${invocation.pod}/${container}`
     const client = yield* CheckpointerClient
     const started = yield* Clock.currentTimeMillis
     const elapsed = Effect.map(Clock.currentTimeMillis, (now) => Duration.format(Duration.millis(now - started)))
+    const report = (restored: RestoreResult) =>
+      Effect.gen(function*() {
+        const omitted = restored.omittedEnv === undefined
+          ? ""
+          : `; env values not restored: ${restored.omittedEnv.join(", ")}`
+        const where = `${restored.namespace}/${restored.pod} on node ${restored.node}`
+        yield* Console.error(`restored ${options.describe} as ${where} in ${yield* elapsed}${omitted}`)
+        yield* Console.log(`${restored.namespace}/${restored.pod}`)
+      })
+    if (!invocation.async && !invocation.wait) {
+      const restored = yield* client.restore(input).pipe(
+        withProgress(`restoring ${options.describe}`, options.interactive)
+      )
+      return yield* report(restored)
+    }
+    const { checkpointIdentifier } = yield* client.restore(input, { async: true })
+    if (!invocation.wait) {
+      yield* Console.error(`restore of ${options.describe} started`)
+      return yield* Console.log(checkpointIdentifier)
+    }
+    yield* Console.error(`restore ${checkpointIdentifier} of ${options.describe} started`)
+    const restored = yield* client.waitForRestore(checkpointIdentifier).pipe(
+      withProgress(`waiting for ${checkpointIdentifier}`, options.interactive)
+    )
+    yield* report(restored)
+  })
+
+const optional = <K extends string>(key: K, value: Option.Option<string>) =>
+  Option.match(value, { onNone: () => ({}), onSome: (given) => ({ [key]: given }) as Record<K, string> })
+
+/** `kubectl checkpoint restore (IDENTIFIER | IMAGE)`. */
+const restoreCommand = (invocation: Invocation, options: { readonly interactive: boolean }) =>
+  restoreAndReport(
+    {
+      ...(isIdentifier(invocation.target) ? { checkpointIdentifier: invocation.target } : { image: invocation.target }),
+      ...optional("namespace", invocation.namespace),
+      ...optional("pod", invocation.name),
+      ...optional("node", invocation.to)
+    },
+    invocation,
+    { ...options, describe: invocation.target }
+  )
+
+/**
+ * `kubectl checkpoint POD`: resolves the namespace and container, asks Checkpointer for the checkpoint, and prints the
+ * image name on stdout (or the identifier with --async); progress and summaries go to stderr. With --migrate the pod
+ * is deleted once checkpointed and restored under its name on --to NODE.
+ */
+const checkpointCommand = (invocation: Invocation, options: { readonly interactive: boolean }) =>
+  Effect.gen(function*() {
+    const namespace = yield* namespaceOf(invocation)
+    const container: string = Option.isSome(invocation.container)
+      ? invocation.container.value
+      : yield* containerOf(namespace, invocation.target).pipe(
+        Effect.provide(Cluster.Default),
+        Effect.catchTag("KubernetesApiError", (error) => Effect.fail(asFailure(error)))
+      )
+    const target = { namespace, pod: invocation.target, container }
+    const named = `${namespace}/${invocation.target}/${container}`
+    const client = yield* CheckpointerClient
+    const started = yield* Clock.currentTimeMillis
+    const elapsed = Effect.map(Clock.currentTimeMillis, (now) => Duration.format(Duration.millis(now - started)))
+    const deletePod = invocation.deletePod || invocation.migrate
 
     if (!invocation.async && !invocation.wait) {
-      const result = yield* client.checkpoint(target, { deletePod: invocation.deletePod }).pipe(
+      const result = yield* client.checkpoint(target, { deletePod }).pipe(
         withProgress(`checkpointing ${named}`, options.interactive)
       )
-      yield* Console.error(`checkpointed ${named} in ${yield* elapsed}${invocation.deletePod ? ", pod deleted" : ""}`)
-      yield* Console.log(result.containerImageName)
-      return
+      yield* Console.error(`checkpointed ${named} in ${yield* elapsed}${deletePod ? ", pod deleted" : ""}`)
+      if (!invocation.migrate) return yield* Console.log(result.containerImageName)
+      yield* Console.error(`image ${result.containerImageName}`)
+      return yield* restoreAndReport(
+        {
+          image: result.containerImageName,
+          namespace,
+          pod: Option.getOrElse(invocation.name, () => invocation.target),
+          ...optional("node", invocation.to)
+        },
+        { async: false, wait: false },
+        { ...options, describe: named }
+      )
     }
-    const { checkpointIdentifier } = yield* client.checkpoint(target, { deletePod: invocation.deletePod, async: true })
+    const { checkpointIdentifier } = yield* client.checkpoint(target, { deletePod, async: true })
     if (!invocation.wait) {
       yield* Console.error(`checkpoint of ${named} started`)
       yield* Console.log(checkpointIdentifier)
@@ -224,36 +328,41 @@ export const kubectlCheckpoint = (invocation: Invocation, options: { readonly in
     const result = yield* client.waitFor(checkpointIdentifier).pipe(
       withProgress(`waiting for ${checkpointIdentifier}`, options.interactive)
     )
-    yield* Console.error(`checkpointed ${named} in ${yield* elapsed}${invocation.deletePod ? ", pod deleted" : ""}`)
+    yield* Console.error(`checkpointed ${named} in ${yield* elapsed}${deletePod ? ", pod deleted" : ""}`)
     yield* Console.log(result.containerImageName)
-  }).pipe(
-    Effect.catchIf(
-      (error): error is Exclude<typeof error, CheckpointCommandFailed> => error._tag !== "CheckpointCommandFailed",
-      (error) =>
-        Effect.fail(
-          new CheckpointCommandFailed({
-            message: error._tag === "CheckpointerRequestFailed" && error.status === undefined
-              ? `${error.message} (is Checkpointer reachable at ${invocation.url}? see --help)`
-              : error.message
-          })
+  })
+
+/** `kubectl checkpoint ...`: the command the invocation names, against the Checkpointer API it names. */
+export const kubectlCheckpoint = (invocation: Invocation, options: { readonly interactive: boolean }) =>
+  (invocation.command === "restore" ? restoreCommand(invocation, options) : checkpointCommand(invocation, options))
+    .pipe(
+      Effect.catchIf(
+        (error): error is Exclude<typeof error, CheckpointCommandFailed> => error._tag !== "CheckpointCommandFailed",
+        (error) =>
+          Effect.fail(
+            new CheckpointCommandFailed({
+              message: error._tag === "CheckpointerRequestFailed" && error.status === undefined
+                ? `${error.message} (is Checkpointer reachable at ${invocation.url}? see --help)`
+                : error.message
+            })
+          )
+      ),
+      Effect.provide(Layer.unwrapEffect(
+        Effect.map(
+          Effect.all({
+            token: Option.isSome(invocation.token) ? Effect.succeed(invocation.token) : kubeconfigToken,
+            ca: readCaFile(invocation.caFile)
+          }),
+          ({ ca, token }) =>
+            CheckpointerClient.layer({
+              baseUrl: invocation.url,
+              ...(Option.isSome(token) ? { token: Redacted.make(token.value) } : {}),
+              ...(Option.isSome(ca) ? { ca: ca.value } : {}),
+              ...(Option.isSome(invocation.tlsServerName) ? { serverName: invocation.tlsServerName.value } : {})
+            })
         )
-    ),
-    Effect.provide(Layer.unwrapEffect(
-      Effect.map(
-        Effect.all({
-          token: Option.isSome(invocation.token) ? Effect.succeed(invocation.token) : kubeconfigToken,
-          ca: readCaFile(invocation.caFile)
-        }),
-        ({ ca, token }) =>
-          CheckpointerClient.layer({
-            baseUrl: invocation.url,
-            ...(Option.isSome(token) ? { token: Redacted.make(token.value) } : {}),
-            ...(Option.isSome(ca) ? { ca: ca.value } : {}),
-            ...(Option.isSome(invocation.tlsServerName) ? { serverName: invocation.tlsServerName.value } : {})
-          })
-      )
-    ))
-  )
+      ))
+    )
 
 /** Runs the command line and answers the exit status: 0 done, 1 failed, 2 wrong usage. */
 export const runKubectlCheckpoint = (

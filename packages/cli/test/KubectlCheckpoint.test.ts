@@ -16,7 +16,8 @@ describe("kubectl checkpoint arguments", () => {
       "http://x:1"
     ], {})
     expect(parsed).toEqual(Either.right({
-      pod: "web-0",
+      command: "checkpoint",
+      target: "web-0",
       container: Option.some("app"),
       namespace: Option.some("team"),
       deletePod: true,
@@ -25,8 +26,52 @@ describe("kubectl checkpoint arguments", () => {
       url: "http://x:1",
       token: Option.none(),
       caFile: Option.none(),
-      tlsServerName: Option.none()
+      tlsServerName: Option.none(),
+      migrate: false,
+      to: Option.none(),
+      name: Option.none()
     }))
+  })
+
+  it("reads restore (an identifier or an image) and --migrate with --to and --name", () => {
+    const read = (args: ReadonlyArray<string>) =>
+      Either.getOrThrow(
+        Either.map(parseInvocation(args, {}), (parsed) =>
+          parsed === "help"
+            ? undefined
+            : {
+              command: parsed.command,
+              target: parsed.target,
+              migrate: parsed.migrate,
+              to: parsed.to,
+              name: parsed.name
+            })
+      )
+    expect(read(["restore", "node-a:0123456789abcdef", "--to", "node-b", "--name", "copy"])).toEqual({
+      command: "restore",
+      target: "node-a:0123456789abcdef",
+      migrate: false,
+      to: Option.some("node-b"),
+      name: Option.some("copy")
+    })
+    expect(read(["web-0", "--migrate", "--to", "node-b"])).toEqual({
+      command: "checkpoint",
+      target: "web-0",
+      migrate: true,
+      to: Option.some("node-b"),
+      name: Option.none()
+    })
+    // A pod named "restore" is still a pod.
+    expect(read(["restore"])).toMatchObject({ command: "checkpoint", target: "restore" })
+  })
+
+  it("refuses options that do not fit the command", () => {
+    const refusal = (args: ReadonlyArray<string>) =>
+      Either.match(parseInvocation(args, {}), { onLeft: (error) => error.message, onRight: () => "accepted" })
+    expect(refusal(["restore", "img", "--migrate"])).toBe("--migrate cannot be used with restore")
+    expect(refusal(["restore", "img", "-c", "main"])).toBe("-c cannot be used with restore")
+    expect(refusal(["web-0", "--migrate", "--async"])).toBe("--async cannot be used with --migrate")
+    expect(refusal(["web-0", "--to", "node-b"])).toBe("--to cannot be used without restore or --migrate")
   })
 
   it("takes the CA file from --ca-file, else CHECKPOINTER_CA_FILE, and --tls-server-name", () => {

@@ -1,5 +1,13 @@
-import { CheckpointerApi, CheckpointIdentifier, ContainerPath, transportReason } from "@checkpointer/core"
-import type { AsyncCheckpointAccepted, CheckpointResult } from "@checkpointer/core"
+import {
+  CheckpointerApi,
+  CheckpointIdentifier,
+  CheckpointResult,
+  ContainerPath,
+  RestoreRequest,
+  RestoreResult,
+  transportReason
+} from "@checkpointer/core"
+import type { AsyncCheckpointAccepted } from "@checkpointer/core"
 import { CheckpointOptions as CheckpointBody } from "@checkpointer/core"
 import { HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientError } from "@effect/platform"
@@ -24,6 +32,20 @@ export interface ContainerInput {
 export interface CheckpointOptions {
   /** Delete the pod after its image is pushed. */
   readonly deletePod?: boolean
+}
+
+/** What to restore (exactly one of `checkpointIdentifier` and `image`), and where. */
+export interface RestoreInput {
+  readonly checkpointIdentifier?: string
+  readonly image?: string
+  /** Default: the checkpointed pod's namespace. */
+  readonly namespace?: string
+  /** Default: `<original>-restored-<hex>`. */
+  readonly pod?: string
+  /** Default: the scheduler decides. */
+  readonly node?: string
+  /** Keep the pod when its restore fails (default: deleted). */
+  readonly keepFailedPod?: boolean
 }
 
 export interface WaitOptions {
@@ -80,6 +102,7 @@ export interface TlsOptions {
 }
 
 const decodeContainer = Schema.decodeUnknown(ContainerPath)
+const decodeRestoreRequest = Schema.decodeUnknown(RestoreRequest)
 const decodeIdentifier = Schema.decodeUnknown(CheckpointIdentifier)
 
 const failOutsideContract = (error: HttpClientError.HttpClientError | ParseResult.ParseError) =>
@@ -137,7 +160,31 @@ const make = (options: ClientOptions) =>
       )
     })
 
-    const waitFor = Effect.fn("CheckpointerClient.waitFor")(function*(identifier: string, options?: WaitOptions) {
+    const postRestore = (input: RestoreInput & { readonly async?: boolean }) =>
+      decodeRestoreRequest(input).pipe(
+        Effect.flatMap((payload) => api.checkpoint.restore({ payload })),
+        Effect.catchTags(outsideContract),
+        Effect.withSpan("CheckpointerClient.restore")
+      )
+
+    type RestoreFailure = Effect.Effect.Error<ReturnType<typeof postRestore>>
+    /** `restore(input)` answers the running pod; `restore(input, { async: true })` answers an identifier. */
+    function restore(
+      input: RestoreInput,
+      options: { readonly async: true }
+    ): Effect.Effect<AsyncCheckpointAccepted, RestoreFailure>
+    function restore(
+      input: RestoreInput,
+      options?: { readonly async?: false }
+    ): Effect.Effect<RestoreResult, RestoreFailure>
+    function restore(input: RestoreInput, options: { readonly async?: boolean } = {}) {
+      return postRestore({ ...input, async: options.async ?? false })
+    }
+
+    const awaitResult = Effect.fn("CheckpointerClient.awaitResult")(function*(
+      identifier: string,
+      options?: WaitOptions
+    ) {
       const timeout = Duration.decode(options?.timeout ?? Duration.minutes(30))
       const waiting = options?.onWaiting === undefined
         ? Effect.never
@@ -158,13 +205,32 @@ const make = (options: ClientOptions) =>
           onTimeout: () =>
             new CheckpointerRequestFailed({
               status: undefined,
-              message: `checkpoint ${identifier} had no result within ${Duration.format(timeout)}`
+              message: `${identifier} had no result within ${Duration.format(timeout)}`
             })
         })
       )
     })
 
-    return { checkpoint, result, waitFor } as const
+    /** The result of an async call once it is done, if it is a `kind` (else CheckpointerRequestFailed). */
+    const awaitKind = <A extends CheckpointResult | RestoreResult>(
+      kind: new(...args: ReadonlyArray<never>) => A,
+      what: string
+    ) =>
+    (identifier: string, options?: WaitOptions) =>
+      awaitResult(identifier, options).pipe(
+        Effect.flatMap((answer) =>
+          answer instanceof kind
+            ? Effect.succeed(answer as A)
+            : Effect.fail(new CheckpointerRequestFailed({ status: 200, message: `${identifier} is not a ${what}` }))
+        )
+      )
+
+    /** Waits (retrying while unreachable) for the result of an async checkpoint. */
+    const waitFor = awaitKind(CheckpointResult, "checkpoint")
+    /** Waits (retrying while unreachable) for the result of an async restore. */
+    const waitForRestore = awaitKind(RestoreResult, "restore")
+
+    return { checkpoint, restore, result, waitFor, waitForRestore } as const
   })
 
 /**

@@ -58,7 +58,7 @@ describe("CheckpointerClient transport", () => {
       yield* TestClock.adjust("1 second")
       const failure = yield* Effect.flip(Fiber.join(waiting))
       expect(failure).toMatchObject({ _tag: "CheckpointerRequestFailed", status: undefined })
-      expect(failure.message).toBe("checkpoint node-b:0123456789abcdef had no result within 1s")
+      expect(failure.message).toBe("node-b:0123456789abcdef had no result within 1s")
     }), { timeout: 10_000 })
 
   it.effect("sends the token as a bearer token", () =>

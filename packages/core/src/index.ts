@@ -13,11 +13,13 @@ export * from "./kubernetes/KubernetesApi.ts"
 // node: the kubelet's checkpoint API and the directory its archives land in
 export * from "./node/CheckpointDirectory.ts"
 export * from "./node/KubeletService.ts"
-// orchestration: checkpoints, their results, routing between nodes, readiness, metrics; builders plug in here
+// orchestration: checkpoints, restores, their results, routing between nodes, readiness, metrics; builders plug in here
 export * from "./orchestration/Checkpointer.ts"
 export * from "./orchestration/CheckpointerLayer.ts"
+export * from "./orchestration/CheckpointImages.ts"
 export * from "./orchestration/ImageBuilder.ts"
 export * as Metrics from "./orchestration/Metrics.ts"
 export * from "./orchestration/NodeRouter.ts"
 export * from "./orchestration/Readiness.ts"
+export * from "./orchestration/Restorer.ts"
 export * from "./orchestration/ResultStore.ts"

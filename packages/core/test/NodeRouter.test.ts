@@ -25,6 +25,8 @@ const router = (variables: Readonly<Record<string, string>>) =>
             ? Effect.fail(new KubernetesApiError({ status: undefined, message: "get pod: connect ECONNREFUSED" }))
             : Effect.succeed(Option.fromNullable(pods[`${namespace}/${name}`])),
         deletePod: () => Effect.void,
+        createPod: () => Effect.dieMessage("no pod creation here"),
+        podEvents: () => Effect.dieMessage("no events here"),
         checkpointerPodsOn: (node) => Effect.succeed(checkpointers[node] ?? [])
       })
     )),

@@ -21,6 +21,8 @@ const readiness = (
         reviewAccess: () => Effect.dieMessage("no access review here"),
         getPod: () => Effect.succeed(Option.none()),
         deletePod: () => Effect.void,
+        createPod: () => Effect.dieMessage("no pod creation here"),
+        podEvents: () => Effect.dieMessage("no events here"),
         checkpointerPodsOn: () =>
           api === "answers"
             ? Effect.succeed([])

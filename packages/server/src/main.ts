@@ -3,15 +3,19 @@ import {
   checkpointerLayer,
   ConfigurationChecked,
   describingConfigErrors,
+  Restorer,
   ResultStore,
   ServerConfig
 } from "@checkpointer/core"
-import { ImageBuilderLayer } from "@checkpointer/strategies"
+import { ImageBuilderLayer, RegistryImages } from "@checkpointer/strategies"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./http/HttpServer.ts"
 
-const CheckpointerLive = checkpointerLayer({ imageBuilder: ImageBuilderLayer, resultStore: ResultStore.File })
+const CheckpointerLive = Restorer.Default.pipe(
+  Layer.provide(RegistryImages.layer),
+  Layer.provideMerge(checkpointerLayer({ imageBuilder: ImageBuilderLayer, resultStore: ResultStore.File }))
+)
 
 const LoggerLive = Layer.unwrapEffect(
   ServerConfig.pipe(

@@ -204,7 +204,9 @@ describe("checkpoint API", () => {
       const result = yield* client.checkpoint.result({
         urlParams: { checkpointIdentifier: accepted.checkpointIdentifier }
       })
-      expect(result.containerImageName).toMatch(/^registry\.test\/checkpoints:[0-9a-f]{16}$/)
+      expect("containerImageName" in result && result.containerImageName).toMatch(
+        /^registry\.test\/checkpoints:[0-9a-f]{16}$/
+      )
       const failure = yield* client.checkpoint.result({
         urlParams: { checkpointIdentifier: CheckpointIdentifier.make("node-a:ffffffffffffffff") }
       }).pipe(Effect.flip)

@@ -2,13 +2,19 @@ import {
   checkpointDirConfig,
   CheckpointDirectory,
   Checkpointer,
+  CheckpointImages,
   Cluster,
   ContainerMissing,
   ImageBuilder,
   ImageBuildError,
+  ImageMissing,
+  ImageUnusable,
   KubeletServiceTest,
   KubernetesApiError,
+  parsePodRecord,
+  podRecordAnnotation,
   Readiness,
+  Restorer,
   ResultStore,
   ServerConfig
 } from "@checkpointer/core"
@@ -16,7 +22,7 @@ import type { Access, BuildRequest, ContainerRef } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import type { V1Pod, V1ResourceAttributes } from "@kubernetes/client-node"
-import { ConfigProvider, Effect, Layer, Option, Queue, Ref } from "effect"
+import { ConfigProvider, Effect, Either, Layer, Option, Queue, Ref } from "effect"
 import type { Scope } from "effect"
 import { AppLive } from "../src/http/HttpServer.ts"
 
@@ -53,6 +59,8 @@ export interface FakeWorld {
   readonly kubeletLie: Ref.Ref<Option.Option<(checkpointDir: string) => string>>
   /** Every bearer token the API server was asked to review. */
   readonly tokenReviews: Ref.Ref<ReadonlyArray<string>>
+  /** Pods created through the API, by `namespace/name`; they run at once (on node-c unless pinned). */
+  readonly createdPods: Ref.Ref<ReadonlyMap<string, V1Pod>>
 }
 
 export class World extends Effect.Service<World>()("test/World", {
@@ -67,7 +75,8 @@ export class World extends Effect.Service<World>()("test/World", {
       ),
       kubeletCalls: yield* Ref.make<ReadonlyArray<ContainerRef>>([]),
       kubeletLie: yield* Ref.make(Option.none<(checkpointDir: string) => string>()),
-      tokenReviews: yield* Ref.make<ReadonlyArray<string>>([])
+      tokenReviews: yield* Ref.make<ReadonlyArray<string>>([]),
+      createdPods: yield* Ref.make<ReadonlyMap<string, V1Pod>>(new Map())
     } satisfies FakeWorld
   })
 }) {}
@@ -114,6 +123,46 @@ const FakeBuilder = Layer.effect(
   })
 )
 
+/** A registry that has the images the fake builder built, with the annotations the Checkpointer gave them. */
+const FakeCheckpointImages = Layer.effect(
+  CheckpointImages,
+  Effect.gen(function*() {
+    const world = yield* World
+    return CheckpointImages.of({
+      podRecord: (image) =>
+        Effect.gen(function*() {
+          const build = (yield* Ref.get(world.builds)).find((request) => request.imageName === image)
+          if (build === undefined) return yield* new ImageMissing({ message: `image ${image} does not exist` })
+          const recorded = build.annotations?.[podRecordAnnotation]
+          if (recorded === undefined) {
+            return yield* new ImageUnusable({ message: `${image} does not record its pod` })
+          }
+          return yield* Either.match(parsePodRecord(recorded), {
+            onLeft: (message) => Effect.fail(new ImageUnusable({ message })),
+            onRight: Effect.succeed
+          })
+        })
+    })
+  })
+)
+
+/** A pod as the fake node runs it: scheduled (the scheduler picks node-c unless it is pinned), containers running. */
+const runningPod = (pod: V1Pod): V1Pod => ({
+  ...pod,
+  spec: { ...pod.spec!, nodeName: pod.spec?.nodeName ?? "node-c" },
+  status: {
+    phase: "Running",
+    containerStatuses: (pod.spec?.containers ?? []).map((container) => ({
+      name: container.name,
+      image: container.image ?? "",
+      imageID: "",
+      ready: true,
+      restartCount: 0,
+      state: { running: {} }
+    }))
+  }
+})
+
 /** What the fake API server knows. */
 export interface FakeClusterState {
   /** Pods by `namespace/name`. */
@@ -139,9 +188,21 @@ const makeFakeCluster = (state: FakeClusterState) =>
         Effect.fail(new KubernetesApiError({ status: undefined, message: `${what}: connect ECONNREFUSED` }))
       return Cluster.make({
         getPod: (namespace: string, name: string) =>
-          state.unreachable
-            ? unreachable("get pod")
-            : Effect.succeed(Option.fromNullable(state.pods?.[`${namespace}/${name}`])),
+          state.unreachable ? unreachable("get pod") : Effect.map(
+            Ref.get(world.createdPods),
+            (created) =>
+              Option.fromNullable(state.pods?.[`${namespace}/${name}`] ?? created.get(`${namespace}/${name}`))
+          ),
+        createPod: (namespace: string, pod: V1Pod) =>
+          Effect.gen(function*() {
+            const key = `${namespace}/${pod.metadata?.name}`
+            if (state.pods?.[key] !== undefined || (yield* Ref.get(world.createdPods)).has(key)) {
+              return yield* new KubernetesApiError({ status: 409, message: `create pod ${key}: 409 already exists` })
+            }
+            yield* Ref.update(world.createdPods, (all) => new Map(all).set(key, runningPod(pod)))
+            return pod
+          }),
+        podEvents: () => Effect.succeed([]),
         checkpointerPodsOn: (node: string) =>
           Effect.succeed(Option.match(Option.fromNullable(state.checkpointers?.[node]), {
             onNone: (): Array<V1Pod> => [],
@@ -152,7 +213,13 @@ const makeFakeCluster = (state: FakeClusterState) =>
             ? Effect.fail(
               new KubernetesApiError({ status: 403, message: `delete pod ${namespace}/${name}: 403 forbidden` })
             )
-            : Ref.update(world.deletedPods, (all) => [...all, `${namespace}/${name}`]),
+            : Ref.update(world.deletedPods, (all) => [...all, `${namespace}/${name}`]).pipe(
+              Effect.zipRight(Ref.update(world.createdPods, (all) => {
+                const next = new Map(all)
+                next.delete(`${namespace}/${name}`)
+                return next
+              }))
+            ),
         reviewToken: (token: string) =>
           Effect.gen(function*() {
             yield* Ref.update(world.tokenReviews, (all) => [...all, token])
@@ -193,7 +260,9 @@ export interface TestOptions<E> {
  * build of this layer has a world of its own.
  */
 export const makeCheckpointerTest = <E = never>(options: TestOptions<E> = {}) =>
-  Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
+  Restorer.Default.pipe(
+    Layer.provide(FakeCheckpointImages),
+    Layer.provideMerge(Layer.mergeAll(Checkpointer.Default, Readiness.Default)),
     Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default]),
     Layer.provideMerge(makeFakeCluster(options.cluster ?? {})),
     Layer.provideMerge(options.store ?? ResultStore.Memory),

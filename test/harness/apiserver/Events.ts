@@ -78,6 +78,30 @@ export const makeEvents = (store: Store) => {
       })
     })
 
+  /** An event the cluster itself reports (the kubelet's `Failed`, `Started`, ...) about a pod. */
+  const report = (pod: { readonly namespace: string; readonly name: string; readonly uid: string }, event: {
+    readonly type: "Normal" | "Warning"
+    readonly reason: string
+    readonly message: string
+  }) =>
+    store.change((current, at) => {
+      const name = `${pod.name}.${randomBytes(8).toString("hex")}`
+      const [resourceVersion, meta] = nextMeta(current, { name }, at)
+      const recorded = {
+        apiVersion: "v1",
+        kind: "Event",
+        metadata: { ...meta, namespace: pod.namespace },
+        involvedObject: { kind: "Pod", apiVersion: "v1", namespace: pod.namespace, name: pod.name, uid: pod.uid },
+        ...event,
+        source: { component: "kubelet" },
+        firstTimestamp: at,
+        lastTimestamp: at,
+        count: 1
+      } as unknown as KubernetesEvent
+      const kubernetesEvents = new Map(current.kubernetesEvents).set(keyOf(pod.namespace, name), recorded)
+      return changed(recorded, [], { ...current, resourceVersion, kubernetesEvents })
+    })
+
   /** A merge patch (what client-node's patchNamespacedEvent sends for a count update): top-level fields replaced. */
   const patch = (namespace: string, name: string, request: IncomingMessage) =>
     Effect.gen(function*() {
@@ -138,6 +162,7 @@ export const makeEvents = (store: Store) => {
 
   return {
     all: Effect.map(store.state, (current) => [...current.kubernetesEvents.values()]),
+    report,
     routes
   } as const
 }

@@ -2,6 +2,7 @@ import { Effect, FiberMap, FiberSet, Option, Ref } from "effect"
 import { randomBytes } from "node:crypto"
 import type { IncomingMessage } from "node:http"
 import type { ContainerStreams, PodHandle, PodRunner } from "../PodRuntime.ts"
+import type { Events } from "./Events.ts"
 import type { Faults } from "./Faults.ts"
 import { schedule } from "./Nodes.ts"
 import { isWatchQuery, watchPods } from "./PodWatch.ts"
@@ -49,6 +50,7 @@ export const makePods = (options: {
   readonly secrets: Secrets
   readonly faults: Faults
   readonly onPodCreated: OnPodCreated | undefined
+  readonly events: Pick<Events, "report">
 }) =>
   Effect.gen(function*() {
     const { faults, store, streams } = options
@@ -96,7 +98,8 @@ export const makePods = (options: {
         (all) => all.get(pod.metadata.uid) ?? pod.spec.terminationGracePeriodSeconds ?? 30
       ),
       log: (container, text) => Effect.sync(() => streams.appendLog(streams.ioOf(pod, container), text)),
-      secret: (name) => options.secrets.decoded(pod.metadata.namespace, name)
+      secret: (name) => options.secrets.decoded(pod.metadata.namespace, name),
+      report: (type, reason, message) => Effect.asVoid(options.events.report(pod.metadata, { type, reason, message }))
     })
 
     const createFrom = (namespace: string, body: Record<string, unknown>) =>

@@ -16,7 +16,9 @@ import {
   CheckpointResult,
   ContainerName,
   Namespace,
-  PodName
+  PodName,
+  RestoreRequest,
+  RestoreResult
 } from "../domain/Domain.ts"
 
 /** An API error whose body is its message as plain text, as the Go service answers errors. */
@@ -80,6 +82,11 @@ export class PeerUnreachable extends Schema.TaggedError<PeerUnreachable>()("Peer
   message: Schema.String
 }) {}
 
+/** The pod a restore would create exists already. */
+export class PodExists extends Schema.TaggedError<PodExists>()("PodExists", {
+  message: Schema.String
+}) {}
+
 /** A checkpoint that failed; the message names the phase (kubelet, build/push, delete pod) and the reason. */
 export class CheckpointFailed extends Schema.TaggedError<CheckpointFailed>()("CheckpointFailed", {
   message: Schema.String
@@ -93,6 +100,18 @@ const CheckpointInProgressText = plainText(
   CheckpointInProgress,
   409,
   "A checkpoint of this container is already running; the body names its identifier."
+)
+const PodExistsText = plainText(PodExists, 409, "A pod with the restored pod's name already exists.")
+const CheckpointOrImageNotFoundText = plainText(
+  CheckpointNotFound,
+  404,
+  "No checkpoint has this identifier, it failed, or the registry has no such image."
+)
+const RestoreFailedText = plainText(
+  CheckpointFailed,
+  500,
+  "The restore failed; the body names the phase (image, pod creation, scheduling, image pull, restore) and the " +
+    "pod's events."
 )
 const PayloadTooLargeText = plainText(PayloadTooLarge, 413, "The request body is larger than 64 KiB.")
 const UnavailableText = plainText(Unavailable, 503, "The Checkpointer is shutting down.")
@@ -189,14 +208,33 @@ export class CheckpointGroup extends HttpApiGroup.make("checkpoint")
   .add(
     HttpApiEndpoint.get("result", "/checkpoint")
       .setUrlParams(Schema.Struct({ checkpointIdentifier: CheckpointIdentifier }))
-      .addSuccess(CheckpointResult)
+      .addSuccess(Schema.Union(CheckpointResult, RestoreResult))
       .addError(AccessDeniedText)
       .addError(CheckpointNotFoundText)
       .addError(MisdirectedText)
       .addError(PeerUnreachableText)
       .addError(CheckpointFailedText)
-      .annotate(OpenApi.Summary, "Result of an asynchronous checkpoint")
-      .annotate(OpenApi.Description, "Waits while the checkpoint is still running.")
+      .annotate(OpenApi.Summary, "Result of an asynchronous checkpoint or restore")
+      .annotate(OpenApi.Description, "Waits while a checkpoint is still running.")
+  )
+  .add(
+    HttpApiEndpoint.post("restore", "/restore")
+      .setPayload(RestoreRequest)
+      .addSuccess(RestoreResult, { status: 201 })
+      .addSuccess(AsyncCheckpointAccepted, { status: 202 })
+      .addError(AccessDeniedText)
+      .addError(CheckpointOrImageNotFoundText)
+      .addError(PodExistsText)
+      .addError(PayloadTooLargeText)
+      .addError(RestoreFailedText)
+      .annotate(OpenApi.Summary, "Restore a checkpoint as a running pod")
+      .annotate(
+        OpenApi.Description,
+        "Creates the pod the checkpoint image records, its checkpointed container running the image, which the " +
+          "node's runtime restores; answers 201 once it runs. Exactly one of checkpointIdentifier and image. " +
+          "namespace (default: the original), pod (default: <original>-restored-<hex>), node (default: the " +
+          "scheduler decides). async=true answers 202 with an identifier; keepFailedPod=true keeps a failed pod."
+      )
   )
   .addError(InvalidRequestText)
   .middleware(Authentication)

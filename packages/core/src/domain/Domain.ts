@@ -86,3 +86,46 @@ export class CheckpointResult extends Schema.Class<CheckpointResult>("Checkpoint
 export class AsyncCheckpointAccepted extends Schema.Class<AsyncCheckpointAccepted>("AsyncCheckpointAccepted")({
   checkpointIdentifier: CheckpointIdentifier
 }) {}
+
+/** An image reference as a caller gives it (`registry/repository:tag`); the registry client checks its form. */
+export const ImageName = Schema.String.pipe(
+  Schema.minLength(1, { message: () => "must not be empty" }),
+  Schema.maxLength(1024, { message: () => "is too long" }),
+  Schema.pattern(/^\S+$/, { message: () => "must not contain whitespace" })
+)
+
+const RestoreFields = Schema.Struct({
+  checkpointIdentifier: Schema.optional(CheckpointIdentifier),
+  image: Schema.optional(ImageName),
+  /** Default: the namespace of the checkpointed pod. */
+  namespace: Schema.optional(Namespace),
+  /** Default: `<original pod>-restored-<6 hex>`. */
+  pod: Schema.optional(PodName),
+  /** Pinned to this node; by default the scheduler decides. */
+  node: Schema.optional(NodeName),
+  async: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  /** Keep a pod whose restore failed (for inspection); by default it is deleted. */
+  keepFailedPod: Schema.optionalWith(Schema.Boolean, { default: () => false })
+})
+
+/** The body of `POST /restore`: exactly one of `checkpointIdentifier` and `image`. */
+export class RestoreRequest extends Schema.Class<RestoreRequest>("RestoreRequest")(
+  RestoreFields.pipe(
+    Schema.filter((request) =>
+      (request.checkpointIdentifier === undefined) !== (request.image === undefined) ||
+      "exactly one of checkpointIdentifier and image is required"
+    )
+  )
+) {}
+
+/** A restored pod, running the checkpointed process again. */
+export class RestoreResult extends Schema.Class<RestoreResult>("RestoreResult")({
+  namespace: Namespace,
+  pod: PodName,
+  node: NodeName,
+  image: Schema.String,
+  /** The container the checkpoint image restored (the pod's other containers started afresh). */
+  container: ContainerName,
+  /** `container/variable` of literal env values the image did not record and no live pod gave. */
+  omittedEnv: Schema.optional(Schema.Array(Schema.String))
+}) {}

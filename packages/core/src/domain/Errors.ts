@@ -36,3 +36,17 @@ export class PhaseFailed extends Data.TaggedError("PhaseFailed")<{
     return `checkpoint failed in phase "${this.phase}": ${step}${this.message}`
   }
 }
+
+/** The phases of a restore, in the order they run. */
+export type RestorePhase = "image" | "pod creation" | "scheduling" | "image pull" | "restore" | "result store"
+
+/** A restore failed in one phase; `message` is safe to show to callers (with the pod's events when it has some). */
+export class RestoreFailed extends Data.TaggedError("RestoreFailed")<{
+  readonly phase: RestorePhase
+  readonly message: string
+  readonly cause?: unknown
+}> {
+  get description(): string {
+    return `restore failed in phase "${this.phase}": ${this.message}`
+  }
+}

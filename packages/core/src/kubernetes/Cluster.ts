@@ -1,9 +1,12 @@
 import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api } from "@kubernetes/client-node"
-import type { V1Pod, V1ResourceAttributes, V1UserInfo } from "@kubernetes/client-node"
+import type { CoreV1Event, V1Pod, V1ResourceAttributes, V1UserInfo } from "@kubernetes/client-node"
 import { Duration, Effect, Option, Schedule } from "effect"
 import { callApi, idempotent, KubernetesApi, KubernetesApiError, whenFound } from "./KubernetesApi.ts"
 
-/** What the orchestration and the API need of Kubernetes: pods (find, delete), Checkpointer peers, reviews. */
+/**
+ * What the orchestration and the API need of Kubernetes: pods (find, create, delete, their events), Checkpointer peers,
+ * reviews.
+ */
 export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
   effect: Effect.gen(function*() {
     const { kubeConfig } = yield* KubernetesApi
@@ -41,6 +44,30 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
               message: `pod ${namespace}/${name} still exists ${Duration.format(timeout)} after its deletion`
             })
         })
+      )
+    })
+
+    /** Creates a pod (not retried: a create is not idempotent); a taken name fails with status 409. */
+    const createPod = Effect.fn("Cluster.createPod")(function*(namespace: string, pod: V1Pod) {
+      return yield* callApi(
+        `create pod ${namespace}/${pod.metadata?.name ?? ""}`,
+        () => core.createNamespacedPod({ namespace, body: pod })
+      )
+    })
+
+    /** What the pod's events say, oldest first, as `Reason: message` lines. */
+    const podEvents = Effect.fn("Cluster.podEvents")(function*(namespace: string, name: string) {
+      const list = yield* idempotent(
+        callApi(`list events of pod ${namespace}/${name}`, () =>
+          core.listNamespacedEvent({
+            namespace,
+            fieldSelector: `involvedObject.kind=Pod,involvedObject.name=${name}`
+          }))
+      )
+      const at = (event: CoreV1Event) =>
+        new Date(event.lastTimestamp ?? event.eventTime ?? event.metadata.creationTimestamp ?? 0).getTime()
+      return list.items.toSorted((a, b) => at(a) - at(b)).map((event) =>
+        `${event.reason ?? "Event"}: ${event.message ?? ""}`
       )
     })
 
@@ -90,7 +117,9 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
       reviewToken,
       reviewAccess,
       getPod,
+      createPod,
       deletePod,
+      podEvents,
       checkpointerPodsOn
     } as const
   }),

@@ -1,16 +1,30 @@
-import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Ref, Schedule } from "effect"
+import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Ref, Schedule, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { checkpointsConfig } from "../config/Config.ts"
 import { AsyncCheckpointAccepted, CheckpointResult, makeIdentifier, parseIdentifier } from "../domain/Domain.ts"
-import type { CheckpointIdentifier, CheckpointOptions, CheckpointTag, ContainerRef } from "../domain/Domain.ts"
+import type {
+  CheckpointIdentifier,
+  CheckpointOptions,
+  CheckpointTag,
+  ContainerRef,
+  RestoreResult
+} from "../domain/Domain.ts"
 import type { ContainerMissing } from "../domain/Errors.ts"
 import { PhaseFailed } from "../domain/Errors.ts"
+import { encodePodRecord, PodRecord, podRecordAnnotation, recordPod } from "../domain/PodRecord.ts"
 import { Cluster } from "../kubernetes/Cluster.ts"
 import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
 import { KubeletService } from "../node/KubeletService.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
 import * as Metrics from "./Metrics.ts"
-import { FailedRecord, PendingRecord, ResultStore, SucceededRecord } from "./ResultStore.ts"
+import {
+  FailedRecord,
+  finishedAtOfRecord,
+  PendingRecord,
+  RestoreFailedRecord,
+  ResultStore,
+  SucceededRecord
+} from "./ResultStore.ts"
 
 /** No checkpoint with this identifier was made on this node. */
 export class CheckpointUnknown extends Data.TaggedError("CheckpointUnknown")<{ readonly message: string }> {}
@@ -29,6 +43,9 @@ export class CheckpointFailure extends Data.TaggedError("CheckpointFailure")<{ r
 
 const describeFailure = (error: ContainerMissing | PhaseFailed): string =>
   error._tag === "ContainerMissing" ? error.message : error.description
+
+/** A record the pod record schema accepts (a pod without containers makes none). */
+const validRecord = Schema.validateOption(PodRecord)
 
 const unixSeconds = Clock.currentTimeMillis.pipe(Effect.map((millis) => Math.floor(millis / 1000)))
 
@@ -54,6 +71,22 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const interruption = yield* Ref.make("it was interrupted")
 
     const storeFailed = (message: string, cause: unknown) => new PhaseFailed({ phase: "result store", message, cause })
+    const startedAt = yield* unixSeconds
+
+    /**
+     * What the image records of the pod, read from the API server. Without it the checkpoint is still made (the
+     * process state matters more than the record); its image then restores only as a pod given by hand.
+     */
+    const podRecordOf = (container: ContainerRef) =>
+      cluster.getPod(container.namespace, container.pod).pipe(
+        Effect.map(Option.flatMap((pod) => validRecord(recordPod(pod, container.container)))),
+        Effect.tapError((error) =>
+          Effect.logWarning("the pod could not be read; its image will not record it").pipe(
+            Effect.annotateLogs({ error: error.message })
+          )
+        ),
+        Effect.orElseSucceed(() => Option.none())
+      )
 
     const execute = (
       identifier: CheckpointIdentifier,
@@ -64,6 +97,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     ) =>
       Effect.gen(function*() {
         const imageName = `${config.imagePrefix}:${tag}`
+        const pod = yield* podRecordOf(container)
         const archive = yield* kubelet.checkpoint(container).pipe(
           Effect.flatMap(directory.claim),
           Effect.withLogSpan("kubelet"),
@@ -72,7 +106,11 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
             Effect.logDebug("checkpoint archive written").pipe(Effect.annotateLogs({ archive: archive.path }))
           )
         )
-        const image = yield* builder.build({ archive: archive.path, container, imageName }).pipe(
+        const annotations = Option.match(pod, {
+          onNone: () => ({}),
+          onSome: (record) => ({ [podRecordAnnotation]: encodePodRecord(record) })
+        })
+        const image = yield* builder.build({ archive: archive.path, container, imageName, annotations }).pipe(
           Effect.mapError((error) =>
             new PhaseFailed({ phase: "build/push", step: error.step, message: error.message, cause: error })
           ),
@@ -99,7 +137,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           containerImageName: image.name,
           containerImageDigest: image.digest
         })
-        yield* store.put(identifier, new SucceededRecord({ result })).pipe(
+        yield* store.put(identifier, new SucceededRecord({ result, pod: Option.getOrUndefined(pod) })).pipe(
           Effect.mapError((error) => storeFailed(error.message, error))
         )
         yield* Effect.logInfo("checkpoint succeeded").pipe(
@@ -204,8 +242,10 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       }
     )
 
-    /** The result of a checkpoint made on this node; waits while it is still running. */
-    const result = Effect.fn("Checkpointer.result")(function*(identifier: CheckpointIdentifier) {
+    /** The result of a checkpoint (or a restore) made on this node; waits while a checkpoint is still running. */
+    const result = Effect.fn("Checkpointer.result")(function*(
+      identifier: CheckpointIdentifier
+    ): Effect.fn.Return<CheckpointResult | RestoreResult, CheckpointFailure | CheckpointUnknown> {
       const active = yield* FiberMap.get(running, identifier).pipe(Effect.option)
       if (Option.isSome(active)) {
         return yield* outcome(identifier, active.value).pipe(
@@ -223,11 +263,15 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       }
       switch (record.value._tag) {
         case "Succeeded":
+        case "Restored":
           return record.value.result
         case "Failed":
+        case "RestoreFailed":
           return yield* new CheckpointFailure({ message: record.value.message })
         case "Pending":
-          return yield* new CheckpointFailure({ message: interruptedByRestart(identifier, config.node) })
+          return yield* new CheckpointFailure({ message: interruptedByRestart("checkpoint", identifier, config.node) })
+        case "RestorePending":
+          return yield* new CheckpointFailure({ message: interruptedByRestart("restore", identifier, config.node) })
       }
     })
 
@@ -253,12 +297,14 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       }
     })
 
-    /** Records left pending by an earlier process become failed; records older than RESULT_TTL are removed. */
+    /**
+     * Records left pending by an earlier process become failed (a pending restore is this process's when it began
+     * after the process started); records older than RESULT_TTL are removed.
+     */
     const sweep = Effect.gen(function*() {
       const now = yield* unixSeconds
       for (const { identifier, record } of yield* store.entries) {
-        const finishedAt = record._tag === "Succeeded" ? record.result.endTimestamp : record.beginTimestamp
-        if (now - finishedAt > config.resultTtlSeconds) {
+        if (now - finishedAtOfRecord(record) > config.resultTtlSeconds) {
           yield* store.remove(identifier)
         } else if (record._tag === "Pending" && !(yield* FiberMap.has(running, identifier))) {
           yield* store.put(
@@ -267,7 +313,18 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
               container: record.container,
               beginTimestamp: record.beginTimestamp,
               endTimestamp: now,
-              message: interruptedByRestart(identifier, config.node)
+              message: interruptedByRestart("checkpoint", identifier, config.node)
+            })
+          )
+        } else if (record._tag === "RestorePending" && record.beginTimestamp < startedAt) {
+          yield* store.put(
+            identifier,
+            new RestoreFailedRecord({
+              namespace: record.namespace,
+              pod: record.pod,
+              beginTimestamp: record.beginTimestamp,
+              endTimestamp: now,
+              message: interruptedByRestart("restore", identifier, config.node)
             })
           )
         }
@@ -287,5 +344,5 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
   })
 }) {}
 
-const interruptedByRestart = (identifier: CheckpointIdentifier, node: string) =>
-  `checkpoint ${identifier} was interrupted by restart of the Checkpointer on node ${node}`
+const interruptedByRestart = (work: "checkpoint" | "restore", identifier: CheckpointIdentifier, node: string) =>
+  `${work} ${identifier} was interrupted by restart of the Checkpointer on node ${node}`

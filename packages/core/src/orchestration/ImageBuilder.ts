@@ -9,6 +9,8 @@ export interface BuildRequest {
   readonly container: ContainerRef
   /** Full destination, `CHECKPOINT_IMAGE_PREFIX:<tag>`. */
   readonly imageName: string
+  /** Manifest annotations to add to those the archive gives (e.g. the pod record). */
+  readonly annotations?: Readonly<Record<string, string>>
 }
 
 export interface BuiltImage {

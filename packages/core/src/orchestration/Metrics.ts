@@ -1,6 +1,6 @@
 import { Cause, Clock, Context, Effect, Exit, Metric, MetricBoundaries, MetricState, Option, Ref } from "effect"
 import type { MetricPair } from "effect"
-import type { CheckpointPhase } from "../domain/Errors.ts"
+import type { CheckpointPhase, RestorePhase } from "../domain/Errors.ts"
 import type { BuiltImage } from "./ImageBuilder.ts"
 
 /** How a checkpoint ended, as counted in `checkpoints_total{outcome}`. */
@@ -15,6 +15,20 @@ export const phaseDuration = Metric.histogram(
   "checkpoint_phase_duration_seconds",
   MetricBoundaries.fromIterable([0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]),
   "Time spent in each phase of a checkpoint (kubelet, build/push, delete pod), finished or failed."
+)
+
+/** How a restore ended, as counted in `restores_total{outcome}`. */
+export type RestoreOutcome = "succeeded" | "failed" | "not_found" | "conflict" | "invalid" | "interrupted"
+
+export const restoresTotal = Metric.counter("restores_total", {
+  description: "Restores served by this Checkpointer, by outcome.",
+  incremental: true
+})
+
+export const restorePhaseDuration = Metric.histogram(
+  "restore_phase_duration_seconds",
+  MetricBoundaries.fromIterable([0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]),
+  "Time spent in each phase of a restore (image, pod creation, scheduling, image pull and restore), finished or failed."
 )
 
 export const pushedBytes = Metric.histogram(
@@ -91,8 +105,34 @@ const elapsedSeconds = (startNanos: bigint) =>
  * One phase of a checkpoint: its duration goes into `checkpoint_phase_duration_seconds{phase}` whether it finished
  * or failed, and a log line says how it ended with `phase` and `durationSeconds`.
  */
-export const observePhase =
-  (phase: CheckpointPhase) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+export const observePhase = (phase: CheckpointPhase) => observeTimed(phaseDuration, phase)
+
+/** One phase of a restore, observed as `observePhase` does, into `restore_phase_duration_seconds{phase}`. */
+export const observeRestorePhase = (phase: RestorePhase | "image pull and restore") =>
+  observeTimed(restorePhaseDuration, phase)
+
+/** A whole restore, counted in `restores_total{outcome}` by how it ended. */
+export const observeRestore = <A, E extends { readonly _tag: string }, R>(
+  self: Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  Effect.onExit(self, (exit) => {
+    const failure = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+    const outcome: RestoreOutcome = Exit.isSuccess(exit)
+      ? "succeeded"
+      : Option.isNone(failure)
+      ? Cause.isInterruptedOnly(exit.cause) ? "interrupted" : "failed"
+      : restoreOutcomes[failure.value._tag] ?? "failed"
+    return Metric.increment(Metric.tagged(restoresTotal, "outcome", outcome))
+  }).pipe(Effect.withLogSpan("restore"))
+
+const restoreOutcomes: Readonly<Record<string, RestoreOutcome>> = {
+  RestoreSourceMissing: "not_found",
+  RestoreConflict: "conflict",
+  RestoreInvalid: "invalid"
+}
+
+const observeTimed =
+  (histogram: typeof phaseDuration, phase: string) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
     Effect.flatMap(Clock.currentTimeNanos, (start) =>
       self.pipe(
         Effect.onExit((exit) =>
@@ -100,12 +140,12 @@ export const observePhase =
             const seconds = yield* elapsedSeconds(start)
             const annotations = { phase, durationSeconds: Math.round(seconds * 1000) / 1000 }
             if (Exit.isSuccess(exit)) {
-              yield* Metric.update(phaseDuration.pipe(Metric.tagged("phase", phase)), seconds)
+              yield* Metric.update(histogram.pipe(Metric.tagged("phase", phase)), seconds)
               yield* Effect.logInfo("phase finished").pipe(Effect.annotateLogs(annotations))
             } else if (Cause.isInterruptedOnly(exit.cause)) {
               yield* Effect.logInfo("phase interrupted").pipe(Effect.annotateLogs(annotations))
             } else {
-              yield* Metric.update(phaseDuration.pipe(Metric.tagged("phase", phase)), seconds)
+              yield* Metric.update(histogram.pipe(Metric.tagged("phase", phase)), seconds)
               yield* Effect.logWarning("phase failed").pipe(Effect.annotateLogs(annotations))
             }
           })

@@ -2,7 +2,8 @@ import { FileSystem, Path } from "@effect/platform"
 import { Context, Data, Effect, Layer, Option, Ref, Schema } from "effect"
 import { storageConfig } from "../config/Config.ts"
 import type { CheckpointIdentifier } from "../domain/Domain.ts"
-import { CheckpointResult, ContainerRef } from "../domain/Domain.ts"
+import { CheckpointResult, ContainerRef, Namespace, PodName, RestoreResult } from "../domain/Domain.ts"
+import { PodRecord } from "../domain/PodRecord.ts"
 
 export class PendingRecord extends Schema.TaggedClass<PendingRecord>()("Pending", {
   container: ContainerRef,
@@ -10,7 +11,9 @@ export class PendingRecord extends Schema.TaggedClass<PendingRecord>()("Pending"
 }) {}
 
 export class SucceededRecord extends Schema.TaggedClass<SucceededRecord>()("Succeeded", {
-  result: CheckpointResult
+  result: CheckpointResult,
+  /** The pod as it was checkpointed (its image records it too). */
+  pod: Schema.optional(PodRecord)
 }) {}
 
 export class FailedRecord extends Schema.TaggedClass<FailedRecord>()("Failed", {
@@ -20,8 +23,65 @@ export class FailedRecord extends Schema.TaggedClass<FailedRecord>()("Failed", {
   message: Schema.String
 }) {}
 
-export const CheckpointRecord = Schema.Union(PendingRecord, SucceededRecord, FailedRecord)
+export class RestorePendingRecord extends Schema.TaggedClass<RestorePendingRecord>()("RestorePending", {
+  namespace: Namespace,
+  pod: PodName,
+  beginTimestamp: Schema.Number
+}) {}
+
+export class RestoredRecord extends Schema.TaggedClass<RestoredRecord>()("Restored", {
+  result: RestoreResult,
+  beginTimestamp: Schema.Number,
+  endTimestamp: Schema.Number
+}) {}
+
+export class RestoreFailedRecord extends Schema.TaggedClass<RestoreFailedRecord>()("RestoreFailed", {
+  namespace: Namespace,
+  pod: PodName,
+  beginTimestamp: Schema.Number,
+  endTimestamp: Schema.Number,
+  message: Schema.String
+}) {}
+
+/** What the store keeps of a checkpoint or a restore, by its identifier. */
+export const CheckpointRecord = Schema.Union(
+  PendingRecord,
+  SucceededRecord,
+  FailedRecord,
+  RestorePendingRecord,
+  RestoredRecord,
+  RestoreFailedRecord
+)
 export type CheckpointRecord = typeof CheckpointRecord.Type
+
+/** The namespace a record belongs to: the checkpointed container's, or the restored pod's. */
+export const namespaceOfRecord = (record: CheckpointRecord): Namespace => {
+  switch (record._tag) {
+    case "Succeeded":
+      return record.result.containerIdentifier.namespace
+    case "Pending":
+    case "Failed":
+      return record.container.namespace
+    case "Restored":
+      return record.result.namespace
+    case "RestorePending":
+    case "RestoreFailed":
+      return record.namespace
+  }
+}
+
+/** When the work a record describes ended (for a pending record: when it began). */
+export const finishedAtOfRecord = (record: CheckpointRecord): number => {
+  switch (record._tag) {
+    case "Succeeded":
+      return record.result.endTimestamp
+    case "Pending":
+    case "RestorePending":
+      return record.beginTimestamp
+    default:
+      return record.endTimestamp
+  }
+}
 
 const RecordJson = Schema.parseJson(CheckpointRecord)
 

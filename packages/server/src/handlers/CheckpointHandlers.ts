@@ -7,11 +7,22 @@ import {
   CheckpointNotFound,
   ContainerNotFound,
   ContainerRef,
+  InvalidRequest,
   Misdirected,
+  namespaceOfRecord,
+  PodExists,
+  Restorer,
   ResultStore,
   Unavailable
 } from "@checkpointer/core"
-import type { Access, CheckpointIdentifier, CheckpointOptions, Namespace } from "@checkpointer/core"
+import type {
+  Access,
+  CheckpointIdentifier,
+  CheckpointOptions,
+  Namespace,
+  RestorePlan,
+  RestoreRequest
+} from "@checkpointer/core"
 import { HttpApiBuilder } from "@effect/platform"
 import { Effect, Option } from "effect"
 import { RequestGate } from "../http/RequestGate.ts"
@@ -30,6 +41,17 @@ const resultAccess = (namespace: Option.Option<Namespace>): ReadonlyArray<Access
   ...Option.match(namespace, { onNone: () => ({}), onSome: (namespace) => ({ namespace }) })
 }]
 
+/** What the caller must be allowed to restore: create the pod, and read the checkpoint it names (if it names one). */
+const restoreAccess = (request: RestoreRequest, plan: RestorePlan): ReadonlyArray<Access> => [
+  { verb: "create", resource: "pods", namespace: plan.namespace },
+  ...(request.checkpointIdentifier === undefined ? [] : [{
+    verb: "get",
+    resource: "pods",
+    subresource: "checkpoint",
+    namespace: plan.record.metadata.namespace as Namespace
+  }])
+]
+
 const refusedRoute = {
   AlreadyForwarded: (error: { readonly message: string }) => new Misdirected({ message: error.message }),
   RoutingLookupFailed: (error: { readonly message: string }) => new CheckpointFailed({ message: error.message })
@@ -43,15 +65,12 @@ export const CheckpointHandlers = HttpApiBuilder.group(
       const checkpointer = yield* Checkpointer
       const store = yield* ResultStore
       const gate = yield* RequestGate
+      const restorer = yield* Restorer
 
       /** The namespace of the container a result belongs to, when this node has its record. */
       const namespaceOf = (identifier: CheckpointIdentifier) =>
         store.get(identifier).pipe(
-          Effect.map(
-            Option.map((record) =>
-              record._tag === "Succeeded" ? record.result.containerIdentifier.namespace : record.container.namespace
-            )
-          ),
+          Effect.map(Option.map(namespaceOfRecord)),
           Effect.orElseSucceed(() => Option.none<Namespace>())
         )
 
@@ -79,7 +98,8 @@ export const CheckpointHandlers = HttpApiBuilder.group(
               // The namespace of a result is known only on the node that stores it.
               const namespace = yield* namespaceOf(checkpointIdentifier)
               yield* Effect.flatMap(Caller, (caller) => caller.authorize(resultAccess(namespace)))
-              return yield* checkpointer.result(checkpointIdentifier)
+              const restoring = yield* restorer.runningResult(checkpointIdentifier)
+              return yield* Option.getOrElse(restoring, () => checkpointer.result(checkpointIdentifier))
             })
           ).pipe(
             Effect.catchTags({
@@ -87,6 +107,19 @@ export const CheckpointHandlers = HttpApiBuilder.group(
               RouteTargetMissing: (error) => new CheckpointNotFound({ message: error.message }),
               CheckpointUnknown: (error) => new CheckpointNotFound({ message: error.message }),
               CheckpointFailure: (error) => new CheckpointFailed({ message: error.message })
+            })
+          ))
+        .handle("restore", ({ payload }) =>
+          Effect.gen(function*() {
+            const plan = yield* restorer.plan(payload)
+            yield* Effect.flatMap(Caller, (caller) => caller.authorize(restoreAccess(payload, plan)))
+            return yield* restorer.restore(plan, payload)
+          }).pipe(
+            Effect.catchTags({
+              RestoreSourceMissing: (error) => new CheckpointNotFound({ message: error.message }),
+              RestoreInvalid: (error) => new InvalidRequest({ message: error.message }),
+              RestoreConflict: (error) => new PodExists({ message: error.message }),
+              RestoreFailed: (error) => new CheckpointFailed({ message: error.description })
             })
           ))
     })

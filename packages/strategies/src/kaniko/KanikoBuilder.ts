@@ -398,7 +398,10 @@ export const makeKanikoBuilder = (strategy: KanikoStrategy) =>
         Effect.provideService(FileSystem.FileSystem, fs),
         Effect.mapError((error) => readFailed(error.message, error))
       )
-      const annotations = imageAnnotations(checkpointFacts(metadata), request.container, architecture)
+      const annotations = {
+        ...request.annotations,
+        ...imageAnnotations(checkpointFacts(metadata), request.container, architecture)
+      }
       const files = contextFiles(dockerfile(settings.baseImage, path.basename(request.archive)), trust)
       const digest = yield* Effect.scoped(Effect.gen(function*() {
         const { archive, context } = yield* strategy.prepare({ settings, request, format, files })

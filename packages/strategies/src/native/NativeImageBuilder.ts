@@ -1,33 +1,24 @@
 import { ImageBuilder, ImageBuildError, reasonOf } from "@checkpointer/core"
-import type { BuiltImage, ContainerRef } from "@checkpointer/core"
-import { FileSystem, HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
-import { Agent } from "@effect/platform-node/Undici"
+import type { BuildRequest, BuiltImage, ContainerRef } from "@checkpointer/core"
+import { FileSystem } from "@effect/platform"
 import type { ConfigError } from "effect"
 import { Clock, Config, Effect, Either, Layer, Option, Stream } from "effect"
-import { rootCertificates } from "node:tls"
 import type { ArchiveError, Compression } from "../archive/ArchiveFormat.ts"
 import { inspectWhileStreaming } from "../archive/ArchiveInspector.ts"
 import type { ArchiveDescription } from "../archive/ArchiveInspector.ts"
 import { readArchive } from "../archive/ArchiveReader.ts"
 import { checkpointFacts } from "../archive/CheckpointMetadata.ts"
 import { imageAnnotations, nodeArchitecture } from "../archive/ImageAnnotations.ts"
-import { credentialsFor, readAuthFile } from "../registry/DockerConfig.ts"
-import { formatReference, makeSession, parseImageReference } from "../registry/OciRegistry.ts"
+import { formatReference, makeSession, ociManifestMediaType, parseImageReference } from "../registry/OciRegistry.ts"
 import type { RegistryError } from "../registry/RegistryError.ts"
-import { readRegistryCa, registryTrustConfig } from "../registry/RegistryTrust.ts"
+import { credentialsOf, registryAccessConfig, registryHttpClient } from "../registry/RegistryHttp.ts"
+import type { RegistryAccess } from "../registry/RegistryHttp.ts"
 import { compression, encodeLayer, encryptionKeys } from "./LayerEncoding.ts"
 import type { LayerCompressionError } from "./LayerEncoding.ts"
 import { loadRecipients } from "./LayerEncryption.ts"
 import type { LayerEncryptionError } from "./LayerEncryption.ts"
 
-export interface NativeImageBuilderOptions {
-  /** Docker config JSON with `auths` (REGISTRY_AUTH_FILE). */
-  readonly authFile: Option.Option<string>
-  /** Extra CA certificates (PEM) trusted for registries and token servers (REGISTRY_CA_FILE). */
-  readonly caFile: Option.Option<string>
-  /** Plain HTTP allowed and TLS left unverified (REGISTRY_INSECURE). */
-  readonly insecure: boolean
+export interface NativeImageBuilderOptions extends RegistryAccess {
   /** Compression of an uncompressed archive's layer (CHECKPOINT_LAYER_COMPRESSION); `none` when absent. */
   readonly compression?: Compression
   /** Recipients' public key files (CHECKPOINT_ENCRYPTION_KEYS); the layer is encrypted for them when there are any. */
@@ -35,18 +26,12 @@ export interface NativeImageBuilderOptions {
 }
 
 export const options: Config.Config<NativeImageBuilderOptions> = Config.all({
-  authFile: Config.option(Config.string("REGISTRY_AUTH_FILE")),
-  trust: registryTrustConfig,
+  access: registryAccessConfig,
   compression,
   encryptionKeys
-}).pipe(Config.map(({ authFile, compression, encryptionKeys, trust }) => ({
-  authFile,
-  ...trust,
-  compression,
-  encryptionKeys
-})))
+}).pipe(Config.map(({ access, compression, encryptionKeys }) => ({ ...access, compression, encryptionKeys })))
 
-export const manifestMediaType = "application/vnd.oci.image.manifest.v1+json"
+export const manifestMediaType = ociManifestMediaType
 export const configMediaType = "application/vnd.oci.image.config.v1+json"
 
 const encodeJson = (value: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(value))
@@ -62,11 +47,8 @@ export const imageConfig = (description: ArchiveDescription, created: Date, arch
 
 const archiveChunkSize = 1024 * 1024
 
-export interface PushRequest {
-  /** Path of the checkpoint archive. */
-  readonly archive: string
-  /** Full destination, `registry/repository:tag`. */
-  readonly imageName: string
+/** A build request whose container may be unknown (an archive made elsewhere), reporting progress if asked. */
+export interface PushRequest extends Omit<BuildRequest, "container"> {
   /** The container checkpointed; when absent, the names the archive's config.dump and spec.dump hold. */
   readonly container?: ContainerRef
   /** Called with the bytes of the archive read so far, as they are read. */
@@ -79,21 +61,7 @@ export type Pusher = (request: PushRequest) => Effect.Effect<BuiltImage, ImageBu
 /** The native strategy's push with these settings; the HTTP connections live as long as the scope. */
 export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(settings: NativeImageBuilderOptions) {
   const fs = yield* FileSystem.FileSystem
-  const extraCa = yield* readRegistryCa(settings.caFile)
-  const dispatcher = yield* Effect.acquireRelease(
-    Effect.sync(() =>
-      new Agent({
-        connect: {
-          ...Option.match(extraCa, { onNone: () => ({}), onSome: (pem) => ({ ca: [...rootCertificates, pem] }) }),
-          rejectUnauthorized: !settings.insecure
-        }
-      })
-    ),
-    (agent) => Effect.promise(() => agent.destroy())
-  )
-  const http = NodeHttpClient.makeUndici(dispatcher).pipe(
-    HttpClient.mapRequest(HttpClientRequest.setHeader("user-agent", "checkpointer-native-image-builder"))
-  )
+  const http = yield* registryHttpClient(settings, "checkpointer-native-image-builder")
   const architecture = nodeArchitecture()
   const recipients = yield* loadRecipients(settings.encryptionKeys ?? [])
   const encoding = { compression: settings.compression ?? "none", recipients } as const
@@ -148,10 +116,10 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
         })
       )
     )
-    const credentials = yield* Option.match(settings.authFile, {
-      onNone: () => Effect.succeed(Option.none()),
-      onSome: (path) => Effect.map(readAuthFile(path), (config) => credentialsFor(config, reference.domain))
-    }).pipe(Effect.provideService(FileSystem.FileSystem, fs), Effect.mapError(pushFailed))
+    const credentials = yield* credentialsOf(settings, reference).pipe(
+      Effect.provideService(FileSystem.FileSystem, fs),
+      Effect.mapError(pushFailed)
+    )
     const session = yield* makeSession({ http, reference, credentials, insecure: settings.insecure }).pipe(
       Effect.mapError(pushFailed)
     )
@@ -188,7 +156,10 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
       mediaType: manifestMediaType,
       config: configBlob,
       layers: [layer],
-      annotations: imageAnnotations(checkpointFacts(archive), request.container, architecture)
+      annotations: {
+        ...request.annotations,
+        ...imageAnnotations(checkpointFacts(archive), request.container, architecture)
+      }
     }
     const digest = yield* session.putManifest(encodeJson(manifest), manifestMediaType).pipe(
       Effect.mapError(pushFailed)

@@ -63,6 +63,9 @@ export const parseImageReference = (input: string): Either.Either<ImageReference
   })
 }
 
+export const ociManifestMediaType = "application/vnd.oci.image.manifest.v1+json"
+export const dockerManifestMediaType = "application/vnd.docker.distribution.manifest.v2+json"
+
 export interface Descriptor {
   readonly mediaType: string
   readonly digest: string
@@ -78,6 +81,8 @@ export interface SessionOptions {
   readonly credentials: Option.Option<Credentials>
   /** Allows plain HTTP when the registry does not speak TLS (TLS verification is the HTTP client's business). */
   readonly insecure: boolean
+  /** What the session may do with the repository (the token scope's actions); default `pull,push`. */
+  readonly actions?: "pull" | "pull,push"
 }
 
 const requestTimeout = Duration.seconds(60)
@@ -89,7 +94,7 @@ const transientRetry = Schedule.exponential("250 millis").pipe(Schedule.intersec
  */
 export const makeSession = Effect.fn("OciRegistry.session")(function*(options: SessionOptions) {
   const { http, reference } = options
-  const scope = `repository:${reference.repository}:pull,push`
+  const scope = `repository:${reference.repository}:${options.actions ?? "pull,push"}`
   const auth = yield* makeAuthenticator({ http, credentials: options.credentials, scope })
 
   const send = (what: string, request: HttpClientRequest.HttpClientRequest) =>
@@ -263,7 +268,23 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       return digest
     })
 
-  return { base, blobExists, pushBlob, pushBlobStream, putManifest } as const
+  /** The manifest of the session's tag as JSON text; None when the registry does not have it. */
+  const getManifest = Effect.gen(function*() {
+    const request = HttpClientRequest.get(`${repositoryUrl}/manifests/${reference.tag}`).pipe(
+      HttpClientRequest.setHeader("accept", [ociManifestMediaType, dockerManifestMediaType].join(", "))
+    )
+    const response = yield* exchange("manifest read", request)
+    if (response.status === 404) {
+      yield* response.text.pipe(Effect.ignore)
+      return Option.none<string>()
+    }
+    if (response.status !== 200) return yield* refused("manifest read", response)
+    return Option.some(
+      yield* response.text.pipe(Effect.mapError(transportError("manifest read", reference.apiHost)))
+    )
+  })
+
+  return { base, blobExists, pushBlob, pushBlobStream, putManifest, getManifest } as const
 })
 
 export type Session = Effect.Effect.Success<ReturnType<typeof makeSession>>
