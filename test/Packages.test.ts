@@ -11,6 +11,8 @@ interface Manifest {
   readonly repository?: { readonly url: string; readonly directory: string }
   readonly files?: ReadonlyArray<string>
   readonly exports: Record<string, unknown>
+  readonly dependencies?: Record<string, string>
+  readonly peerDependencies?: Record<string, string>
   readonly publishConfig?: { readonly exports?: Record<string, unknown>; readonly bin?: Record<string, string> }
 }
 

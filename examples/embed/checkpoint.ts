@@ -2,7 +2,14 @@
 // CHECKPOINTER_NODE_IP writes the archive, the builder CHECKPOINT_BUILDER names pushes it as an image.
 // Settings come from the environment, as the server's do; the image goes to stdout, logs to stderr.
 // Run: node checkpoint.ts NAMESPACE POD CONTAINER
-import { Checkpointer, checkpointerLayer, CheckpointOptions, ContainerRef, ResultStore } from "@checkpointer/core"
+import {
+  Checkpointer,
+  checkpointerLayer,
+  CheckpointOptions,
+  CheckpointResult,
+  ContainerRef,
+  ResultStore
+} from "@checkpointer/core"
 import { ImageBuilderLayer } from "@checkpointer/strategies"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Layer, Logger, Schema } from "effect"
@@ -13,10 +20,10 @@ const program = Effect.gen(function*() {
   const checkpointer = yield* Checkpointer
   const target = yield* Schema.decodeUnknown(ContainerRef)({ namespace, pod, container })
 
-  // Starts the checkpoint and answers its identifier; `result` waits until the image is pushed or it failed.
-  const { checkpointIdentifier } = yield* checkpointer.checkpoint(target, new CheckpointOptions({ async: true }))
-    .pipe(Effect.filterOrDie((accepted) => "checkpointIdentifier" in accepted, () => "expected an identifier"))
-  const result = yield* checkpointer.result(checkpointIdentifier)
+  // Answers once the image is in the registry; with { async: true } it would answer an identifier for `result`.
+  const result = yield* checkpointer.checkpoint(target, new CheckpointOptions({})).pipe(
+    Effect.filterOrDie(Schema.is(CheckpointResult), () => "a synchronous checkpoint answers its result")
+  )
   yield* Console.log(`${result.containerImageName}@${result.containerImageDigest}`)
 })
 
