@@ -64,6 +64,18 @@ describe("the packages", () => {
     }
   )
 
+  it.each(published)("$manifest.name: Effect is a peer, so that an embedding program has one copy", ({ manifest }) => {
+    expect(Object.keys(manifest.peerDependencies ?? {}).sort()).toEqual([
+      "@effect/platform",
+      "@effect/platform-node",
+      "effect"
+    ])
+    const effectDependencies = Object.keys(manifest.dependencies ?? {}).filter((name) =>
+      name === "effect" || name.startsWith("@effect/")
+    )
+    expect(effectDependencies).toEqual([])
+  })
+
   it("README shows the embedding example verbatim", () => {
     const readme = readFileSync(`${projectRoot}/README.md`, "utf8")
     const example = readFileSync(`${projectRoot}/examples/embed/checkpoint.ts`, "utf8")
