@@ -1,6 +1,7 @@
+import { parsePodRecord, podRecordAnnotation } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
-import { Duration, Effect, Fiber, Schedule } from "effect"
+import { Duration, Effect, Either, Fiber, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
 import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
 import { startBallastPod, startCounterPod } from "./harness/Cluster.ts"
@@ -99,6 +100,12 @@ describeE2E("Kaniko strategies through the real server, registry, CRIU node and 
             "org.criu.checkpoint.container.name": "counter",
             "io.podman.annotations.checkpoint.name": "counter",
             "io.podman.annotations.checkpoint.runtime.name": "runc"
+          })
+          // The pod record travels through the executor's --annotation intact (JSON with commas and '=').
+          const record = parsePodRecord(String(manifest.json.annotations?.[podRecordAnnotation]))
+          expect(Either.getOrThrow(record)).toMatchObject({
+            container: "counter",
+            metadata: { name, namespace: "default" }
           })
           expect(manifest.json.annotations?.["org.opencontainers.image.title"]).not.toBe(
             checkpointBaseAnnotations["org.opencontainers.image.title"]

@@ -19,6 +19,7 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "core.listPodForAllNamespaces": ["pods:list"],
   "core.createNamespacedPod": ["pods:create"],
   "core.readNamespacedPodLog": ["pods/log:get"],
+  "core.listNamespacedEvent": ["events:list"],
   "watcher.watch": ["pods:watch"],
   // The WebSocket upgrade is a GET, authorized as `get` before Kubernetes 1.31 and as `create` since.
   "attacher.attach": ["pods/attach:create", "pods/attach:get"],
@@ -188,7 +189,7 @@ describe("RBAC in k8s-manifests", () => {
     expect(new Set(permissions)).toEqual(required(builder))
   })
 
-  it("grants pods/attach for kaniko only, and nothing on secrets or nodes", () => {
+  it("grants pods/attach for kaniko only, nothing on secrets or nodes, and creates only pods and reviews", () => {
     expect(granted(rbacFiles.kaniko).filter((permission) => permission.includes("pods/attach"))).toEqual([
       "namespace:pods/attach:create",
       "namespace:pods/attach:get"
@@ -198,6 +199,7 @@ describe("RBAC in k8s-manifests", () => {
     }
     expect(granted(rbacFiles["kaniko-fs"]).some((permission) => permission.includes("pods/attach"))).toBe(false)
     expect(granted(rbacFiles.native).filter((permission) => permission.endsWith(":create"))).toEqual([
+      "cluster:pods:create",
       "cluster:tokenreviews.authentication.k8s.io:create",
       "cluster:subjectaccessreviews.authorization.k8s.io:create"
     ])

@@ -144,6 +144,21 @@ describe("POST /restore", () => {
       expect([unrecorded.status, unrecorded.text]).toEqual([400, `${image} does not record its pod`])
     }).pipe(onOwnServer({ cluster })))
 
+  it.live("counts restores by outcome and times their phases in /metrics", () =>
+    Effect.gen(function*() {
+      const { image } = yield* checkpoint("web-7d4b9c-x2x9q")
+      expect((yield* call("POST", "/restore", { body: { image, pod: "counted" } })).status).toBe(201)
+      expect((yield* call("POST", "/restore", { body: { image, pod: "counted" } })).status).toBe(409)
+      expect((yield* call("POST", "/restore", { body: { image: "registry.test/none:1" } })).status).toBe(404)
+      const metrics = (yield* call("GET", "/metrics")).text
+      for (const outcome of ["succeeded", "conflict", "not_found"]) {
+        expect(metrics).toMatch(new RegExp(`^restores_total\\{outcome="${outcome}"\\} [1-9]`, "m"))
+      }
+      for (const phase of ["image", "pod creation", "scheduling", "image pull and restore"]) {
+        expect(metrics).toMatch(new RegExp(`^restore_phase_duration_seconds_count\\{phase="${phase}"\\} [1-9]`, "m"))
+      }
+    }).pipe(onOwnServer({ cluster })))
+
   it.live("AUTH_MODE=kubernetes: create pods in the target namespace, and get pods/checkpoint for an identifier", () =>
     Effect.gen(function*() {
       const alice = { authorization: "Bearer token-alice" }

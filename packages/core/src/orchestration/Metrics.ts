@@ -18,7 +18,14 @@ export const phaseDuration = Metric.histogram(
 )
 
 /** How a restore ended, as counted in `restores_total{outcome}`. */
-export type RestoreOutcome = "succeeded" | "failed" | "not_found" | "conflict" | "invalid" | "interrupted"
+export type RestoreOutcome =
+  | "succeeded"
+  | "failed"
+  | "not_found"
+  | "conflict"
+  | "invalid"
+  | "denied"
+  | "interrupted"
 
 export const restoresTotal = Metric.counter("restores_total", {
   description: "Restores served by this Checkpointer, by outcome.",
@@ -111,24 +118,22 @@ export const observePhase = (phase: CheckpointPhase) => observeTimed(phaseDurati
 export const observeRestorePhase = (phase: RestorePhase | "image pull and restore") =>
   observeTimed(restorePhaseDuration, phase)
 
-/** A whole restore, counted in `restores_total{outcome}` by how it ended. */
-export const observeRestore = <A, E extends { readonly _tag: string }, R>(
-  self: Effect.Effect<A, E, R>
-): Effect.Effect<A, E, R> =>
-  Effect.onExit(self, (exit) => {
-    const failure = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
-    const outcome: RestoreOutcome = Exit.isSuccess(exit)
-      ? "succeeded"
-      : Option.isNone(failure)
-      ? Cause.isInterruptedOnly(exit.cause) ? "interrupted" : "failed"
-      : restoreOutcomes[failure.value._tag] ?? "failed"
-    return Metric.increment(Metric.tagged(restoresTotal, "outcome", outcome))
-  }).pipe(Effect.withLogSpan("restore"))
+/** Counts a restore in `restores_total{outcome}` by how it ended. */
+export const countRestore = <A, E extends { readonly _tag: string }>(exit: Exit.Exit<A, E>) => {
+  const failure = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+  const outcome: RestoreOutcome = Exit.isSuccess(exit)
+    ? "succeeded"
+    : Option.isNone(failure)
+    ? Cause.isInterruptedOnly(exit.cause) ? "interrupted" : "failed"
+    : restoreOutcomes[failure.value._tag] ?? "failed"
+  return Metric.increment(Metric.tagged(restoresTotal, "outcome", outcome))
+}
 
 const restoreOutcomes: Readonly<Record<string, RestoreOutcome>> = {
   RestoreSourceMissing: "not_found",
   RestoreConflict: "conflict",
-  RestoreInvalid: "invalid"
+  RestoreInvalid: "invalid",
+  AccessDenied: "denied"
 }
 
 const observeTimed =

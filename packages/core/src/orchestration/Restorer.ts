@@ -294,16 +294,31 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
       )
 
     /**
-     * Creates the planned pod and waits until the runtime restored its container (runs on if the caller goes away).
-     * Async: answers an identifier at once; the result is stored under it.
+     * Plans the restore, lets `authorize` check the plan, creates the pod and waits until the runtime restored its
+     * container (this runs on if the caller goes away). Async: answers an identifier once the pod is planned; the
+     * result is stored under it. Each restore is counted by its outcome.
      */
-    const restore = Effect.fn("Restorer.restore")(function*(
+    const restore = <E extends { readonly _tag: string }>(
+      request: RestoreRequest,
+      authorize: (plan: RestorePlan) => Effect.Effect<void, E>
+    ) =>
+      plan(request).pipe(
+        Effect.tap(authorize),
+        Effect.onError((cause) => Metrics.countRestore(Exit.failCause(cause))),
+        Effect.flatMap((planned) => run(planned, request)),
+        Effect.withSpan("Restorer.restore")
+      )
+
+    const run = Effect.fn("Restorer.run")(function*(
       plan: RestorePlan,
       options: { readonly async: boolean; readonly keepFailedPod: boolean }
     ) {
       const identifier = makeIdentifier(config.node, randomBytes(8).toString("hex") as CheckpointTag)
       const beginTimestamp = yield* unixSeconds
-      const work = execute(plan, options.keepFailedPod).pipe(Metrics.observeRestore)
+      const work = execute(plan, options.keepFailedPod).pipe(
+        Effect.onExit(Metrics.countRestore),
+        Effect.withLogSpan("restore")
+      )
       if (!options.async) {
         const fiber = yield* FiberMap.run(running, identifier, work)
         return yield* Fiber.join(fiber)
@@ -355,7 +370,7 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
         ))
       )
 
-    return { plan, restore, runningResult } as const
+    return { restore, runningResult } as const
   })
 }) {}
 

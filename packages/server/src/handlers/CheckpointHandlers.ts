@@ -110,17 +110,16 @@ export const CheckpointHandlers = HttpApiBuilder.group(
             })
           ))
         .handle("restore", ({ payload }) =>
-          Effect.gen(function*() {
-            const plan = yield* restorer.plan(payload)
-            yield* Effect.flatMap(Caller, (caller) => caller.authorize(restoreAccess(payload, plan)))
-            return yield* restorer.restore(plan, payload)
-          }).pipe(
-            Effect.catchTags({
-              RestoreSourceMissing: (error) => new CheckpointNotFound({ message: error.message }),
-              RestoreInvalid: (error) => new InvalidRequest({ message: error.message }),
-              RestoreConflict: (error) => new PodExists({ message: error.message }),
-              RestoreFailed: (error) => new CheckpointFailed({ message: error.description })
-            })
-          ))
+          Effect.flatMap(Caller, (caller) =>
+            restorer.restore(payload, (plan) =>
+              caller.authorize(restoreAccess(payload, plan)))).pipe(
+              Effect.catchTags({
+                RestoreSourceMissing: (error) =>
+                  new CheckpointNotFound({ message: error.message }),
+                RestoreInvalid: (error) => new InvalidRequest({ message: error.message }),
+                RestoreConflict: (error) => new PodExists({ message: error.message }),
+                RestoreFailed: (error) => new CheckpointFailed({ message: error.description })
+              })
+            ))
     })
 )
