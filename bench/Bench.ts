@@ -24,6 +24,7 @@ import {
   libraryBuild,
   libraryPipeline,
   podmanPipeline,
+  pushPipeline,
   rawHashedPipeline,
   rawPipeline
 } from "./Pipelines.ts"
@@ -276,6 +277,7 @@ export const benchSize = (
       archivePassPipeline(archive),
       libraryPipeline(env.builder, env.registry, archive, container),
       libraryPipeline(env.encryptingBuilder, env.registry, archive, container, "libraryEncrypted"),
+      pushPipeline(env.registry, archive),
       httpPipeline(env.registry, server, container),
       buildahPipeline(env.registry, archive, container),
       podmanPipeline(env.registry, podmanContainer)

@@ -5,6 +5,7 @@ import { FileSystem } from "@effect/platform"
 import type { CommandExecutor } from "@effect/platform"
 import type { Context } from "effect"
 import { Effect, Schema, Stream } from "effect"
+import { projectRoot } from "../test/harness/CheckpointerProcess.ts"
 import type { CheckpointerProcess } from "../test/harness/CheckpointerProcess.ts"
 import { checkpointRepository } from "../test/harness/LocalStack.ts"
 import * as Podman from "../test/harness/Podman.ts"
@@ -16,7 +17,16 @@ import type { BenchError } from "./Tools.ts"
 import { currentRss, exec, failedTo, peakRss, processCpu, resetPeakRss, seconds, selfCpu } from "./Tools.ts"
 import type { Archive, MemoryContainer } from "./Workload.ts"
 
-export type PipelineId = "raw" | "rawHashed" | "pass" | "library" | "libraryEncrypted" | "http" | "buildah" | "podman"
+export type PipelineId =
+  | "raw"
+  | "rawHashed"
+  | "pass"
+  | "library"
+  | "libraryEncrypted"
+  | "push"
+  | "http"
+  | "buildah"
+  | "podman"
 
 /** One way of getting a checkpoint into the registry, run once per call with a fresh tag. */
 export interface Pipeline {
@@ -37,6 +47,7 @@ export const pipelineTitles: Readonly<Record<PipelineId, string>> = {
   pass: "native builder's archive pass alone (no upload)",
   library: "native builder, library",
   libraryEncrypted: "native builder, library, encrypted (RSA + EC recipients)",
+  push: "checkpointer-push (the native builder's CLI)",
   http: "native builder, HTTP API",
   buildah: "buildah recipe (Kubernetes docs)",
   podman: "podman checkpoint --create-image + push"
@@ -198,6 +209,30 @@ export const libraryPipeline = (
       const [time] = yield* seconds(libraryBuild(builder, registry, archive, container, tag, repository))
       const peak = yield* peakRss("self")
       return { seconds: time, phases: {}, peakRss: peak, startRss, ...yield* pushedLayers(registry, repository, tag) }
+    })
+})
+
+/** The checkpointer-push executable that scripts/build.mjs bundles (`pnpm bench` builds it first). */
+export const pushCommand = `${projectRoot}/packages/strategies/dist/bin/checkpointer-push`
+
+/** The archive pushed by the checkpointer-push process, started fresh each run (Node's startup included). */
+export const pushPipeline = (registry: BenchRegistry, archive: Archive): Pipeline => ({
+  id: "push",
+  title: pipelineTitles.push,
+  clientCpu: childrenCpu,
+  timed: "checkpointer-push ARCHIVE IMAGE: process start, archive check, read + hash + push layer, config, manifest",
+  run: (tag) =>
+    Effect.gen(function*() {
+      const [time] = yield* seconds(exec(process.execPath, [
+        pushCommand,
+        archive.path,
+        `${registry.host}/bench/push:${tag}`,
+        "--auth-file",
+        registry.authFile,
+        "--ca-file",
+        registry.caFile
+      ]))
+      return { seconds: time, phases: {}, ...yield* pushedLayers(registry, "bench/push", tag) }
     })
 })
 

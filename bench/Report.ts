@@ -58,6 +58,7 @@ export const keyFigures = (size: SizeResult) => {
     raw: median("raw"),
     library: median("library"),
     libraryEncrypted: median("libraryEncrypted"),
+    push: median("push"),
     httpTotal: median("http"),
     httpBuildPush: phaseSummary(get("http"), "build/push")?.median ?? Number.NaN,
     httpKubelet: phaseSummary(get("http"), "kubelet")?.median ?? Number.NaN,
@@ -136,6 +137,7 @@ const sizeSection = (size: SizeResult) => {
     ...measured("pass", { pushed: false }),
     ...measured("library", { peak: libraryPeak(get("library")) }),
     ...measured("libraryEncrypted", { peak: libraryPeak(get("libraryEncrypted")) }),
+    ...measured("push"),
     row(
       "native builder, HTTP API: build/push phase (server log)",
       phaseSummary(http, "build/push") ?? times([]),
@@ -249,6 +251,7 @@ export const targetRows = (sizes: ReadonlyArray<SizeResult>): ReadonlyArray<Targ
     const library = series(size, "library")
     const httpBuildPush = series(size, "http", "build/push")
     const buildah = series(size, "buildah")
+    const push = series(size, "push")
     const ratio = (target: string, value: number, values: ReadonlyArray<number>): TargetRow => ({
       target,
       size: label,
@@ -277,7 +280,11 @@ export const targetRows = (sizes: ReadonlyArray<SizeResult>): ReadonlyArray<Targ
         `buildah recipe ≥ ${targets.minBuildahSpeedup}× native (HTTP, build/push)`,
         k.httpBuildPush,
         httpBuildPush
-      )
+      ),
+      ...(push.length === 0 ? [] : [
+        ratio(`checkpointer-push ≤ ${targets.maxRawRatio}× raw upload`, k.push, push),
+        speedup(`buildah recipe ≥ ${targets.minBuildahSpeedup}× checkpointer-push`, k.push, push)
+      ])
     ]
     const encrypted = series(size, "libraryEncrypted")
     if ((targets.encryptionSizesMiB as ReadonlyArray<number>).includes(size.mib) && encrypted.length > 0) {

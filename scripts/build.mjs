@@ -1,5 +1,6 @@
 // Bundles the server into one minified ESM file (dist/server/main.mjs): what `pnpm start` and the container image run.
-// Also bundles the kubectl plugin into one executable, packages/cli/dist/bin/kubectl-checkpoint (its bin).
+// Also bundles the kubectl plugin into one executable, packages/cli/dist/bin/kubectl-checkpoint (its bin), and
+// checkpointer-push into packages/strategies/dist/bin/checkpointer-push (the benchmark runs it).
 import { build } from "esbuild"
 import { chmod } from "node:fs/promises"
 import { fileURLToPath } from "node:url"
@@ -30,12 +31,17 @@ await build({
   banner: { js: requireShim }
 })
 
-const plugin = "packages/cli/dist/bin/kubectl-checkpoint"
-await build({
-  ...bundle,
-  entryPoints: ["packages/cli/src/kubectl-checkpoint.ts"],
-  outfile: plugin,
-  legalComments: "none",
-  banner: { js: `#!/usr/bin/env node\n${requireShim}` }
-})
-await chmod(`${root}/${plugin}`, 0o755)
+/** One executable file; esbuild keeps the entry's shebang on its first line. */
+const executable = async (entry, outfile) => {
+  await build({
+    ...bundle,
+    entryPoints: [entry],
+    outfile,
+    legalComments: "none",
+    banner: { js: requireShim }
+  })
+  await chmod(`${root}/${outfile}`, 0o755)
+}
+
+await executable("packages/cli/src/kubectl-checkpoint.ts", "packages/cli/dist/bin/kubectl-checkpoint")
+await executable("packages/strategies/src/cli/checkpointer-push.ts", "packages/strategies/dist/bin/checkpointer-push")

@@ -18,6 +18,8 @@ export interface KanikoStack extends LocalStack {
   readonly buildContextDir: string
   /** `127.0.0.1:PORT` of a registry that accepts connections and never answers (scoped). */
   readonly silentRegistry: Effect.Effect<string, never, Scope.Scope>
+  /** The settings that select a Kaniko builder against this stack (base image, build contexts, secret). */
+  readonly kanikoSettings: (builder: "kaniko" | "kaniko-fs") => Readonly<Record<string, string>>
   /** A Checkpointer with the given Kaniko builder (and extra settings), against this stack. */
   readonly startKanikoCheckpointer: (
     builder: "kaniko" | "kaniko-fs",
@@ -68,21 +70,20 @@ export const startKanikoStack = (options: { readonly dir: string }) =>
       stringData: { ".dockerconfigjson": yield* fs.readFileString(stack.registry.authFile) }
     })
     const buildContextDir = path.join(options.dir, "build-contexts")
+    const kanikoSettings = (builder: "kaniko" | "kaniko-fs") => ({
+      CHECKPOINT_BUILDER: builder,
+      CHECKPOINT_BASE_IMAGE: baseImage,
+      KANIKO_BUILD_CTX_DIR: buildContextDir,
+      KANIKO_SECRET_NAME: kanikoSecretName
+    })
     return {
       ...stack,
       baseImage,
       buildContextDir,
       silentRegistry,
+      kanikoSettings,
       startKanikoCheckpointer: (builder, extra) =>
-        stack.startAnotherCheckpointer({
-          extra: {
-            CHECKPOINT_BUILDER: builder,
-            CHECKPOINT_BASE_IMAGE: baseImage,
-            KANIKO_BUILD_CTX_DIR: buildContextDir,
-            KANIKO_SECRET_NAME: kanikoSecretName,
-            ...extra
-          }
-        })
+        stack.startAnotherCheckpointer({ extra: { ...kanikoSettings(builder), ...extra } })
     } satisfies KanikoStack
   })
 

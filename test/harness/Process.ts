@@ -23,6 +23,8 @@ export interface RunOptions {
   readonly timeout?: Duration.DurationInput
   readonly stdin?: Stream.Stream<Uint8Array, PlatformError>
   readonly env?: Readonly<Record<string, string>>
+  /** Working directory; this process's when absent. */
+  readonly cwd?: string
   /** How the command is shown in errors (e.g. with credentials redacted); default: the command itself. */
   readonly shownAs?: ReadonlyArray<string>
 }
@@ -59,6 +61,7 @@ export const runProcess = (
   const shownAs = options.shownAs ?? command
   let built = Command.make(command[0]!, ...command.slice(1))
   if (options.env !== undefined) built = Command.env(built, options.env)
+  if (options.cwd !== undefined) built = Command.workingDirectory(built, options.cwd)
   if (options.stdin !== undefined) built = Command.stdin(built, options.stdin)
   return Effect.scoped(Effect.gen(function*() {
     const process = yield* Command.start(built)

@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 // The `kubectl-checkpoint` executable (a kubectl plugin): `kubectl checkpoint POD [-c CONTAINER] ...`.
 import { NodeRuntime } from "@effect/platform-node"
 import { Exit } from "effect"

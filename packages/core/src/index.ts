@@ -15,6 +15,7 @@ export * from "./node/CheckpointDirectory.ts"
 export * from "./node/KubeletService.ts"
 // orchestration: checkpoints, restores, their results, routing between nodes, readiness, metrics; builders plug in here
 export * from "./orchestration/Checkpointer.ts"
+export * from "./orchestration/CheckpointerLayer.ts"
 export * from "./orchestration/CheckpointImages.ts"
 export * from "./orchestration/ImageBuilder.ts"
 export * as Metrics from "./orchestration/Metrics.ts"

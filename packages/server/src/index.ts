@@ -1,3 +1,2 @@
 export * from "./handlers/CheckpointHandlers.ts"
 export * from "./http/HttpServer.ts"
-export * from "./ImageBuilderLayer.ts"

@@ -1,32 +1,20 @@
 import {
-  CheckpointDirectory,
   Checkpointer,
-  checkpointerConfig,
-  Cluster,
-  describeConfigError,
-  KubeletService,
-  Readiness,
+  checkpointerLayer,
+  ConfigurationChecked,
+  describingConfigErrors,
   Restorer,
   ResultStore,
   ServerConfig
 } from "@checkpointer/core"
-import { RegistryImages } from "@checkpointer/strategies"
+import { ImageBuilderLayer, RegistryImages } from "@checkpointer/strategies"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Data, Duration, Effect, Layer, Logger, LogLevel } from "effect"
+import { Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./http/HttpServer.ts"
-import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
-
-class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
-
-/** Every variable read once before any service starts: every problem is listed at once. */
-const ConfigChecked = Layer.effectDiscard(checkpointerConfig)
 
 const CheckpointerLive = Restorer.Default.pipe(
   Layer.provide(RegistryImages.layer),
-  Layer.provideMerge(Layer.mergeAll(Checkpointer.Default, Readiness.Default)),
-  Layer.provide([KubeletService.Default, CheckpointDirectory.Default, ImageBuilderLayer]),
-  Layer.provideMerge(ResultStore.File),
-  Layer.provideMerge(Cluster.Default)
+  Layer.provideMerge(checkpointerLayer({ imageBuilder: ImageBuilderLayer, resultStore: ResultStore.File }))
 )
 
 const LoggerLive = Layer.unwrapEffect(
@@ -58,14 +46,9 @@ const MainLive = DrainOnShutdown.pipe(
   Layer.provide(CheckpointerLive),
   Layer.provide(LoggerLive),
   Layer.provide(ServerConfig.Default),
-  Layer.provide(ConfigChecked),
+  Layer.mapError(describingConfigErrors),
+  Layer.provide(ConfigurationChecked),
   Layer.provide(NodeContext.layer)
 )
 
-Layer.launch(MainLive).pipe(
-  Effect.catchTag(
-    "ConfigError",
-    (error) => new StartupError({ message: `invalid configuration:\n  ${describeConfigError(error).join("\n  ")}` })
-  ),
-  NodeRuntime.runMain
-)
+Layer.launch(MainLive).pipe(NodeRuntime.runMain)

@@ -14,6 +14,7 @@ export * as RegistryImages from "./registry/RegistryImages.ts"
 export * as RegistryTrust from "./registry/RegistryTrust.ts"
 export * as WwwAuthenticate from "./registry/WwwAuthenticate.ts"
 // native: the archive pushed as the image's layer (compressed, encrypted if configured), no pod
+export * from "./native/ArchivePusher.ts"
 export * as NativeImageBuilder from "./native/NativeImageBuilder.ts"
 // kaniko: the Kaniko executor in a pod, the build context over attach (kaniko) or a hostPath (kaniko-fs)
 export * as KanikoBuilder from "./kaniko/KanikoBuilder.ts"
@@ -21,3 +22,7 @@ export * as KanikoContext from "./kaniko/KanikoContext.ts"
 export * as KanikoFsImageBuilder from "./kaniko/KanikoFsImageBuilder.ts"
 export * as KanikoImageBuilder from "./kaniko/KanikoImageBuilder.ts"
 export { KanikoPods } from "./kaniko/KanikoPods.ts"
+// the strategy CHECKPOINT_BUILDER selects
+export * from "./ImageBuilderLayer.ts"
+// checkpointer-push: the native builder on the command line
+export { runCheckpointerPush } from "./cli/CheckpointerPush.ts"

@@ -1,5 +1,5 @@
 import { FileSystem } from "@effect/platform"
-import { Config, ConfigError, Effect, Either, Option, Schema } from "effect"
+import { Config, ConfigError, Data, Effect, Either, Option, Schema } from "effect"
 import { NodeName } from "../domain/Domain.ts"
 
 export type BuilderName = "native" | "kaniko" | "kaniko-fs"
@@ -108,7 +108,8 @@ const cpuQuantity = (name: string, fallback: string) =>
     Config.withDefault(fallback)
   )
 
-const builderName = Config.all({
+/** CHECKPOINT_BUILDER, else `kaniko-fs` when USE_KANIKO_FS=true, else `kaniko`; a contradiction is an error. */
+export const builderConfig = Config.all({
   explicit: Config.literal("native", "kaniko", "kaniko-fs")("CHECKPOINT_BUILDER").pipe(Config.option),
   useKanikoFs: flag("USE_KANIKO_FS")
 }).pipe(
@@ -136,7 +137,7 @@ const kanikoImage = Config.all({
     Config.withDefault(defaultKanikoImage)
   ),
   unchecked: flag("KANIKO_IMAGE_UNCHECKED"),
-  builder: builderName
+  builder: builderConfig
 }).pipe(
   Config.mapOrFail(({ builder, image, unchecked }) =>
     Option.match(unchecked || builder === "native" ? Option.none() : kanikoImageProblem(image), {
@@ -273,7 +274,7 @@ export const serverConfig = Config.all({
   namespace: namespaceConfig,
   production: Config.string("ENVIRONMENT").pipe(Config.map((value) => value === "prod"), Config.withDefault(false)),
   shutdownGraceSeconds: nonNegativeInteger("SHUTDOWN_GRACE_SECONDS", 25),
-  builder: builderName
+  builder: builderConfig
 })
 
 /**
@@ -337,3 +338,15 @@ export const describeConfigError = (error: ConfigError.ConfigError): ReadonlyArr
     sourceUnavailableCase: (_, path, message) => [`${path.join(".")}: ${message}`],
     unsupportedCase: (_, path, message) => [`${path.join(".")}: ${message}`]
   }).filter((line, index, lines) => lines.indexOf(line) === index)
+
+/** Wrong or missing settings; `problems` has one line each, `message` lists them all as the server's startup does. */
+export class InvalidConfiguration extends Data.TaggedError("InvalidConfiguration")<{
+  readonly message: string
+  readonly problems: ReadonlyArray<string>
+}> {}
+
+/** The ConfigError of any setting, described line by line. */
+export const invalidConfiguration = (error: ConfigError.ConfigError): InvalidConfiguration => {
+  const problems = describeConfigError(error)
+  return new InvalidConfiguration({ problems, message: `invalid configuration:\n  ${problems.join("\n  ")}` })
+}

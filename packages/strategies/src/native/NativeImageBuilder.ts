@@ -1,5 +1,5 @@
 import { ImageBuilder, ImageBuildError, reasonOf } from "@checkpointer/core"
-import type { BuildRequest } from "@checkpointer/core"
+import type { BuildRequest, BuiltImage, ContainerRef } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import type { ConfigError } from "effect"
 import { Clock, Config, Effect, Either, Layer, Option, Stream } from "effect"
@@ -47,8 +47,19 @@ export const imageConfig = (description: ArchiveDescription, created: Date, arch
 
 const archiveChunkSize = 1024 * 1024
 
-/** The native strategy: streams the archive straight into the registry as the single layer of an OCI image. */
-export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: NativeImageBuilderOptions) {
+/** A build request whose container may be unknown (an archive made elsewhere), reporting progress if asked. */
+export interface PushRequest extends Omit<BuildRequest, "container"> {
+  /** The container checkpointed; when absent, the names the archive's config.dump and spec.dump hold. */
+  readonly container?: ContainerRef
+  /** Called with the bytes of the archive read so far, as they are read. */
+  readonly onProgress?: (bytesRead: number) => Effect.Effect<void>
+}
+
+/** Pushes checkpoint archives as images, each read once and streamed straight into the registry. */
+export type Pusher = (request: PushRequest) => Effect.Effect<BuiltImage, ImageBuildError>
+
+/** The native strategy's push with these settings; the HTTP connections live as long as the scope. */
+export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(settings: NativeImageBuilderOptions) {
   const fs = yield* FileSystem.FileSystem
   const http = yield* registryHttpClient(settings, "checkpointer-native-image-builder")
   const architecture = nodeArchitecture()
@@ -60,7 +71,7 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
     )
   }
 
-  const build = Effect.fn("NativeImageBuilder.build")(function*(request: BuildRequest) {
+  const push: Pusher = Effect.fn("NativeImageBuilder.push")(function*(request: PushRequest) {
     const started = yield* Clock.currentTimeMillis
     const pushFailed = (error: RegistryError) =>
       new ImageBuildError({
@@ -115,7 +126,8 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
 
     const { description, readFailure, stream } = yield* inspectWhileStreaming(
       readArchive(request.archive, { chunkSize: archiveChunkSize, buffers: 6 }).pipe(
-        Stream.provideService(FileSystem.FileSystem, fs)
+        Stream.provideService(FileSystem.FileSystem, fs),
+        reportingProgress(request.onProgress)
       )
     )
     const encoded = yield* encodeLayer(stream, encoding)
@@ -165,8 +177,22 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
     return { name: request.imageName, digest, size: layer.size }
   }, Effect.annotateLogs({ service: "NativeImageBuilder" }))
 
-  return ImageBuilder.of({ name: "native", build })
+  return push
 })
+
+const reportingProgress =
+  (onProgress: PushRequest["onProgress"]) =>
+  <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<Uint8Array, E, R> =>
+    onProgress === undefined ? bytes : bytes.pipe(
+      Stream.mapAccumEffect(0, (read, chunk) => {
+        const total = read + chunk.byteLength
+        return Effect.as(onProgress(total), [total, chunk] as const)
+      })
+    )
+
+/** The native strategy: streams the archive straight into the registry as the single layer of an OCI image. */
+export const make = (settings: NativeImageBuilderOptions) =>
+  Effect.map(makePusher(settings), (push) => ImageBuilder.of({ name: "native", build: push }))
 
 /** The native builder with explicit settings (for embedding and tests). */
 export const layerWith = (

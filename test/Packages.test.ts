@@ -1,0 +1,84 @@
+import { describe, expect, it } from "@effect/vitest"
+import { existsSync, readdirSync, readFileSync } from "node:fs"
+import { projectRoot } from "./harness/CheckpointerProcess.ts"
+
+interface Manifest {
+  readonly name: string
+  readonly version: string
+  readonly private?: boolean
+  readonly license?: string
+  readonly engines?: Record<string, string>
+  readonly repository?: { readonly url: string; readonly directory: string }
+  readonly files?: ReadonlyArray<string>
+  readonly exports: Record<string, unknown>
+  readonly dependencies?: Record<string, string>
+  readonly peerDependencies?: Record<string, string>
+  readonly publishConfig?: { readonly exports?: Record<string, unknown>; readonly bin?: Record<string, string> }
+}
+
+const readJson = (path: string): unknown => JSON.parse(readFileSync(`${projectRoot}/${path}`, "utf8"))
+
+const packages = readdirSync(`${projectRoot}/packages`).map((dir) => ({
+  dir,
+  manifest: readJson(`packages/${dir}/package.json`) as Manifest
+}))
+const published = packages.filter(({ manifest }) => manifest.private !== true)
+
+describe("the packages", () => {
+  it("publishes the libraries and the client; the server and the kubectl plugin stay private", () => {
+    expect(published.map(({ manifest }) => manifest.name).sort()).toEqual([
+      "@checkpointer/client",
+      "@checkpointer/core",
+      "@checkpointer/strategies"
+    ])
+  })
+
+  it("move their versions together, and CHANGELOG.md has an entry for that version", () => {
+    const versions = new Set(packages.map(({ manifest }) => manifest.version))
+    expect(versions.size).toBe(1)
+    const changelog = readFileSync(`${projectRoot}/CHANGELOG.md`, "utf8")
+    expect(changelog).toMatch(new RegExp(`^## ${[...versions][0]!.replace(/\./g, "\\.")}\\b`, "m"))
+  })
+
+  it.each(published)(
+    "$manifest.name: built ESM and declarations where tsc emits them, with its README",
+    ({ dir, manifest }) => {
+      const build = readJson(`packages/${dir}/tsconfig.build.json`) as {
+        readonly compilerOptions: { readonly outDir: string; readonly rootDir: string }
+      }
+      const { outDir, rootDir } = build.compilerOptions
+      expect(manifest.exports).toEqual({ ".": `./${rootDir}/index.ts` })
+      expect(manifest.publishConfig?.exports).toEqual({
+        ".": { types: `./${outDir}/index.d.ts`, import: `./${outDir}/index.js` }
+      })
+      for (const bin of Object.values(manifest.publishConfig?.bin ?? {})) {
+        expect(bin).toMatch(new RegExp(`^\\./${outDir}/.*\\.js$`))
+        const source = `packages/${dir}/${bin.replace(outDir, rootDir).replace(/\.js$/, ".ts")}`
+        expect(readFileSync(`${projectRoot}/${source}`, "utf8")).toMatch(/^#!\/usr\/bin\/env node\n/)
+      }
+      expect(manifest.files).toEqual(expect.arrayContaining([outDir, "README.md"]))
+      expect(existsSync(`${projectRoot}/packages/${dir}/README.md`)).toBe(true)
+      expect(manifest.engines).toEqual({ node: ">=24" })
+      expect(manifest.license).toBe("Apache-2.0")
+      expect(manifest.repository?.directory).toBe(`packages/${dir}`)
+    }
+  )
+
+  it.each(published)("$manifest.name: Effect is a peer, so that an embedding program has one copy", ({ manifest }) => {
+    expect(Object.keys(manifest.peerDependencies ?? {}).sort()).toEqual([
+      "@effect/platform",
+      "@effect/platform-node",
+      "effect"
+    ])
+    const effectDependencies = Object.keys(manifest.dependencies ?? {}).filter((name) =>
+      name === "effect" || name.startsWith("@effect/")
+    )
+    expect(effectDependencies).toEqual([])
+  })
+
+  it("README shows the embedding example verbatim", () => {
+    const readme = readFileSync(`${projectRoot}/README.md`, "utf8")
+    const example = readFileSync(`${projectRoot}/examples/embed/checkpoint.ts`, "utf8")
+    expect(readme).toContain(`\`\`\`ts\n${example.trimEnd()}\n\`\`\``)
+  })
+})
