@@ -16,6 +16,7 @@ export * from "./node/KubeletService.ts"
 // orchestration: checkpoints, their results, routing between nodes, readiness, metrics; builders plug in here
 export * from "./orchestration/Checkpointer.ts"
 export * from "./orchestration/ImageBuilder.ts"
+export * from "./orchestration/ImageRetention.ts"
 export * as Metrics from "./orchestration/Metrics.ts"
 export * from "./orchestration/NodeRouter.ts"
 export * from "./orchestration/Readiness.ts"

@@ -13,6 +13,7 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Data, Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./http/HttpServer.ts"
 import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
+import { ImageRetentionLayer } from "./ImageRetentionLayer.ts"
 
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
 
@@ -20,7 +21,7 @@ class StartupError extends Data.TaggedError("StartupError")<{ readonly message: 
 const ConfigChecked = Layer.effectDiscard(checkpointerConfig)
 
 const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
-  Layer.provide([KubeletService.Default, CheckpointDirectory.Default, ImageBuilderLayer]),
+  Layer.provide([KubeletService.Default, CheckpointDirectory.Default, ImageBuilderLayer, ImageRetentionLayer]),
   Layer.provideMerge(ResultStore.File),
   Layer.provideMerge(Cluster.Default)
 )

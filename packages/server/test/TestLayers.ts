@@ -6,6 +6,7 @@ import {
   ContainerMissing,
   ImageBuilder,
   ImageBuildError,
+  ImageRetention,
   KubeletServiceTest,
   KubernetesApiError,
   Readiness,
@@ -186,6 +187,8 @@ export interface TestOptions<E> {
   /** Variables on top of testEnvironment, e.g. AUTH_MODE. */
   readonly environment?: Readonly<Record<string, string>>
   readonly cluster?: FakeClusterState
+  /** Default: images are kept. */
+  readonly retention?: Layer.Layer<ImageRetention, never, ResultStore>
 }
 
 /**
@@ -194,7 +197,7 @@ export interface TestOptions<E> {
  */
 export const makeCheckpointerTest = <E = never>(options: TestOptions<E> = {}) =>
   Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
-    Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default]),
+    Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default, options.retention ?? ImageRetention.Keep]),
     Layer.provideMerge(makeFakeCluster(options.cluster ?? {})),
     Layer.provideMerge(options.store ?? ResultStore.Memory),
     Layer.provideMerge(World.Default),

@@ -4,11 +4,12 @@ export * as ArchiveInspector from "./archive/ArchiveInspector.ts"
 export * as ArchiveReader from "./archive/ArchiveReader.ts"
 export * as CheckpointMetadata from "./archive/CheckpointMetadata.ts"
 export * as ImageAnnotations from "./archive/ImageAnnotations.ts"
-// registry: the OCI distribution push and its authentication
+// registry: the OCI distribution push, deletes and their authentication
 export * as DockerConfig from "./registry/DockerConfig.ts"
 export * as OciRegistry from "./registry/OciRegistry.ts"
 export * as RegistryAuth from "./registry/RegistryAuth.ts"
 export * as RegistryError from "./registry/RegistryError.ts"
+export * as RegistryImageRemover from "./registry/RegistryImageRemover.ts"
 export * as RegistryTrust from "./registry/RegistryTrust.ts"
 export * as WwwAuthenticate from "./registry/WwwAuthenticate.ts"
 // native: the archive pushed as the image's layer (compressed, encrypted if configured), no pod

@@ -231,6 +231,28 @@ export const checkpointsConfig = Config.all({
   resultTtlSeconds: nonNegativeInteger("RESULT_TTL", 7 * 24 * 3600)
 })
 
+export type ImageRetentionPolicy = "keep" | "with-result"
+
+/**
+ * What happens to pushed images (ImageRetention): IMAGE_RETENTION=with-result deletes an image when its result expires
+ * under RESULT_TTL; MAX_CHECKPOINTS_PER_CONTAINER keeps only that many of a container's newest images.
+ */
+export const imageRetentionConfig = Config.all({
+  policy: Config.literal("keep", "with-result")("IMAGE_RETENTION").pipe(
+    Config.withDefault<ImageRetentionPolicy>("keep")
+  ),
+  maxPerContainer: Config.integer("MAX_CHECKPOINTS_PER_CONTAINER").pipe(
+    Config.validate({ message: "must be a whole number of at least 1", validation: (n) => n >= 1 }),
+    Config.option
+  )
+})
+
+export type ImageRetentionSettings = Config.Config.Success<typeof imageRetentionConfig>
+
+/** Whether the settings ever delete an image (otherwise no registry client is needed). */
+export const deletesImages = (settings: ImageRetentionSettings): boolean =>
+  settings.policy === "with-result" || Option.isSome(settings.maxPerContainer)
+
 /** Where requests for other nodes go (NodeRouter): peers listen on the same port, over HTTPS when this one does. */
 export const routingConfig = Config.all({
   node: nodeName,
@@ -285,6 +307,7 @@ export const checkpointerConfig = Config.all({
   kubelet: kubeletConfig,
   checkpointDir: checkpointDirConfig,
   storage: storageConfig,
+  imageRetention: imageRetentionConfig,
   routing: routingConfig,
   authMode: authModeConfig,
   kaniko: kanikoConfig,

@@ -9,6 +9,7 @@ import { Cluster } from "../kubernetes/Cluster.ts"
 import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
 import { KubeletService } from "../node/KubeletService.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
+import { ImageRetention } from "./ImageRetention.ts"
 import * as Metrics from "./Metrics.ts"
 import { FailedRecord, PendingRecord, ResultStore, SucceededRecord } from "./ResultStore.ts"
 
@@ -46,6 +47,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const cluster = yield* Cluster
     const store = yield* ResultStore
     const directory = yield* CheckpointDirectory
+    const retention = yield* ImageRetention
     const running = yield* FiberMap.make<CheckpointIdentifier, CheckpointResult, ContainerMissing | PhaseFailed>()
     const permits = yield* Effect.makeSemaphore(config.maxConcurrent)
     /** Containers being checkpointed on this node, with the identifier of their checkpoint. */
@@ -99,12 +101,14 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           containerImageName: image.name,
           containerImageDigest: image.digest
         })
-        yield* store.put(identifier, new SucceededRecord({ result })).pipe(
+        const pushedAtMillis = yield* Clock.currentTimeMillis
+        yield* store.put(identifier, new SucceededRecord({ result, pushedAtMillis })).pipe(
           Effect.mapError((error) => storeFailed(error.message, error))
         )
         yield* Effect.logInfo("checkpoint succeeded").pipe(
           Effect.annotateLogs({ image: image.name, digest: image.digest, bytes: image.size })
         )
+        yield* retention.checkpointed(container)
         return result
       }).pipe(
         Effect.scoped,
@@ -253,13 +257,16 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       }
     })
 
-    /** Records left pending by an earlier process become failed; records older than RESULT_TTL are removed. */
+    /**
+     * Records left pending by an earlier process become failed; records older than RESULT_TTL are removed (after
+     * their images, with IMAGE_RETENTION=with-result).
+     */
     const sweep = Effect.gen(function*() {
       const now = yield* unixSeconds
       for (const { identifier, record } of yield* store.entries) {
         const finishedAt = record._tag === "Succeeded" ? record.result.endTimestamp : record.beginTimestamp
         if (now - finishedAt > config.resultTtlSeconds) {
-          yield* store.remove(identifier)
+          if (yield* retention.resultExpired(identifier, record)) yield* store.remove(identifier)
         } else if (record._tag === "Pending" && !(yield* FiberMap.has(running, identifier))) {
           yield* store.put(
             identifier,

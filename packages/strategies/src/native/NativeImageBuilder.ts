@@ -1,21 +1,18 @@
 import { ImageBuilder, ImageBuildError, reasonOf } from "@checkpointer/core"
 import type { BuildRequest } from "@checkpointer/core"
-import { FileSystem, HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
-import { Agent } from "@effect/platform-node/Undici"
+import { FileSystem } from "@effect/platform"
 import type { ConfigError } from "effect"
 import { Clock, Config, Effect, Either, Layer, Option, Stream } from "effect"
-import { rootCertificates } from "node:tls"
 import type { ArchiveError, Compression } from "../archive/ArchiveFormat.ts"
 import { inspectWhileStreaming } from "../archive/ArchiveInspector.ts"
 import type { ArchiveDescription } from "../archive/ArchiveInspector.ts"
 import { readArchive } from "../archive/ArchiveReader.ts"
 import { checkpointFacts } from "../archive/CheckpointMetadata.ts"
 import { imageAnnotations, nodeArchitecture } from "../archive/ImageAnnotations.ts"
-import { credentialsFor, readAuthFile } from "../registry/DockerConfig.ts"
+import { credentialsFromFile } from "../registry/DockerConfig.ts"
 import { formatReference, makeSession, parseImageReference } from "../registry/OciRegistry.ts"
 import type { RegistryError } from "../registry/RegistryError.ts"
-import { readRegistryCa, registryTrustConfig } from "../registry/RegistryTrust.ts"
+import { readRegistryCa, registryHttpClient, registryTrustConfig } from "../registry/RegistryTrust.ts"
 import { compression, encodeLayer, encryptionKeys } from "./LayerEncoding.ts"
 import type { LayerCompressionError } from "./LayerEncoding.ts"
 import { loadRecipients } from "./LayerEncryption.ts"
@@ -66,20 +63,11 @@ const archiveChunkSize = 1024 * 1024
 export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: NativeImageBuilderOptions) {
   const fs = yield* FileSystem.FileSystem
   const extraCa = yield* readRegistryCa(settings.caFile)
-  const dispatcher = yield* Effect.acquireRelease(
-    Effect.sync(() =>
-      new Agent({
-        connect: {
-          ...Option.match(extraCa, { onNone: () => ({}), onSome: (pem) => ({ ca: [...rootCertificates, pem] }) }),
-          rejectUnauthorized: !settings.insecure
-        }
-      })
-    ),
-    (agent) => Effect.promise(() => agent.destroy())
-  )
-  const http = NodeHttpClient.makeUndici(dispatcher).pipe(
-    HttpClient.mapRequest(HttpClientRequest.setHeader("user-agent", "checkpointer-native-image-builder"))
-  )
+  const http = yield* registryHttpClient({
+    extraCa,
+    insecure: settings.insecure,
+    userAgent: "checkpointer-native-image-builder"
+  })
   const architecture = nodeArchitecture()
   const recipients = yield* loadRecipients(settings.encryptionKeys ?? [])
   const encoding = { compression: settings.compression ?? "none", recipients } as const
@@ -134,10 +122,10 @@ export const make = Effect.fn("NativeImageBuilder.make")(function*(settings: Nat
         })
       )
     )
-    const credentials = yield* Option.match(settings.authFile, {
-      onNone: () => Effect.succeed(Option.none()),
-      onSome: (path) => Effect.map(readAuthFile(path), (config) => credentialsFor(config, reference.domain))
-    }).pipe(Effect.provideService(FileSystem.FileSystem, fs), Effect.mapError(pushFailed))
+    const credentials = yield* credentialsFromFile(settings.authFile, reference.domain).pipe(
+      Effect.provideService(FileSystem.FileSystem, fs),
+      Effect.mapError(pushFailed)
+    )
     const session = yield* makeSession({ http, reference, credentials, insecure: settings.insecure }).pipe(
       Effect.mapError(pushFailed)
     )

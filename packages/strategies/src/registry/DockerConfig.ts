@@ -86,3 +86,10 @@ export const credentialsFor = (config: AuthConfig, registry: string): Option.Opt
   }
   return Option.none()
 }
+
+/** The credentials REGISTRY_AUTH_FILE (read now: it may have been rotated) has for a registry host, if any. */
+export const credentialsFromFile = (authFile: Option.Option<string>, registry: string) =>
+  Option.match(authFile, {
+    onNone: () => Effect.succeed(Option.none<Credentials>()),
+    onSome: (path) => Effect.map(readAuthFile(path), (config) => credentialsFor(config, registry))
+  })

@@ -78,7 +78,17 @@ export interface SessionOptions {
   readonly credentials: Option.Option<Credentials>
   /** Allows plain HTTP when the registry does not speak TLS (TLS verification is the HTTP client's business). */
   readonly insecure: boolean
+  /** The actions a Bearer token is asked for; default `pull,push`. Deleting needs `delete`. */
+  readonly actions?: string
 }
+
+/** The manifest types a tag of a checkpoint image can name (OCI and Docker, single and index). */
+const manifestMediaTypes = [
+  "application/vnd.oci.image.manifest.v1+json",
+  "application/vnd.oci.image.index.v1+json",
+  "application/vnd.docker.distribution.manifest.v2+json",
+  "application/vnd.docker.distribution.manifest.list.v2+json"
+]
 
 const requestTimeout = Duration.seconds(60)
 const transientRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
@@ -89,7 +99,7 @@ const transientRetry = Schedule.exponential("250 millis").pipe(Schedule.intersec
  */
 export const makeSession = Effect.fn("OciRegistry.session")(function*(options: SessionOptions) {
   const { http, reference } = options
-  const scope = `repository:${reference.repository}:pull,push`
+  const scope = `repository:${reference.repository}:${options.actions ?? "pull,push"}`
   const auth = yield* makeAuthenticator({ http, credentials: options.credentials, scope })
 
   const send = (what: string, request: HttpClientRequest.HttpClientRequest) =>
@@ -263,7 +273,33 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       return digest
     })
 
-  return { base, blobExists, pushBlob, pushBlobStream, putManifest } as const
+  /** The digest of the manifest a tag names, none when the tag does not exist. */
+  const manifestDigest = (tag: string) =>
+    Effect.gen(function*() {
+      const url = `${repositoryUrl}/manifests/${tag}`
+      const accept = HttpClientRequest.setHeader("accept", manifestMediaTypes.join(", "))
+      const head = yield* exchange("manifest check", HttpClientRequest.head(url).pipe(accept))
+      if (head.status === 404) return Option.none<string>()
+      if (head.status !== 200) return yield* refused("manifest check", head)
+      const announced = head.headers["docker-content-digest"]
+      if (announced !== undefined && announced !== "") return Option.some(announced)
+      const response = yield* exchange("manifest read", HttpClientRequest.get(url).pipe(accept))
+      if (response.status !== 200) return yield* refused("manifest read", response)
+      const bytes = yield* response.arrayBuffer.pipe(Effect.mapError(transportError("manifest read", url)))
+      return Option.some(sha256Digest(new Uint8Array(bytes)))
+    })
+
+  /** DELETE of a manifest by digest (which removes every tag naming it); false when it was already gone. */
+  const deleteManifest = (digest: string) =>
+    Effect.gen(function*() {
+      const response = yield* exchange("manifest delete", HttpClientRequest.del(`${repositoryUrl}/manifests/${digest}`))
+      if (response.status === 404) return yield* response.text.pipe(Effect.ignore, Effect.as(false))
+      if (response.status !== 202 && response.status !== 200) return yield* refused("manifest delete", response)
+      yield* response.text.pipe(Effect.ignore)
+      return true
+    })
+
+  return { base, blobExists, pushBlob, pushBlobStream, putManifest, manifestDigest, deleteManifest } as const
 })
 
 export type Session = Effect.Effect.Success<ReturnType<typeof makeSession>>
