@@ -97,6 +97,21 @@ describe("Checkpointer's configuration", () => {
       ])
     }))
 
+  it.effect("IMAGE_RETENTION keeps images by default; MAX_CHECKPOINTS_PER_CONTAINER is unset or at least 1", () =>
+    Effect.gen(function*() {
+      const retention = (env: Record<string, string>) =>
+        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.imageRetention)))
+      expect(yield* retention({})).toEqual(Either.right({ policy: "keep", maxPerContainer: Option.none() }))
+      expect(yield* retention({ IMAGE_RETENTION: "with-result", MAX_CHECKPOINTS_PER_CONTAINER: "3" })).toEqual(
+        Either.right({ policy: "with-result", maxPerContainer: Option.some(3) })
+      )
+      const found = yield* problems({ ...required, IMAGE_RETENTION: "delete", MAX_CHECKPOINTS_PER_CONTAINER: "0" })
+      expect(found).toEqual([
+        expect.stringMatching(/^IMAGE_RETENTION: Expected one of \(keep, with-result\)/),
+        "MAX_CHECKPOINTS_PER_CONTAINER: must be a whole number of at least 1"
+      ])
+    }))
+
   it.effect("KANIKO_IMAGE overrides the pinned Kaniko fork with another release or a mirror of it", () =>
     Effect.gen(function*() {
       const image = (env: Record<string, string>) =>

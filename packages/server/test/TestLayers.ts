@@ -18,7 +18,7 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import type { V1Pod, V1ResourceAttributes } from "@kubernetes/client-node"
 import { ConfigProvider, Effect, Layer, Option, Queue, Ref } from "effect"
-import type { Scope } from "effect"
+import type { ConfigError, Scope } from "effect"
 import { AppLive } from "../src/http/HttpServer.ts"
 
 /** The environment of the Checkpointer under test (KUBELET_CHECKPOINT_DIR is a fresh directory per test layer). */
@@ -188,7 +188,7 @@ export interface TestOptions<E> {
   readonly environment?: Readonly<Record<string, string>>
   readonly cluster?: FakeClusterState
   /** Default: images are kept. */
-  readonly retention?: Layer.Layer<ImageRetention, never, ResultStore>
+  readonly retention?: Layer.Layer<ImageRetention, ConfigError.ConfigError, ResultStore>
 }
 
 /**
