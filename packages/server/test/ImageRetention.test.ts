@@ -22,34 +22,38 @@ class Registry extends Effect.Service<Registry>()("test/RetentionRegistry", {
   })
 }) {}
 
-const RecordingRemover = Layer.effect(
-  ImageRemover,
-  Effect.map(Registry, (registry) =>
+const recordingRemover = (registry: Registry) =>
+  Layer.succeed(
+    ImageRemover,
     ImageRemover.of({
       remove: (image) =>
         Ref.update(registry.removed, (all) => [...all, image]).pipe(
           Effect.zipRight(Effect.flatten(Ref.get(registry.answer)))
         )
-    }))
-)
+    })
+  )
 
-const CollectedLogs = Layer.unwrapEffect(Effect.map(Registry, (registry) =>
+const collectedLogs = (registry: Registry) =>
   Logger.replace(
     Logger.defaultLogger,
     Logger.make(({ message }) => {
       const text = Array.isArray(message) ? message.join(" ") : String(message)
       Effect.runSync(Ref.update(registry.logs, (all) => [...all, text]))
     })
-  )))
+  )
 
+/** The Checkpointer with fakes, retention as `environment` says, deletes recorded by Registry, logs collected. */
 const withRetention =
   (environment: Readonly<Record<string, string>>) =>
   <A, E>(test: Effect.Effect<A, E, Checkpointer | ResultStore | Registry>) =>
-    test.pipe(
-      Effect.provide(makeCheckpointerTest({ environment, retention: ImageRetention.layer(RecordingRemover) })),
-      Effect.provide(CollectedLogs),
-      Effect.provide(Registry.Default)
-    )
+    Effect.gen(function*() {
+      const registry = yield* Registry
+      const retention = ImageRetention.layer(recordingRemover(registry))
+      return yield* test.pipe(
+        Effect.provide(makeCheckpointerTest({ environment, retention })),
+        Effect.provide(collectedLogs(registry))
+      )
+    }).pipe(Effect.provide(Registry.Default))
 
 const containerOf = (container: string) => ContainerRef.make({ namespace: "default", pod: "web", container } as never)
 

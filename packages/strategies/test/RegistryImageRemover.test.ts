@@ -71,7 +71,7 @@ const newTag = () => randomBytes(8).toString("hex")
 
 describeE2E("RegistryImageRemover against a real registry", () => {
   layer(RegistriesLive, { timeout: "120 seconds", excludeTestServices: true })((it) => {
-    it.effect("deletes the pushed manifest by digest (token auth with the delete scope); a second time it is gone", () =>
+    it.effect("deletes the pushed manifest by digest (token auth, delete scope); a second time it is gone", () =>
       Effect.gen(function*() {
         const { deleting } = yield* Registries
         const tag = newTag()
@@ -112,7 +112,8 @@ describeE2E("RegistryImageRemover against a real registry", () => {
         const error: ImageRemovalError = yield* Effect.flip(remove(keeping, { name, digest }))
         expect(error.unsupported).toBe(true)
         expect(error.message).toBe(
-          `cannot delete ${name}: manifest delete failed: registry answered 405 UNSUPPORTED: The operation is unsupported.`
+          `cannot delete ${name}: manifest delete failed: ` +
+            "registry answered 405 UNSUPPORTED: The operation is unsupported."
         )
         expect(error.message).not.toContain(keeping.password)
         expect((yield* keeping.manifest(repository, tag)).digest).toBe(digest)
