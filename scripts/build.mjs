@@ -1,7 +1,8 @@
-// Bundles the server into one minified ESM file (dist/server/main.mjs): what `pnpm start` and the container image run.
+// Bundles the server into minified ESM (dist/server/main.mjs and its chunks/): what `pnpm start` and the container
+// image run.
 // Also bundles the kubectl plugin into one executable, packages/cli/dist/bin/kubectl-checkpoint (its bin).
 import { build } from "esbuild"
-import { chmod } from "node:fs/promises"
+import { chmod, rm } from "node:fs/promises"
 import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -21,11 +22,16 @@ const bundle = {
   logLevel: "warning"
 }
 
+// Chunk names change with their content: no stale chunk may stay next to the bundle.
+await rm(`${root}/dist/server`, { recursive: true, force: true })
 await build({
   ...bundle,
   entryPoints: { main: "packages/server/src/main.ts" },
   outdir: "dist/server",
   outExtension: { ".js": ".mjs" },
+  // Code only some configurations load (the OTLP exporter) stays in chunks of its own, imported when needed.
+  splitting: true,
+  chunkNames: "chunks/[name]-[hash]",
   legalComments: "external",
   banner: { js: requireShim }
 })

@@ -14,6 +14,7 @@ import { Data, Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./http/HttpServer.ts"
 import { ImageBuilderLayer } from "./ImageBuilderLayer.ts"
 import { ImageRetentionLayer } from "./ImageRetentionLayer.ts"
+import { TracingLive } from "./Tracing.ts"
 
 class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
 
@@ -53,6 +54,7 @@ const DrainOnShutdown = Layer.scopedDiscard(
 const MainLive = DrainOnShutdown.pipe(
   Layer.provide(HttpServerLive),
   Layer.provide(CheckpointerLive),
+  Layer.provide(TracingLive),
   Layer.provide(LoggerLive),
   Layer.provide(ServerConfig.Default),
   Layer.provide(ConfigChecked),

@@ -12,6 +12,7 @@ import { ImageBuilder } from "./ImageBuilder.ts"
 import { ImageRetention } from "./ImageRetention.ts"
 import * as Metrics from "./Metrics.ts"
 import { FailedRecord, PendingRecord, ResultStore, SucceededRecord } from "./ResultStore.ts"
+import { operationSpan, phaseSpan } from "./Tracing.ts"
 
 /** No checkpoint with this identifier was made on this node. */
 export class CheckpointUnknown extends Data.TaggedError("CheckpointUnknown")<{ readonly message: string }> {}
@@ -70,6 +71,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           Effect.flatMap(directory.claim),
           Effect.withLogSpan("kubelet"),
           Metrics.observePhase("kubelet"),
+          phaseSpan("checkpoint", "kubelet"),
           Effect.tap((archive) =>
             Effect.logDebug("checkpoint archive written").pipe(Effect.annotateLogs({ archive: archive.path }))
           )
@@ -85,13 +87,15 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           }),
           Effect.withLogSpan("build/push"),
           Metrics.observeBuild(builder.name),
-          Effect.ensuring(directory.remove(archive))
+          Effect.ensuring(directory.remove(archive)),
+          phaseSpan("checkpoint", "build/push")
         )
         if (options.deletePod) {
           yield* cluster.deletePod(container.namespace, container.pod, deletePodTimeout).pipe(
             Effect.mapError((error) => new PhaseFailed({ phase: "delete pod", message: error.message, cause: error })),
             Effect.withLogSpan("delete pod"),
-            Metrics.observePhase("delete pod")
+            Metrics.observePhase("delete pod"),
+            phaseSpan("checkpoint", "delete pod")
           )
         }
         const result = new CheckpointResult({
@@ -103,7 +107,8 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         })
         const pushedAtMillis = yield* Clock.currentTimeMillis
         yield* store.put(identifier, new SucceededRecord({ result, pushedAtMillis })).pipe(
-          Effect.mapError((error) => storeFailed(error.message, error))
+          Effect.mapError((error) => storeFailed(error.message, error)),
+          phaseSpan("checkpoint", "result store")
         )
         yield* Effect.logInfo("checkpoint succeeded").pipe(
           Effect.annotateLogs({ image: image.name, digest: image.digest, bytes: image.size })
@@ -137,7 +142,13 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           return next
         })),
         Effect.annotateLogs({ service: "Checkpointer", identifier, container: String(container) }),
-        Metrics.observeCheckpoint(builder.name)
+        Metrics.observeCheckpoint(builder.name),
+        operationSpan("checkpoint", identifier, {
+          "checkpointer.container": String(container),
+          "checkpointer.builder": builder.name,
+          "checkpointer.delete_pod": options.deletePod,
+          "checkpointer.async": options.async
+        })
       )
 
     /** What a running checkpoint ends with; an interrupted one (shutdown) fails with the reason recorded for it. */
