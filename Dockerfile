@@ -29,8 +29,9 @@ LABEL org.opencontainers.image.title="checkpointer" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="docker.io/library/node:24-slim"
 WORKDIR /app
-# The bundle is the whole program: every production dependency is inside it, development ones are not.
-COPY --from=build /src/dist/server/main.mjs /src/dist/server/main.mjs.LEGAL.txt /app/
+# The bundle is the whole program: every production dependency is inside it, development ones are not. Its chunks/
+# hold code loaded only by some configurations (the OTLP exporter).
+COPY --from=build /src/dist/server/ /app/
 # The memory settings of `pnpm start` (README: about 118 MiB resident when idle).
 ENV NODE_ENV=production \
     MALLOC_ARENA_MAX=2

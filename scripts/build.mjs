@@ -1,8 +1,8 @@
-// Bundles the server into one minified ESM file (dist/server/main.mjs): what `pnpm start` and the container image run.
-// Also bundles the kubectl plugin into one executable, packages/cli/dist/bin/kubectl-checkpoint (its bin), and
-// checkpointer-push into packages/strategies/dist/bin/checkpointer-push (the benchmark runs it).
+// Bundles the server into minified ESM (dist/server/main.mjs and its chunks/): what `pnpm start` and the container
+// image run. Also bundles the kubectl plugin into one executable, packages/cli/dist/bin/kubectl-checkpoint (its bin),
+// and checkpointer-push into packages/strategies/dist/bin/checkpointer-push (the benchmark runs it).
 import { build } from "esbuild"
-import { chmod } from "node:fs/promises"
+import { chmod, readdir, rm } from "node:fs/promises"
 import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -22,14 +22,25 @@ const bundle = {
   logLevel: "warning"
 }
 
-await build({
+const server = await build({
   ...bundle,
   entryPoints: { main: "packages/server/src/main.ts" },
   outdir: "dist/server",
   outExtension: { ".js": ".mjs" },
+  // Code only some configurations load (the OTLP exporter) stays in chunks of its own, imported when needed.
+  splitting: true,
+  chunkNames: "chunks/[name]-[hash]",
   legalComments: "external",
-  banner: { js: requireShim }
+  banner: { js: requireShim },
+  metafile: true
 })
+// Chunk names change with their content: stale chunks are removed after the build (not before: a server starting
+// from the bundle meanwhile must find it).
+const written = new Set(Object.keys(server.metafile.outputs).map((output) => `${root}/${output}`))
+const chunks = `${root}/dist/server/chunks`
+for (const name of await readdir(chunks).catch(() => [])) {
+  if (!written.has(`${chunks}/${name}`)) await rm(`${chunks}/${name}`, { force: true })
+}
 
 /** One executable file; esbuild keeps the entry's shebang on its first line. */
 const executable = async (entry, outfile) => {

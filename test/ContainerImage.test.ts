@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import { execFileSync, spawn } from "node:child_process"
-import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { chmodSync, chownSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { afterAll, describe, expect, it } from "vitest"
 import { freePort, projectRoot } from "./harness/CheckpointerProcess.ts"
@@ -143,7 +143,14 @@ describe("Dockerfile", () => {
         const destination = rest.at(-1)!
         for (const source of rest.slice(0, -1)) {
           const from = `${projectRoot}/${source.replace(/^\/src\//, "")}`
-          copyFileSync(from, `${root}${destination}${source.split("/").at(-1)}`)
+          // As COPY does: a directory's contents go into the destination, a file under its own name.
+          cpSync(
+            from,
+            source.endsWith("/") ? `${root}${destination}` : `${root}${destination}${source.split("/").at(-1)}`,
+            {
+              recursive: true
+            }
+          )
         }
       }
       const env = Object.fromEntries(

@@ -2,8 +2,10 @@ import { FileSystem } from "@effect/platform"
 import { NodeFileSystem } from "@effect/platform-node"
 import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
+import { readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
 import { freePort, projectRoot, serverCommand, startCheckpointer } from "./harness/CheckpointerProcess.ts"
+import { spansOf, startOtlpReceiver } from "./harness/OtlpReceiver.ts"
 
 /** A scoped directory with a kubeconfig whose API server does not answer: the server must start without calling it. */
 const startupDir = Effect.gen(function*() {
@@ -141,4 +143,34 @@ describe("server startup", () => {
         expect(checkpointer.logs()).not.toContain("not available")
       }).pipe(Effect.scoped, Effect.runPromise)
   )
+
+  it("exports traces from the bundle when OTEL_EXPORTER_OTLP_ENDPOINT is set: the exporter chunk loads on demand", () =>
+    Effect.gen(function*() {
+      const main = readFileSync(`${projectRoot}/dist/server/main.mjs`, "utf8")
+      expect(main).toMatch(/import\("\.\/chunks\/OtlpExport-[\w-]+\.mjs"\)/)
+      expect(main).not.toContain("resourceSpans")
+
+      const receiver = yield* startOtlpReceiver
+      const port = yield* freePort("127.0.0.1")
+      const { kubeconfig, storage } = yield* startupDir
+      const checkpointer = yield* startCheckpointer({
+        env: {
+          ...required,
+          CHECKPOINTER_PORT: String(port),
+          KUBECONFIG: kubeconfig,
+          STORAGE_BASE_PATH: storage,
+          OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+          OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+          OTEL_BSP_SCHEDULE_DELAY: "100"
+        },
+        address: "127.0.0.1",
+        port
+      })
+      yield* Effect.promise(() => fetch(`http://127.0.0.1:${port}/metrics`).then((response) => response.text()))
+      yield* Effect.sleep("300 millis").pipe(
+        Effect.repeat({ until: () => spansOf(receiver.received).length > 0, times: 50 })
+      )
+      expect(checkpointer.logs()).toContain("traces are exported over OTLP")
+      expect(spansOf(receiver.received).map((span) => span.name)).toContainEqual(expect.stringContaining("GET"))
+    }).pipe(Effect.scoped, Effect.runPromise))
 })

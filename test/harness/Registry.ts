@@ -89,6 +89,7 @@ const registryConfig = (options: {
   readonly storage: string
   readonly tls: { readonly cert: string; readonly key: string } | undefined
   readonly auth: string | undefined
+  readonly deleteEnabled: boolean
 }) =>
   [
     "version: 0.1",
@@ -99,7 +100,7 @@ const registryConfig = (options: {
     "  filesystem:",
     `    rootdirectory: ${options.storage}`,
     "  delete:",
-    "    enabled: true",
+    `    enabled: ${options.deleteEnabled}`,
     "http:",
     `  addr: ${options.address}:${options.port}`,
     `  secret: ${randomBytes(16).toString("hex")}`,
@@ -120,6 +121,8 @@ export const startRegistry = (options: {
   readonly auth: RegistryAuthMode
   /** Default true. */
   readonly tls?: boolean
+  /** Whether manifests and blobs may be deleted (distribution's storage.delete.enabled); default true. */
+  readonly deleteEnabled?: boolean
   /**
    * Where the registry listens (default 127.0.0.1, the host in `host`) and what its command is prefixed with, e.g.
    * `["ip", "netns", "exec", NAME]` for a registry inside a network namespace reached at that namespace's address.
@@ -188,7 +191,8 @@ export const startRegistry = (options: {
         port,
         storage: path.join(options.dir, "storage"),
         tls: options.tls === false ? undefined : serverCert,
-        auth: authSection
+        auth: authSection,
+        deleteEnabled: options.deleteEnabled ?? true
       })
     )
 

@@ -1,7 +1,7 @@
 import { checkpointerConfig, describeConfigError, ServerConfig } from "@checkpointer/core"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Either, Option } from "effect"
+import { ConfigProvider, Effect, Either, Option, Redacted } from "effect"
 
 /** Every service's settings as startup reads them (all problems at once), and the server's as it sees them. */
 const load = (env: Record<string, string>) =>
@@ -94,6 +94,53 @@ describe("Checkpointer's configuration", () => {
       )
       expect(yield* problems({ ...required, CHECKPOINT_BUILDER: "native", USE_KANIKO_FS: "true" })).toEqual([
         "CHECKPOINT_BUILDER: CHECKPOINT_BUILDER=native contradicts USE_KANIKO_FS=true (which selects kaniko-fs)"
+      ])
+    }))
+
+  it.effect("IMAGE_RETENTION keeps images by default; MAX_CHECKPOINTS_PER_CONTAINER is unset or at least 1", () =>
+    Effect.gen(function*() {
+      const retention = (env: Record<string, string>) =>
+        load({ ...required, ...env }).pipe(Effect.map(Either.map((config) => config.imageRetention)))
+      expect(yield* retention({})).toEqual(Either.right({ policy: "keep", maxPerContainer: Option.none() }))
+      expect(yield* retention({ IMAGE_RETENTION: "with-result", MAX_CHECKPOINTS_PER_CONTAINER: "3" })).toEqual(
+        Either.right({ policy: "with-result", maxPerContainer: Option.some(3) })
+      )
+      const found = yield* problems({ ...required, IMAGE_RETENTION: "delete", MAX_CHECKPOINTS_PER_CONTAINER: "0" })
+      expect(found).toEqual([
+        expect.stringMatching(/^IMAGE_RETENTION: Expected one of \(keep, with-result\)/),
+        "MAX_CHECKPOINTS_PER_CONTAINER: must be a whole number of at least 1"
+      ])
+    }))
+
+  it.effect("tracing is off without an OTLP endpoint; URL, protocol and headers follow the OTel variables", () =>
+    Effect.gen(function*() {
+      const tracing = (env: Record<string, string>) =>
+        load({ ...required, ...env }).pipe(Effect.map(Either.getOrThrow), Effect.map((config) => config.tracing))
+      expect((yield* tracing({})).url).toEqual(Option.none())
+      const on = yield* tracing({
+        OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/",
+        OTEL_EXPORTER_OTLP_HEADERS: "x-api-key=a%3Db, tenant = ops"
+      })
+      expect(on).toMatchObject({ url: Option.some("http://collector:4318/v1/traces"), protocol: "http/protobuf" })
+      expect(Redacted.value(on.headers)).toEqual({ "x-api-key": "a=b", tenant: "ops" })
+      expect(String(on.headers)).not.toContain("a=b")
+      expect(
+        (yield* tracing({
+          OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318",
+          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "https://tempo.example/otlp/v1/traces"
+        })).url
+      ).toEqual(Option.some("https://tempo.example/otlp/v1/traces"))
+      expect(
+        yield* problems({
+          ...required,
+          OTEL_EXPORTER_OTLP_ENDPOINT: "collector:4318",
+          OTEL_EXPORTER_OTLP_PROTOCOL: "grpc",
+          OTEL_EXPORTER_OTLP_HEADERS: "token"
+        })
+      ).toEqual([
+        "OTEL_EXPORTER_OTLP_ENDPOINT: must be an http:// or https:// URL",
+        expect.stringMatching(/^OTEL_EXPORTER_OTLP_PROTOCOL: Expected one of \(http\/protobuf, http\/json\)/),
+        "OTEL_EXPORTER_OTLP_HEADERS: must be key=value pairs separated by commas"
       ])
     }))
 

@@ -11,10 +11,16 @@ import { ImageBuilderLayer, RegistryImages } from "@checkpointer/strategies"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Duration, Effect, Layer, Logger, LogLevel } from "effect"
 import { HttpServerLive } from "./http/HttpServer.ts"
+import { ImageRetentionLayer } from "./ImageRetentionLayer.ts"
+import { TracingLive } from "./Tracing.ts"
 
 const CheckpointerLive = Restorer.Default.pipe(
   Layer.provide(RegistryImages.layer),
-  Layer.provideMerge(checkpointerLayer({ imageBuilder: ImageBuilderLayer, resultStore: ResultStore.File }))
+  Layer.provideMerge(checkpointerLayer({
+    imageBuilder: ImageBuilderLayer,
+    imageRetention: ImageRetentionLayer,
+    resultStore: ResultStore.File
+  }))
 )
 
 const LoggerLive = Layer.unwrapEffect(
@@ -44,6 +50,7 @@ const DrainOnShutdown = Layer.scopedDiscard(
 const MainLive = DrainOnShutdown.pipe(
   Layer.provide(HttpServerLive),
   Layer.provide(CheckpointerLive),
+  Layer.provide(TracingLive),
   Layer.provide(LoggerLive),
   Layer.provide(ServerConfig.Default),
   Layer.mapError(describingConfigErrors),

@@ -8,6 +8,7 @@ import {
   ImageBuilder,
   ImageBuildError,
   ImageMissing,
+  ImageRetention,
   ImageUnusable,
   KubeletServiceTest,
   KubernetesApiError,
@@ -23,7 +24,7 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import type { V1Pod, V1ResourceAttributes } from "@kubernetes/client-node"
 import { ConfigProvider, Effect, Either, Layer, Option, Queue, Ref } from "effect"
-import type { Scope } from "effect"
+import type { ConfigError, Scope } from "effect"
 import { AppLive } from "../src/http/HttpServer.ts"
 
 /** The environment of the Checkpointer under test (KUBELET_CHECKPOINT_DIR is a fresh directory per test layer). */
@@ -253,6 +254,8 @@ export interface TestOptions<E> {
   /** Variables on top of testEnvironment, e.g. AUTH_MODE. */
   readonly environment?: Readonly<Record<string, string>>
   readonly cluster?: FakeClusterState
+  /** Default: images are kept. */
+  readonly retention?: Layer.Layer<ImageRetention, ConfigError.ConfigError, ResultStore>
 }
 
 /**
@@ -263,7 +266,7 @@ export const makeCheckpointerTest = <E = never>(options: TestOptions<E> = {}) =>
   Restorer.Default.pipe(
     Layer.provide(FakeCheckpointImages),
     Layer.provideMerge(Layer.mergeAll(Checkpointer.Default, Readiness.Default)),
-    Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default]),
+    Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default, options.retention ?? ImageRetention.Keep]),
     Layer.provideMerge(makeFakeCluster(options.cluster ?? {})),
     Layer.provideMerge(options.store ?? ResultStore.Memory),
     Layer.provideMerge(World.Default),

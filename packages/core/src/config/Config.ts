@@ -1,5 +1,5 @@
 import { FileSystem } from "@effect/platform"
-import { Config, ConfigError, Data, Effect, Either, Option, Schema } from "effect"
+import { Config, ConfigError, Data, Effect, Either, Option, Redacted, Schema } from "effect"
 import { NodeName } from "../domain/Domain.ts"
 
 export type BuilderName = "native" | "kaniko" | "kaniko-fs"
@@ -232,6 +232,81 @@ export const checkpointsConfig = Config.all({
   resultTtlSeconds: nonNegativeInteger("RESULT_TTL", 7 * 24 * 3600)
 })
 
+export type ImageRetentionPolicy = "keep" | "with-result"
+
+/**
+ * What happens to pushed images (ImageRetention): IMAGE_RETENTION=with-result deletes an image when its result expires
+ * under RESULT_TTL; MAX_CHECKPOINTS_PER_CONTAINER keeps only that many of a container's newest images.
+ */
+export const imageRetentionConfig = Config.all({
+  policy: Config.literal("keep", "with-result")("IMAGE_RETENTION").pipe(
+    Config.withDefault<ImageRetentionPolicy>("keep")
+  ),
+  maxPerContainer: Config.integer("MAX_CHECKPOINTS_PER_CONTAINER").pipe(
+    Config.validate({ message: "must be a whole number of at least 1", validation: (n) => n >= 1 }),
+    Config.option
+  )
+})
+
+export type ImageRetentionSettings = Config.Config.Success<typeof imageRetentionConfig>
+
+/** Whether the settings ever delete an image (otherwise no registry client is needed). */
+export const deletesImages = (settings: ImageRetentionSettings): boolean =>
+  settings.policy === "with-result" || Option.isSome(settings.maxPerContainer)
+
+/** `key=value` pairs separated by commas (OTEL_EXPORTER_OTLP_HEADERS), values percent-decoded as the OTel spec says. */
+const parseOtlpHeaders = (text: string): Either.Either<Record<string, string>, string> => {
+  const headers: Record<string, string> = {}
+  for (const pair of text.split(",").map((part) => part.trim()).filter((part) => part !== "")) {
+    const separator = pair.indexOf("=")
+    if (separator <= 0) return Either.left("must be key=value pairs separated by commas")
+    const value = pair.slice(separator + 1).trim()
+    headers[pair.slice(0, separator).trim().toLowerCase()] = /%(?![0-9a-fA-F]{2})/.test(value)
+      ? value
+      : decodeURIComponent(value)
+  }
+  return Either.right(headers)
+}
+
+const httpUrl = (name: string) =>
+  Config.string(name).pipe(
+    Config.validate({
+      message: "must be an http:// or https:// URL",
+      validation: (url) => URL.canParse(url) && /^https?:$/.test(new URL(url).protocol)
+    })
+  )
+
+/**
+ * Traces over OTLP/HTTP (the OpenTelemetry SDK's variables): on when OTEL_EXPORTER_OTLP_ENDPOINT (spans go to its
+ * /v1/traces) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the full URL) is set.
+ */
+export const tracingConfig = Config.all({
+  endpoint: Config.option(httpUrl("OTEL_EXPORTER_OTLP_ENDPOINT")),
+  tracesEndpoint: Config.option(httpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+  protocol: Config.literal("http/protobuf", "http/json")("OTEL_EXPORTER_OTLP_PROTOCOL").pipe(
+    Config.withDefault("http/protobuf" as const)
+  ),
+  headers: Config.redacted("OTEL_EXPORTER_OTLP_HEADERS").pipe(
+    Config.mapOrFail((text) =>
+      Either.match(parseOtlpHeaders(Redacted.value(text)), {
+        onLeft: (message) => Either.left(ConfigError.InvalidData(["OTEL_EXPORTER_OTLP_HEADERS"], message)),
+        onRight: (headers) => Either.right(Redacted.make(headers))
+      })
+    ),
+    Config.withDefault(Redacted.make<Record<string, string>>({}))
+  ),
+  serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("checkpointer")),
+  exportDelayMillis: nonNegativeInteger("OTEL_BSP_SCHEDULE_DELAY", 5000),
+  node: nodeName
+}).pipe(
+  Config.map(({ endpoint, tracesEndpoint, ...settings }) => ({
+    ...settings,
+    url: Option.orElse(tracesEndpoint, () => Option.map(endpoint, (base) => `${base.replace(/\/+$/, "")}/v1/traces`))
+  }))
+)
+
+export type TracingSettings = Config.Config.Success<typeof tracingConfig>
+
 /** Where requests for other nodes go (NodeRouter): peers listen on the same port, over HTTPS when this one does. */
 export const routingConfig = Config.all({
   node: nodeName,
@@ -286,6 +361,8 @@ export const checkpointerConfig = Config.all({
   kubelet: kubeletConfig,
   checkpointDir: checkpointDirConfig,
   storage: storageConfig,
+  imageRetention: imageRetentionConfig,
+  tracing: tracingConfig,
   routing: routingConfig,
   authMode: authModeConfig,
   kaniko: kanikoConfig,

@@ -16,6 +16,7 @@ import { Cluster } from "../kubernetes/Cluster.ts"
 import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
 import { KubeletService } from "../node/KubeletService.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
+import { ImageRetention } from "./ImageRetention.ts"
 import * as Metrics from "./Metrics.ts"
 import {
   FailedRecord,
@@ -25,6 +26,7 @@ import {
   ResultStore,
   SucceededRecord
 } from "./ResultStore.ts"
+import { operationSpan, phaseSpan } from "./Tracing.ts"
 
 /** No checkpoint with this identifier was made on this node. */
 export class CheckpointUnknown extends Data.TaggedError("CheckpointUnknown")<{ readonly message: string }> {}
@@ -63,6 +65,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const cluster = yield* Cluster
     const store = yield* ResultStore
     const directory = yield* CheckpointDirectory
+    const retention = yield* ImageRetention
     const running = yield* FiberMap.make<CheckpointIdentifier, CheckpointResult, ContainerMissing | PhaseFailed>()
     const permits = yield* Effect.makeSemaphore(config.maxConcurrent)
     /** Containers being checkpointed on this node, with the identifier of their checkpoint. */
@@ -102,6 +105,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           Effect.flatMap(directory.claim),
           Effect.withLogSpan("kubelet"),
           Metrics.observePhase("kubelet"),
+          phaseSpan("checkpoint", "kubelet"),
           Effect.tap((archive) =>
             Effect.logDebug("checkpoint archive written").pipe(Effect.annotateLogs({ archive: archive.path }))
           )
@@ -121,13 +125,15 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           }),
           Effect.withLogSpan("build/push"),
           Metrics.observeBuild(builder.name),
-          Effect.ensuring(directory.remove(archive))
+          Effect.ensuring(directory.remove(archive)),
+          phaseSpan("checkpoint", "build/push")
         )
         if (options.deletePod) {
           yield* cluster.deletePod(container.namespace, container.pod, deletePodTimeout).pipe(
             Effect.mapError((error) => new PhaseFailed({ phase: "delete pod", message: error.message, cause: error })),
             Effect.withLogSpan("delete pod"),
-            Metrics.observePhase("delete pod")
+            Metrics.observePhase("delete pod"),
+            phaseSpan("checkpoint", "delete pod")
           )
         }
         const result = new CheckpointResult({
@@ -137,12 +143,18 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           containerImageName: image.name,
           containerImageDigest: image.digest
         })
-        yield* store.put(identifier, new SucceededRecord({ result, pod: Option.getOrUndefined(pod) })).pipe(
-          Effect.mapError((error) => storeFailed(error.message, error))
+        const pushedAtMillis = yield* Clock.currentTimeMillis
+        yield* store.put(
+          identifier,
+          new SucceededRecord({ result, pod: Option.getOrUndefined(pod), pushedAtMillis })
+        ).pipe(
+          Effect.mapError((error) => storeFailed(error.message, error)),
+          phaseSpan("checkpoint", "result store")
         )
         yield* Effect.logInfo("checkpoint succeeded").pipe(
           Effect.annotateLogs({ image: image.name, digest: image.digest, bytes: image.size })
         )
+        yield* retention.checkpointed(container)
         return result
       }).pipe(
         Effect.scoped,
@@ -171,7 +183,13 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           return next
         })),
         Effect.annotateLogs({ service: "Checkpointer", identifier, container: String(container) }),
-        Metrics.observeCheckpoint(builder.name)
+        Metrics.observeCheckpoint(builder.name),
+        operationSpan("checkpoint", identifier, {
+          "checkpointer.container": String(container),
+          "checkpointer.builder": builder.name,
+          "checkpointer.delete_pod": options.deletePod,
+          "checkpointer.async": options.async
+        })
       )
 
     /** What a running checkpoint ends with; an interrupted one (shutdown) fails with the reason recorded for it. */
@@ -299,13 +317,14 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
 
     /**
      * Records left pending by an earlier process become failed (a pending restore is this process's when it began
-     * after the process started); records older than RESULT_TTL are removed.
+     * after the process started); records older than RESULT_TTL are removed (after their images, with
+     * IMAGE_RETENTION=with-result).
      */
     const sweep = Effect.gen(function*() {
       const now = yield* unixSeconds
       for (const { identifier, record } of yield* store.entries) {
         if (now - finishedAtOfRecord(record) > config.resultTtlSeconds) {
-          yield* store.remove(identifier)
+          if (yield* retention.resultExpired(identifier, record)) yield* store.remove(identifier)
         } else if (record._tag === "Pending" && !(yield* FiberMap.has(running, identifier))) {
           yield* store.put(
             identifier,

@@ -6,18 +6,24 @@ import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
 import { KubeletService } from "../node/KubeletService.ts"
 import { Checkpointer } from "./Checkpointer.ts"
 import type { ImageBuilder } from "./ImageBuilder.ts"
+import { ImageRetention } from "./ImageRetention.ts"
 import { Readiness } from "./Readiness.ts"
 import { ResultStore } from "./ResultStore.ts"
 
 /** Settings by their environment variable names (`{ CHECKPOINTER_NODE: "worker-1", ... }`), or any ConfigProvider. */
 export type CheckpointerSettings = ConfigProvider.ConfigProvider | Readonly<Record<string, string>>
 
-export interface CheckpointerLayerOptions<E, R> {
+export interface CheckpointerLayerOptions<E, R, E2 = never, R2 = never> {
   /**
    * The image-build strategy: a builder's layer from @checkpointer/strategies (`NativeImageBuilder.layer`, ...), or
    * its `ImageBuilderLayer`, the builder CHECKPOINT_BUILDER selects.
    */
   readonly imageBuilder: Layer.Layer<ImageBuilder, E, R>
+  /**
+   * What happens to pushed images: `ImageRetention.Keep` (default), or `ImageRetention.layer(remover)` for
+   * IMAGE_RETENTION and MAX_CHECKPOINTS_PER_CONTAINER (the server's, with strategies' RegistryImageRemover).
+   */
+  readonly imageRetention?: Layer.Layer<ImageRetention, E2, R2 | ResultStore>
   /** Where results are kept: `ResultStore.Memory` (default) or `ResultStore.File` (STORAGE_BASE_PATH, the server). */
   readonly resultStore?: typeof ResultStore.Memory | typeof ResultStore.File
   /** The settings; the process environment when absent. */
@@ -43,9 +49,14 @@ export const ConfigurationChecked: Layer.Layer<never, InvalidConfiguration> = La
  * (in-cluster or KUBECONFIG), the given builder and result store. The server is composed with it too. A wrong or
  * missing setting fails with InvalidConfiguration, listing every problem as the server does at startup.
  */
-export const checkpointerLayer = <E, R>(options: CheckpointerLayerOptions<E, R>) => {
+export const checkpointerLayer = <E, R, E2 = never, R2 = never>(options: CheckpointerLayerOptions<E, R, E2, R2>) => {
   const layer = Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
-    Layer.provide([KubeletService.Default, CheckpointDirectory.Default, options.imageBuilder]),
+    Layer.provide([
+      KubeletService.Default,
+      CheckpointDirectory.Default,
+      options.imageBuilder,
+      options.imageRetention ?? ImageRetention.Keep
+    ]),
     Layer.provideMerge(options.resultStore ?? ResultStore.Memory),
     Layer.provideMerge(Cluster.Default),
     Layer.mapError(describingConfigErrors),

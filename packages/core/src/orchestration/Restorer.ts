@@ -21,6 +21,7 @@ import { Checkpointer, CheckpointFailure } from "./Checkpointer.ts"
 import { CheckpointImages } from "./CheckpointImages.ts"
 import * as Metrics from "./Metrics.ts"
 import { RestoredRecord, RestoreFailedRecord, RestorePendingRecord, ResultStore } from "./ResultStore.ts"
+import { operationSpan, phaseSpan } from "./Tracing.ts"
 
 /** The checkpoint or image to restore does not exist (or the checkpoint failed and has no image). */
 export class RestoreSourceMissing extends Data.TaggedError("RestoreSourceMissing")<{ readonly message: string }> {}
@@ -75,6 +76,12 @@ const labelValueOf = (image: string) =>
 
 const defaultName = (original: string) =>
   `${original.slice(0, 253 - "-restored-".length - 6).replace(/[-.]+$/, "")}-restored-${randomBytes(3).toString("hex")}`
+
+/** One phase of a restore: timed in restore_phase_duration_seconds, and a span of its own. */
+const restorePhase =
+  (phase: Parameters<typeof Metrics.observeRestorePhase>[0]) =>
+  <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    self.pipe(Metrics.observeRestorePhase(phase), phaseSpan("restore", phase))
 
 /** How the restored container stands: running, still starting, or failed in a phase. */
 const progressOf = (pod: V1Pod, container: string):
@@ -182,7 +189,7 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
           ImageLookupFailed: (error) =>
             Effect.fail(new RestoreFailed({ phase: "image", message: error.message, cause: error }))
         }),
-        Metrics.observeRestorePhase("image")
+        restorePhase("image")
       )
       const namespace = request.namespace ?? (yield* decodeName(Namespace, "namespace", record.metadata.namespace))
       const name = request.pod ?? (yield* decodeName(PodName, "pod name", defaultName(record.metadata.name)))
@@ -234,7 +241,7 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
       pollPod(plan, "scheduling", schedulingTimeout, (pod) => {
         const node = pod.spec?.nodeName
         return Effect.succeed(node === undefined || node === "" ? Option.none() : Option.some(node))
-      }).pipe(Metrics.observeRestorePhase("scheduling"))
+      }).pipe(restorePhase("scheduling"))
 
     const started = (plan: RestorePlan) =>
       pollPod(plan, "image pull", startTimeout, (pod) => {
@@ -247,7 +254,7 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
           case "Failed":
             return Effect.fail(new RestoreFailed({ phase: progress.phase, message: progress.message }))
         }
-      }).pipe(Metrics.observeRestorePhase("image pull and restore"))
+      }).pipe(restorePhase("image pull and restore"))
 
     /** A failed restore's message with the pod's events; the pod is deleted unless the caller keeps it. */
     const cleanUpFailed = (plan: RestorePlan, keepFailedPod: boolean) => (error: RestoreFailed) =>
@@ -279,7 +286,7 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
               ? new RestoreConflict({ message: `pod ${plan.namespace}/${plan.name} already exists` })
               : new RestoreFailed({ phase: "pod creation", message: error.message, cause: error })
           ),
-          Metrics.observeRestorePhase("pod creation")
+          restorePhase("pod creation")
         )
         const node = yield* Effect.zipRight(scheduled(plan), started(plan)).pipe(
           Effect.catchTag("RestoreFailed", (error) =>
@@ -322,7 +329,12 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
       const beginTimestamp = yield* unixSeconds
       const work = execute(plan, options.keepFailedPod).pipe(
         Effect.onExit(Metrics.countRestore),
-        Effect.withLogSpan("restore")
+        Effect.withLogSpan("restore"),
+        operationSpan("restore", identifier, {
+          "checkpointer.pod": `${plan.namespace}/${plan.name}`,
+          "checkpointer.image": plan.image,
+          "checkpointer.async": options.async
+        })
       )
       if (!options.async) {
         const fiber = yield* FiberMap.run(running, identifier, work)

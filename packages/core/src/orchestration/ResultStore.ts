@@ -13,7 +13,11 @@ export class PendingRecord extends Schema.TaggedClass<PendingRecord>()("Pending"
 export class SucceededRecord extends Schema.TaggedClass<SucceededRecord>()("Succeeded", {
   result: CheckpointResult,
   /** The pod as it was checkpointed (its image records it too). */
-  pod: Schema.optional(PodRecord)
+  pod: Schema.optional(PodRecord),
+  /** When the image was pushed (orders a container's images within one second); absent in older records. */
+  pushedAtMillis: Schema.optional(Schema.Number),
+  /** The image was deleted from the registry by image retention; the result is kept until RESULT_TTL. */
+  imageDeleted: Schema.optional(Schema.Boolean)
 }) {}
 
 export class FailedRecord extends Schema.TaggedClass<FailedRecord>()("Failed", {

@@ -81,9 +81,17 @@ export interface SessionOptions {
   readonly credentials: Option.Option<Credentials>
   /** Allows plain HTTP when the registry does not speak TLS (TLS verification is the HTTP client's business). */
   readonly insecure: boolean
-  /** What the session may do with the repository (the token scope's actions); default `pull,push`. */
-  readonly actions?: "pull" | "pull,push"
+  /** The actions a Bearer token is asked for; default `pull,push`. Deleting needs `delete`. */
+  readonly actions?: string
 }
+
+/** The manifest types a tag of a checkpoint image can name (OCI and Docker, single and index). */
+const manifestMediaTypes = [
+  ociManifestMediaType,
+  "application/vnd.oci.image.index.v1+json",
+  dockerManifestMediaType,
+  "application/vnd.docker.distribution.manifest.list.v2+json"
+]
 
 const requestTimeout = Duration.seconds(60)
 const transientRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
@@ -271,7 +279,7 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
   /** The manifest of the session's tag as JSON text; None when the registry does not have it. */
   const getManifest = Effect.gen(function*() {
     const request = HttpClientRequest.get(`${repositoryUrl}/manifests/${reference.tag}`).pipe(
-      HttpClientRequest.setHeader("accept", [ociManifestMediaType, dockerManifestMediaType].join(", "))
+      HttpClientRequest.setHeader("accept", manifestMediaTypes.join(", "))
     )
     const response = yield* exchange("manifest read", request)
     if (response.status === 404) {
@@ -284,7 +292,42 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
     )
   })
 
-  return { base, blobExists, pushBlob, pushBlobStream, putManifest, getManifest } as const
+  /** The digest of the manifest a tag names, none when the tag does not exist. */
+  const manifestDigest = (tag: string) =>
+    Effect.gen(function*() {
+      const url = `${repositoryUrl}/manifests/${tag}`
+      const accept = HttpClientRequest.setHeader("accept", manifestMediaTypes.join(", "))
+      const head = yield* exchange("manifest check", HttpClientRequest.head(url).pipe(accept))
+      if (head.status === 404) return Option.none<string>()
+      if (head.status !== 200) return yield* refused("manifest check", head)
+      const announced = head.headers["docker-content-digest"]
+      if (announced !== undefined && announced !== "") return Option.some(announced)
+      const response = yield* exchange("manifest read", HttpClientRequest.get(url).pipe(accept))
+      if (response.status !== 200) return yield* refused("manifest read", response)
+      const bytes = yield* response.arrayBuffer.pipe(Effect.mapError(transportError("manifest read", url)))
+      return Option.some(sha256Digest(new Uint8Array(bytes)))
+    })
+
+  /** DELETE of a manifest by digest (which removes every tag naming it); false when it was already gone. */
+  const deleteManifest = (digest: string) =>
+    Effect.gen(function*() {
+      const response = yield* exchange("manifest delete", HttpClientRequest.del(`${repositoryUrl}/manifests/${digest}`))
+      if (response.status === 404) return yield* response.text.pipe(Effect.ignore, Effect.as(false))
+      if (response.status !== 202 && response.status !== 200) return yield* refused("manifest delete", response)
+      yield* response.text.pipe(Effect.ignore)
+      return true
+    })
+
+  return {
+    base,
+    blobExists,
+    pushBlob,
+    pushBlobStream,
+    putManifest,
+    getManifest,
+    manifestDigest,
+    deleteManifest
+  } as const
 })
 
 export type Session = Effect.Effect.Success<ReturnType<typeof makeSession>>
