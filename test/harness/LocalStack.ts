@@ -131,7 +131,11 @@ export const startLocalStack = (options: {
 
 /** The local stack as a test layer, in a temporary directory removed afterwards. */
 export class Stack extends Context.Tag("test/LocalStack")<Stack, LocalStack>() {
-  static readonly layer = (options: { readonly registryAuth: RegistryAuthMode; readonly runtime?: RuntimeKind }) =>
+  static readonly layer = (options: {
+    readonly registryAuth: RegistryAuthMode
+    readonly runtime?: RuntimeKind
+    readonly nodesPullCheckpoints?: boolean
+  }) =>
     Layer.scoped(
       Stack,
       Effect.gen(function*() {
