@@ -5,9 +5,9 @@
  * (none, gzip, zstd, and none encrypted for two recipients) and uploaded raw with curl to a docker-registry
  * on loopback and to one inside a network namespace behind a veth pair shaped with `tc tbf` to 1 Gbit/s and 100 Mbit/s;
  * then the uncompressed and the zstd image are restored on CRI-O next to a cold start. Writes bench/LINK.md.
- * Settings: LINK_MIB (256), LINK_RUNS (3), LINK_WARMUP (1), LINK_RESTORE_RUNS (LINK_RUNS), LINK_OUT (bench/LINK.md),
- * LINK_WORK_DIR (bench/.work). Needs root (ip netns, tc). The corpus alone takes about 40 MiB of heap: a smaller
- * LINK_MIB gets that much. A killed run's namespaces (with the registries inside), its work directory and the
+ * Settings: LINK_MIB (256), LINK_RUNS (3), LINK_WARMUP (1), LINK_RESTORE_RUNS (LINK_RUNS; 0: none), LINK_OUT
+ * (bench/LINK.md), LINK_WORK_DIR (bench/.work), LINK_LINKS (loopback,1g,100m: the links measured). Needs root
+ * (ip netns, tc). The corpus alone takes about 40 MiB of heap: a smaller LINK_MIB gets that much. A killed run's namespaces (with the registries inside), its work directory and the
  * processes naming it are removed at the next start. The measurements are also written as JSON next to the
  * report (LINK.json); LINK_FROM=<that file> writes the report again from them without measuring.
  */
@@ -35,7 +35,10 @@ const settings = Config.all({
   restoreRuns: Config.option(Config.integer("LINK_RESTORE_RUNS")),
   out: Config.withDefault(Config.string("LINK_OUT"), "bench/LINK.md"),
   from: Config.option(Config.string("LINK_FROM")),
-  workDir: Config.withDefault(Config.string("LINK_WORK_DIR"), "bench/.work")
+  workDir: Config.withDefault(Config.string("LINK_WORK_DIR"), "bench/.work"),
+  links: Config.withDefault(Config.array(Config.string(), "LINK_LINKS"), ["loopback", "1g", "100m"]).pipe(
+    Config.map((labels): ReadonlyArray<string> => labels)
+  )
 })
 
 const shapedLinks = [
@@ -101,6 +104,7 @@ const program = Effect.gen(function*() {
     { label: "loopback", title: "loopback (unshaped)", registry: loopback }
   ]
   for (const [index, link] of shapedLinks.entries()) {
+    if (!config.links.includes(link.label)) continue
     const shaped = yield* makeShapedLink(link.label, index + 1, link.rateMbit)
     const registry = yield* startBenchRegistry(path.join(dir, `registry-${link.label}`), {
       address: shaped.nsAddress,
@@ -125,7 +129,7 @@ const program = Effect.gen(function*() {
 
   const encryptionKeys = yield* writeRecipients(dir)
   const links: Array<LinkResult["links"][number]> = []
-  for (const { registry, ...link } of registries) {
+  for (const { registry, ...link } of registries.filter((each) => config.links.includes(each.label))) {
     yield* noteLoad
     const builders = yield* makeBuilders(registry, encryptionKeys)
     const samples = yield* measureLink(link.label, registry, builders, archive, config)
@@ -144,7 +148,7 @@ const program = Effect.gen(function*() {
   const imageOf = (kind: StartKind) =>
     kind === "restore none" ? images.none : kind === "restore zstd" ? images.zstd : undefined
   const starts: Array<StartSample> = []
-  for (let round = config.warmups > 0 ? 0 : 1; round <= restoreRuns; round++) {
+  for (let round = config.warmups > 0 && restoreRuns > 0 ? 0 : 1; round <= restoreRuns; round++) {
     const shift = round % kinds.length
     for (const kind of [...kinds.slice(shift), ...kinds.slice(0, shift)]) {
       const sample = yield* startOnce(cluster, loopback, kind, imageOf(kind), round, config.mib)
