@@ -7,8 +7,9 @@
  * then the uncompressed and the zstd image are restored on CRI-O next to a cold start. Writes bench/LINK.md.
  * Settings: LINK_MIB (256), LINK_RUNS (3), LINK_WARMUP (1), LINK_RESTORE_RUNS (LINK_RUNS; 0: none), LINK_OUT
  * (bench/LINK.md), LINK_WORK_DIR (bench/.work), LINK_LINKS (loopback,1g,100m: the links measured). Needs root
- * (ip netns, tc). The corpus alone takes about 40 MiB of heap: a smaller LINK_MIB gets that much. A killed run's namespaces (with the registries inside), its work directory and the
- * processes naming it are removed at the next start. The measurements are also written as JSON next to the
+ * (ip netns, tc). The corpus alone takes about 40 MiB of heap: a smaller LINK_MIB gets that much. A killed run's
+ * namespaces (with the registries inside), its work directory and the processes naming it are removed at the next
+ * start. The measurements are also written as JSON next to the
  * report (LINK.json); LINK_FROM=<that file> writes the report again from them without measuring.
  */
 import { FileSystem, Path } from "@effect/platform"
