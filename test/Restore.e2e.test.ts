@@ -5,7 +5,14 @@ import { Context, Effect, Layer, Option } from "effect"
 import { tagOf } from "./Expectations.ts"
 import { freePort, startCheckpointer } from "./harness/CheckpointerProcess.ts"
 import type { LocalCluster } from "./harness/Cluster.ts"
-import { counterOf, counterPodManifest, runPod, startCounterPod, startLocalCluster } from "./harness/Cluster.ts"
+import {
+  counterOf,
+  counterPodManifest,
+  deletedOnClose,
+  runPod,
+  startCounterPod,
+  startLocalCluster
+} from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import type { MultiNodeStack } from "./harness/LocalStack.ts"
 import { checkpointerEnv, startMultiNodeStack } from "./harness/LocalStack.ts"
@@ -50,10 +57,6 @@ const expectCountsOn = (cluster: LocalCluster, namespace: string, pod: string, b
     return first
   })
 
-/** Deletes a pod the Checkpointer created when the test ends. */
-const deleteAtEnd = (cluster: LocalCluster, namespace: string, pod: string) =>
-  Effect.addFinalizer(() => Effect.ignore(cluster.apiServer.deletePod(namespace, pod, 0)))
-
 describeE2E("restore through the API on the real runtime", () => {
   layer(NodesLive, { excludeTestServices: true, timeout: "240 seconds" })((it) => {
     it.scoped("a counter checkpointed on node-a is restored on node-b and counts on from its value", () =>
@@ -66,7 +69,7 @@ describeE2E("restore through the API on the real runtime", () => {
         })
         expect(answer.status, answer.text).toBe(201)
         const result = JSON.parse(answer.text)
-        yield* deleteAtEnd(stack.cluster, "default", result.pod)
+        yield* deletedOnClose(stack.cluster, "default", result.pod)
         expect(result).toMatchObject({ namespace: "default", node: "node-b", image, container: "counter" })
         expect(result.pod).toMatch(/^move-me-restored-[0-9a-f]{6}$/)
         const first = yield* expectCountsOn(stack.cluster, "default", result.pod, before)
@@ -86,7 +89,7 @@ describeE2E("restore through the API on the real runtime", () => {
         const { before, image } = yield* checkpointCounter(stack, "by-name")
         const answer = yield* postRestore(stack.checkpointer("node-b").url, { image, pod: "by-name-copy" })
         expect(answer.status, answer.text).toBe(201)
-        yield* deleteAtEnd(stack.cluster, "default", "by-name-copy")
+        yield* deletedOnClose(stack.cluster, "default", "by-name-copy")
         // The harness's scheduler takes the first node that fits, by name.
         expect(JSON.parse(answer.text)).toMatchObject({ pod: "by-name-copy", node: "node-a", image })
         yield* expectCountsOn(stack.cluster, "default", "by-name-copy", before)
@@ -103,7 +106,7 @@ describeE2E("restore through the API on the real runtime", () => {
           async: true
         })
         expect(accepted.status, accepted.text).toBe(202)
-        yield* deleteAtEnd(stack.cluster, "quarantine", "forensic-copy")
+        yield* deletedOnClose(stack.cluster, "quarantine", "forensic-copy")
         const restoreIdentifier: string = JSON.parse(accepted.text).checkpointIdentifier
         expect(restoreIdentifier).toMatch(/^node-b:[0-9a-f]{16}$/)
         const result = yield* getResult(stack.checkpointer("node-a").url, restoreIdentifier)
@@ -145,7 +148,7 @@ describeE2E("restore through the API on the real runtime", () => {
           env
         )
         expect(restored.code, restored.stderr).toBe(0)
-        yield* deleteAtEnd(stack.cluster, "default", "plugin-copy")
+        yield* deletedOnClose(stack.cluster, "default", "plugin-copy")
         expect(restored.stdout.trim()).toBe("default/plugin-copy")
         expect(restored.stderr).toMatch(/restore node-b:[0-9a-f]{16} of node-a:[0-9a-f]{16} started/)
         yield* expectCountsOn(stack.cluster, "default", "plugin-copy", before)
@@ -188,7 +191,7 @@ describeE2E("restore through the API on the real runtime", () => {
           node: "node-b"
         })
         expect(answer.status, answer.text).toBe(201)
-        yield* deleteAtEnd(stack.cluster, "default", "pair-restored")
+        yield* deletedOnClose(stack.cluster, "default", "pair-restored")
         yield* expectCountsOn(stack.cluster, "default", "pair-restored", before)
         expect(yield* stack.cluster.agent.restored("default", "pair-restored", "helper")).toBe(false)
         expect(yield* counterOf(stack.cluster, "default", "pair-restored", "helper").value).toBeLessThan(before)

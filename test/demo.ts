@@ -8,7 +8,7 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Logger, LogLevel } from "effect"
 import type { Counter } from "./harness/Cluster.ts"
-import { counterOf, startCounterPod } from "./harness/Cluster.ts"
+import { counterOf, deletedOnClose, startCounterPod } from "./harness/Cluster.ts"
 import type { LocalStack } from "./harness/LocalStack.ts"
 import { startLocalStack } from "./harness/LocalStack.ts"
 import type { Answer } from "./HttpCalls.ts"
@@ -41,7 +41,7 @@ const restoreAndWatch = (
     const answer = yield* postRestore(stack.checkpointer.url, body)
     yield* show(`-> POST ${stack.checkpointer.url}/restore ${JSON.stringify(body)}`, answer)
     if (answer.status !== 201) return yield* Effect.fail(new Error(`restore failed: ${answer.status} ${answer.text}`))
-    yield* Effect.addFinalizer(() => Effect.ignore(stack.cluster.apiServer.deletePod("default", name, 0)))
+    yield* deletedOnClose(stack.cluster, "default", name)
     const restored = yield* stack.cluster.agent.restored("default", name, "counter")
     yield* Console.log(`pod ${name} is running; CRI-O says its container was restored from a checkpoint: ${restored}`)
     const values = yield* counterValues(counterOf(stack.cluster, "default", name), 5)

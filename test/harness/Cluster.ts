@@ -214,7 +214,7 @@ export const counterPodManifest = (options: {
 })
 
 /** Deletes a pod when the scope closes (and waits until it is gone). */
-const deletedOnClose = (cluster: Pick<LocalCluster, "apiServer">, namespace: string, name: string) =>
+export const deletedOnClose = (cluster: Pick<LocalCluster, "apiServer">, namespace: string, name: string) =>
   Effect.addFinalizer(() =>
     Effect.ignore(
       cluster.apiServer.deletePod(namespace, name, 0).pipe(

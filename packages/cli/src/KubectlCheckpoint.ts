@@ -218,6 +218,12 @@ const withProgress = (what: string, interactive: boolean) => <A, E, R>(effect: E
 
 const asFailure = (error: { readonly message: string }) => new CheckpointCommandFailed({ message: error.message })
 
+/** Started now; answers the time since, formatted ("2s 150ms"). */
+const stopwatch = Effect.map(
+  Clock.currentTimeMillis,
+  (started) => Effect.map(Clock.currentTimeMillis, (now) => Duration.format(Duration.millis(now - started)))
+)
+
 /** The namespace of -n, else the kubeconfig context's, else "default". */
 const namespaceOf = (invocation: Invocation) =>
   Option.isSome(invocation.namespace)
@@ -234,8 +240,7 @@ const restoreAndReport = (
 ) =>
   Effect.gen(function*() {
     const client = yield* CheckpointerClient
-    const started = yield* Clock.currentTimeMillis
-    const elapsed = Effect.map(Clock.currentTimeMillis, (now) => Duration.format(Duration.millis(now - started)))
+    const elapsed = yield* stopwatch
     const report = (restored: RestoreResult) =>
       Effect.gen(function*() {
         const omitted = restored.omittedEnv === undefined
@@ -296,8 +301,7 @@ const checkpointCommand = (invocation: Invocation, options: { readonly interacti
     const target = { namespace, pod: invocation.target, container }
     const named = `${namespace}/${invocation.target}/${container}`
     const client = yield* CheckpointerClient
-    const started = yield* Clock.currentTimeMillis
-    const elapsed = Effect.map(Clock.currentTimeMillis, (now) => Duration.format(Duration.millis(now - started)))
+    const elapsed = yield* stopwatch
     const deletePod = invocation.deletePod || invocation.migrate
 
     if (!invocation.async && !invocation.wait) {

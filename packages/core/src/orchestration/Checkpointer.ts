@@ -24,7 +24,8 @@ import {
   PendingRecord,
   RestoreFailedRecord,
   ResultStore,
-  SucceededRecord
+  SucceededRecord,
+  unixSeconds
 } from "./ResultStore.ts"
 import { operationSpan, phaseSpan } from "./Tracing.ts"
 
@@ -48,8 +49,6 @@ const describeFailure = (error: ContainerMissing | PhaseFailed): string =>
 
 /** A record the pod record schema accepts (a pod without containers makes none). */
 const validRecord = Schema.validateOption(PodRecord)
-
-const unixSeconds = Clock.currentTimeMillis.pipe(Effect.map((millis) => Math.floor(millis / 1000)))
 
 const deletePodTimeout = Duration.minutes(2)
 /** Pushing a very large archive takes minutes; a registry that stops answering must not hold a checkpoint forever. */

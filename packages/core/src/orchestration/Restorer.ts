@@ -1,5 +1,5 @@
 import type { V1ContainerStatus, V1Pod } from "@kubernetes/client-node"
-import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Schema } from "effect"
+import { Cause, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { checkpointsConfig } from "../config/Config.ts"
 import {
@@ -20,7 +20,7 @@ import { Cluster } from "../kubernetes/Cluster.ts"
 import { Checkpointer, CheckpointFailure } from "./Checkpointer.ts"
 import { CheckpointImages } from "./CheckpointImages.ts"
 import * as Metrics from "./Metrics.ts"
-import { RestoredRecord, RestoreFailedRecord, RestorePendingRecord, ResultStore } from "./ResultStore.ts"
+import { RestoredRecord, RestoreFailedRecord, RestorePendingRecord, ResultStore, unixSeconds } from "./ResultStore.ts"
 import { operationSpan, phaseSpan } from "./Tracing.ts"
 
 /** The checkpoint or image to restore does not exist (or the checkpoint failed and has no image). */
@@ -129,7 +129,6 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
     const store = yield* ResultStore
     const checkpointer = yield* Checkpointer
     const running = yield* FiberMap.make<CheckpointIdentifier, RestoreResult, RestoreConflict | RestoreFailed>()
-    const unixSeconds = Clock.currentTimeMillis.pipe(Effect.map((millis) => Math.floor(millis / 1000)))
 
     /**
      * The image of a checkpoint: its tag is the identifier's; on the node that made it, its result is awaited first (a

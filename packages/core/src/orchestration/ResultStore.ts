@@ -1,9 +1,12 @@
 import { FileSystem, Path } from "@effect/platform"
-import { Context, Data, Effect, Layer, Option, Ref, Schema } from "effect"
+import { Clock, Context, Data, Effect, Layer, Option, Ref, Schema } from "effect"
 import { storageConfig } from "../config/Config.ts"
 import type { CheckpointIdentifier } from "../domain/Domain.ts"
 import { CheckpointResult, ContainerRef, Namespace, PodName, RestoreResult } from "../domain/Domain.ts"
 import { PodRecord } from "../domain/PodRecord.ts"
+
+/** Now, in Unix seconds, as records keep their timestamps. */
+export const unixSeconds = Clock.currentTimeMillis.pipe(Effect.map((millis) => Math.floor(millis / 1000)))
 
 export class PendingRecord extends Schema.TaggedClass<PendingRecord>()("Pending", {
   container: ContainerRef,
