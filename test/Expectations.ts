@@ -1,5 +1,6 @@
 import { FileSystem } from "@effect/platform"
 import { expect } from "@effect/vitest"
+import { CoreV1Api, KubeConfig } from "@kubernetes/client-node"
 import { Effect } from "effect"
 import type { LocalCluster } from "./harness/Cluster.ts"
 import type { RestoreOptions } from "./harness/Cluster.ts"
@@ -48,3 +49,14 @@ export const expectNoArchiveLeft = (checkpointsDir: string) =>
   })
 
 export const tagOf = (imageName: string) => imageName.slice(imageName.lastIndexOf(":") + 1)
+
+/** The Kubernetes events on a pod, read through @kubernetes/client-node as `kubectl describe pod` reads them. */
+export const podEvents = (cluster: LocalCluster, namespace: string, pod: string) =>
+  Effect.promise(() => {
+    const config = new KubeConfig()
+    config.loadFromFile(cluster.apiServer.kubeconfigPath)
+    return config.makeApiClient(CoreV1Api).listNamespacedEvent({
+      namespace,
+      fieldSelector: `involvedObject.kind=Pod,involvedObject.name=${pod}`
+    })
+  }).pipe(Effect.map((list) => list.items))

@@ -5,6 +5,7 @@ import {
   Cluster,
   describeConfigError,
   KubeletService,
+  PodEvents,
   Readiness,
   ResultStore,
   ServerConfig
@@ -22,7 +23,13 @@ class StartupError extends Data.TaggedError("StartupError")<{ readonly message: 
 const ConfigChecked = Layer.effectDiscard(checkpointerConfig)
 
 const CheckpointerLive = Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
-  Layer.provide([KubeletService.Default, CheckpointDirectory.Default, ImageBuilderLayer, ImageRetentionLayer]),
+  Layer.provide([
+    KubeletService.Default,
+    CheckpointDirectory.Default,
+    ImageBuilderLayer,
+    ImageRetentionLayer,
+    PodEvents.Default
+  ]),
   Layer.provideMerge(ResultStore.File),
   Layer.provideMerge(Cluster.Default)
 )

@@ -9,11 +9,12 @@ import {
   ImageRetention,
   KubeletServiceTest,
   KubernetesApiError,
+  PodEvents,
   Readiness,
   ResultStore,
   ServerConfig
 } from "@checkpointer/core"
-import type { Access, BuildRequest, ContainerRef } from "@checkpointer/core"
+import type { Access, BuildRequest, ContainerRef, PodEventRecord } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import type { V1Pod, V1ResourceAttributes } from "@kubernetes/client-node"
@@ -54,6 +55,8 @@ export interface FakeWorld {
   readonly kubeletLie: Ref.Ref<Option.Option<(checkpointDir: string) => string>>
   /** Every bearer token the API server was asked to review. */
   readonly tokenReviews: Ref.Ref<ReadonlyArray<string>>
+  /** Every Kubernetes event written. */
+  readonly podEvents: Ref.Ref<ReadonlyArray<PodEventRecord>>
 }
 
 export class World extends Effect.Service<World>()("test/World", {
@@ -68,7 +71,8 @@ export class World extends Effect.Service<World>()("test/World", {
       ),
       kubeletCalls: yield* Ref.make<ReadonlyArray<ContainerRef>>([]),
       kubeletLie: yield* Ref.make(Option.none<(checkpointDir: string) => string>()),
-      tokenReviews: yield* Ref.make<ReadonlyArray<string>>([])
+      tokenReviews: yield* Ref.make<ReadonlyArray<string>>([]),
+      podEvents: yield* Ref.make<ReadonlyArray<PodEventRecord>>([])
     } satisfies FakeWorld
   })
 }) {}
@@ -160,6 +164,8 @@ const makeFakeCluster = (state: FakeClusterState) =>
             if (state.unreachable) return yield* unreachable("token review")
             return Option.map(Option.fromNullable(state.users?.[token]), ({ username }) => ({ username }))
           }),
+        recordPodEvent: (event: PodEventRecord) =>
+          state.unreachable ? unreachable("record event") : Ref.update(world.podEvents, (all) => [...all, event]),
         reviewAccess: (user, access) =>
           Effect.succeed(
             Object.values(state.users ?? {}).some((known) =>
@@ -197,7 +203,13 @@ export interface TestOptions<E> {
  */
 export const makeCheckpointerTest = <E = never>(options: TestOptions<E> = {}) =>
   Layer.mergeAll(Checkpointer.Default, Readiness.Default).pipe(
-    Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default, options.retention ?? ImageRetention.Keep]),
+    Layer.provide([
+      FakeKubelet,
+      FakeBuilder,
+      CheckpointDirectory.Default,
+      PodEvents.Default,
+      options.retention ?? ImageRetention.Keep
+    ]),
     Layer.provideMerge(makeFakeCluster(options.cluster ?? {})),
     Layer.provideMerge(options.store ?? ResultStore.Memory),
     Layer.provideMerge(World.Default),

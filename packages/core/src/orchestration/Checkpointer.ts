@@ -11,6 +11,7 @@ import { KubeletService } from "../node/KubeletService.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
 import { ImageRetention } from "./ImageRetention.ts"
 import * as Metrics from "./Metrics.ts"
+import { PodEvents } from "./PodEvents.ts"
 import { FailedRecord, PendingRecord, ResultStore, SucceededRecord } from "./ResultStore.ts"
 import { operationSpan, phaseSpan } from "./Tracing.ts"
 
@@ -49,6 +50,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const store = yield* ResultStore
     const directory = yield* CheckpointDirectory
     const retention = yield* ImageRetention
+    const events = yield* PodEvents
     const running = yield* FiberMap.make<CheckpointIdentifier, CheckpointResult, ContainerMissing | PhaseFailed>()
     const permits = yield* Effect.makeSemaphore(config.maxConcurrent)
     /** Containers being checkpointed on this node, with the identifier of their checkpoint. */
@@ -66,6 +68,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       beginTimestamp: number
     ) =>
       Effect.gen(function*() {
+        const startedAt = yield* Clock.currentTimeMillis
         const imageName = `${config.imagePrefix}:${tag}`
         const archive = yield* kubelet.checkpoint(container).pipe(
           Effect.flatMap(directory.claim),
@@ -90,6 +93,12 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           Effect.ensuring(directory.remove(archive)),
           phaseSpan("checkpoint", "build/push")
         )
+        const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
+        yield* events.record(container, {
+          type: "Normal",
+          reason: "Checkpointed",
+          message: `Checkpointed container ${container.container} into ${image.name} in ${seconds.toFixed(1)} s`
+        })
         if (options.deletePod) {
           yield* cluster.deletePod(container.namespace, container.pod, deletePodTimeout).pipe(
             Effect.mapError((error) => new PhaseFailed({ phase: "delete pod", message: error.message, cause: error })),
@@ -126,6 +135,8 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
               onSome: (error) => Effect.succeed(describeFailure(error))
             })
             yield* Effect.logWarning("checkpoint failed").pipe(Effect.annotateLogs({ reason: message }))
+            const missing = Cause.failureOption(exit.cause).pipe(Option.exists((e) => e._tag === "ContainerMissing"))
+            if (!missing) yield* events.record(container, { type: "Warning", reason: "CheckpointFailed", message })
             yield* store.put(
               identifier,
               new FailedRecord({ container, beginTimestamp, endTimestamp: yield* unixSeconds, message })

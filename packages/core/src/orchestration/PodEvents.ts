@@ -1,0 +1,73 @@
+import { Duration, Effect, Option, Queue } from "effect"
+import { nodeName } from "../config/Config.ts"
+import type { ContainerRef } from "../domain/Domain.ts"
+import { Cluster } from "../kubernetes/Cluster.ts"
+
+export interface PodEvent {
+  readonly type: "Normal" | "Warning"
+  /** UpperCamelCase: Checkpointed, CheckpointFailed, Restored. */
+  readonly reason: string
+  readonly message: string
+}
+
+/** Kubernetes truncates event messages it makes itself at 1 KiB (kubelet, controllers); so does this. */
+const messageLimit = 1024
+const eventTimeout = Duration.seconds(5)
+/** Events waiting to be written; more are dropped (and counted in the log) rather than held in memory. */
+const backlog = 64
+
+/**
+ * Kubernetes Events on the pods Checkpointer works on, so that `kubectl describe pod` and `kubectl get events` tell
+ * the story. Fire and forget: `record` only queues; one fiber writes them one at a time through Cluster's API client
+ * (reading the pod's uid first). An event that cannot be written is logged, never fails or slows a checkpoint.
+ */
+export class PodEvents extends Effect.Service<PodEvents>()("checkpointer/PodEvents", {
+  scoped: Effect.gen(function*() {
+    const cluster = yield* Cluster
+    const node = yield* nodeName
+    const queue = yield* Queue.dropping<{ readonly container: ContainerRef; readonly event: PodEvent }>(backlog)
+
+    const write = (container: ContainerRef, event: PodEvent) =>
+      Effect.gen(function*() {
+        const pod = yield* cluster.getPod(container.namespace, container.pod)
+        yield* cluster.recordPodEvent({
+          namespace: container.namespace,
+          pod: container.pod,
+          uid: Option.getOrUndefined(Option.flatMap(pod, (found) => Option.fromNullable(found.metadata?.uid))),
+          container: container.container,
+          ...event,
+          message: event.message.slice(0, messageLimit),
+          node
+        })
+      }).pipe(
+        Effect.timeout(eventTimeout),
+        Effect.catchAll((error) =>
+          Effect.logWarning("could not record a Kubernetes event").pipe(
+            Effect.annotateLogs({
+              reason: event.reason,
+              pod: `${container.namespace}/${container.pod}`,
+              error: error.message
+            })
+          )
+        )
+      )
+
+    yield* Queue.take(queue).pipe(
+      Effect.flatMap(({ container, event }) => write(container, event)),
+      Effect.forever,
+      Effect.annotateLogs({ service: "PodEvents" }),
+      Effect.forkScoped
+    )
+
+    const record = (container: ContainerRef, event: PodEvent) =>
+      Queue.offer(queue, { container, event }).pipe(
+        Effect.flatMap((queued) =>
+          queued ? Effect.void : Effect.logWarning("too many Kubernetes events waiting: one dropped").pipe(
+            Effect.annotateLogs({ service: "PodEvents", reason: event.reason })
+          )
+        )
+      )
+
+    return { record } as const
+  })
+}) {}
