@@ -1,7 +1,7 @@
 import { FileSystem } from "@effect/platform"
 import { expect } from "@effect/vitest"
 import { CoreV1Api, KubeConfig } from "@kubernetes/client-node"
-import { Effect } from "effect"
+import { Effect, Schedule } from "effect"
 import type { LocalCluster } from "./harness/Cluster.ts"
 import type { RestoreOptions } from "./harness/Cluster.ts"
 import { counterOf, runRestoredPod } from "./harness/Cluster.ts"
@@ -50,13 +50,22 @@ export const expectNoArchiveLeft = (checkpointsDir: string) =>
 
 export const tagOf = (imageName: string) => imageName.slice(imageName.lastIndexOf(":") + 1)
 
-/** The Kubernetes events on a pod, read through @kubernetes/client-node as `kubectl describe pod` reads them. */
-export const podEvents = (cluster: LocalCluster, namespace: string, pod: string) =>
-  Effect.promise(() => {
+/**
+ * The Kubernetes events on a pod, read through @kubernetes/client-node as `kubectl describe pod` reads them, once
+ * `count` of them are there (Checkpointer writes them in the background), or those there are after 10 s.
+ */
+export const podEvents = (cluster: LocalCluster, namespace: string, pod: string, count = 1) => {
+  const list = Effect.promise(() => {
     const config = new KubeConfig()
     config.loadFromFile(cluster.apiServer.kubeconfigPath)
     return config.makeApiClient(CoreV1Api).listNamespacedEvent({
       namespace,
       fieldSelector: `involvedObject.kind=Pod,involvedObject.name=${pod}`
     })
-  }).pipe(Effect.map((list) => list.items))
+  }).pipe(Effect.map((found) => found.items))
+  return list.pipe(
+    Effect.filterOrFail((events) => events.length >= count),
+    Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.intersect(Schedule.recurs(100)))),
+    Effect.orElse(() => list)
+  )
+}

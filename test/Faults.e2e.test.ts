@@ -62,7 +62,7 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
             expect(result.text, fault).toMatch(/phase "kubelet"/)
           }
           yield* stack.node.setFault(null)
-          const failures = (yield* podEvents(stack.cluster, "default", "fault-kubelet"))
+          const failures = (yield* podEvents(stack.cluster, "default", "fault-kubelet", 6))
             .filter((event) => event.reason === "CheckpointFailed")
           expect(failures).toHaveLength(6)
           for (const event of failures) {
