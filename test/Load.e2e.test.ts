@@ -67,6 +67,8 @@ describeE2E("load", () => {
             `${all.length} checkpoints in ${seconds.toFixed(1)} s (${(all.length / seconds).toFixed(1)}/s), ` +
               `server peak RSS ${(rssBefore / MiB).toFixed(0)} MiB before, ${(peak / MiB).toFixed(0)} MiB after`
           )
+          // Measured on the operators branch (2 cores, other e2e runs alongside): 133 and 133 MiB without Kubernetes
+          // events, 138 and 149 MiB with them (queued, one writer). The events' share is not understood yet.
           expect(peak).toBeLessThan(150 * MiB)
         }),
       280_000
