@@ -1,6 +1,6 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect, Option } from "effect"
-import { expectNoArchiveLeft, expectRestoredCounterContinues, tagOf } from "./Expectations.ts"
+import { expectNoArchiveLeft, expectRestoredCounterContinues, podEvents, tagOf } from "./Expectations.ts"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
@@ -46,6 +46,19 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(streamed.digest).toBe(layer.digest)
         expect(config.rootfs.diff_ids).toEqual([layer.digest])
         expect(config.os).toBe("linux")
+
+        const events = yield* podEvents(stack.cluster, "default", "counter-sync")
+        expect(events.map((event) => [event.type, event.reason])).toEqual([["Normal", "Checkpointed"]])
+        const image = body.containerImageName.replace(/\./g, "\\.")
+        expect(events[0]!.message).toMatch(new RegExp(`^Checkpointed container counter into ${image} in \\d+\\.\\d s$`))
+        const pod = yield* stack.cluster.apiServer.findPod("default", "counter-sync")
+        expect(events[0]!.involvedObject).toMatchObject({
+          kind: "Pod",
+          name: "counter-sync",
+          uid: Option.getOrThrow(pod).metadata.uid,
+          fieldPath: "spec.containers{counter}"
+        })
+        expect(events[0]!.source).toEqual({ component: "checkpointer", host: "node-a" })
 
         yield* expectNoArchiveLeft(stack.node.checkpointsDir)
         const restored = yield* expectRestoredCounterContinues(stack, body.containerImageName, "restored-sync", before)

@@ -1,6 +1,7 @@
 import { FileSystem } from "@effect/platform"
 import { expect } from "@effect/vitest"
-import { Effect } from "effect"
+import { CoreV1Api, KubeConfig } from "@kubernetes/client-node"
+import { Effect, Schedule } from "effect"
 import type { LocalCluster } from "./harness/Cluster.ts"
 import type { RestoreOptions } from "./harness/Cluster.ts"
 import { counterOf, runRestoredPod } from "./harness/Cluster.ts"
@@ -48,3 +49,26 @@ export const expectNoArchiveLeft = (checkpointsDir: string) =>
   })
 
 export const tagOf = (imageName: string) => imageName.slice(imageName.lastIndexOf(":") + 1)
+
+/**
+ * The Kubernetes events on a pod, read through @kubernetes/client-node as `kubectl describe pod` reads them, once
+ * `count` of them are there, or one has `reason` (Checkpointer writes them in the background), or those there are
+ * after 10 s.
+ */
+export const podEvents = (cluster: LocalCluster, namespace: string, pod: string, until: number | string = 1) => {
+  const list = Effect.promise(() => {
+    const config = new KubeConfig()
+    config.loadFromFile(cluster.apiServer.kubeconfigPath)
+    return config.makeApiClient(CoreV1Api).listNamespacedEvent({
+      namespace,
+      fieldSelector: `involvedObject.kind=Pod,involvedObject.name=${pod}`
+    })
+  }).pipe(Effect.map((found) => found.items))
+  return list.pipe(
+    Effect.filterOrFail((events) =>
+      typeof until === "number" ? events.length >= until : events.some((event) => event.reason === until)
+    ),
+    Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.intersect(Schedule.recurs(100)))),
+    Effect.orElse(() => list)
+  )
+}

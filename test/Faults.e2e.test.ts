@@ -2,7 +2,7 @@ import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Exit, Fiber, Schedule, Scope } from "effect"
 import { execFileSync } from "node:child_process"
-import { expectNoArchiveLeft } from "./Expectations.ts"
+import { expectNoArchiveLeft, podEvents } from "./Expectations.ts"
 import type { CheckpointerProcess } from "./harness/CheckpointerProcess.ts"
 import { freePort } from "./harness/CheckpointerProcess.ts"
 import { startBallastPod, startCounterPod } from "./harness/Cluster.ts"
@@ -62,6 +62,13 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
             expect(result.text, fault).toMatch(/phase "kubelet"/)
           }
           yield* stack.node.setFault(null)
+          const failures = (yield* podEvents(stack.cluster, "default", "fault-kubelet", 6))
+            .filter((event) => event.reason === "CheckpointFailed")
+          expect(failures).toHaveLength(6)
+          for (const event of failures) {
+            expect(event.type).toBe("Warning")
+            expect(event.message).toMatch(/^checkpoint failed in phase "kubelet": /)
+          }
           const recovered = yield* postCheckpoint(server.url, "default/fault-kubelet/counter")
           expect(recovered.status, recovered.text).toBe(201)
           yield* expectHealthy(stack, server)

@@ -1,7 +1,7 @@
 import { FileSystem } from "@effect/platform"
 import { expect, layer } from "@effect/vitest"
 import { Clock, Effect } from "effect"
-import { expectNoArchiveLeft, tagOf } from "./Expectations.ts"
+import { expectNoArchiveLeft, podEvents, tagOf } from "./Expectations.ts"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { Stack } from "./harness/LocalStack.ts"
@@ -60,11 +60,15 @@ describeE2E("load", () => {
           )
           expect(stored.length).toBeGreaterThanOrEqual(all.length)
           yield* expectNoArchiveLeft(stack.node.checkpointsDir)
+          const events = yield* podEvents(stack.cluster, "default", "load-0", requestsPerClient)
+          expect(events.filter((event) => event.reason === "Checkpointed")).toHaveLength(requestsPerClient)
           const peak = server.peakRss()
           yield* Effect.log(
             `${all.length} checkpoints in ${seconds.toFixed(1)} s (${(all.length / seconds).toFixed(1)}/s), ` +
               `server peak RSS ${(rssBefore / MiB).toFixed(0)} MiB before, ${(peak / MiB).toFixed(0)} MiB after`
           )
+          // Measured on the operators branch (2 cores, other e2e runs alongside): 133 and 133 MiB without Kubernetes
+          // events, 138, 149 and 141 MiB with them (queued, one writer). The events' share is not understood yet.
           expect(peak).toBeLessThan(150 * MiB)
         }),
       280_000

@@ -17,6 +17,7 @@ const permissionsOfCall: Readonly<Record<string, ReadonlyArray<string>>> = {
   "core.readNamespacedPod": ["pods:get"],
   "core.deleteNamespacedPod": ["pods:delete"],
   "core.listPodForAllNamespaces": ["pods:list"],
+  "core.createNamespacedEvent": ["events:create"],
   "core.createNamespacedPod": ["pods:create"],
   "core.readNamespacedPodLog": ["pods/log:get"],
   "core.listNamespacedEvent": ["events:list"],
@@ -199,6 +200,7 @@ describe("RBAC in k8s-manifests", () => {
     }
     expect(granted(rbacFiles["kaniko-fs"]).some((permission) => permission.includes("pods/attach"))).toBe(false)
     expect(granted(rbacFiles.native).filter((permission) => permission.endsWith(":create"))).toEqual([
+      "cluster:events:create",
       "cluster:pods:create",
       "cluster:tokenreviews.authentication.k8s.io:create",
       "cluster:subjectaccessreviews.authorization.k8s.io:create"

@@ -2,7 +2,7 @@ import { FileSystem, Path } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer, Option } from "effect"
-import { tagOf } from "./Expectations.ts"
+import { podEvents, tagOf } from "./Expectations.ts"
 import { freePort, startCheckpointer } from "./harness/CheckpointerProcess.ts"
 import type { LocalCluster } from "./harness/Cluster.ts"
 import {
@@ -77,10 +77,12 @@ describeE2E("restore through the API on the real runtime", () => {
         const pod = Option.getOrThrow(yield* stack.cluster.apiServer.findPod("default", result.pod))
         expect(pod.spec.nodeName).toBe("node-b")
         expect(pod.metadata.labels?.["checkpointer.io/restored-from"]).toBe(tagOf(image))
-        const events = (yield* stack.cluster.apiServer.kubernetesEvents()).filter((event) =>
-          event.involvedObject["name"] === result.pod
-        )
-        expect(events.map((event) => event["reason"])).toContain("Started")
+        const events = yield* podEvents(stack.cluster, "default", result.pod, "Restored")
+        expect(events.map((event) => event.reason)).toContain("Started")
+        const restored = events.find((event) => event.reason === "Restored")
+        expect(restored?.message).toMatch(/^Restored container counter from \S+ in \d+\.\d s$/)
+        expect(restored?.involvedObject).toMatchObject({ name: result.pod, uid: pod.metadata.uid })
+        expect(restored?.source).toEqual({ component: "checkpointer", host: "node-b" })
       }))
 
     it.scoped("an image name alone is enough: the scheduler places the pod", () =>

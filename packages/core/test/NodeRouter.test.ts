@@ -20,6 +20,7 @@ const router = (variables: Readonly<Record<string, string>>) =>
       Cluster.make({
         reviewToken: () => Effect.dieMessage("no token review here"),
         reviewAccess: () => Effect.dieMessage("no access review here"),
+        recordPodEvent: () => Effect.dieMessage("no event here"),
         getPod: (namespace, name) =>
           name === "broken"
             ? Effect.fail(new KubernetesApiError({ status: undefined, message: "get pod: connect ECONNREFUSED" }))

@@ -19,6 +19,7 @@ const readiness = (
       Cluster.make({
         reviewToken: () => Effect.dieMessage("no token review here"),
         reviewAccess: () => Effect.dieMessage("no access review here"),
+        recordPodEvent: () => Effect.dieMessage("no event here"),
         getPod: () => Effect.succeed(Option.none()),
         deletePod: () => Effect.void,
         createPod: () => Effect.dieMessage("no pod creation here"),

@@ -13,13 +13,14 @@ import {
   KubeletServiceTest,
   KubernetesApiError,
   parsePodRecord,
+  PodEvents,
   podRecordAnnotation,
   Readiness,
   Restorer,
   ResultStore,
   ServerConfig
 } from "@checkpointer/core"
-import type { Access, BuildRequest, ContainerRef } from "@checkpointer/core"
+import type { Access, BuildRequest, ContainerRef, PodEventRecord } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeHttpServer } from "@effect/platform-node"
 import type { V1Pod, V1ResourceAttributes } from "@kubernetes/client-node"
@@ -62,6 +63,8 @@ export interface FakeWorld {
   readonly tokenReviews: Ref.Ref<ReadonlyArray<string>>
   /** Pods created through the API, by `namespace/name`; they run at once (on node-c unless pinned). */
   readonly createdPods: Ref.Ref<ReadonlyMap<string, V1Pod>>
+  /** Every Kubernetes event written. */
+  readonly podEvents: Ref.Ref<ReadonlyArray<PodEventRecord>>
 }
 
 export class World extends Effect.Service<World>()("test/World", {
@@ -77,7 +80,8 @@ export class World extends Effect.Service<World>()("test/World", {
       kubeletCalls: yield* Ref.make<ReadonlyArray<ContainerRef>>([]),
       kubeletLie: yield* Ref.make(Option.none<(checkpointDir: string) => string>()),
       tokenReviews: yield* Ref.make<ReadonlyArray<string>>([]),
-      createdPods: yield* Ref.make<ReadonlyMap<string, V1Pod>>(new Map())
+      createdPods: yield* Ref.make<ReadonlyMap<string, V1Pod>>(new Map()),
+      podEvents: yield* Ref.make<ReadonlyArray<PodEventRecord>>([])
     } satisfies FakeWorld
   })
 }) {}
@@ -200,8 +204,9 @@ const makeFakeCluster = (state: FakeClusterState) =>
             if (state.pods?.[key] !== undefined || (yield* Ref.get(world.createdPods)).has(key)) {
               return yield* new KubernetesApiError({ status: 409, message: `create pod ${key}: 409 already exists` })
             }
-            yield* Ref.update(world.createdPods, (all) => new Map(all).set(key, runningPod(pod)))
-            return pod
+            const created = { ...pod, metadata: { ...pod.metadata, uid: `uid-${pod.metadata?.name}` } }
+            yield* Ref.update(world.createdPods, (all) => new Map(all).set(key, runningPod(created)))
+            return created
           }),
         podEvents: () => Effect.succeed([]),
         checkpointerPodsOn: (node: string) =>
@@ -227,6 +232,8 @@ const makeFakeCluster = (state: FakeClusterState) =>
             if (state.unreachable) return yield* unreachable("token review")
             return Option.map(Option.fromNullable(state.users?.[token]), ({ username }) => ({ username }))
           }),
+        recordPodEvent: (event: PodEventRecord) =>
+          state.unreachable ? unreachable("record event") : Ref.update(world.podEvents, (all) => [...all, event]),
         reviewAccess: (user, access) =>
           Effect.succeed(
             Object.values(state.users ?? {}).some((known) =>
@@ -267,6 +274,7 @@ export const makeCheckpointerTest = <E = never>(options: TestOptions<E> = {}) =>
     Layer.provide(FakeCheckpointImages),
     Layer.provideMerge(Layer.mergeAll(Checkpointer.Default, Readiness.Default)),
     Layer.provide([FakeKubelet, FakeBuilder, CheckpointDirectory.Default, options.retention ?? ImageRetention.Keep]),
+    Layer.provideMerge(PodEvents.Default),
     Layer.provideMerge(makeFakeCluster(options.cluster ?? {})),
     Layer.provideMerge(options.store ?? ResultStore.Memory),
     Layer.provideMerge(World.Default),

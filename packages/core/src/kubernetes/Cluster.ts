@@ -3,6 +3,19 @@ import type { CoreV1Event, V1Pod, V1ResourceAttributes, V1UserInfo } from "@kube
 import { Duration, Effect, Option, Schedule } from "effect"
 import { callApi, idempotent, KubernetesApi, KubernetesApiError, whenFound } from "./KubernetesApi.ts"
 
+export interface PodEventRecord {
+  readonly namespace: string
+  readonly pod: string
+  readonly uid: string | undefined
+  readonly container: string
+  readonly type: "Normal" | "Warning"
+  /** UpperCamelCase, as `kubectl get events` shows it: Checkpointed, CheckpointFailed. */
+  readonly reason: string
+  readonly message: string
+  /** The node whose Checkpointer reports it (`source.host`). */
+  readonly node: string
+}
+
 /**
  * What the orchestration and the API need of Kubernetes: pods (find, create, delete, their events), Checkpointer peers,
  * reviews.
@@ -113,8 +126,39 @@ export class Cluster extends Effect.Service<Cluster>()("checkpointer/Cluster", {
       return review.status?.allowed === true
     })
 
+    /** A core/v1 Event on a pod (and one of its containers), as the kubelet writes them; `uid` ties it to this pod. */
+    const recordPodEvent = Effect.fn("Cluster.recordPodEvent")(function*(event: PodEventRecord) {
+      const { namespace, pod, uid } = event
+      const now = new Date()
+      yield* callApi(`record event ${event.reason} on pod ${namespace}/${pod}`, () =>
+        core.createNamespacedEvent({
+          namespace,
+          body: {
+            metadata: { generateName: `${pod}.` },
+            involvedObject: {
+              apiVersion: "v1",
+              kind: "Pod",
+              namespace,
+              name: pod,
+              ...(uid === undefined ? {} : { uid }),
+              fieldPath: `spec.containers{${event.container}}`
+            },
+            type: event.type,
+            reason: event.reason,
+            message: event.message,
+            count: 1,
+            firstTimestamp: now,
+            lastTimestamp: now,
+            source: { component: "checkpointer", host: event.node },
+            reportingComponent: "checkpointer",
+            reportingInstance: event.node
+          }
+        }))
+    })
+
     return {
       reviewToken,
+      recordPodEvent,
       reviewAccess,
       getPod,
       createPod,

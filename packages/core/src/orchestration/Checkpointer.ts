@@ -18,6 +18,7 @@ import { KubeletService } from "../node/KubeletService.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
 import { ImageRetention } from "./ImageRetention.ts"
 import * as Metrics from "./Metrics.ts"
+import { PodEvents } from "./PodEvents.ts"
 import {
   FailedRecord,
   finishedAtOfRecord,
@@ -65,6 +66,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const store = yield* ResultStore
     const directory = yield* CheckpointDirectory
     const retention = yield* ImageRetention
+    const events = yield* PodEvents
     const running = yield* FiberMap.make<CheckpointIdentifier, CheckpointResult, ContainerMissing | PhaseFailed>()
     const permits = yield* Effect.makeSemaphore(config.maxConcurrent)
     /** Containers being checkpointed on this node, with the identifier of their checkpoint. */
@@ -76,12 +78,12 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
     const startedAt = yield* unixSeconds
 
     /**
-     * What the image records of the pod, read from the API server. Without it the checkpoint is still made (the
-     * process state matters more than the record); its image then restores only as a pod given by hand.
+     * The pod, read from the API server: what the image records of it, and its uid for the events. Without it the
+     * checkpoint is still made (the process state matters more than the record); its image then restores only as a
+     * pod given by hand.
      */
-    const podRecordOf = (container: ContainerRef) =>
+    const readPod = (container: ContainerRef) =>
       cluster.getPod(container.namespace, container.pod).pipe(
-        Effect.map(Option.flatMap((pod) => validRecord(recordPod(pod, container.container)))),
         Effect.tapError((error) =>
           Effect.logWarning("the pod could not be read; its image will not record it").pipe(
             Effect.annotateLogs({ error: error.message })
@@ -98,8 +100,11 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
       beginTimestamp: number
     ) =>
       Effect.gen(function*() {
+        const startedAtMillis = yield* Clock.currentTimeMillis
         const imageName = `${config.imagePrefix}:${tag}`
-        const pod = yield* podRecordOf(container)
+        const pod = yield* readPod(container)
+        const record = Option.flatMap(pod, (found) => validRecord(recordPod(found, container.container)))
+        const uid = Option.getOrUndefined(Option.flatMap(pod, (found) => Option.fromNullable(found.metadata?.uid)))
         const archive = yield* kubelet.checkpoint(container).pipe(
           Effect.flatMap(directory.claim),
           Effect.withLogSpan("kubelet"),
@@ -109,7 +114,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
             Effect.logDebug("checkpoint archive written").pipe(Effect.annotateLogs({ archive: archive.path }))
           )
         )
-        const annotations = Option.match(pod, {
+        const annotations = Option.match(record, {
           onNone: () => ({}),
           onSome: (record) => ({ [podRecordAnnotation]: encodePodRecord(record) })
         })
@@ -127,6 +132,12 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           Effect.ensuring(directory.remove(archive)),
           phaseSpan("checkpoint", "build/push")
         )
+        const seconds = ((yield* Clock.currentTimeMillis) - startedAtMillis) / 1000
+        yield* events.record({ ...container, uid }, {
+          type: "Normal",
+          reason: "Checkpointed",
+          message: `Checkpointed container ${container.container} into ${image.name} in ${seconds.toFixed(1)} s`
+        })
         if (options.deletePod) {
           yield* cluster.deletePod(container.namespace, container.pod, deletePodTimeout).pipe(
             Effect.mapError((error) => new PhaseFailed({ phase: "delete pod", message: error.message, cause: error })),
@@ -145,7 +156,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         const pushedAtMillis = yield* Clock.currentTimeMillis
         yield* store.put(
           identifier,
-          new SucceededRecord({ result, pod: Option.getOrUndefined(pod), pushedAtMillis })
+          new SucceededRecord({ result, pod: Option.getOrUndefined(record), pushedAtMillis })
         ).pipe(
           Effect.mapError((error) => storeFailed(error.message, error)),
           phaseSpan("checkpoint", "result store")
@@ -166,6 +177,8 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
               onSome: (error) => Effect.succeed(describeFailure(error))
             })
             yield* Effect.logWarning("checkpoint failed").pipe(Effect.annotateLogs({ reason: message }))
+            const missing = Cause.failureOption(exit.cause).pipe(Option.exists((e) => e._tag === "ContainerMissing"))
+            if (!missing) yield* events.record(container, { type: "Warning", reason: "CheckpointFailed", message })
             yield* store.put(
               identifier,
               new FailedRecord({ container, beginTimestamp, endTimestamp: yield* unixSeconds, message })

@@ -7,6 +7,7 @@ import { KubeletService } from "../node/KubeletService.ts"
 import { Checkpointer } from "./Checkpointer.ts"
 import type { ImageBuilder } from "./ImageBuilder.ts"
 import { ImageRetention } from "./ImageRetention.ts"
+import { PodEvents } from "./PodEvents.ts"
 import { Readiness } from "./Readiness.ts"
 import { ResultStore } from "./ResultStore.ts"
 
@@ -57,6 +58,7 @@ export const checkpointerLayer = <E, R, E2 = never, R2 = never>(options: Checkpo
       options.imageBuilder,
       options.imageRetention ?? ImageRetention.Keep
     ]),
+    Layer.provideMerge(PodEvents.Default),
     Layer.provideMerge(options.resultStore ?? ResultStore.Memory),
     Layer.provideMerge(Cluster.Default),
     Layer.mapError(describingConfigErrors),

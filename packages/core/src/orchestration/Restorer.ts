@@ -1,5 +1,5 @@
 import type { V1ContainerStatus, V1Pod } from "@kubernetes/client-node"
-import { Cause, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Schema } from "effect"
+import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { checkpointsConfig } from "../config/Config.ts"
 import {
@@ -20,6 +20,7 @@ import { Cluster } from "../kubernetes/Cluster.ts"
 import { Checkpointer, CheckpointFailure } from "./Checkpointer.ts"
 import { CheckpointImages } from "./CheckpointImages.ts"
 import * as Metrics from "./Metrics.ts"
+import { PodEvents } from "./PodEvents.ts"
 import { RestoredRecord, RestoreFailedRecord, RestorePendingRecord, ResultStore, unixSeconds } from "./ResultStore.ts"
 import { operationSpan, phaseSpan } from "./Tracing.ts"
 
@@ -126,6 +127,7 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
     const config = yield* checkpointsConfig
     const images = yield* CheckpointImages
     const cluster = yield* Cluster
+    const kubernetesEvents = yield* PodEvents
     const store = yield* ResultStore
     const checkpointer = yield* Checkpointer
     const running = yield* FiberMap.make<CheckpointIdentifier, RestoreResult, RestoreConflict | RestoreFailed>()
@@ -279,7 +281,8 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
 
     const execute = (plan: RestorePlan, keepFailedPod: boolean) =>
       Effect.gen(function*() {
-        yield* cluster.createPod(plan.namespace, plan.pod).pipe(
+        const startedAtMillis = yield* Clock.currentTimeMillis
+        const created = yield* cluster.createPod(plan.namespace, plan.pod).pipe(
           Effect.mapError((error) =>
             error.status === 409
               ? new RestoreConflict({ message: `pod ${plan.namespace}/${plan.name} already exists` })
@@ -292,6 +295,15 @@ export class Restorer extends Effect.Service<Restorer>()("checkpointer/Restorer"
             Effect.flatMap(cleanUpFailed(plan, keepFailedPod)(error), Effect.fail))
         )
         yield* Effect.logInfo("restored").pipe(Effect.annotateLogs({ node }))
+        const seconds = ((yield* Clock.currentTimeMillis) - startedAtMillis) / 1000
+        yield* kubernetesEvents.record(
+          { namespace: plan.namespace, pod: plan.name, container: plan.container, uid: created.metadata?.uid },
+          {
+            type: "Normal",
+            reason: "Restored",
+            message: `Restored container ${plan.container} from ${plan.image} in ${seconds.toFixed(1)} s`
+          }
+        )
         return new RestoreResult({
           namespace: plan.namespace,
           pod: plan.name,
