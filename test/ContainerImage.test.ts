@@ -1,8 +1,8 @@
 import { Effect } from "effect"
-import { execFileSync, spawn } from "node:child_process"
+import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { chmodSync, chownSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { afterAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { freePort, projectRoot } from "./harness/CheckpointerProcess.ts"
 
 /**
@@ -123,18 +123,34 @@ describe("Dockerfile", () => {
     const start = scripts.start!
     const entrypoint: ReadonlyArray<string> = JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args)
     for (const flag of entrypoint.filter((word) => word.startsWith("--"))) expect(start).toContain(flag)
+    const env = stepsOf(runtime, "ENV").map((step) => step.args).join(" ")
     expect(start).toContain("MALLOC_ARENA_MAX=2")
-    expect(stepsOf(runtime, "ENV").map((step) => step.args).join(" ")).toContain("MALLOC_ARENA_MAX=2")
+    expect(env).toContain("MALLOC_ARENA_MAX=2")
+    // The compile cache the build writes into dist/server/, which the runtime stage copies to /app/.
+    for (const setting of ["NODE_COMPILE_CACHE_PORTABLE=1", "NODE_COMPILE_CACHE=dist/server/compile-cache"]) {
+      expect(start).toContain(setting)
+    }
+    for (const setting of ["NODE_COMPILE_CACHE_PORTABLE=1", "NODE_COMPILE_CACHE=/app/compile-cache"]) {
+      expect(env).toContain(setting)
+    }
   })
 
   describe("the runtime stage, assembled from the bundle the build steps produce", () => {
     const root = mkdtempSync(`${tmpdir()}/checkpointer-image-`)
     afterAll(() => rmSync(root, { recursive: true, force: true }))
 
-    it("serves /healthz, /metrics and /readyz as the node user, from the bundle alone", async () => {
-      // COPY --from=build /src/... /app/: the build stage's WORKDIR /src is the project root here.
-      const workdir = stepsOf(runtime, "WORKDIR").map((step) => step.args).at(-1)!
-      const appDir = `${root}${workdir}`
+    // COPY --from=build /src/... /app/: the build stage's WORKDIR /src is the project root here.
+    const workdir = stepsOf(runtime, "WORKDIR").map((step) => step.args).at(-1)!
+    const appDir = `${root}${workdir}`
+    /** The runtime stage's ENV, its paths under /app/ mapped into `root`. */
+    const env: Record<string, string> = Object.fromEntries(
+      stepsOf(runtime, "ENV")
+        .flatMap((step) => step.args.split(/\s+/))
+        .map((pair) => pair.split("=") as [string, string])
+        .map(([name, value]) => [name, value.startsWith("/app/") ? `${root}${value}` : value])
+    )
+
+    beforeAll(() => {
       mkdirSync(appDir, { recursive: true })
       chmodSync(root, 0o755)
       for (const step of stepsOf(runtime, "COPY")) {
@@ -142,22 +158,31 @@ describe("Dockerfile", () => {
         expect(from).toBe("--from=build")
         const destination = rest.at(-1)!
         for (const source of rest.slice(0, -1)) {
-          const from = `${projectRoot}/${source.replace(/^\/src\//, "")}`
           // As COPY does: a directory's contents go into the destination, a file under its own name.
           cpSync(
-            from,
+            `${projectRoot}/${source.replace(/^\/src\//, "")}`,
             source.endsWith("/") ? `${root}${destination}` : `${root}${destination}${source.split("/").at(-1)}`,
-            {
-              recursive: true
-            }
+            { recursive: true }
           )
         }
       }
-      const env = Object.fromEntries(
-        stepsOf(runtime, "ENV")
-          .flatMap((step) => step.args.split(/\s+/))
-          .map((pair) => pair.split("=") as [string, string])
+    })
+
+    it("starts from the compiled code the build wrote beside the bundle, for the user who built it", () => {
+      // Without settings the server only loads and exits; Node says whether it took the bundle's code from the cache.
+      // Node keys the cache by user: in the image that is root, the user k8s-manifests run the server as.
+      const run = spawnSync(process.execPath, [`${appDir}/main.mjs`], {
+        cwd: appDir,
+        env: { ...env, NODE_DEBUG_NATIVE: "COMPILE_CACHE" },
+        encoding: "utf8"
+      })
+      expect(run.stderr + run.stdout).toMatch(/V8 code cache for ESM file:\S+\/app\/main\.mjs was accepted/)
+      expect(run.stderr + run.stdout).toMatch(
+        /V8 code cache for ESM file:\S+\/app\/chunks\/chunk-\w+\.mjs was accepted/
       )
+    })
+
+    it("serves /healthz, /metrics and /readyz as the node user, from the bundle alone", async () => {
       const [command, ...args] = JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args) as Array<string>
       expect(command).toBe("node")
       const storage = `${root}/storage`
