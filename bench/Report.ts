@@ -24,11 +24,15 @@ export interface BenchReport {
   readonly concurrency?: ConcurrencyResult
 }
 
+/** The performance issue's targets (the buildah speed-up and the encryption cost are earlier rounds'). */
 export const targets = {
-  maxRawRatio: 1.2,
+  maxRawRatio: 1.05,
   minBuildahSpeedup: 3.5,
-  maxPeakRssMiB: 150,
+  maxIdleRssMiB: 90,
+  maxPeakRssMiB: 110,
   rssSizeMiB: 1024,
+  maxFixedCostSeconds: 0.025,
+  minConcurrentShare: 0.95,
   maxEncryptionRatio: 1.15,
   encryptionSizesMiB: [256, 1024]
 } as const
@@ -301,19 +305,65 @@ export const targetRows = (sizes: ReadonlyArray<SizeResult>): ReadonlyArray<Targ
       })
     }
     if (size.mib === targets.rssSizeMiB) {
-      const peak = size.serverPeakRss / MiB
-      rows.push({
-        target: `server peak RSS ≤ ${targets.maxPeakRssMiB} MiB`,
-        size: label,
-        measured: `${peak.toFixed(0)} MiB`,
-        paired: "–",
-        verdict: peak <= targets.maxPeakRssMiB
-          ? "met"
-          : verdict(false, `${(peak - targets.maxPeakRssMiB).toFixed(0)} MiB`)
-      })
+      rows.push(
+        footprintRow(
+          `server idle RSS ≤ ${targets.maxIdleRssMiB} MiB`,
+          label,
+          size.serverIdleRss,
+          targets.maxIdleRssMiB
+        ),
+        footprintRow(`server peak RSS ≤ ${targets.maxPeakRssMiB} MiB`, label, size.serverPeakRss, targets.maxPeakRssMiB)
+      )
     }
     return rows
   })
+
+const footprintRow = (target: string, size: string, bytes: number, maxMiB: number): TargetRow => ({
+  target,
+  size,
+  measured: `${formatMiB(bytes)} MiB`,
+  paired: "–",
+  verdict: verdict(bytes / MiB <= maxMiB, `${(bytes / MiB - maxMiB).toFixed(0)} MiB`)
+})
+
+/** The targets measured outside the per-size runs: the fixed cost per image and the concurrent checkpoints. */
+export const endToEndTargetRows = (
+  report: Pick<BenchReport, "counter" | "concurrency">
+): ReadonlyArray<TargetRow> => {
+  const rows: Array<TargetRow> = []
+  const counterBuildPush = report.counter === undefined ? undefined : phaseSummary(report.counter.samples, "build/push")
+  if (counterBuildPush !== undefined) {
+    const archive = formatMiB(maxOf(report.counter!.samples.map((sample) => sample.pushedBytes)))
+    rows.push({
+      target: `fixed cost per image ≤ ${targets.maxFixedCostSeconds * 1000} ms (build/push of the counter)`,
+      size: `${archive} MiB`,
+      measured: `${(counterBuildPush.median * 1000).toFixed(0)} ms`,
+      paired: `${(counterBuildPush.min * 1000).toFixed(0)}–${(counterBuildPush.max * 1000).toFixed(0)} ms`,
+      verdict: verdict(
+        counterBuildPush.median <= targets.maxFixedCostSeconds,
+        `${((counterBuildPush.median - targets.maxFixedCostSeconds) * 1000).toFixed(0)} ms`
+      )
+    })
+  }
+  const c = report.concurrency
+  if (c !== undefined) {
+    const throughput = (rounds: ReadonlyArray<Round>) =>
+      summarize(rounds.map((round) => round.bytes / MiB / round.seconds)).median
+    const share = throughput(c.library) / throughput(c.raw)
+    rows.push({
+      target: `${c.containers} concurrent native builds (library) ≥ ${targets.minConcurrentShare}× the throughput of ` +
+        `${c.containers} parallel raw uploads`,
+      size: `${c.containers} × ${c.mibEach} MiB`,
+      measured: formatRatio(share),
+      paired: "–",
+      verdict: verdict(
+        share >= targets.minConcurrentShare,
+        `${((1 - share / targets.minConcurrentShare) * 100).toFixed(0)}%`
+      )
+    })
+  }
+  return rows
+}
 
 const roundRow = (name: string, rounds: ReadonlyArray<Round>, rawThroughput: number) => {
   const wall = summarize(rounds.map((round) => round.seconds))
@@ -637,7 +687,13 @@ export const renderReport = (report: BenchReport): string => {
   )
   const targetTable = table(
     ["target", "size", "ratio of medians", "same ratio per round: median (min–max)", "verdict"],
-    targetRows(report.sizes).map((row) => [row.target, row.size, row.measured, row.paired, row.verdict])
+    [...targetRows(report.sizes), ...endToEndTargetRows(report)].map((row) => [
+      row.target,
+      row.size,
+      row.measured,
+      row.paired,
+      row.verdict
+    ])
   )
   return [
     "# Benchmark results",

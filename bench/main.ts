@@ -9,7 +9,7 @@ import { Console, Effect, Logger, LogLevel, Ref } from "effect"
 import { benchSize, makeEnv } from "./Bench.ts"
 import { concurrentCheckpoints, counterCheckpoints } from "./EndToEnd.ts"
 import { codeFacts, machineFacts } from "./Machine.ts"
-import { renderReport, targetRows } from "./Report.ts"
+import { endToEndTargetRows, renderReport, targetRows } from "./Report.ts"
 import { settings as benchSettings } from "./Settings.ts"
 import { sweepLeftovers } from "./Workload.ts"
 
@@ -40,6 +40,10 @@ const program = Effect.gen(function*() {
   const sizes = yield* Effect.forEach(settings.sizes, (mib) => benchSize(env, mib))
   const counter = settings.endToEnd ? yield* counterCheckpoints(env) : undefined
   const concurrency = settings.endToEnd && settings.concurrency > 0 ? yield* concurrentCheckpoints(env) : undefined
+  const endToEnd = {
+    ...(counter === undefined ? {} : { counter }),
+    ...(concurrency === undefined ? {} : { concurrency })
+  }
   const report = renderReport({
     command: commandLine(),
     startedAt,
@@ -50,11 +54,10 @@ const program = Effect.gen(function*() {
     bundles: yield* Ref.get(env.bundles),
     loads: yield* Ref.get(env.loads),
     sizes,
-    ...(counter === undefined ? {} : { counter }),
-    ...(concurrency === undefined ? {} : { concurrency })
+    ...endToEnd
   })
   yield* fs.writeFileString(settings.out, report)
-  for (const row of targetRows(sizes)) {
+  for (const row of [...targetRows(sizes), ...endToEndTargetRows(endToEnd)]) {
     yield* Console.log(`[bench] ${row.target} (${row.size}): ${row.measured} ${row.verdict}`)
   }
   const minutes = (Date.now() - startedAt.getTime()) / 60000
