@@ -190,7 +190,7 @@ describe("RBAC in k8s-manifests", () => {
     expect(new Set(permissions)).toEqual(required(builder))
   })
 
-  it("grants pods/attach for kaniko only, nothing on secrets or nodes, and creates only pods and reviews", () => {
+  it("grants pods/attach for kaniko only, nothing on secrets or nodes, and creates only pods, events and reviews", () => {
     expect(granted(rbacFiles.kaniko).filter((permission) => permission.includes("pods/attach"))).toEqual([
       "namespace:pods/attach:create",
       "namespace:pods/attach:get"
@@ -200,8 +200,8 @@ describe("RBAC in k8s-manifests", () => {
     }
     expect(granted(rbacFiles["kaniko-fs"]).some((permission) => permission.includes("pods/attach"))).toBe(false)
     expect(granted(rbacFiles.native).filter((permission) => permission.endsWith(":create"))).toEqual([
-      "cluster:events:create",
       "cluster:pods:create",
+      "cluster:events:create",
       "cluster:tokenreviews.authentication.k8s.io:create",
       "cluster:subjectaccessreviews.authorization.k8s.io:create"
     ])
