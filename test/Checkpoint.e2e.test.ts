@@ -1,6 +1,12 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect, Option } from "effect"
-import { expectNoArchiveLeft, expectRestoredCounterContinues, podEvents, tagOf } from "./Expectations.ts"
+import {
+  byCheckpointer,
+  expectNoArchiveLeft,
+  expectRestoredCounterContinues,
+  podEvents,
+  tagOf
+} from "./Expectations.ts"
 import { startCounterPod } from "./harness/Cluster.ts"
 import { describeE2E } from "./harness/E2E.ts"
 import { checkpointRepository, Stack } from "./harness/LocalStack.ts"
@@ -47,7 +53,7 @@ describeE2E("checkpoint to restore through the real server, registry, CRIU node 
         expect(config.rootfs.diff_ids).toEqual([layer.digest])
         expect(config.os).toBe("linux")
 
-        const events = yield* podEvents(stack.cluster, "default", "counter-sync")
+        const events = (yield* podEvents(stack.cluster, "default", "counter-sync")).filter(byCheckpointer)
         expect(events.map((event) => [event.type, event.reason])).toEqual([["Normal", "Checkpointed"]])
         const image = body.containerImageName.replace(/\./g, "\\.")
         expect(events[0]!.message).toMatch(new RegExp(`^Checkpointed container counter into ${image} in \\d+\\.\\d s$`))

@@ -1,6 +1,7 @@
 import { FileSystem } from "@effect/platform"
 import { expect } from "@effect/vitest"
 import { CoreV1Api, KubeConfig } from "@kubernetes/client-node"
+import type { CoreV1Event } from "@kubernetes/client-node"
 import { Effect, Schedule } from "effect"
 import type { LocalCluster } from "./harness/Cluster.ts"
 import type { RestoreOptions } from "./harness/Cluster.ts"
@@ -51,9 +52,13 @@ export const expectNoArchiveLeft = (checkpointsDir: string) =>
 export const tagOf = (imageName: string) => imageName.slice(imageName.lastIndexOf(":") + 1)
 
 /**
+/** Whether Checkpointer wrote an event (the simulated kubelet writes others: Started, Failed). */
+export const byCheckpointer = (event: CoreV1Event) => event.source?.component === "checkpointer"
+
+/**
  * The Kubernetes events on a pod, read through @kubernetes/client-node as `kubectl describe pod` reads them, once
- * `count` of them are there, or one has `reason` (Checkpointer writes them in the background), or those there are
- * after 10 s.
+ * Checkpointer wrote `until` of them, or one has the reason `until` (Checkpointer writes them in the background), or
+ * those there are after 10 s.
  */
 export const podEvents = (cluster: LocalCluster, namespace: string, pod: string, until: number | string = 1) => {
   const list = Effect.promise(() => {
@@ -66,7 +71,9 @@ export const podEvents = (cluster: LocalCluster, namespace: string, pod: string,
   }).pipe(Effect.map((found) => found.items))
   return list.pipe(
     Effect.filterOrFail((events) =>
-      typeof until === "number" ? events.length >= until : events.some((event) => event.reason === until)
+      typeof until === "number"
+        ? events.filter(byCheckpointer).length >= until
+        : events.some((event) => event.reason === until)
     ),
     Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.intersect(Schedule.recurs(100)))),
     Effect.orElse(() => list)

@@ -190,7 +190,7 @@ describe("RBAC in k8s-manifests", () => {
     expect(new Set(permissions)).toEqual(required(builder))
   })
 
-  it("grants pods/attach for kaniko only, nothing on secrets or nodes, and creates only pods, events and reviews", () => {
+  it("grants pods/attach for kaniko only, nothing on secrets or nodes, creates only pods, events and reviews", () => {
     expect(granted(rbacFiles.kaniko).filter((permission) => permission.includes("pods/attach"))).toEqual([
       "namespace:pods/attach:create",
       "namespace:pods/attach:get"
