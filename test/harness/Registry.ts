@@ -123,6 +123,8 @@ export const startRegistry = (options: {
   readonly tls?: boolean
   /** Whether manifests and blobs may be deleted (distribution's storage.delete.enabled); default true. */
   readonly deleteEnabled?: boolean
+  /** With token auth: how long the token server's tokens are valid; default 300 s. */
+  readonly tokenSeconds?: number
   /**
    * Where the registry listens (default 127.0.0.1, the host in `host`) and what its command is prefixed with, e.g.
    * `["ip", "netns", "exec", NAME]` for a registry inside a network namespace reached at that namespace's address.
@@ -172,7 +174,8 @@ export const startRegistry = (options: {
         issuer,
         username,
         password,
-        log: (line) => Effect.runSync(log(line))
+        log: (line) => Effect.runSync(log(line)),
+        ...(options.tokenSeconds === undefined ? {} : { tokenSeconds: options.tokenSeconds })
       })
       authSection = [
         "  token:",

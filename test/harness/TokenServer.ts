@@ -22,6 +22,8 @@ export interface TokenServerOptions {
   readonly password: string
   /** Receives one line per request (never a credential). */
   readonly log: (line: string) => void
+  /** How long a token is valid (`expires_in` and the JWT's `exp`); default 300 s. */
+  readonly tokenSeconds?: number
 }
 
 export interface TokenServer {
@@ -67,6 +69,7 @@ export const startTokenServer = (options: TokenServerOptions) =>
     const signerKey = createPrivateKey(yield* fs.readFileString(signer.key))
     const tls = { cert: yield* fs.readFileString(server.cert), key: yield* fs.readFileString(server.key) }
 
+    const lifetime = options.tokenSeconds ?? 300
     const issue = (subject: string, access: ReadonlyArray<TokenAccess>) => {
       const now = Math.floor(Date.now() / 1000)
       const header = { typ: "JWT", alg: "ES256", x5c: [signerCert.raw.toString("base64")] }
@@ -74,7 +77,7 @@ export const startTokenServer = (options: TokenServerOptions) =>
         iss: options.issuer,
         sub: subject,
         aud: options.service,
-        exp: now + 300,
+        exp: now + lifetime,
         nbf: now - 10,
         iat: now,
         jti: randomUUID(),
@@ -119,7 +122,7 @@ export const startTokenServer = (options: TokenServerOptions) =>
         const subject = credentials?.username ?? ""
         const { issuedAt, token } = issue(subject, granted)
         line(200, subject === "" ? "(anonymous)" : subject)
-        return respondJson(response, 200, { token, access_token: token, expires_in: 300, issued_at: issuedAt })
+        return respondJson(response, 200, { token, access_token: token, expires_in: lifetime, issued_at: issuedAt })
       })
 
     const listening = yield* serveHttps({ address: "127.0.0.1", tls, handler: handle })

@@ -3,6 +3,7 @@ import type { BuildRequest } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
+import type { Duration } from "effect"
 import { Cause, Context, Effect, Layer } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { createReadStream, createWriteStream } from "node:fs"
@@ -210,6 +211,52 @@ describeE2E("NativeImageBuilder against a real registry", () => {
           })
         }
       }).pipe(Effect.provide(NodeContext.layer)))
+
+    it.effect("one builder pings and asks for a token once for many pushes, and renews a token before it expires", () =>
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const { checkpoint, token } = yield* Fixture
+        const pushes = (registry: TestRegistry, count: number, pause: Duration.DurationInput) =>
+          Effect.flatMap(
+            ImageBuilder,
+            (builder) =>
+              Effect.forEach(Array.from({ length: count }, (_, n) => n), (n) =>
+                Effect.zipRight(
+                  n === 0 ? Effect.void : Effect.sleep(pause),
+                  builder.build({
+                    archive: checkpoint.tar,
+                    imageName: `${registry.host}/reused/counter:${randomTag()}`,
+                    container
+                  })
+                ))
+          ).pipe(Effect.provide(nativeBuilder(trustedRegistry(registry))))
+        const counts = (registry: TestRegistry) => ({
+          pings: registry.logs().match(/"GET \/v2\/ HTTP\/[\d.]+" 401 /g)?.length ?? 0,
+          tokens: registry.logs().match(/token-server: GET \/token .* -> 200/g)?.length ?? 0,
+          refused: registry.logs().match(/" 401 /g)?.length ?? 0
+        })
+
+        const before = counts(token)
+        expect(yield* pushes(token, 3, 0)).toHaveLength(3)
+        const after = counts(token)
+        expect({ pings: after.pings - before.pings, tokens: after.tokens - before.tokens }).toEqual({
+          pings: 1,
+          tokens: 1
+        })
+
+        // Tokens valid for 4 s are renewed after 2 s: the second push, 3 s later, asks for a new one (the old one would
+        // still be accepted for a second, so without the renewal there would be one token request).
+        const dir = yield* fs.makeTempDirectoryScoped({ prefix: "short-tokens-" })
+        const shortLived = yield* startRegistry({ dir: `${dir}/registry`, auth: "token", tokenSeconds: 4 })
+        const ready = counts(shortLived)
+        expect(yield* pushes(shortLived, 2, "3 seconds")).toHaveLength(2)
+        const done = counts(shortLived)
+        expect({
+          pings: done.pings - ready.pings,
+          tokens: done.tokens - ready.tokens,
+          refused: done.refused - ready.refused
+        }).toEqual({ pings: 1, tokens: 2, refused: 1 })
+      }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
     it.effect("pushing the same archive again (blobs already there) gives the same layer and a valid manifest", () =>
       Effect.gen(function*() {

@@ -2,14 +2,17 @@ import { ImageBuilder, ImageBuildError, reasonOf } from "@checkpointer/core"
 import type { BuildRequest, BuiltImage, ContainerRef } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import type { ConfigError } from "effect"
-import { Clock, Config, Effect, Either, Layer, Option, Stream } from "effect"
+import { Clock, Config, Effect, Either, Layer, Option, Redacted, Stream } from "effect"
+import { createHash } from "node:crypto"
 import type { ArchiveError, Compression } from "../archive/ArchiveFormat.ts"
 import { inspectWhileStreaming } from "../archive/ArchiveInspector.ts"
 import type { ArchiveDescription } from "../archive/ArchiveInspector.ts"
 import { readArchive } from "../archive/ArchiveReader.ts"
 import { checkpointFacts } from "../archive/CheckpointMetadata.ts"
 import { imageAnnotations, nodeArchitecture } from "../archive/ImageAnnotations.ts"
+import type { Credentials } from "../registry/DockerConfig.ts"
 import { formatReference, makeSession, ociManifestMediaType, parseImageReference } from "../registry/OciRegistry.ts"
+import type { Established, ImageReference } from "../registry/OciRegistry.ts"
 import type { RegistryError } from "../registry/RegistryError.ts"
 import { credentialsOf, registryAccessConfig, registryHttpClient } from "../registry/RegistryHttp.ts"
 import type { RegistryAccess } from "../registry/RegistryHttp.ts"
@@ -71,6 +74,12 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
     )
   }
 
+  /**
+   * What the last successful push to a repository with the same credentials established (base URL, authorization,
+   * token until it expires): the next push starts without a ping or a token request. A failed push starts afresh.
+   */
+  const established = new Map<string, Established>()
+
   const push: Pusher = Effect.fn("NativeImageBuilder.push")(function*(request: PushRequest) {
     const started = yield* Clock.currentTimeMillis
     const pushFailed = (error: RegistryError) =>
@@ -120,9 +129,14 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
       Effect.provideService(FileSystem.FileSystem, fs),
       Effect.mapError(pushFailed)
     )
-    const session = yield* makeSession({ http, reference, credentials, insecure: settings.insecure }).pipe(
-      Effect.mapError(pushFailed)
-    )
+    const sessionKey = establishedKey(reference, credentials)
+    const session = yield* makeSession({
+      http,
+      reference,
+      credentials,
+      insecure: settings.insecure,
+      established: established.get(sessionKey)
+    }).pipe(Effect.mapError(pushFailed))
 
     const { description, readFailure, stream } = yield* inspectWhileStreaming(
       readArchive(request.archive, { chunkSize: archiveChunkSize, buffers: 6 }).pipe(
@@ -149,7 +163,11 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
     )
 
     const created = new Date(yield* Clock.currentTimeMillis)
-    const configBlob = yield* session.pushBlob(encodeJson(imageConfig(archive, created, architecture)), configMediaType)
+    // Its creation time makes every config new: uploaded without asking whether the registry has it.
+    const configBlob = yield* session.uploadBlob(
+      encodeJson(imageConfig(archive, created, architecture)),
+      configMediaType
+    )
       .pipe(Effect.mapError(pushFailed))
     const manifest = {
       schemaVersion: 2,
@@ -164,6 +182,7 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
     const digest = yield* session.putManifest(encodeJson(manifest), manifestMediaType).pipe(
       Effect.mapError(pushFailed)
     )
+    established.set(sessionKey, session.established)
     const seconds = ((yield* Clock.currentTimeMillis) - started) / 1000
     yield* Effect.logInfo("pushed checkpoint image").pipe(
       Effect.annotateLogs({
@@ -176,9 +195,23 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
     )
     return { name: request.imageName, digest, size: layer.size }
   }, Effect.annotateLogs({ service: "NativeImageBuilder" }))
+  const pushReusingSessions: Pusher = (request) =>
+    push(request).pipe(Effect.tapError(() => Effect.sync(() => established.clear())))
 
-  return push
+  return pushReusingSessions
 })
+
+/** Sessions are reused per registry, repository and credentials (a rotated password starts a new one). */
+const establishedKey = (reference: ImageReference, credentials: Option.Option<Credentials>) =>
+  [
+    reference.apiHost,
+    reference.repository,
+    Option.match(credentials, {
+      onNone: () => "",
+      onSome: ({ password, username }) =>
+        `${username}:${createHash("sha256").update(Redacted.value(password)).digest("hex")}`
+    })
+  ].join(" ")
 
 const reportingProgress =
   (onProgress: PushRequest["onProgress"]) =>

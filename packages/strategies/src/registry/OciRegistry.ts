@@ -5,6 +5,7 @@ import type { Stream } from "effect"
 import { createHash } from "node:crypto"
 import type { Credentials } from "./DockerConfig.ts"
 import { makeAuthenticator } from "./RegistryAuth.ts"
+import type { Authenticator } from "./RegistryAuth.ts"
 import { failedResponse, RegistryError, transportError } from "./RegistryError.ts"
 
 export class InvalidReference extends Data.TaggedError("InvalidReference")<{
@@ -83,6 +84,14 @@ export interface SessionOptions {
   readonly insecure: boolean
   /** The actions a Bearer token is asked for; default `pull,push`. Deleting needs `delete`. */
   readonly actions?: string
+  /** What an earlier session with the same repository and credentials learnt: no ping, its authorization reused. */
+  readonly established?: Established | undefined
+}
+
+/** A session's base URL (after the ping) and authorization (scheme, token), reusable by the next session. */
+export interface Established {
+  readonly base: string
+  readonly auth: Authenticator
 }
 
 /** The manifest types a tag of a checkpoint image can name (OCI and Docker, single and index). */
@@ -98,12 +107,14 @@ const transientRetry = Schedule.exponential("250 millis").pipe(Schedule.intersec
 
 /**
  * A push session: pings `/v2/` (choosing https, or http when insecure and TLS fails), authenticates as the registry
- * asks, and pushes blobs and manifests of one repository following the OCI distribution spec.
+ * asks, and pushes blobs and manifests of one repository following the OCI distribution spec. Given what an earlier
+ * session `established`, it skips the ping and keeps that session's authorization (and token).
  */
 export const makeSession = Effect.fn("OciRegistry.session")(function*(options: SessionOptions) {
   const { http, reference } = options
   const scope = `repository:${reference.repository}:${options.actions ?? "pull,push"}`
-  const auth = yield* makeAuthenticator({ http, credentials: options.credentials, scope })
+  const auth = options.established?.auth ??
+    (yield* makeAuthenticator({ http, credentials: options.credentials, scope }))
 
   const send = (what: string, request: HttpClientRequest.HttpClientRequest) =>
     http.execute(request).pipe(
@@ -176,14 +187,14 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
 
   const secureBase = `https://${reference.apiHost}`
   const plainBase = `http://${reference.apiHost}`
-  const base = yield* ping(secureBase).pipe(
+  const base = options.established?.base ?? (yield* ping(secureBase).pipe(
     Effect.as(secureBase),
     Effect.catchAll((error) =>
       options.insecure && error.status === undefined
         ? ping(plainBase).pipe(Effect.as(plainBase), Effect.orElseFail(() => error))
         : Effect.fail(error)
     )
-  )
+  ))
   const repositoryUrl = `${base}/v2/${reference.repository}`
 
   const resolveLocation = (what: string, response: HttpClientResponse.HttpClientResponse, requestUrl: string) => {
@@ -227,14 +238,22 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       yield* createdWith("blob upload", "stored", request, digest)
     })
 
-  /** A small blob whose bytes are at hand: HEAD, else POST + monolithic PUT. */
-  const pushBlob = (bytes: Uint8Array, mediaType: string) =>
+  /** A small blob whose bytes are at hand, known to be new (no HEAD first): POST + monolithic PUT. */
+  const uploadBlob = (bytes: Uint8Array, mediaType: string) =>
     Effect.gen(function*() {
       const descriptor: Descriptor = { mediaType, digest: sha256Digest(bytes), size: bytes.length }
-      if (yield* blobExists(descriptor.digest)) return descriptor
       const location = yield* startUpload
       yield* completeUpload(location, descriptor.digest, Option.some(bytes))
       return descriptor
+    })
+
+  /** A small blob whose bytes are at hand: HEAD, else POST + monolithic PUT. */
+  const pushBlob = (bytes: Uint8Array, mediaType: string) =>
+    Effect.gen(function*() {
+      const digest = sha256Digest(bytes)
+      return (yield* blobExists(digest))
+        ? { mediaType, digest, size: bytes.length }
+        : yield* uploadBlob(bytes, mediaType)
     })
 
   /**
@@ -320,7 +339,9 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
 
   return {
     base,
+    established: { base, auth } satisfies Established,
     blobExists,
+    uploadBlob,
     pushBlob,
     pushBlobStream,
     putManifest,

@@ -1,12 +1,26 @@
 import type { HttpClient } from "@effect/platform"
 import { HttpClientRequest } from "@effect/platform"
-import { Effect, Option, Redacted, Ref } from "effect"
+import { Clock, Effect, Option, Redacted, Ref } from "effect"
 import type { Credentials } from "./DockerConfig.ts"
 import { failedResponse, RegistryError, transportError } from "./RegistryError.ts"
 import { parseWwwAuthenticate } from "./WwwAuthenticate.ts"
 import type { Challenge } from "./WwwAuthenticate.ts"
 
-/** Asks a Bearer challenge's realm for a token for `scopes`, with Basic credentials when there are any. */
+/** A Bearer token and when it stops being valid (epoch milliseconds). */
+export interface BearerToken {
+  readonly value: Redacted.Redacted<string>
+  readonly expiresAtMillis: number
+}
+
+/** The token specification's lifetime of a token that does not say (`expires_in` absent). */
+const defaultTokenSeconds = 60
+/** A token is renewed this long before it expires (at most half its lifetime), so no request carries a stale one. */
+const renewalMarginMillis = 10_000
+
+/**
+ * Asks a Bearer challenge's realm for a token for `scopes`, with Basic credentials when there are any; its expiry
+ * comes from `expires_in`.
+ */
 export const fetchToken = (
   http: HttpClient.HttpClient,
   challenge: Challenge,
@@ -36,23 +50,31 @@ export const fetchToken = (
         new RegistryError({ message: "token server answered something that is not JSON", cause })
       )
     )
-    const { access_token, token } = (typeof body === "object" && body !== null ? body : {}) as Record<string, unknown>
+    const { access_token, expires_in, token } = (typeof body === "object" && body !== null ? body : {}) as Record<
+      string,
+      unknown
+    >
     const value = typeof token === "string" && token !== "" ? token : access_token
     if (typeof value !== "string" || value === "") {
       return yield* new RegistryError({ message: "token server answered without a token" })
     }
-    return Redacted.make(value)
+    const lifetimeMillis = (typeof expires_in === "number" && expires_in > 0 ? expires_in : defaultTokenSeconds) * 1000
+    const renewAt = lifetimeMillis - Math.min(renewalMarginMillis, lifetimeMillis / 2)
+    return {
+      value: Redacted.make(value),
+      expiresAtMillis: (yield* Clock.currentTimeMillis) + renewAt
+    } satisfies BearerToken
   })
 
 interface AuthState {
   readonly scheme: "none" | "basic" | "bearer"
   readonly challenge: Option.Option<Challenge>
-  readonly tokens: ReadonlyMap<string, Redacted.Redacted<string>>
+  readonly tokens: ReadonlyMap<string, BearerToken>
 }
 
 /**
- * Authorization for one build against one registry: nothing until the registry asks, then Basic credentials or a
- * Bearer token for `scope` (`repository:<repo>:pull,push`), cached for the life of the authenticator.
+ * Authorization against one registry: nothing until the registry asks, then Basic credentials or a Bearer token for
+ * `scope` (`repository:<repo>:pull,push`), kept until shortly before it expires (then a new one is asked for).
  */
 export const makeAuthenticator = (options: {
   readonly http: HttpClient.HttpClient
@@ -65,13 +87,13 @@ export const makeAuthenticator = (options: {
     const token = Effect.gen(function*() {
       const current = yield* Ref.get(state)
       const cached = current.tokens.get(options.scope)
-      if (cached !== undefined) return cached
+      if (cached !== undefined && (yield* Clock.currentTimeMillis) < cached.expiresAtMillis) return cached.value
       if (Option.isNone(current.challenge)) {
         return yield* new RegistryError({ message: "registry asked for a Bearer token without a challenge" })
       }
       const fresh = yield* fetchToken(options.http, current.challenge.value, [options.scope], options.credentials)
       yield* Ref.update(state, (s) => ({ ...s, tokens: new Map([...s.tokens, [options.scope, fresh]]) }))
-      return fresh
+      return fresh.value
     })
 
     const authorize = (request: HttpClientRequest.HttpClientRequest) =>
