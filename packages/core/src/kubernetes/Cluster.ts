@@ -3,13 +3,17 @@ import type { CoreV1Event, V1Pod, V1ResourceAttributes, V1UserInfo } from "@kube
 import { Duration, Effect, Option, Schedule } from "effect"
 import { callApi, idempotent, KubernetesApi, KubernetesApiError, whenFound } from "./KubernetesApi.ts"
 
+/** A pod's uid, when the pod was found and has one. */
+export const podUid = (pod: Option.Option<V1Pod>): string | undefined =>
+  Option.getOrUndefined(Option.flatMapNullable(pod, (found) => found.metadata?.uid))
+
 export interface PodEventRecord {
   readonly namespace: string
   readonly pod: string
   readonly uid: string | undefined
   readonly container: string
   readonly type: "Normal" | "Warning"
-  /** UpperCamelCase, as `kubectl get events` shows it: Checkpointed, CheckpointFailed. */
+  /** UpperCamelCase, as `kubectl get events` shows it: Checkpointed, CheckpointFailed, Restored. */
   readonly reason: string
   readonly message: string
   /** The node whose Checkpointer reports it (`source.host`). */

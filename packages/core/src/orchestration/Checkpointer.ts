@@ -12,7 +12,7 @@ import type {
 import type { ContainerMissing } from "../domain/Errors.ts"
 import { PhaseFailed } from "../domain/Errors.ts"
 import { encodePodRecord, PodRecord, podRecordAnnotation, recordPod } from "../domain/PodRecord.ts"
-import { Cluster } from "../kubernetes/Cluster.ts"
+import { Cluster, podUid } from "../kubernetes/Cluster.ts"
 import { CheckpointDirectory } from "../node/CheckpointDirectory.ts"
 import { KubeletService } from "../node/KubeletService.ts"
 import { ImageBuilder } from "./ImageBuilder.ts"
@@ -104,7 +104,6 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
         const imageName = `${config.imagePrefix}:${tag}`
         const pod = yield* readPod(container)
         const record = Option.flatMap(pod, (found) => validRecord(recordPod(found, container.container)))
-        const uid = Option.getOrUndefined(Option.flatMap(pod, (found) => Option.fromNullable(found.metadata?.uid)))
         const archive = yield* kubelet.checkpoint(container).pipe(
           Effect.flatMap(directory.claim),
           Effect.withLogSpan("kubelet"),
@@ -133,7 +132,7 @@ export class Checkpointer extends Effect.Service<Checkpointer>()("checkpointer/C
           phaseSpan("checkpoint", "build/push")
         )
         const seconds = ((yield* Clock.currentTimeMillis) - startedAtMillis) / 1000
-        yield* events.record({ ...container, uid }, {
+        yield* events.record({ ...container, uid: podUid(pod) }, {
           type: "Normal",
           reason: "Checkpointed",
           message: `Checkpointed container ${container.container} into ${image.name} in ${seconds.toFixed(1)} s`

@@ -1,7 +1,7 @@
-import { Duration, Effect, Option, Queue } from "effect"
+import { Duration, Effect, Queue } from "effect"
 import { nodeName } from "../config/Config.ts"
 import type { ContainerRef } from "../domain/Domain.ts"
-import { Cluster } from "../kubernetes/Cluster.ts"
+import { Cluster, podUid } from "../kubernetes/Cluster.ts"
 
 export interface PodEvent {
   readonly type: "Normal" | "Warning"
@@ -35,12 +35,7 @@ export class PodEvents extends Effect.Service<PodEvents>()("checkpointer/PodEven
 
     const write = ({ event, target }: { readonly target: PodEventTarget; readonly event: PodEvent }) =>
       Effect.gen(function*() {
-        const uid = target.uid ?? Option.getOrUndefined(
-          Option.flatMap(
-            yield* cluster.getPod(target.namespace, target.pod),
-            (found) => Option.fromNullable(found.metadata?.uid)
-          )
-        )
+        const uid = target.uid ?? podUid(yield* cluster.getPod(target.namespace, target.pod))
         yield* cluster.recordPodEvent({
           namespace: target.namespace,
           pod: target.pod,
