@@ -6,10 +6,10 @@ import { failedResponse, RegistryError, transportError } from "./RegistryError.t
 import { parseWwwAuthenticate } from "./WwwAuthenticate.ts"
 import type { Challenge } from "./WwwAuthenticate.ts"
 
-/** A Bearer token and when it stops being valid (epoch milliseconds). */
+/** A Bearer token and when it is to be renewed, shortly before it expires (epoch milliseconds). */
 export interface BearerToken {
   readonly value: Redacted.Redacted<string>
-  readonly expiresAtMillis: number
+  readonly renewAtMillis: number
 }
 
 /** The token specification's lifetime of a token that does not say (`expires_in` absent). */
@@ -62,7 +62,7 @@ export const fetchToken = (
     const renewAt = lifetimeMillis - Math.min(renewalMarginMillis, lifetimeMillis / 2)
     return {
       value: Redacted.make(value),
-      expiresAtMillis: (yield* Clock.currentTimeMillis) + renewAt
+      renewAtMillis: (yield* Clock.currentTimeMillis) + renewAt
     } satisfies BearerToken
   })
 
@@ -87,7 +87,7 @@ export const makeAuthenticator = (options: {
     const token = Effect.gen(function*() {
       const current = yield* Ref.get(state)
       const cached = current.tokens.get(options.scope)
-      if (cached !== undefined && (yield* Clock.currentTimeMillis) < cached.expiresAtMillis) return cached.value
+      if (cached !== undefined && (yield* Clock.currentTimeMillis) < cached.renewAtMillis) return cached.value
       if (Option.isNone(current.challenge)) {
         return yield* new RegistryError({ message: "registry asked for a Bearer token without a challenge" })
       }
