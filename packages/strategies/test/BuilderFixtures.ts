@@ -13,6 +13,7 @@ import {
   randomBytes,
   timingSafeEqual
 } from "node:crypto"
+import { gunzipSync, zstdDecompressSync } from "node:zlib"
 import { create } from "tar"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
 import * as NativeImageBuilder from "../src/native/NativeImageBuilder.ts"
@@ -32,6 +33,36 @@ export const trustedRegistry = (registry: TestRegistry, authFile = registry.auth
 })
 
 export const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`
+
+/**
+ * The frames of a zstd stream, split by their headers and block headers (RFC 8878, section 3.1.1). Node's zstd
+ * decompressor may stop at the end of a frame, so each is decompressed on its own.
+ */
+export const zstdFrames = (bytes: Uint8Array): ReadonlyArray<Buffer> => {
+  const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
+  const frames: Array<Buffer> = []
+  for (let start = 0; start < view.length;) {
+    if (view.readUInt32LE(start) !== 0xfd2fb528) throw new Error(`no zstd frame at byte ${start}`)
+    const descriptor = view[start + 4]!
+    const singleSegment = (descriptor & 0x20) !== 0
+    const contentSizeBytes = [singleSegment ? 1 : 0, 2, 4, 8][descriptor >> 6]!
+    const dictionaryIdBytes = [0, 1, 2, 4][descriptor & 0x03]!
+    let offset = start + 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes + contentSizeBytes
+    for (let last = false; !last;) {
+      const header = view.readUIntLE(offset, 3)
+      last = (header & 1) === 1
+      offset += 3 + (((header >> 1) & 3) === 1 ? 1 : header >> 3)
+    }
+    if ((descriptor & 0x04) !== 0) offset += 4
+    frames.push(zstdDecompressSync(view.subarray(start, offset)))
+    start = offset
+  }
+  return frames
+}
+
+/** A compressed layer's tar: the native builder writes zstd frames and gzip members of 4 MiB. */
+export const decompressLayer = (kind: "gzip" | "zstd", bytes: Uint8Array): Buffer =>
+  kind === "gzip" ? gunzipSync(bytes) : Buffer.concat(zstdFrames(bytes))
 
 export type KeyKind = "rsa" | "p256" | "p384"
 

@@ -156,8 +156,8 @@ export interface SealedLayer extends Omit<Envelope, "digest"> {
  * A fresh AES-256-CTR cipher (16-byte nonce as the initial counter block, as Go's cipher.NewCTR) that authenticates
  * what it writes (encrypt-then-MAC) and computes the ciphertext's sha256. The work runs in a worker thread, in place
  * in the slots of a shared ring: the upload's thread keeps its time for TLS and the archive's own hashing, and no
- * buffer is allocated per chunk. Chunks of at most `cipherSlotSize` bytes are encrypted in order, a few ahead of the
- * consumer; a slot is refilled only when the consumer has taken `heldDownstream` later chunks.
+ * buffer is allocated per chunk. The bytes are encrypted in order in pieces of `cipherSlotSize`, a few ahead of the
+ * consumer; a slot is refilled only when the consumer has taken `heldDownstream` later pieces.
  */
 export const makeLayerCipher = Effect.gen(function*() {
   const symmetricKey = randomBytes(32)
@@ -191,15 +191,40 @@ export const makeLayerCipher = Effect.gen(function*() {
   const free = yield* Queue.bounded<number>(cipherSlots)
   yield* Queue.offerAll(free, Array.from({ length: cipherSlots }, (_, slot) => slot))
 
-  /** Copies a chunk into a free slot and starts its encryption; the inner effect waits for the ciphertext. */
-  const submit = (chunk: Uint8Array) =>
-    Effect.gen(function*() {
-      const slot = yield* Queue.take(free)
-      const view = new Uint8Array(ring, slot * cipherSlotSize, chunk.length)
-      view.set(chunk)
-      const encrypted = yield* ask({ offset: view.byteOffset, length: view.length })
-      return Effect.as(encrypted, { slot, view })
+  /**
+   * Packs the chunks into whole slots (only the last may be partial) and starts each slot's encryption as soon as it
+   * is full; the inner effects wait for the ciphertexts. Every piece handed out is then larger than the upload's
+   * high-water mark, whatever sizes come in (a compressed frame ends in a few bytes), which is what lets a slot be
+   * refilled after `heldDownstream` later pieces.
+   */
+  const packIntoSlots = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>) => {
+    let current: { readonly slot: number; filled: number } | undefined
+    const send = Effect.suspend(() => {
+      const { filled, slot } = current!
+      current = undefined
+      const view = new Uint8Array(ring, slot * cipherSlotSize, filled)
+      return Effect.map(
+        ask({ offset: view.byteOffset, length: view.length }),
+        (encrypted) => Effect.as(encrypted, { slot, view })
+      )
     })
+    const fill = (chunk: Uint8Array) =>
+      Effect.gen(function*() {
+        const sent: Array<Effect.Effect<Submitted, LayerEncryptionError>> = []
+        for (let offset = 0; offset < chunk.length;) {
+          current ??= { slot: yield* Queue.take(free), filled: 0 }
+          const copied = Math.min(chunk.length - offset, cipherSlotSize - current.filled)
+          new Uint8Array(ring, current.slot * cipherSlotSize + current.filled, copied)
+            .set(chunk.subarray(offset, offset + copied))
+          offset += copied
+          current.filled += copied
+          if (current.filled === cipherSlotSize) sent.push(yield* send)
+        }
+        return sent
+      })
+    const last = Effect.suspend(() => current === undefined ? Effect.succeed([]) : Effect.map(send, (s) => [s]))
+    return Stream.flattenIterables(Stream.concat(Stream.mapEffect(bytes, fill), Stream.fromEffect(last)))
+  }
   const handedOut: Array<number> = []
   /** The ciphertext of a submitted chunk; frees the slot of the chunk handed out `heldDownstream` chunks before. */
   const complete = (submitted: Effect.Effect<Submitted, LayerEncryptionError>) =>
@@ -213,8 +238,7 @@ export const makeLayerCipher = Effect.gen(function*() {
     bytes: Stream.Stream<Uint8Array, E, R>
   ): Stream.Stream<Uint8Array, E | LayerEncryptionError, R> =>
     bytes.pipe(
-      Stream.mapConcat(pieces(cipherSlotSize)),
-      Stream.mapEffect(submit),
+      packIntoSlots,
       Stream.buffer({ capacity: cipherSlots - heldDownstream - 1 }),
       Stream.mapEffect(complete)
     )
@@ -224,12 +248,6 @@ export const makeLayerCipher = Effect.gen(function*() {
   })
   return { encrypt, seal } as const
 })
-
-/** Pieces of at most `size` bytes (views, no copies). */
-const pieces = (size: number) => (chunk: Uint8Array): ReadonlyArray<Uint8Array> =>
-  chunk.length <= size
-    ? [chunk]
-    : Array.from({ length: Math.ceil(chunk.length / size) }, (_, i) => chunk.subarray(i * size, (i + 1) * size))
 
 /**
  * The options wrapped for every recipient in one JWE, serialized as go-jose's FullSerialize does (flattened for one
