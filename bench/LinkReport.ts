@@ -35,7 +35,8 @@ const pipelineTitles: Readonly<Record<LinkPipeline, string>> = {
   raw: "raw upload of the uncompressed archive (curl)",
   none: "native builder, library, `none`",
   gzip: "native builder, library, `gzip` (level 1)",
-  zstd: "native builder, library, `zstd` (default level)",
+  zstd: "native builder, library, `zstd` (level 1, the default)",
+  "zstd-3": "native builder, library, `zstd`, `CHECKPOINT_LAYER_COMPRESSION_LEVEL=3`",
   encrypted: "native builder, library, `none`, encrypted for 2 recipients (RSA 4096 + EC P-256)"
 }
 
@@ -72,7 +73,9 @@ const linkTable = (archiveBytes: number, samples: ReadonlyArray<LinkSample>) => 
   "| pipeline | wall s, median (min–max) | × raw upload, median of rounds (min–max) | pushed MiB | " +
   "compression ratio | archive MiB/s | CPU s (this process / curl) | registry CPU s |",
   "|---|---:|---:|---:|---:|---:|---:|---:|",
-  ...(["raw", "none", "gzip", "zstd", "encrypted"] as const).filter((pipeline) => of(samples, pipeline).length > 0)
+  ...(["raw", "none", "gzip", "zstd", "zstd-3", "encrypted"] as const).filter((pipeline) =>
+    of(samples, pipeline).length > 0
+  )
     .map((pipeline) => {
       const runs = of(samples, pipeline)
       const time = summarize(runs.map((sample) => sample.seconds))
@@ -106,7 +109,7 @@ export const linkReport = (result: LinkResult): string => {
   // uncompressed push takes at least archive / B, a compressed one at least archive / throughput: they cross at
   // B = throughput (below it compression wins, above it loses).
   const unlimited = result.links.filter((link) => link.rateMbit === undefined || link.rateMbit >= 1000)
-  const crossing = (pipeline: "gzip" | "zstd") => {
+  const crossing = (pipeline: "gzip" | "zstd" | "zstd-3") => {
     const runs = unlimited.flatMap((link) => of(link.samples, pipeline))
     const throughputs = summarize(runs.map((sample) => archive.bytes / sample.seconds))
     const uncompressed = summarize(
@@ -118,7 +121,7 @@ export const linkReport = (result: LinkResult): string => {
     ).map((link) => link.label)
     return { pipeline, throughputs, uncompressed, cpuThroughput, wins }
   }
-  const crossings = [crossing("zstd"), crossing("gzip")]
+  const crossings = [crossing("zstd"), crossing("zstd-3"), crossing("gzip")]
 
   const startTable = startKinds.map((kind) => {
     const runs = result.starts.filter((sample) => sample.kind === kind)

@@ -12,9 +12,9 @@ import type { HeapArchive } from "./LinkWorkload.ts"
 import { libraryBuild, rawUpload } from "./Pipelines.ts"
 import { BenchError, failedTo, seconds, selfCpu } from "./Tools.ts"
 
-/** CHECKPOINT_LAYER_COMPRESSION's values. */
-export type Compression = "none" | "gzip" | "zstd"
-export const compressions: ReadonlyArray<Compression> = ["none", "gzip", "zstd"]
+/** CHECKPOINT_LAYER_COMPRESSION's values at their default level (1), and zstd at level 3 (zstd's library default). */
+export type Compression = "none" | "gzip" | "zstd" | "zstd-3"
+export const compressions: ReadonlyArray<Compression> = ["none", "gzip", "zstd", "zstd-3"]
 /** `encrypted`: no compression, the layer encrypted for two recipients (CHECKPOINT_ENCRYPTION_KEYS). */
 export type LinkPipeline = "raw" | Compression | "encrypted"
 export type BuilderKind = Compression | "encrypted"
@@ -42,7 +42,14 @@ export const makeBuilders = Effect.fn("LinkRuns.makeBuilders")(function*(
 ) {
   const access = { authFile: Option.some(registry.authFile), caFile: Option.some(registry.caFile), insecure: false }
   const variants: ReadonlyArray<readonly [BuilderKind, NativeImageBuilder.NativeImageBuilderOptions]> = [
-    ...compressions.map((compression) => [compression, { ...access, compression }] as const),
+    ...compressions.map((kind) =>
+      [
+        kind,
+        kind === "zstd-3"
+          ? { ...access, compression: "zstd" as const, compressionLevel: 3 }
+          : { ...access, compression: kind }
+      ] as const
+    ),
     ["encrypted", { ...access, compression: "none", encryptionKeys }]
   ]
   const entries = yield* Effect.forEach(

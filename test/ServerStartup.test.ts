@@ -122,6 +122,23 @@ describe("server startup", () => {
     )
   })
 
+  it("checks CHECKPOINT_LAYER_COMPRESSION_LEVEL against the compression (native builder)", () => {
+    const native = { ...required, CHECKPOINT_BUILDER: "native" }
+    const tooHigh = startServer({
+      ...native,
+      CHECKPOINT_LAYER_COMPRESSION: "gzip",
+      CHECKPOINT_LAYER_COMPRESSION_LEVEL: "12"
+    })
+    expect(tooHigh.status).toBe(1)
+    expect(tooHigh.output).toContain("CHECKPOINT_LAYER_COMPRESSION_LEVEL: gzip levels go from 1 to 9, received 12")
+    const without = startServer({ ...native, CHECKPOINT_LAYER_COMPRESSION_LEVEL: "3" })
+    expect(without.status).toBe(1)
+    expect(without.output).toContain(
+      "CHECKPOINT_LAYER_COMPRESSION_LEVEL: is set but CHECKPOINT_LAYER_COMPRESSION is none; set " +
+        "CHECKPOINT_LAYER_COMPRESSION to zstd or gzip, or unset it"
+    )
+  })
+
   it.each(["kaniko", "kaniko-fs"])(
     "starts with CHECKPOINT_BUILDER=%s (no API call before a checkpoint)",
     (builder) =>

@@ -532,13 +532,16 @@ describe("Kaniko builders with a scripted cluster", () => {
           ))
         const error = yield* Effect.flip(built({
           CHECKPOINT_ENCRYPTION_KEYS: "/etc/checkpointer/keys/ops.pem",
-          CHECKPOINT_LAYER_COMPRESSION: "zstd"
+          CHECKPOINT_LAYER_COMPRESSION: "zstd",
+          CHECKPOINT_LAYER_COMPRESSION_LEVEL: "3"
         }))
         expect(describeConfigError(error)).toEqual([
           `CHECKPOINT_ENCRYPTION_KEYS: the ${name} builder cannot encrypt images (Kaniko cannot); ` +
           "use CHECKPOINT_BUILDER=native, or unset it",
           `CHECKPOINT_LAYER_COMPRESSION: the ${name} builder cannot push the archive as a zstd layer (Kaniko makes ` +
-          "its own gzip layer around it); use CHECKPOINT_BUILDER=native, or unset it"
+          "its own gzip layer around it); use CHECKPOINT_BUILDER=native, or unset it",
+          `CHECKPOINT_LAYER_COMPRESSION_LEVEL: the ${name} builder does not compress the archive (Kaniko makes its ` +
+          "own gzip layer around it); use CHECKPOINT_BUILDER=native, or unset it"
         ])
         yield* built({ CHECKPOINT_LAYER_COMPRESSION: "none", CHECKPOINT_ENCRYPTION_KEYS: " " })
         expect(yield* Ref.get(calls)).toEqual([])

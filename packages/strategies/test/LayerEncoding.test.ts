@@ -210,6 +210,25 @@ describe("LayerEncoding compression", () => {
       }
     }).pipe(Effect.provide(NodeContext.layer)))
 
+  it.scoped("the level is zstd's and gzip's own: level 1 by default, a higher level compresses text further", () =>
+    Effect.gen(function*() {
+      const text = Buffer.from(
+        Array.from({ length: 40000 }, (_, i) => `{"id":${i},"name":"customer ${i % 977}","note":"line ${i % 131}"}\n`)
+          .join("")
+      )
+      for (const kind of ["gzip", "zstd"] as const) {
+        const sizes = []
+        for (const level of [undefined, 1, kind === "gzip" ? 9 : 19]) {
+          const { pushed } = yield* encode(text, { compression: kind, recipients: [], ...(level && { level }) })
+          expect(decompressLayer(kind, pushed).equals(text), kind).toBe(true)
+          sizes.push(pushed.length)
+        }
+        const [byDefault, one, highest] = sizes
+        expect(byDefault, kind).toBe(one)
+        expect(highest!, kind).toBeLessThan(one!)
+      }
+    }).pipe(Effect.provide(NodeContext.layer)))
+
   it.scoped("an archive that is compressed already passes unchanged", () =>
     Effect.gen(function*() {
       const { archive } = yield* setup

@@ -10,17 +10,18 @@ export const usage =
 
 Usage:
   checkpointer-push ARCHIVE IMAGE [--auth-file FILE] [--ca-file FILE] [--insecure] [--compression KIND]
-                    [--encrypt-for KEY.pem]...
+                    [--compression-level N] [--encrypt-for KEY.pem]...
 
 Options (each defaults to the server's variable):
-  --auth-file FILE     docker config JSON with the registry's credentials ($REGISTRY_AUTH_FILE)
-  --ca-file FILE       extra CA (PEM) trusted for the registry ($REGISTRY_CA_FILE)
-  --insecure           allow plain HTTP or unverified TLS ($REGISTRY_INSECURE)
-  --compression KIND   none, zstd or gzip: compress an uncompressed archive while pushing it
-                       ($CHECKPOINT_LAYER_COMPRESSION, else none)
-  --encrypt-for FILE   encrypt the layer for this recipient's public key (PEM); repeatable
-                       ($CHECKPOINT_ENCRYPTION_KEYS, comma-separated)
-  -h, --help           show this help
+  --auth-file FILE         docker config JSON with the registry's credentials ($REGISTRY_AUTH_FILE)
+  --ca-file FILE           extra CA (PEM) trusted for the registry ($REGISTRY_CA_FILE)
+  --insecure               allow plain HTTP or unverified TLS ($REGISTRY_INSECURE)
+  --compression KIND       none, zstd or gzip: compress an uncompressed archive while pushing it
+                           ($CHECKPOINT_LAYER_COMPRESSION, else none)
+  --compression-level N    zstd 1-19, gzip 1-9 ($CHECKPOINT_LAYER_COMPRESSION_LEVEL, else 1)
+  --encrypt-for FILE       encrypt the layer for this recipient's public key (PEM); repeatable
+                           ($CHECKPOINT_ENCRYPTION_KEYS, comma-separated)
+  -h, --help               show this help
 
 Prints IMAGE@DIGEST on stdout; progress goes to stderr when it is a terminal.
 Exit status: 0 pushed, 1 the push failed (a missing file or one that is not a checkpoint archive is refused
@@ -33,6 +34,7 @@ const settingsOf = (
     readonly "ca-file"?: string | undefined
     readonly insecure?: boolean | undefined
     readonly compression?: string | undefined
+    readonly "compression-level"?: string | undefined
     readonly "encrypt-for"?: ReadonlyArray<string> | undefined
   },
   env: Readonly<Record<string, string | undefined>>
@@ -42,6 +44,7 @@ const settingsOf = (
     REGISTRY_CA_FILE: values["ca-file"] ?? env.REGISTRY_CA_FILE,
     REGISTRY_INSECURE: values.insecure === true ? "true" : env.REGISTRY_INSECURE,
     CHECKPOINT_LAYER_COMPRESSION: values.compression ?? env.CHECKPOINT_LAYER_COMPRESSION,
+    CHECKPOINT_LAYER_COMPRESSION_LEVEL: values["compression-level"] ?? env.CHECKPOINT_LAYER_COMPRESSION_LEVEL,
     CHECKPOINT_ENCRYPTION_KEYS: values["encrypt-for"]?.join(",") ?? env.CHECKPOINT_ENCRYPTION_KEYS
   }
   return Object.fromEntries(
@@ -61,6 +64,7 @@ const parseInvocation = (args: ReadonlyArray<string>, env: Readonly<Record<strin
           "ca-file": { type: "string" },
           insecure: { type: "boolean" },
           compression: { type: "string" },
+          "compression-level": { type: "string" },
           "encrypt-for": { type: "string", multiple: true },
           help: { type: "boolean", short: "h", default: false }
         }

@@ -51,8 +51,8 @@ export class ArchivePusher extends Context.Tag("checkpointer/ArchivePusher")<Arc
 
   /**
    * Configured as the server's native builder: REGISTRY_AUTH_FILE, REGISTRY_CA_FILE, REGISTRY_INSECURE,
-   * CHECKPOINT_LAYER_COMPRESSION and CHECKPOINT_ENCRYPTION_KEYS, from `settings` (the environment when absent).
-   * Wrong values fail with InvalidConfiguration and the server's startup messages.
+   * CHECKPOINT_LAYER_COMPRESSION, CHECKPOINT_LAYER_COMPRESSION_LEVEL and CHECKPOINT_ENCRYPTION_KEYS, from `settings`
+   * (the environment when absent). Wrong values fail with InvalidConfiguration and the server's startup messages.
    */
   static readonly layer = (
     settings?: CheckpointerSettings

@@ -16,7 +16,7 @@ import type { Established, ImageReference } from "../registry/OciRegistry.ts"
 import type { RegistryError } from "../registry/RegistryError.ts"
 import { credentialsOf, registryAccessConfig, registryHttpClient } from "../registry/RegistryHttp.ts"
 import type { RegistryAccess } from "../registry/RegistryHttp.ts"
-import { compression, encodeLayer, encryptionKeys } from "./LayerEncoding.ts"
+import { compression, compressionLevel, encodeLayer, encryptionKeys } from "./LayerEncoding.ts"
 import type { LayerCompressionError } from "./LayerEncoding.ts"
 import { loadRecipients } from "./LayerEncryption.ts"
 import type { LayerEncryptionError } from "./LayerEncryption.ts"
@@ -24,6 +24,8 @@ import type { LayerEncryptionError } from "./LayerEncryption.ts"
 export interface NativeImageBuilderOptions extends RegistryAccess {
   /** Compression of an uncompressed archive's layer (CHECKPOINT_LAYER_COMPRESSION); `none` when absent. */
   readonly compression?: Compression
+  /** Its level (CHECKPOINT_LAYER_COMPRESSION_LEVEL): zstd 1–19, gzip 1–9; 1 when absent. */
+  readonly compressionLevel?: number
   /** Recipients' public key files (CHECKPOINT_ENCRYPTION_KEYS); the layer is encrypted for them when there are any. */
   readonly encryptionKeys?: ReadonlyArray<string>
 }
@@ -31,8 +33,13 @@ export interface NativeImageBuilderOptions extends RegistryAccess {
 export const options: Config.Config<NativeImageBuilderOptions> = Config.all({
   access: registryAccessConfig,
   compression,
+  compressionLevel,
   encryptionKeys
-}).pipe(Config.map(({ access, compression, encryptionKeys }) => ({ ...access, compression, encryptionKeys })))
+}).pipe(Config.map(({ access, compressionLevel, ...layer }) => ({
+  ...access,
+  ...layer,
+  ...Option.match(compressionLevel, { onNone: () => ({}), onSome: (level) => ({ compressionLevel: level }) })
+})))
 
 export const manifestMediaType = ociManifestMediaType
 export const configMediaType = "application/vnd.oci.image.config.v1+json"
@@ -67,7 +74,11 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
   const http = yield* registryHttpClient(settings, "checkpointer-native-image-builder")
   const architecture = nodeArchitecture()
   const recipients = yield* loadRecipients(settings.encryptionKeys ?? [])
-  const encoding = { compression: settings.compression ?? "none", recipients } as const
+  const encoding = {
+    compression: settings.compression ?? "none",
+    ...(settings.compressionLevel === undefined ? {} : { level: settings.compressionLevel }),
+    recipients
+  } as const
   if (recipients.length > 0) {
     yield* Effect.logInfo("layers are encrypted").pipe(
       Effect.annotateLogs({ service: "NativeImageBuilder", recipients: recipients.map((r) => r.file).join(",") })
@@ -235,7 +246,7 @@ export const layerWith = (
 
 /**
  * The native builder, configured by REGISTRY_AUTH_FILE, REGISTRY_CA_FILE, REGISTRY_INSECURE,
- * CHECKPOINT_LAYER_COMPRESSION and CHECKPOINT_ENCRYPTION_KEYS.
+ * CHECKPOINT_LAYER_COMPRESSION, CHECKPOINT_LAYER_COMPRESSION_LEVEL and CHECKPOINT_ENCRYPTION_KEYS.
  */
 export const layer: Layer.Layer<ImageBuilder, ConfigError.ConfigError, FileSystem.FileSystem> = Layer.scoped(
   ImageBuilder,
