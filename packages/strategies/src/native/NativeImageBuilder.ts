@@ -159,8 +159,7 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
     const described = yield* Effect.cached(
       Effect.flatMap(description, (archive) => Effect.map(encoded.layer(archive), (layer) => ({ archive, layer })))
     )
-    const pushed = session.pushBlobStream(encoded.stream, Effect.map(described, (d) => d.layer.digest))
-    const { archive, layer } = yield* pushed.pipe(
+    const layerPushed = session.pushBlobStream(encoded.stream, Effect.map(described, (d) => d.layer.digest)).pipe(
       Effect.zipRight(described),
       Effect.catchAll((error) =>
         Effect.flatMap(
@@ -172,14 +171,18 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
         )
       )
     )
-
-    const created = new Date(yield* Clock.currentTimeMillis)
-    // Its creation time makes every config new: uploaded without asking whether the registry has it.
-    const configBlob = yield* session.uploadBlob(
-      encodeJson(imageConfig(archive, created, architecture)),
-      configMediaType
-    )
-      .pipe(Effect.mapError(pushFailed))
+    // Its creation time makes every config new: uploaded without asking whether the registry has it. Its upload
+    // opens next to the layer's and closes next to it, once the archive is described (a failure there is the
+    // layer's to report).
+    const configBytes = Effect.gen(function*() {
+      const archive = yield* Effect.orElse(description, () => Effect.never)
+      const created = new Date(yield* Clock.currentTimeMillis)
+      return encodeJson(imageConfig(archive, created, architecture))
+    })
+    const [{ archive, layer }, configBlob] = yield* Effect.all([
+      layerPushed,
+      session.uploadBlob(configBytes, configMediaType).pipe(Effect.mapError(pushFailed))
+    ], { concurrency: 2 })
     const manifest = {
       schemaVersion: 2,
       mediaType: manifestMediaType,

@@ -238,13 +238,19 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       yield* createdWith("blob upload", "stored", request, digest)
     })
 
-  /** A small blob whose bytes are at hand, known to be new (no HEAD first): POST + monolithic PUT. */
-  const uploadBlob = (bytes: Uint8Array, mediaType: string) =>
+  /**
+   * A small blob known to be new (no HEAD first): POST + monolithic PUT. The upload is opened at once and `bytes`
+   * awaited meanwhile, so that the POST overlaps whatever produces them; a failure cancels the opened upload.
+   */
+  const uploadBlob = <E>(bytes: Effect.Effect<Uint8Array, E>, mediaType: string) =>
     Effect.gen(function*() {
-      const descriptor: Descriptor = { mediaType, digest: sha256Digest(bytes), size: bytes.length }
       const location = yield* startUpload
-      yield* completeUpload(location, descriptor.digest, Option.some(bytes))
-      return descriptor
+      return yield* Effect.gen(function*() {
+        const content = yield* bytes
+        const descriptor: Descriptor = { mediaType, digest: sha256Digest(content), size: content.length }
+        yield* completeUpload(location, descriptor.digest, Option.some(content))
+        return descriptor
+      }).pipe(Effect.onError(() => cancelUpload(location)))
     })
 
   /** A small blob whose bytes are at hand: HEAD, else POST + monolithic PUT. */
@@ -253,7 +259,7 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
       const digest = sha256Digest(bytes)
       return (yield* blobExists(digest))
         ? { mediaType, digest, size: bytes.length }
-        : yield* uploadBlob(bytes, mediaType)
+        : yield* uploadBlob(Effect.succeed(bytes), mediaType)
     })
 
   /**

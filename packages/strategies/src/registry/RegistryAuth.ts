@@ -84,7 +84,9 @@ export const makeAuthenticator = (options: {
   Effect.gen(function*() {
     const state = yield* Ref.make<AuthState>({ scheme: "none", challenge: Option.none(), tokens: new Map() })
 
-    const token = Effect.gen(function*() {
+    // One token request at a time: requests sent together (a layer's and a config's upload) share the token.
+    const oneAtATime = yield* Effect.makeSemaphore(1)
+    const token = oneAtATime.withPermits(1)(Effect.gen(function*() {
       const current = yield* Ref.get(state)
       const cached = current.tokens.get(options.scope)
       if (cached !== undefined && (yield* Clock.currentTimeMillis) < cached.renewAtMillis) return cached.value
@@ -94,7 +96,7 @@ export const makeAuthenticator = (options: {
       const fresh = yield* fetchToken(options.http, current.challenge.value, [options.scope], options.credentials)
       yield* Ref.update(state, (s) => ({ ...s, tokens: new Map([...s.tokens, [options.scope, fresh]]) }))
       return fresh.value
-    })
+    }))
 
     const authorize = (request: HttpClientRequest.HttpClientRequest) =>
       Effect.gen(function*() {
