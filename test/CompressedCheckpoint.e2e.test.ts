@@ -37,7 +37,7 @@ describeE2E("compressed checkpoint images restore on CRI-O", () => {
           )
           const counter = counterOf(stack.cluster, "default", name)
           const before = yield* counter.waitAbove(5)
-          const ballast = ["sha256sum", "/ballast"]
+          const ballast = ["busybox", "sha256sum", "/ballast"]
           const ballastSum = yield* stack.cluster.agent.exec("default", name, "counter", ballast)
 
           const response = yield* postCheckpoint(server.url, `default/${name}/counter`)
