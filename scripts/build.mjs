@@ -11,6 +11,25 @@ const root = fileURLToPath(new URL("..", import.meta.url))
 const requireShim =
   "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);"
 
+/**
+ * `node:http` through require(), not import: for an import Node builds the module's ESM facade, which reads every
+ * export, among them the lazy `WebSocket`, `CloseEvent` and `MessageEvent`, and so loads Node's own copy of undici,
+ * which nothing here uses (the registry and API clients share the npm one): about 16 MiB resident in a bare process.
+ */
+const httpThroughRequire = {
+  name: "http-through-require",
+  setup(build) {
+    build.onResolve({ filter: /^(node:)?http$/ }, (args) =>
+      args.namespace === "required-builtin"
+        ? { path: "node:http", external: true }
+        : { path: "node:http", namespace: "required-builtin" })
+    build.onLoad({ filter: /.*/, namespace: "required-builtin" }, () => ({
+      contents: "module.exports = require(\"node:http\")",
+      loader: "js"
+    }))
+  }
+}
+
 /** What every bundle shares: one minified ESM file for Node 24. */
 const bundle = {
   absWorkingDir: root,
@@ -20,6 +39,7 @@ const bundle = {
   target: "node24",
   mainFields: ["module", "main"],
   minify: true,
+  plugins: [httpThroughRequire],
   logLevel: "warning"
 }
 

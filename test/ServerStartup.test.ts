@@ -161,6 +161,15 @@ describe("server startup", () => {
       }).pipe(Effect.scoped, Effect.runPromise)
   )
 
+  it("does not load Node's own copy of undici (the bundle requires node:http instead of importing it)", () => {
+    // An import of node:http builds its ESM facade, which reads the lazy WebSocket export and so loads that undici.
+    const probe = "data:text/javascript,process.on('exit',()=>console.log('internal-undici:'+" +
+      "process.moduleLoadList.some(m=>m.includes('deps/undici'))))"
+    const { output } = startServer({ NODE_OPTIONS: `--import=${probe}` })
+    expect(output).toContain("CHECKPOINT_IMAGE_PREFIX")
+    expect(output).toContain("internal-undici:false")
+  })
+
   it("exports traces from the bundle when OTEL_EXPORTER_OTLP_ENDPOINT is set: the exporter chunk loads on demand", () =>
     Effect.gen(function*() {
       const main = readFileSync(`${projectRoot}/dist/server/main.mjs`, "utf8")
