@@ -1,9 +1,13 @@
-import { FileSystem, Path } from "@effect/platform"
+import { FileSystem, HttpClientRequest, Path } from "@effect/platform"
+import type { HttpClient } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Agent } from "@effect/platform-node/Undici"
 import { Effect } from "effect"
 import type { TestRegistry } from "../test/harness/Registry.ts"
 import { startRegistry } from "../test/harness/Registry.ts"
+import { summarize } from "./Stats.ts"
 import type { BenchError } from "./Tools.ts"
-import { failedTo, findProcess, processCpu } from "./Tools.ts"
+import { failedTo, findProcess, processCpu, seconds } from "./Tools.ts"
 
 export interface BenchRegistry extends TestRegistry {
   /** Deletes everything the registry stores (it keeps running): the next push lands in an empty registry. */
@@ -46,3 +50,60 @@ export const startBenchRegistry = Effect.fn("BenchRegistry.start")(function*(
     cpu: pid === undefined ? Effect.succeed(0) : processCpu(pid)
   } satisfies BenchRegistry
 }, Effect.mapError(failedTo("start the registry")))
+
+/** How long the registry itself takes to answer, in seconds: medians over one kept-alive connection. */
+export interface RegistryAnswers {
+  readonly requests: number
+  /** `GET /v2/` without credentials (answered 401). */
+  readonly unauthenticated: number
+  /** `GET /v2/` with the htpasswd credentials (200). */
+  readonly authenticated: number
+  /** `POST /v2/<repository>/blobs/uploads/` with them (202): the first of a push's sequential round trips. */
+  readonly uploadStart: number
+}
+
+/** Times `requests` requests of each kind, one after the other, with a client of its own trusting the registry's CA. */
+export const registryAnswers = Effect.fn("BenchRegistry.answers")(
+  function*(
+    registry: BenchRegistry,
+    repository: string,
+    requests = 25
+  ) {
+    const fs = yield* FileSystem.FileSystem
+    const ca = yield* fs.readFileString(registry.caFile)
+    const agent = yield* Effect.acquireRelease(
+      Effect.sync(() => new Agent({ connect: { ca } })),
+      (agent) => Effect.promise(() => agent.destroy())
+    )
+    const http: HttpClient.HttpClient = NodeHttpClient.makeUndici(agent)
+    const credentials = Buffer.from(`${registry.username}:${registry.password}`).toString("base64")
+    const authorized = HttpClientRequest.setHeader("authorization", `Basic ${credentials}`)
+    const median = (request: HttpClientRequest.HttpClientRequest, expected: number) =>
+      Effect.gen(function*() {
+        const times: Array<number> = []
+        for (let i = 0; i < requests; i++) {
+          const [time, status] = yield* seconds(
+            Effect.flatMap(http.execute(request), (response) => Effect.as(response.text, response.status))
+          )
+          if (status !== expected) {
+            return yield* Effect.fail(`${request.method} ${request.url} answered ${status}, expected ${expected}`)
+          }
+          times.push(time)
+        }
+        return summarize(times).median
+      })
+    const result = {
+      requests,
+      unauthenticated: yield* median(HttpClientRequest.get(`${registry.url}/v2/`), 401),
+      authenticated: yield* median(HttpClientRequest.get(`${registry.url}/v2/`).pipe(authorized), 200),
+      uploadStart: yield* median(
+        HttpClientRequest.post(`${registry.url}/v2/${repository}/blobs/uploads/`).pipe(authorized),
+        202
+      )
+    } satisfies RegistryAnswers
+    yield* registry.empty
+    return result
+  },
+  Effect.scoped,
+  Effect.mapError(failedTo("time the registry's answers"))
+)

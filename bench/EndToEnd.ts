@@ -3,19 +3,31 @@ import { Console, Effect, Ref } from "effect"
 import { startCounterPod } from "../test/harness/Cluster.ts"
 import type { BenchEnv } from "./Bench.ts"
 import { nodeName, randomTag } from "./Bench.ts"
+import { registryAnswers } from "./BenchRegistry.ts"
+import type { RegistryAnswers } from "./BenchRegistry.ts"
 import { loadAverage } from "./Machine.ts"
 import { httpCheckpoint, libraryBuild, rawUpload } from "./Pipelines.ts"
 import type { Sample } from "./Stats.ts"
 import { formatSeconds, MiB } from "./Stats.ts"
 import { currentRss, failedTo, peakRss, resetPeakRss, seconds } from "./Tools.ts"
-import { makeArchive, runMemoryContainer } from "./Workload.ts"
+import { checkpointInto, fileDigest, makeArchive, runMemoryContainer } from "./Workload.ts"
 
 export interface CounterResult {
   readonly samples: ReadonlyArray<Sample>
+  /** The same container's archive, checkpointed once, pushed by the library in this process: seconds per push. */
+  readonly library: ReadonlyArray<number>
+  /** That archive as a raw curl upload (POST, one PUT with the digest): seconds per upload. */
+  readonly raw: ReadonlyArray<number>
+  readonly registry: RegistryAnswers
 }
 
-/** A sync checkpoint of the harness's counter container through the HTTP API, split into its phases. */
+/**
+ * A sync checkpoint of the harness's counter container through the HTTP API, split into its phases; then its archive
+ * through the library and as a raw upload, and the registry's own answering time: what the server adds to the fixed
+ * cost per image, and what the registry leaves to gain.
+ */
 export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: BenchEnv) {
+  const path = yield* Path.Path
   const pod = `bench-${process.pid}-counter`
   yield* startCounterPod(env.cluster, { namespace: "default", name: pod, nodeName }).pipe(
     Effect.mapError(failedTo("start the counter pod"))
@@ -33,7 +45,34 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
     )
     if (run > env.settings.warmups) samples.push(sample)
   }
-  return { samples } satisfies CounterResult
+  const archive = path.join(env.dir, "counter.tar")
+  yield* checkpointInto(env.cluster, pod, "counter", archive).pipe(Effect.mapError(failedTo("checkpoint the counter")))
+  const { digest } = yield* fileDigest(archive)
+  const library: Array<number> = []
+  const raw: Array<number> = []
+  for (let run = 1; run <= total; run++) {
+    yield* env.registry.empty
+    const [pushed] = yield* seconds(
+      libraryBuild(env.builder, env.registry, { path: archive }, { pod, container: "counter" }, randomTag())
+    )
+    yield* env.registry.empty
+    const [uploaded] = yield* seconds(rawUpload(env.registry, { path: archive, digest }, "bench/raw"))
+    const what = run <= env.settings.warmups ? `warm-up ${run}` : `run ${run - env.settings.warmups}`
+    yield* Console.log(
+      `[bench] counter's archive ${what}: library ${formatSeconds(pushed)} s, raw upload ${formatSeconds(uploaded)} s`
+    )
+    if (run > env.settings.warmups) {
+      library.push(pushed)
+      raw.push(uploaded)
+    }
+  }
+  const registry = yield* registryAnswers(env.registry, "bench/answers")
+  yield* Console.log(
+    `[bench] registry answers (medians of ${registry.requests}): GET /v2/ unauthenticated ` +
+      `${formatSeconds(registry.unauthenticated)} s, authenticated ${formatSeconds(registry.authenticated)} s, ` +
+      `upload start ${formatSeconds(registry.uploadStart)} s`
+  )
+  return { samples, library, raw, registry } satisfies CounterResult
 }, Effect.scoped)
 
 /** One round of N parallel pushes: its wall time and the bytes that reached the registry. */

@@ -334,16 +334,20 @@ export const endToEndTargetRows = (
   const counterBuildPush = report.counter === undefined ? undefined : phaseSummary(report.counter.samples, "build/push")
   if (counterBuildPush !== undefined) {
     const archive = formatMiB(maxOf(report.counter!.samples.map((sample) => sample.pushedBytes)))
-    rows.push({
-      target: `fixed cost per image ≤ ${targets.maxFixedCostSeconds * 1000} ms (build/push of the counter)`,
+    const fixedCostRow = (how: string, summary: Summary): TargetRow => ({
+      target: `fixed cost per image ≤ ${targets.maxFixedCostSeconds * 1000} ms (${how})`,
       size: `${archive} MiB`,
-      measured: `${(counterBuildPush.median * 1000).toFixed(0)} ms`,
-      paired: `${(counterBuildPush.min * 1000).toFixed(0)}–${(counterBuildPush.max * 1000).toFixed(0)} ms`,
+      measured: `${(summary.median * 1000).toFixed(0)} ms`,
+      paired: `${(summary.min * 1000).toFixed(0)}–${(summary.max * 1000).toFixed(0)} ms`,
       verdict: verdict(
-        counterBuildPush.median <= targets.maxFixedCostSeconds,
-        `${((counterBuildPush.median - targets.maxFixedCostSeconds) * 1000).toFixed(0)} ms`
+        summary.median <= targets.maxFixedCostSeconds,
+        `${((summary.median - targets.maxFixedCostSeconds) * 1000).toFixed(0)} ms`
       )
     })
+    rows.push(fixedCostRow("build/push of the counter", counterBuildPush))
+    if (report.counter!.library.length > 0) {
+      rows.push(fixedCostRow("the counter's archive through the library", summarize(report.counter!.library)))
+    }
   }
   const c = report.concurrency
   if (c !== undefined) {
@@ -417,6 +421,35 @@ const endToEndSection = (report: BenchReport) => {
       ]),
       "",
       `Archive (layer) size: ${formatMiB(maxOf(samples.map((sample) => sample.pushedBytes)))} MiB.`,
+      ""
+    )
+    const { library, raw, registry } = report.counter
+    const millis = (value: number) => `${(value * 1000).toFixed(1)} ms`
+    if (library.length > 0 && raw.length > 0) {
+      lines.push(
+        "The same container's archive, checkpointed once more, pushed back to back (registry emptied before each):",
+        "",
+        table(["", "median s", "min–max s"], [
+          [
+            "native builder, library (this process)",
+            formatSeconds(summarize(library).median),
+            formatRange(summarize(library))
+          ],
+          [
+            "raw upload (curl: POST, one PUT with the digest; a process, a TLS connection each; no config, manifest)",
+            formatSeconds(summarize(raw).median),
+            formatRange(summarize(raw))
+          ]
+        ]),
+        ""
+      )
+    }
+    lines.push(
+      `The registry alone (${registry.requests} requests of each kind, one after the other over one kept-alive ` +
+        `connection, medians): \`GET /v2/\` without credentials (401) ${millis(registry.unauthenticated)}, with them ` +
+        `${millis(registry.authenticated)}; opening an upload (\`POST .../blobs/uploads/\`) ` +
+        `${millis(registry.uploadStart)}. A native push waits for four answers in turn (the uploads' opening, the ` +
+        "layer's PATCH, the closing PUTs, the manifest's PUT); the raw upload for two.",
       ""
     )
   }

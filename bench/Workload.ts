@@ -93,6 +93,13 @@ export const checkpointInto = (cluster: LocalCluster, pod: string, container: st
       ([checkpointSeconds]) => checkpointSeconds
     ))
 
+/** `sha256:<hex>` of a file, by sha256sum, and how long that took. */
+export const fileDigest = (path: string) =>
+  Effect.map(seconds(exec("sha256sum", [path])), ([time, sum]) => ({
+    digest: `sha256:${sum.stdout.trim().split(/\s+/)[0]}`,
+    seconds: time
+  }))
+
 /** Scoped: checkpoints `container` into `path` (removed when the scope closes) and checks what the archive holds. */
 export const makeArchive = Effect.fn("Workload.makeArchive")(function*(
   cluster: LocalCluster,
@@ -109,8 +116,7 @@ export const makeArchive = Effect.fn("Workload.makeArchive")(function*(
       message: `${path} holds ${memoryBytes} bytes of rootfs changes, expected at least ${container.bytes}`
     })
   }
-  const [sha256Seconds, sum] = yield* seconds(exec("sha256sum", [path]))
-  const digest = `sha256:${sum.stdout.trim().split(/\s+/)[0]}`
+  const { digest, seconds: sha256Seconds } = yield* fileDigest(path)
   return { path, bytes, digest, memoryBytes, checkpointSeconds, sha256Seconds } satisfies Archive
 }, Effect.mapError(failedTo("make a checkpoint archive")))
 
