@@ -1,5 +1,5 @@
 import { Command, FileSystem, HttpClientRequest, Path } from "@effect/platform"
-import type { CommandExecutor, HttpClientResponse } from "@effect/platform"
+import type { CommandExecutor, HttpClient, HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
 import { Data, Duration, Effect, Fiber, Ref, Schedule, Stream } from "effect"
@@ -52,6 +52,8 @@ export interface TestRegistry {
   /** Docker config JSON for the same host with `wrongPassword`. */
   readonly wrongAuthFile: string
   readonly wrongPassword: string
+  /** An HTTP client that trusts `caFile`, closed with the registry (requests carry no credentials of their own). */
+  readonly http: HttpClient.HttpClient
   /** Registry and token server output so far. */
   readonly logs: () => string
   readonly manifest: (repository: string, reference: string) => Effect.Effect<FetchedManifest, RegistryHarnessError>
@@ -341,6 +343,7 @@ export const startRegistry = (options: {
       authFile,
       wrongAuthFile,
       wrongPassword,
+      http,
       logs,
       manifest,
       blob,
