@@ -3,10 +3,11 @@ import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
 import { createHash, randomBytes } from "node:crypto"
-import { gzipSync, zstdCompressSync } from "node:zlib"
+import { constants, gzipSync, zstdCompressSync } from "node:zlib"
 import { create } from "tar"
 import { sniffCompression } from "../src/archive/ArchiveFormat.ts"
 import { describeArchive } from "../src/archive/ArchiveInspector.ts"
+import { readArchiveMetadata } from "../src/archive/CheckpointMetadata.ts"
 import { podmanConfigDump, podmanSpecDump } from "./ArchiveFixtures.ts"
 
 const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`
@@ -39,6 +40,7 @@ describe("ArchiveInspector", () => {
   it("sniffs compression from the magic numbers", () => {
     expect(sniffCompression(Uint8Array.of(0x1f, 0x8b, 0x08, 0))).toBe("gzip")
     expect(sniffCompression(Uint8Array.of(0x28, 0xb5, 0x2f, 0xfd))).toBe("zstd")
+    expect(sniffCompression(Uint8Array.of(0x50, 0x2a, 0x4d, 0x18))).toBe("zstd")
     expect(sniffCompression(Uint8Array.of(0x63, 0x6f, 0x6e, 0x66))).toBe("none")
     expect(sniffCompression(Uint8Array.of(0x28, 0xb5))).toBe("none")
   })
@@ -64,6 +66,42 @@ describe("ArchiveInspector", () => {
         expect(description.configDump).toEqual(Option.some(podmanConfigDump))
         expect(description.specDump).toEqual(Option.some(podmanSpecDump))
       }
+    }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped("describes a zstd archive of many frames, as parallel compressors write them, and reads its metadata", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const { dir, tar } = yield* makeArchive
+      const { ZSTD_c_checksumFlag, ZSTD_c_contentSizeFlag } = constants
+      const frame = (from: number, to: number, params: Record<number, number> = {}) =>
+        zstdCompressSync(tar.subarray(from, to), { params })
+      const skippable = Buffer.concat([Buffer.from([0x53, 0x2a, 0x4d, 0x18, 5, 0, 0, 0]), Buffer.from("hello")])
+      // Frames end at odd offsets (so that Node's decompressor has output space left at a frame's end), with and
+      // without checksums and content sizes, raw (random pages), RLE (zeros) and compressed blocks, skippable frames
+      // (pzstd starts with one).
+      const bytes = Buffer.concat([
+        skippable,
+        frame(0, 700),
+        frame(700, 1_000_001),
+        frame(1_000_001, 1_000_002, { [ZSTD_c_checksumFlag]: 1 }),
+        skippable,
+        frame(1_000_002, 2_345_679, { [ZSTD_c_contentSizeFlag]: 0 }),
+        frame(2_345_679, tar.length - 1537, { [ZSTD_c_checksumFlag]: 1 }),
+        frame(tar.length - 1537, tar.length)
+      ])
+      const file = `${dir}/frames.tar.zst`
+      yield* fs.writeFile(file, bytes)
+      for (const chunkSize of [1000, 64 * 1024, 1024 * 1024]) {
+        const description = yield* describeArchive(fs.stream(file, { chunkSize }))
+        expect({ compression: description.compression, digest: description.digest, diffId: description.diffId })
+          .toEqual({ compression: "zstd", digest: sha256(bytes), diffId: sha256(tar) })
+        expect(description.specDump).toEqual(Option.some(podmanSpecDump))
+      }
+      // The metadata alone, read by node-tar, which decompresses with node:zlib too (the first frame ends in it).
+      expect(yield* readArchiveMetadata(file)).toEqual({
+        configDump: Option.some(podmanConfigDump),
+        specDump: Option.some(podmanSpecDump)
+      })
     }).pipe(Effect.provide(NodeContext.layer)))
 
   it.scoped("fails with ArchiveError for what is not a tar archive", () =>

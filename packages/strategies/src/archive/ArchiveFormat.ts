@@ -1,12 +1,16 @@
 import { reasonOf } from "@checkpointer/core"
 import { Data } from "effect"
+import { startsZstd } from "./ZstdFrames.ts"
 
 export type Compression = "none" | "gzip" | "zstd"
 
-/** Compression by magic number: gzip `1f 8b`, zstd `28 b5 2f fd`, anything else is taken as a plain tar. */
+/**
+ * Compression by magic number: gzip `1f 8b`, zstd `28 b5 2f fd` (or a skippable frame first), anything else is taken
+ * as a plain tar.
+ */
 export const sniffCompression = (head: Uint8Array): Compression => {
   if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return "gzip"
-  if (head.length >= 4 && head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return "zstd"
+  if (startsZstd(head)) return "zstd"
   return "none"
 }
 

@@ -14,6 +14,7 @@ import {
 import type { Compression } from "./ArchiveFormat.ts"
 import { collectMetadata, parseMetadata } from "./CheckpointMetadata.ts"
 import type { CheckpointMetadata, CollectedMetadata } from "./CheckpointMetadata.ts"
+import { decompressorPieces } from "./ZstdFrames.ts"
 
 /** What one pass over a checkpoint archive tells: the layer descriptor and the metadata files. */
 export interface ArchiveDescription extends CheckpointMetadata {
@@ -41,6 +42,7 @@ const makeInspector = Effect.sync(() => {
   let head: Buffer | undefined = Buffer.alloc(0)
   let compression: Compression = "none"
   let decompressor: Zlib.Gunzip | Zlib.ZstdDecompress | undefined
+  let pieces: ((chunk: Uint8Array) => ReadonlyArray<Uint8Array>) | undefined
   let failure: ArchiveError | undefined
 
   const settled = Deferred.unsafeMake<void>(FiberId.none)
@@ -74,7 +76,7 @@ const makeInspector = Effect.sync(() => {
 
   const target = (): Writable => decompressor ?? tar
 
-  const writeDown = (chunk: Buffer) =>
+  const writeDown = (chunk: Uint8Array) =>
     Effect.suspend(() => {
       if (failure !== undefined) return Effect.void
       const stream = target()
@@ -91,6 +93,7 @@ const makeInspector = Effect.sync(() => {
     compression = sniffCompression(bytes)
     if (compression !== "none") {
       decompressor = compression === "gzip" ? Zlib.createGunzip() : Zlib.createZstdDecompress()
+      pieces = decompressorPieces(compression)
       decompressor.on("error", (cause) => {
         const message = `cannot decompress the ${compression} archive: ${cause.message}`
         failWith(new ArchiveError({ message, cause }))
@@ -100,6 +103,9 @@ const makeInspector = Effect.sync(() => {
   }
 
   const failed = Effect.suspend(() => failure === undefined ? Effect.void : Effect.fail(failure))
+
+  const writeAll = (bytes: Uint8Array) =>
+    pieces === undefined ? writeDown(bytes) : Effect.forEach(pieces(bytes), writeDown, { discard: true })
 
   const write = (chunk: Uint8Array) =>
     Effect.suspend(() => {
@@ -112,9 +118,9 @@ const makeInspector = Effect.sync(() => {
         const first = head
         head = undefined
         start(first)
-        return Effect.zipRight(writeDown(first), failed)
+        return Effect.zipRight(writeAll(first), failed)
       }
-      return Effect.zipRight(writeDown(bytes), failed)
+      return Effect.zipRight(writeAll(bytes), failed)
     })
 
   const finish = Effect.gen(function*() {
@@ -122,7 +128,7 @@ const makeInspector = Effect.sync(() => {
       const first = head
       head = undefined
       start(first)
-      if (first.length > 0) yield* writeDown(first)
+      if (first.length > 0) yield* writeAll(first)
     }
     yield* failed
     target().end()

@@ -1,8 +1,11 @@
 import { FileSystem } from "@effect/platform"
 import { Deferred, Effect, Option, Stream } from "effect"
+import type { Writable } from "node:stream"
+import * as Zlib from "node:zlib"
 import { Parser } from "tar"
 import type { ReadEntry } from "tar"
-import { ArchiveError, fatalTarWarnings, readFailed, unreadableTar } from "./ArchiveFormat.ts"
+import { ArchiveError, fatalTarWarnings, readFailed, sniffCompression, unreadableTar } from "./ArchiveFormat.ts"
+import { splitAtFrameEnds } from "./ZstdFrames.ts"
 
 /** config.dump and spec.dump as JSON objects, when the archive has them. */
 export interface CheckpointMetadata {
@@ -146,6 +149,7 @@ export const readArchiveMetadata = (path: string) =>
       Effect.sync(() =>
         new Parser({
           brotli: false,
+          zstd: false,
           onwarn: (code: string, message: string | Error) => {
             if (fatalTarWarnings.has(code)) {
               Deferred.unsafeDone(settled, Effect.fail(unreadableTar(message)))
@@ -160,17 +164,38 @@ export const readArchiveMetadata = (path: string) =>
     )
     parser.on("error", (cause: unknown) => Deferred.unsafeDone(settled, Effect.fail(unreadableTar(cause))))
     parser.on("end", () => Deferred.unsafeDone(settled, Effect.void))
-    const write = (chunk: Uint8Array) =>
+    // node-tar takes an archive for zstd only when it starts with a frame, not with a skippable frame (as pzstd writes
+    // it): zstd archives are decompressed here, in writes that end where frames end (see ZstdFrames).
+    const zstd = yield* Effect.acquireRelease(
+      Effect.sync(() => Zlib.createZstdDecompress()),
+      (zstd) => Effect.sync(() => zstd.destroy())
+    )
+    zstd.on("error", (cause) => {
+      const message = `cannot decompress the zstd archive: ${cause.message}`
+      Deferred.unsafeDone(settled, Effect.fail(new ArchiveError({ message, cause })))
+    })
+    const writeTo = (stream: Writable | Parser) => (chunk: Uint8Array) =>
       Effect.async<void>((resume) => {
-        if (parser.write(Buffer.from(chunk))) return resume(Effect.void)
+        if (stream.write(Buffer.from(chunk))) return resume(Effect.void)
         const onDrain = () => resume(Effect.void)
-        parser.once("drain", onDrain)
-        return Effect.sync(() => parser.off("drain", onDrain))
+        stream.once("drain", onDrain)
+        return Effect.sync(() => stream.off("drain", onDrain))
       })
+    const feedFor = (head: Uint8Array) => {
+      if (sniffCompression(head) !== "zstd") {
+        return { pieces: (chunk: Uint8Array) => [chunk], write: writeTo(parser), end: () => parser.end() }
+      }
+      zstd.pipe(parser)
+      return { pieces: splitAtFrameEnds(), write: writeTo(zstd), end: () => zstd.end() }
+    }
+    let feeding: ReturnType<typeof feedFor> | undefined
     const feed = fs.stream(path, { chunkSize: 256 * 1024 }).pipe(
       Stream.mapError(readFailed),
-      Stream.runForEach(write),
-      Effect.zipRight(Effect.sync(() => parser.end()))
+      Stream.runForEach((chunk) => {
+        feeding ??= feedFor(chunk)
+        return Effect.forEach(feeding.pieces(chunk), feeding.write, { discard: true })
+      }),
+      Effect.zipRight(Effect.sync(() => feeding === undefined ? parser.end() : feeding.end()))
     )
     yield* Effect.raceFirst(Effect.zipRight(feed, Effect.never), Deferred.await(settled))
     return yield* parseMetadata(completed)

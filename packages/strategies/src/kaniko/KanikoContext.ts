@@ -10,6 +10,7 @@ import * as Zlib from "node:zlib"
 import { Header, Pack, ReadEntry } from "tar"
 import { sniffCompression } from "../archive/ArchiveFormat.ts"
 import type { Compression } from "../archive/ArchiveFormat.ts"
+import { decompressorFeed, decompressorPieces } from "../archive/ZstdFrames.ts"
 
 export class BuildContextError extends Data.TaggedError("BuildContextError")<{
   readonly message: string
@@ -85,7 +86,11 @@ export const decompress =
               zlib.once("drain", onDrain)
               return Effect.sync(() => zlib.off("drain", onDrain))
             })
-          const feed = Stream.runForEach(bytes, write).pipe(Effect.zipRight(Effect.sync(() => zlib.end())))
+          const pieces = decompressorPieces(compression)
+          const feed = Stream.runForEach(bytes, (chunk) => Effect.forEach(pieces(chunk), write, { discard: true }))
+            .pipe(
+              Effect.zipRight(Effect.sync(() => zlib.end()))
+            )
           const output = NodeStream.fromReadable<BuildContextError, Uint8Array>(
             () => zlib,
             (cause) =>
@@ -157,6 +162,7 @@ export const buildContext = (
           const entry = fileEntry(archive.name, archive.size)
           content = pipeline(
             createReadStream(archive.path, { highWaterMark: readSize }),
+            decompressorFeed(archive.compression),
             decompressor(archive.compression),
             (error) => {
               if (error) pack.emit("error", error)
