@@ -448,9 +448,8 @@ const endToEndSection = (report: BenchReport) => {
       `The registry alone (${registry.requests} requests of each kind, one after the other over one kept-alive ` +
         `connection, medians): \`GET /v2/\` without credentials (401) ${millis(registry.unauthenticated)}, with them ` +
         `${millis(registry.authenticated)}; opening an upload (\`POST .../blobs/uploads/\`) ` +
-        `${millis(registry.uploadStart)}. A native push of an archive up to 4 MiB waits for three answers in ` +
-        "turn (the uploads' opening, the closing PUTs with the bytes, the manifest's PUT), a larger one for four " +
-        "(its layer's PATCH too); the raw upload for two.",
+        `${millis(registry.uploadStart)}. A native push waits for four answers in turn (the uploads' opening, the ` +
+        "layer's PATCH, the closing PUTs, the manifest's PUT); the raw upload for two.",
       ""
     )
   }

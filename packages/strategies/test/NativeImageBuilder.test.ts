@@ -13,7 +13,7 @@ import { describeE2E } from "../../../test/harness/E2E.ts"
 import * as Podman from "../../../test/harness/Podman.ts"
 import { startRegistry } from "../../../test/harness/Registry.ts"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
-import { nativeBuilder, trustedRegistry, writeMarkedArchive } from "./BuilderFixtures.ts"
+import { nativeBuilder, trustedRegistry } from "./BuilderFixtures.ts"
 
 const fileDigest = (file: string) =>
   Effect.promise(async () => {
@@ -273,40 +273,6 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         })
         expect(second.tag).not.toBe(first.tag)
       }).pipe(Effect.provide(NodeContext.layer)))
-
-    it.effect("an archive of up to 4 MiB goes up in the PUT that closes its upload, a larger one in one PATCH", () =>
-      Effect.gen(function*() {
-        const fs = yield* FileSystem.FileSystem
-        const { htpasswd } = yield* Fixture
-        const requests = (method: string, repository: string) =>
-          htpasswd.logs().match(new RegExp(`"${method} /v2/${repository}/blobs/uploads/[^"]*" 20[12] `, "g"))?.length ??
-            0
-        for (
-          const [repository, pagesSize, patches] of [["once/small", 1024 * 1024, 0], [
-            "once/large",
-            6 << 20,
-            1
-          ]] as const
-        ) {
-          const dir = yield* fs.makeTempDirectoryScoped({ prefix: "read-twice-" })
-          const archive = yield* writeMarkedArchive(dir, repository, pagesSize)
-          const tag = randomTag()
-          const built = yield* build(
-            { archive, imageName: `${htpasswd.host}/${repository}:${tag}` },
-            trustedRegistry(htpasswd)
-          )
-          const layer = (yield* htpasswd.manifest(repository, tag)).json.layers[0]!
-          const stored = { digest: yield* fileDigest(archive), size: Number((yield* fs.stat(archive)).size) }
-          expect(built.size).toBe(stored.size)
-          expect({ digest: layer.digest, size: layer.size }).toEqual(stored)
-          expect(yield* htpasswd.blobDigest(repository, layer.digest)).toEqual(stored)
-          // The layer's and the config's closing PUTs; the PATCH only for the large archive.
-          expect({ patches: requests("PATCH", repository), puts: requests("PUT", repository) }).toEqual({
-            patches,
-            puts: 2
-          })
-        }
-      }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
     it.effect("wrong credentials fail the push phase with the registry's answer and never show the password", () =>
       Effect.gen(function*() {

@@ -57,13 +57,6 @@ export const imageConfig = (description: ArchiveDescription, created: Date, arch
 
 const archiveChunkSize = 1024 * 1024
 
-/**
- * An archive pushed as it is (no compression, no encryption) up to this size is read twice: once to learn its digest
- * while the upload opens, once in the PUT that closes the upload. That saves a round trip (the PATCH) per image.
- * Larger or encoded archives are read once, streamed in a PATCH.
- */
-const readTwiceLimit = 4 * 1024 * 1024
-
 /** A build request whose container may be unknown (an archive made elsewhere), reporting progress if asked. */
 export interface PushRequest extends Omit<BuildRequest, "container"> {
   /** The container checkpointed; when absent, the names the archive's config.dump and spec.dump hold. */
@@ -131,7 +124,7 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
         ),
       onRight: Effect.succeed
     })
-    const archiveInfo = yield* fs.stat(request.archive).pipe(
+    yield* fs.stat(request.archive).pipe(
       Effect.filterOrFail((info) => info.type === "File", () => "not a regular file"),
       Effect.mapError((error) =>
         new ImageBuildError({
@@ -156,35 +149,28 @@ export const makePusher = Effect.fn("NativeImageBuilder.makePusher")(function*(s
       established: established.get(sessionKey)
     }).pipe(Effect.mapError(pushFailed))
 
-    const read = readArchive(request.archive, { chunkSize: archiveChunkSize, buffers: 6 }).pipe(
-      Stream.provideService(FileSystem.FileSystem, fs)
-    )
     const { description, readFailure, stream } = yield* inspectWhileStreaming(
-      read.pipe(reportingProgress(request.onProgress))
+      readArchive(request.archive, { chunkSize: archiveChunkSize, buffers: 6 }).pipe(
+        Stream.provideService(FileSystem.FileSystem, fs),
+        reportingProgress(request.onProgress)
+      )
     )
     const encoded = yield* encodeLayer(stream, encoding)
     const described = yield* Effect.cached(
       Effect.flatMap(description, (archive) => Effect.map(encoded.layer(archive), (layer) => ({ archive, layer })))
     )
-    const readTwice = Number(archiveInfo.size) <= readTwiceLimit && encoding.compression === "none" &&
-      recipients.length === 0
-    const layerPushed = readTwice
-      ? session.uploadBlobStream(
-        read,
-        Effect.zipRight(Stream.runDrain(encoded.stream), Effect.map(described, ({ layer }) => layer))
-      ).pipe(Effect.zipRight(described), Effect.mapError(encodingFailed))
-      : session.pushBlobStream(encoded.stream, Effect.map(described, (d) => d.layer.digest)).pipe(
-        Effect.zipRight(described),
-        Effect.catchAll((error) =>
-          Effect.flatMap(
-            readFailure,
-            Option.match({
-              onSome: (archiveError) => Effect.fail(archiveFailed(archiveError)),
-              onNone: () => Effect.fail(encodingFailed(error))
-            })
-          )
+    const layerPushed = session.pushBlobStream(encoded.stream, Effect.map(described, (d) => d.layer.digest)).pipe(
+      Effect.zipRight(described),
+      Effect.catchAll((error) =>
+        Effect.flatMap(
+          readFailure,
+          Option.match({
+            onSome: (archiveError) => Effect.fail(archiveFailed(archiveError)),
+            onNone: () => Effect.fail(encodingFailed(error))
+          })
         )
       )
+    )
     // Its creation time makes every config new: uploaded without asking whether the registry has it. Its upload
     // opens next to the layer's and closes next to it, once the archive is described (a failure there is the
     // layer's to report).

@@ -1,6 +1,6 @@
-import { HttpBody, HttpClientRequest } from "@effect/platform"
+import { HttpClientRequest } from "@effect/platform"
 import type { HttpClient, HttpClientResponse } from "@effect/platform"
-import { Data, Duration, Effect, Either, Fiber, Option, Schedule } from "effect"
+import { Data, Duration, Effect, Either, Option, Schedule } from "effect"
 import type { Stream } from "effect"
 import { createHash } from "node:crypto"
 import type { Credentials } from "./DockerConfig.ts"
@@ -228,52 +228,30 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
     return yield* resolveLocation("blob upload start", response, url)
   })
 
-  const completeUpload = (location: URL, digest: string, body: HttpBody.HttpBody) =>
+  const completeUpload = (location: URL, digest: string, body: Option.Option<Uint8Array>) =>
     Effect.gen(function*() {
       const request = HttpClientRequest.put(withDigest(location, digest)).pipe(
-        body._tag === "Empty"
-          ? HttpClientRequest.setHeader("content-length", "0")
-          : HttpClientRequest.setBody(body)
+        Option.isSome(body)
+          ? HttpClientRequest.bodyUint8Array(body.value, "application/octet-stream")
+          : HttpClientRequest.setHeader("content-length", "0")
       )
       yield* createdWith("blob upload", "stored", request, digest)
     })
 
   /**
-   * POST + monolithic PUT of a blob known to be new (no HEAD first). The upload is opened at once and `content`
-   * awaited meanwhile, so that the POST overlaps whatever produces it; a failure cancels the opened upload.
+   * A small blob known to be new (no HEAD first): POST + monolithic PUT. The upload is opened at once and `bytes`
+   * awaited meanwhile, so that the POST overlaps whatever produces them; a failure cancels the opened upload.
    */
-  const uploadMonolithic = <A extends { readonly digest: string; readonly body: HttpBody.HttpBody }, E>(
-    content: Effect.Effect<A, E>
-  ) =>
-    Effect.gen(function*() {
-      const produced = yield* Effect.fork(content)
-      const location = yield* startUpload
-      return yield* Effect.tap(Fiber.join(produced), ({ body, digest }) => completeUpload(location, digest, body)).pipe(
-        Effect.onError(() => cancelUpload(location))
-      )
-    })
-
-  /** A small blob known to be new, its bytes produced while the upload opens. */
   const uploadBlob = <E>(bytes: Effect.Effect<Uint8Array, E>, mediaType: string) =>
-    uploadMonolithic(Effect.map(bytes, (content) => ({
-      digest: sha256Digest(content),
-      size: content.length,
-      body: HttpBody.uint8Array(content, "application/octet-stream")
-    }))).pipe(Effect.map(({ digest, size }): Descriptor => ({ mediaType, digest, size })))
-
-  /**
-   * A blob streamed in the PUT that closes its upload, for a stream that can be run again (a replayed request reads
-   * it anew) and whose digest and size `described` learns first, while the upload opens: one request fewer than
-   * `pushBlobStream`.
-   */
-  const uploadBlobStream = <E, E2>(
-    bytes: Stream.Stream<Uint8Array, E>,
-    described: Effect.Effect<{ readonly digest: string; readonly size: number }, E2>
-  ) =>
-    uploadMonolithic(Effect.map(described, ({ digest, size }) => ({
-      digest,
-      body: HttpBody.stream(bytes, "application/octet-stream", size)
-    })))
+    Effect.gen(function*() {
+      const location = yield* startUpload
+      return yield* Effect.gen(function*() {
+        const content = yield* bytes
+        const descriptor: Descriptor = { mediaType, digest: sha256Digest(content), size: content.length }
+        yield* completeUpload(location, descriptor.digest, Option.some(content))
+        return descriptor
+      }).pipe(Effect.onError(() => cancelUpload(location)))
+    })
 
   /** A small blob whose bytes are at hand: HEAD, else POST + monolithic PUT. */
   const pushBlob = (bytes: Uint8Array, mediaType: string) =>
@@ -301,7 +279,7 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
         const next = response.headers["location"] === undefined
           ? location
           : yield* resolveLocation("blob upload", response, location.toString())
-        yield* completeUpload(next, yield* digest, HttpBody.empty)
+        yield* completeUpload(next, yield* digest, Option.none())
       })
       yield* upload.pipe(Effect.onError(() => cancelUpload(location)))
     })
@@ -370,7 +348,6 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
     established: { base, auth } satisfies Established,
     blobExists,
     uploadBlob,
-    uploadBlobStream,
     pushBlob,
     pushBlobStream,
     putManifest,
