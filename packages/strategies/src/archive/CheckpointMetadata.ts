@@ -166,14 +166,8 @@ export const readArchiveMetadata = (path: string) =>
     parser.on("end", () => Deferred.unsafeDone(settled, Effect.void))
     // node-tar takes an archive for zstd only when it starts with a frame, not with a skippable frame (as pzstd writes
     // it): zstd archives are decompressed here, in writes that end where frames end (see ZstdFrames).
-    const zstd = yield* Effect.acquireRelease(
-      Effect.sync(() => Zlib.createZstdDecompress()),
-      (zstd) => Effect.sync(() => zstd.destroy())
-    )
-    zstd.on("error", (cause) => {
-      const message = `cannot decompress the zstd archive: ${cause.message}`
-      Deferred.unsafeDone(settled, Effect.fail(new ArchiveError({ message, cause })))
-    })
+    let zstd: Zlib.ZstdDecompress | undefined
+    yield* Effect.addFinalizer(() => Effect.sync(() => zstd?.destroy()))
     const writeTo = (stream: Writable | Parser) => (chunk: Uint8Array) =>
       Effect.async<void>((resume) => {
         if (stream.write(Buffer.from(chunk))) return resume(Effect.void)
@@ -185,8 +179,13 @@ export const readArchiveMetadata = (path: string) =>
       if (sniffCompression(head) !== "zstd") {
         return { pieces: (chunk: Uint8Array) => [chunk], write: writeTo(parser), end: () => parser.end() }
       }
-      zstd.pipe(parser)
-      return { pieces: splitAtFrameEnds(), write: writeTo(zstd), end: () => zstd.end() }
+      const decompressor = zstd = Zlib.createZstdDecompress()
+      decompressor.on("error", (cause) => {
+        const message = `cannot decompress the zstd archive: ${cause.message}`
+        Deferred.unsafeDone(settled, Effect.fail(new ArchiveError({ message, cause })))
+      })
+      decompressor.pipe(parser)
+      return { pieces: splitAtFrameEnds(), write: writeTo(decompressor), end: () => decompressor.end() }
     }
     let feeding: ReturnType<typeof feedFor> | undefined
     const feed = fs.stream(path, { chunkSize: 256 * 1024 }).pipe(

@@ -87,10 +87,8 @@ export const decompress =
               return Effect.sync(() => zlib.off("drain", onDrain))
             })
           const pieces = decompressorPieces(compression)
-          const feed = Stream.runForEach(bytes, (chunk) => Effect.forEach(pieces(chunk), write, { discard: true }))
-            .pipe(
-              Effect.zipRight(Effect.sync(() => zlib.end()))
-            )
+          const writePieces = (chunk: Uint8Array) => Effect.forEach(pieces(chunk), write, { discard: true })
+          const feed = Stream.runForEach(bytes, writePieces).pipe(Effect.zipRight(Effect.sync(() => zlib.end())))
           const output = NodeStream.fromReadable<BuildContextError, Uint8Array>(
             () => zlib,
             (cause) =>
