@@ -1,5 +1,5 @@
 import { reasonOf } from "@checkpointer/core"
-import { Data } from "effect"
+import { Data, Effect } from "effect"
 import { startsZstd } from "./ZstdFrames.ts"
 
 export type Compression = "none" | "gzip" | "zstd"
@@ -31,3 +31,22 @@ export const unreadableTar = (cause: unknown) =>
   new ArchiveError({ message: `not a readable tar archive: ${reasonOf(cause)}`, cause })
 
 export const readFailed = (cause: unknown) => new ArchiveError({ message: `read failed: ${reasonOf(cause)}`, cause })
+
+/** A stream that can be written to and tells with "drain" when its buffer has room again (Node's and node-tar's). */
+interface DrainingStream<Chunk> {
+  write(chunk: Chunk): boolean
+  once(event: "drain", listener: () => void): unknown
+  off(event: "drain", listener: () => void): unknown
+}
+
+/** The stream's next "drain". */
+export const drained = <Chunk>(stream: DrainingStream<Chunk>) =>
+  Effect.async<void>((resume) => {
+    const onDrain = () => resume(Effect.void)
+    stream.once("drain", onDrain)
+    return Effect.sync(() => stream.off("drain", onDrain))
+  })
+
+/** Writes a chunk and, when that filled the stream's buffer, waits until it drains. */
+export const writeDrained = <Chunk>(stream: DrainingStream<Chunk>) => (chunk: Chunk) =>
+  Effect.suspend(() => stream.write(chunk) ? Effect.void : drained(stream))

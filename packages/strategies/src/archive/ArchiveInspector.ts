@@ -5,6 +5,7 @@ import * as Zlib from "node:zlib"
 import { Parser } from "tar"
 import {
   ArchiveError,
+  drained,
   fatalTarWarnings,
   layerMediaType,
   readFailed,
@@ -81,12 +82,7 @@ const makeInspector = Effect.sync(() => {
       if (failure !== undefined) return Effect.void
       const stream = target()
       if (stream.write(chunk)) return Effect.void
-      const drained = Effect.async<void>((resume) => {
-        const onDrain = () => resume(Effect.void)
-        stream.once("drain", onDrain)
-        return Effect.sync(() => stream.off("drain", onDrain))
-      })
-      return Effect.race(drained, Deferred.await(settled))
+      return Effect.race(drained(stream), Deferred.await(settled))
     })
 
   const start = (bytes: Buffer) => {

@@ -4,7 +4,14 @@ import type { Writable } from "node:stream"
 import * as Zlib from "node:zlib"
 import { Parser } from "tar"
 import type { ReadEntry } from "tar"
-import { ArchiveError, fatalTarWarnings, readFailed, sniffCompression, unreadableTar } from "./ArchiveFormat.ts"
+import {
+  ArchiveError,
+  fatalTarWarnings,
+  readFailed,
+  sniffCompression,
+  unreadableTar,
+  writeDrained
+} from "./ArchiveFormat.ts"
 import { splitAtFrameEnds } from "./ZstdFrames.ts"
 
 /** config.dump and spec.dump as JSON objects, when the archive has them. */
@@ -168,13 +175,7 @@ export const readArchiveMetadata = (path: string) =>
     // it): zstd archives are decompressed here, in writes that end where frames end (see ZstdFrames).
     let zstd: Zlib.ZstdDecompress | undefined
     yield* Effect.addFinalizer(() => Effect.sync(() => zstd?.destroy()))
-    const writeTo = (stream: Writable | Parser) => (chunk: Uint8Array) =>
-      Effect.async<void>((resume) => {
-        if (stream.write(Buffer.from(chunk))) return resume(Effect.void)
-        const onDrain = () => resume(Effect.void)
-        stream.once("drain", onDrain)
-        return Effect.sync(() => stream.off("drain", onDrain))
-      })
+    const writeTo = (stream: Writable | Parser) => (chunk: Uint8Array) => writeDrained(stream)(Buffer.from(chunk))
     const feedFor = (head: Uint8Array) => {
       if (sniffCompression(head) !== "zstd") {
         return { pieces: (chunk: Uint8Array) => [chunk], write: writeTo(parser), end: () => parser.end() }

@@ -8,7 +8,7 @@ import type { Readable } from "node:stream"
 import { pipeline } from "node:stream"
 import * as Zlib from "node:zlib"
 import { Header, Pack, ReadEntry } from "tar"
-import { sniffCompression } from "../archive/ArchiveFormat.ts"
+import { sniffCompression, writeDrained } from "../archive/ArchiveFormat.ts"
 import type { Compression } from "../archive/ArchiveFormat.ts"
 import { decompressorFeed, decompressorPieces } from "../archive/ZstdFrames.ts"
 
@@ -79,14 +79,8 @@ export const decompress =
           (zlib) => Effect.sync(() => zlib.destroy())
         ),
         (zlib) => {
-          const write = (chunk: Uint8Array) =>
-            Effect.async<void>((resume) => {
-              if (zlib.write(chunk)) return resume(Effect.void)
-              const onDrain = () => resume(Effect.void)
-              zlib.once("drain", onDrain)
-              return Effect.sync(() => zlib.off("drain", onDrain))
-            })
           const pieces = decompressorPieces(compression)
+          const write = writeDrained<Uint8Array>(zlib)
           const writePieces = (chunk: Uint8Array) => Effect.forEach(pieces(chunk), write, { discard: true })
           const feed = Stream.runForEach(bytes, writePieces).pipe(Effect.zipRight(Effect.sync(() => zlib.end())))
           const output = NodeStream.fromReadable<BuildContextError, Uint8Array>(
