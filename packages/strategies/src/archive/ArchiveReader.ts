@@ -7,17 +7,25 @@ import { Effect, Option, Stream } from "effect"
  * consumer is done with a chunk long before its buffer comes round again: hashing is synchronous, the tar parser and
  * the decompressor are written with backpressure, metadata entries are copied, and the HTTP body waits for the
  * socket's drain after each chunk (a chunk is larger than the socket's high-water mark).
+ * The archive is complete when it is read, so reading stops at its size. Buffers are allocated when first needed and
+ * are no larger than the archive: a checkpoint of a few hundred KiB takes one buffer of its size, not the whole ring.
  */
 export const readArchive = (path: string, options: { readonly chunkSize: number; readonly buffers: number }) =>
   Stream.unwrapScoped(Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const file = yield* fs.open(path, { flag: "r" })
-    const ring = Array.from({ length: options.buffers }, () => Buffer.allocUnsafeSlow(options.chunkSize))
+    const size = Number((yield* file.stat).size)
+    const bufferSize = Math.min(options.chunkSize, size)
+    const ring: Array<Buffer> = []
     let turn = 0
+    let left = size
     return Stream.repeatEffectOption(Effect.gen(function*() {
-      const buffer = ring[turn++ % ring.length]!
+      if (left <= 0) return yield* Effect.fail(Option.none())
+      const buffer = ring[turn % options.buffers] ??= Buffer.allocUnsafeSlow(bufferSize)
+      turn++
       const bytesRead = Number(yield* Effect.mapError(file.read(buffer), Option.some))
       if (bytesRead === 0) return yield* Effect.fail(Option.none())
+      left -= bytesRead
       return buffer.subarray(0, bytesRead)
     }))
   }))
