@@ -36,7 +36,7 @@ COPY --from=build /src/dist/server/ /app/
 # start from it skips parsing the bundle, about 20 MiB less resident (README). Node keys that cache by user: it serves
 # root, the user k8s-manifests run the server as.
 ENV NODE_ENV=production \
-    MALLOC_ARENA_MAX=2 \
+    MALLOC_ARENA_MAX=1 \
     NODE_COMPILE_CACHE=/app/compile-cache \
     NODE_COMPILE_CACHE_PORTABLE=1
 EXPOSE 3333

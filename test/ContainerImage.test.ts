@@ -124,8 +124,8 @@ describe("Dockerfile", () => {
     const entrypoint: ReadonlyArray<string> = JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args)
     for (const flag of entrypoint.filter((word) => word.startsWith("--"))) expect(start).toContain(flag)
     const env = stepsOf(runtime, "ENV").map((step) => step.args).join(" ")
-    expect(start).toContain("MALLOC_ARENA_MAX=2")
-    expect(env).toContain("MALLOC_ARENA_MAX=2")
+    expect(start).toContain("MALLOC_ARENA_MAX=1")
+    expect(env).toContain("MALLOC_ARENA_MAX=1")
     // The compile cache the build writes into dist/server/, which the runtime stage copies to /app/.
     for (const setting of ["NODE_COMPILE_CACHE_PORTABLE=1", "NODE_COMPILE_CACHE=dist/server/compile-cache"]) {
       expect(start).toContain(setting)
