@@ -449,7 +449,8 @@ const endToEndSection = (report: BenchReport) => {
         `connection, medians): \`GET /v2/\` without credentials (401) ${millis(registry.unauthenticated)}, with them ` +
         `${millis(registry.authenticated)}; opening an upload (\`POST .../blobs/uploads/\`) ` +
         `${millis(registry.uploadStart)}. A native push waits for four answers in turn (the uploads' opening, the ` +
-        "layer's PATCH, the closing PUTs, the manifest's PUT); the raw upload for two.",
+        "layer's PATCH, the closing PUTs, the manifest's PUT), three when the layer ends within 1 MiB (it goes up in " +
+        "its closing PUT); the raw upload for two.",
       ""
     )
   }

@@ -1,7 +1,13 @@
 import { HttpClient, HttpClientResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Option, Redacted, Ref, Stream } from "effect"
-import { formatReference, makeSession, parseImageReference, sha256Digest } from "../src/registry/OciRegistry.ts"
+import {
+  formatReference,
+  makeSession,
+  monolithicUploadLimit,
+  parseImageReference,
+  sha256Digest
+} from "../src/registry/OciRegistry.ts"
 
 const parsed = (name: string) => Either.getOrThrow(parseImageReference(name))
 
@@ -141,8 +147,19 @@ const fakeRegistry = (options: { readonly refuseUploads?: boolean } = {}) =>
     return { http, seen, blobs, tokensIssued } as const
   })
 
+/** A blob longer than `monolithicUploadLimit`, uploaded with a PATCH. */
+const largeLayer = () => new TextEncoder().encode("layer bytes ".repeat(monolithicUploadLimit / 12 + 1000))
+
+const sessionWith = (registry: Effect.Effect.Success<ReturnType<typeof fakeRegistry>>) =>
+  makeSession({
+    http: registry.http,
+    reference: parsed("registry.example:5000/team/app:v1"),
+    credentials: Option.some({ username: "user", password: Redacted.make("pass") }),
+    insecure: false
+  })
+
 describe("OciRegistry session", () => {
-  it.effect("streams one PATCH, closes with the digest, resolves relative Locations and renews an expired token", () =>
+  it.effect("streams a long blob in one PATCH, closes with the digest, follows relative Locations, renews tokens", () =>
     Effect.gen(function*() {
       const registry = yield* fakeRegistry()
       const session = yield* makeSession({
@@ -152,7 +169,7 @@ describe("OciRegistry session", () => {
         insecure: false
       })
       expect(session.base).toBe("https://registry.example:5000")
-      const layer = new TextEncoder().encode("layer bytes ".repeat(1000))
+      const layer = largeLayer()
       const chunks = Stream.fromIterable([layer.subarray(0, 5000), layer.subarray(5000)])
       yield* session.pushBlobStream(chunks, Effect.succeed(sha256Digest(layer)))
       const config = yield* session.pushBlob(new TextEncoder().encode("{}"), "application/vnd.oci.image.config.v1+json")
@@ -173,7 +190,7 @@ describe("OciRegistry session", () => {
         "GET https://auth.example/token?service=fake&scope=repository%3Ateam%2Fapp%3Apull%2Cpush Basic dXNlcjpwYXNz",
         `POST ${base}/blobs/uploads/ Bearer token-1`,
         `PATCH ${base}/blobs/uploads/u1?_state=s0 Bearer token-1`,
-        `PUT ${base}/blobs/uploads/u1?_state=s1&size=12000&digest=D Bearer token-1`,
+        `PUT ${base}/blobs/uploads/u1?_state=s1&size=${layer.length}&digest=D Bearer token-1`,
         `HEAD ${base}/blobs/${config.digest} Bearer token-1`,
         "GET https://auth.example/token?service=fake&scope=repository%3Ateam%2Fapp%3Apull%2Cpush Basic dXNlcjpwYXNz",
         `HEAD ${base}/blobs/${config.digest} Bearer token-2`,
@@ -184,9 +201,9 @@ describe("OciRegistry session", () => {
       const patch = seen.find((r) => r.method === "PATCH")!
       expect(patch.contentRange).toBeUndefined()
       expect(patch.contentType).toBe("application/octet-stream")
-      expect(patch.body).toEqual(layer)
+      expect(sha256Digest(patch.body)).toBe(sha256Digest(layer))
       expect(seen.at(-1)!.contentType).toBe("application/vnd.oci.image.manifest.v1+json")
-      expect(registry.blobs.get(sha256Digest(layer))).toEqual(layer)
+      expect(sha256Digest(registry.blobs.get(sha256Digest(layer))!)).toBe(sha256Digest(layer))
     }))
 
   it.effect("does not replay a streamed body after a 401 and names the registry's answer", () =>
@@ -198,11 +215,45 @@ describe("OciRegistry session", () => {
         credentials: Option.some({ username: "user", password: Redacted.make("pass") }),
         insecure: false
       })
-      const upload = session.pushBlobStream(Stream.make(Uint8Array.of(2)), Effect.succeed("sha256:x"))
+      const upload = session.pushBlobStream(Stream.make(largeLayer()), Effect.succeed("sha256:x"))
       const error = yield* Effect.flip(upload)
       expect(error.message).toBe("registry refused credentials (401 UNAUTHORIZED)")
       const requests = (yield* Ref.get(registry.seen)).map((r) => `${r.method} ${new URL(r.url).pathname}`)
       expect(requests.filter((r) => r.startsWith("PATCH"))).toHaveLength(1)
       expect(requests.at(-1)).toBe("DELETE /v2/team/app/blobs/uploads/u1")
+    }))
+  it.effect("uploads a stream that ends within the limit in the closing PUT, copied out of reused buffers", () =>
+    Effect.gen(function*() {
+      const registry = yield* fakeRegistry()
+      const session = yield* sessionWith(registry)
+      const layer = new TextEncoder().encode("small layer ".repeat(25000))
+      // One buffer refilled for every chunk, as readArchive's ring reuses its buffers.
+      const buffer = new Uint8Array(100000)
+      const chunks = Stream.range(0, 2, 1).pipe(
+        Stream.map((index) => {
+          buffer.set(layer.subarray(index * buffer.length, (index + 1) * buffer.length))
+          return buffer.subarray(0, Math.min(buffer.length, layer.length - index * buffer.length))
+        })
+      )
+      yield* session.pushBlobStream(chunks, Effect.succeed(sha256Digest(layer)))
+      const seen = yield* Ref.get(registry.seen)
+      const base = "https://registry.example:5000/v2/team/app"
+      expect(seen.slice(2).map((r) => `${r.method} ${r.url}`)).toEqual([
+        `POST ${base}/blobs/uploads/`,
+        `PUT ${base}/blobs/uploads/u1?_state=s0&digest=${encodeURIComponent(sha256Digest(layer))}`
+      ])
+      expect(seen.at(-1)!.contentType).toBe("application/octet-stream")
+      expect(sha256Digest(registry.blobs.get(sha256Digest(layer))!)).toBe(sha256Digest(layer))
+    }))
+
+  it.effect("cancels the opened upload when the stream fails before its first bytes are sent", () =>
+    Effect.gen(function*() {
+      const registry = yield* fakeRegistry()
+      const session = yield* sessionWith(registry)
+      const failing = Stream.concat(Stream.make(Uint8Array.of(1)), Stream.fail("archive unreadable"))
+      const error = yield* Effect.flip(session.pushBlobStream(failing, Effect.succeed("sha256:x")))
+      expect(error).toBe("archive unreadable")
+      const requests = (yield* Ref.get(registry.seen)).map((r) => `${r.method} ${new URL(r.url).pathname}`)
+      expect(requests.slice(2)).toEqual(["POST /v2/team/app/blobs/uploads/", "DELETE /v2/team/app/blobs/uploads/u1"])
     }))
 })

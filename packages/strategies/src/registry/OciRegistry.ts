@@ -1,7 +1,6 @@
 import { HttpClientRequest } from "@effect/platform"
 import type { HttpClient, HttpClientResponse } from "@effect/platform"
-import { Data, Duration, Effect, Either, Option, Schedule } from "effect"
-import type { Stream } from "effect"
+import { Chunk, Data, Duration, Effect, Either, Option, Schedule, Stream } from "effect"
 import { createHash } from "node:crypto"
 import type { Credentials } from "./DockerConfig.ts"
 import { makeAuthenticator } from "./RegistryAuth.ts"
@@ -101,6 +100,33 @@ const manifestMediaTypes = [
   dockerManifestMediaType,
   "application/vnd.docker.distribution.manifest.list.v2+json"
 ]
+
+/** A streamed blob that ends within this many bytes is uploaded in one request instead of two. */
+export const monolithicUploadLimit = 1024 * 1024
+
+/**
+ * Pulls a stream's first chunks until they hold `limit` bytes or the stream ends. They are copied: the stream may
+ * reuse its buffers once they are pulled again.
+ */
+const pullHead = <E>(pull: Effect.Effect<Chunk.Chunk<Uint8Array>, Option.Option<E>>, limit: number) =>
+  Effect.iterate({ chunks: [] as ReadonlyArray<Uint8Array>, size: 0, ended: false }, {
+    while: (head) => !head.ended && head.size < limit,
+    body: (head) =>
+      pull.pipe(
+        Effect.map((pulled) => {
+          const copies = Chunk.toReadonlyArray(pulled).map((bytes) => bytes.slice())
+          const size = copies.reduce((total, bytes) => total + bytes.length, head.size)
+          return { chunks: [...head.chunks, ...copies], size, ended: false }
+        }),
+        Effect.catchAll(Option.match({
+          onNone: () => Effect.succeed({ ...head, ended: true }),
+          onSome: (error) => Effect.fail(error)
+        }))
+      )
+  })
+
+const concatBytes = (chunks: ReadonlyArray<Uint8Array>): Uint8Array =>
+  chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
 
 const requestTimeout = Duration.seconds(60)
 const transientRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
@@ -263,16 +289,25 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
     })
 
   /**
-   * A blob read once as a stream whose digest is known only after its last byte: POST, one chunked PATCH
-   * carrying the whole stream (no Content-Range), then the closing PUT with the digest and an empty body.
+   * A blob read once as a stream whose digest is known only after its last byte; its first bytes are read while the
+   * upload opens. One that ends within `monolithicUploadLimit` bytes goes up whole, in the closing PUT with its digest
+   * (POST + PUT); a longer one in one chunked PATCH carrying the whole stream (no Content-Range), then the closing PUT
+   * with the digest and an empty body.
    */
   const pushBlobStream = <E, E2>(bytes: Stream.Stream<Uint8Array, E>, digest: Effect.Effect<string, E2>) =>
-    Effect.gen(function*() {
-      const location = yield* startUpload
-      const request = HttpClientRequest.patch(location).pipe(
-        HttpClientRequest.bodyStream(bytes, { contentType: "application/octet-stream" })
+    Effect.scoped(Effect.gen(function*() {
+      const pull = yield* Stream.toPull(bytes)
+      const [location, firstBytes] = yield* Effect.all(
+        [startUpload, Effect.either(pullHead(pull, monolithicUploadLimit))],
+        { concurrency: 2 }
       )
       const upload = Effect.gen(function*() {
+        const head = yield* firstBytes
+        if (head.ended) return yield* completeUpload(location, yield* digest, Option.some(concatBytes(head.chunks)))
+        const rest = Stream.concat(Stream.fromIterable(head.chunks), Stream.repeatEffectChunkOption(pull))
+        const request = HttpClientRequest.patch(location).pipe(
+          HttpClientRequest.bodyStream(rest, { contentType: "application/octet-stream" })
+        )
         const response = yield* exchange("blob upload", request, false)
         if (response.status !== 202 && response.status !== 204) return yield* refused("blob upload", response)
         yield* response.text.pipe(Effect.ignore)
@@ -282,7 +317,7 @@ export const makeSession = Effect.fn("OciRegistry.session")(function*(options: S
         yield* completeUpload(next, yield* digest, Option.none())
       })
       yield* upload.pipe(Effect.onError(() => cancelUpload(location)))
-    })
+    }))
 
   /** Best effort: tells the registry to drop an unfinished upload session. */
   const cancelUpload = (location: URL) =>
