@@ -162,12 +162,7 @@ describe("OciRegistry session", () => {
   it.effect("streams a long blob in one PATCH, closes with the digest, follows relative Locations, renews tokens", () =>
     Effect.gen(function*() {
       const registry = yield* fakeRegistry()
-      const session = yield* makeSession({
-        http: registry.http,
-        reference: parsed("registry.example:5000/team/app:v1"),
-        credentials: Option.some({ username: "user", password: Redacted.make("pass") }),
-        insecure: false
-      })
+      const session = yield* sessionWith(registry)
       expect(session.base).toBe("https://registry.example:5000")
       const layer = largeLayer()
       const chunks = Stream.fromIterable([layer.subarray(0, 5000), layer.subarray(5000)])
@@ -209,12 +204,7 @@ describe("OciRegistry session", () => {
   it.effect("does not replay a streamed body after a 401 and names the registry's answer", () =>
     Effect.gen(function*() {
       const registry = yield* fakeRegistry({ refuseUploads: true })
-      const session = yield* makeSession({
-        http: registry.http,
-        reference: parsed("registry.example:5000/team/app:v1"),
-        credentials: Option.some({ username: "user", password: Redacted.make("pass") }),
-        insecure: false
-      })
+      const session = yield* sessionWith(registry)
       const upload = session.pushBlobStream(Stream.make(largeLayer()), Effect.succeed("sha256:x"))
       const error = yield* Effect.flip(upload)
       expect(error.message).toBe("registry refused credentials (401 UNAUTHORIZED)")
@@ -222,6 +212,7 @@ describe("OciRegistry session", () => {
       expect(requests.filter((r) => r.startsWith("PATCH"))).toHaveLength(1)
       expect(requests.at(-1)).toBe("DELETE /v2/team/app/blobs/uploads/u1")
     }))
+
   it.effect("uploads a stream that ends within the limit in the closing PUT, copied out of reused buffers", () =>
     Effect.gen(function*() {
       const registry = yield* fakeRegistry()
