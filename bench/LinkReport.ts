@@ -96,11 +96,11 @@ const startKinds: ReadonlyArray<StartKind> = ["restore none", "restore zstd", "c
 export const linkReport = (result: LinkResult): string => {
   const { archive, machine } = result
   const linkOf = (label: string) => result.links.find((link) => link.label === label)
-  const loopback = linkOf("loopback")?.samples ?? []
   const gigabit = linkOf("1g")?.samples ?? []
   const zstdAtGigabit = ratiosToRaw(gigabit, "zstd")
   const targetMet = zstdAtGigabit.median <= zstdTarget
-  const pushedOf = (pipeline: LinkPipeline) => median(of(loopback, pipeline).map((sample) => sample.pushedBytes))
+  const allSamples = result.links.flatMap((link) => link.samples)
+  const pushedOf = (pipeline: LinkPipeline) => median(of(allSamples, pipeline).map((sample) => sample.pushedBytes))
   const loads = summarize(result.loads)
 
   // Where compression stops paying. Where the link is not the limit (loopback, and links on which the compressed
