@@ -2,12 +2,13 @@ import { ContainerName, ContainerRef, ImageBuilder, Namespace, PodName } from "@
 import type { BuildRequest } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { expect, layer } from "@effect/vitest"
+import { expect, layer, vi } from "@effect/vitest"
 import type { Duration } from "effect"
 import { Cause, Context, Effect, Layer } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { createReadStream, createWriteStream } from "node:fs"
 import { pipeline } from "node:stream/promises"
+import tls from "node:tls"
 import { createGzip, createZstdCompress } from "node:zlib"
 import { describeE2E } from "../../../test/harness/E2E.ts"
 import * as Podman from "../../../test/harness/Podman.ts"
@@ -256,6 +257,29 @@ describeE2E("NativeImageBuilder against a real registry", () => {
           tokens: done.tokens - ready.tokens,
           refused: done.refused - ready.refused
         }).toEqual({ pings: 1, tokens: 2, refused: 1 })
+      }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+    it.effect("trusts REGISTRY_CA_FILE through one TLS context made at start, not one per connection", () =>
+      Effect.gen(function*() {
+        const fs = yield* FileSystem.FileSystem
+        const { checkpoint, htpasswd } = yield* Fixture
+        const registryCa = yield* fs.readFileString(htpasswd.caFile)
+        const builder = Context.get(yield* Layer.build(nativeBuilder(trustedRegistry(htpasswd))), ImageBuilder)
+        const contexts = yield* Effect.acquireRelease(
+          Effect.sync(() => vi.spyOn(tls, "createSecureContext")),
+          (spy) => Effect.sync(() => spy.mockRestore())
+        )
+        // Given `ca` per connection, the first connection alone would parse the roots and the registry's CA again.
+        for (const _ of [1, 2]) {
+          yield* builder.build({
+            archive: checkpoint.tar,
+            imageName: `${htpasswd.host}/trust/counter:${randomTag()}`,
+            container
+          })
+        }
+        expect(yield* htpasswd.tags("trust/counter")).toHaveLength(2)
+        const withRegistryCa = contexts.mock.calls.filter(([options]) => [options?.ca].flat().includes(registryCa))
+        expect(withRegistryCa).toHaveLength(0)
       }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
     it.effect("pushing the same archive again (blobs already there) gives the same layer and a valid manifest", () =>

@@ -2,7 +2,7 @@ import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Agent } from "@effect/platform-node/Undici"
 import { Config, Effect, Option } from "effect"
-import { rootCertificates } from "node:tls"
+import { createSecureContext, rootCertificates } from "node:tls"
 import { credentialsFor, readAuthFile } from "./DockerConfig.ts"
 import type { ImageReference } from "./OciRegistry.ts"
 import { readRegistryCa, registryTrustConfig } from "./RegistryTrust.ts"
@@ -22,15 +22,20 @@ export const registryAccessConfig: Config.Config<RegistryAccess> = Config.all({
   trust: registryTrustConfig
 }).pipe(Config.map(({ authFile, trust }) => ({ authFile, ...trust })))
 
-/** An HTTP client for registries that trusts REGISTRY_CA_FILE too; its connections close with the scope. */
+/**
+ * An HTTP client for registries that trusts REGISTRY_CA_FILE too; its connections close with the scope. The trust is
+ * one TLS context shared by every connection: given `ca` instead, each new connection would parse Node's ~150 root
+ * certificates again (about 5 ms of CPU and 1 MiB of memory per connection).
+ */
 export const registryHttpClient = Effect.fn("RegistryHttp.client")(
   function*(access: RegistryAccess, userAgent: string) {
     const extraCa = yield* readRegistryCa(access.caFile)
+    const trust = Option.map(extraCa, (pem) => createSecureContext({ ca: [...rootCertificates, pem] }))
     const dispatcher = yield* Effect.acquireRelease(
       Effect.sync(() =>
         new Agent({
           connect: {
-            ...Option.match(extraCa, { onNone: () => ({}), onSome: (pem) => ({ ca: [...rootCertificates, pem] }) }),
+            ...Option.match(trust, { onNone: () => ({}), onSome: (secureContext) => ({ secureContext }) }),
             rejectUnauthorized: !access.insecure
           }
         })
