@@ -292,7 +292,6 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         })
         // Two registries (and the token server): connections to three origins, all verified by one context.
         const options = connections.mock.calls.map(([options]) => options as tls.ConnectionOptions)
-        connections.mockRestore()
         for (const [index, registry] of registries.entries()) {
           expect(yield* registry.tags("trust/counter")).toEqual([tags[index]])
         }
