@@ -301,6 +301,24 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         expect(new Set(options.map((each) => each.secureContext)).size).toBe(1)
       }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+    it.effect("speaks HTTP/1.1 to the registry, with REGISTRY_CA_FILE and with REGISTRY_INSECURE=true", () =>
+      Effect.gen(function*() {
+        const { checkpoint, htpasswd } = yield* Fixture
+        const repository = `http1/counter-${randomTag()}`
+        const settings = [trustedRegistry(htpasswd), {
+          REGISTRY_AUTH_FILE: htpasswd.authFile,
+          REGISTRY_INSECURE: "true"
+        }]
+        for (const each of settings) {
+          yield* build({ archive: checkpoint.tar, imageName: `${htpasswd.host}/${repository}:${randomTag()}` }, each)
+        }
+        // The registry's access log: `... "PUT /v2/<repository>/blobs/uploads/<id>?<query> HTTP/1.1" 201 ...`.
+        const requests = htpasswd.logs().split("\n").filter((line) => line.includes(` /v2/${repository}/`))
+        const uploads = requests.filter((line) => /"(PATCH|PUT) \/v2\/\S+\/blobs\/uploads\//.test(line))
+        expect(uploads.length).toBeGreaterThanOrEqual(2 * settings.length)
+        expect(requests.filter((line) => !/ HTTP\/1\.1" /.test(line))).toEqual([])
+      }).pipe(Effect.provide(NodeContext.layer)))
+
     it.effect("pushing the same archive again (blobs already there) gives the same layer and a valid manifest", () =>
       Effect.gen(function*() {
         const { checkpoint, token } = yield* Fixture
