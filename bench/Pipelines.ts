@@ -68,7 +68,8 @@ const pushedLayers = (registry: BenchRegistry, repository: string, tag: string) 
 
 /**
  * The physical limit: the archive's bytes sent once with curl, digest known beforehand. POST opens the upload, one
- * PUT `?digest=` carries the whole file (monolithic upload). No config, no manifest.
+ * PUT `?digest=` carries the whole file (monolithic upload). No config, no manifest. HTTP/1.1, as the registry client
+ * speaks it: curl's HTTP/2 was slower here too (a 260 MiB upload: median 0.77 s against 0.70 s).
  */
 export const rawUpload = Effect.fn("Pipelines.rawUpload")(function*(
   registry: BenchRegistry,
@@ -80,6 +81,7 @@ export const rawUpload = Effect.fn("Pipelines.rawUpload")(function*(
       "--silent",
       "--show-error",
       "--fail-with-body",
+      "--http1.1",
       "--cacert",
       registry.caFile,
       "-u",

@@ -436,7 +436,8 @@ const endToEndSection = (report: BenchReport) => {
             formatRange(summarize(library))
           ],
           [
-            "raw upload (curl: POST, one PUT with the digest; a process, a TLS connection each; no config, manifest)",
+            "raw upload (curl, HTTP/1.1: POST, one PUT with the digest; a process, a TLS connection each; " +
+            "no config, manifest)",
             formatSeconds(summarize(raw).median),
             formatRange(summarize(raw))
           ]
