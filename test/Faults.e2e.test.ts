@@ -76,6 +76,35 @@ describeE2E("faults: each answers the right status, records the outcome, leaves 
       120_000
     )
 
+    it.scoped(
+      "the runtime failing to pause the container: asked again twice, then the failure is answered",
+      () =>
+        Effect.gen(function*() {
+          const stack = yield* Stack
+          yield* startCounterPod(stack.cluster, { namespace: "default", name: "fault-pause", nodeName: "node-a" })
+          const server = yield* stack.startAnotherCheckpointer({})
+          const kubeletCalls = stack.node.requests().pipe(
+            Effect.map((requests) =>
+              requests.filter((request) => request.path === "/checkpoint/default/fault-pause/counter").length
+            )
+          )
+          yield* stack.node.setFault("pause-once")
+          const once = yield* postCheckpoint(server.url, "default/fault-pause/counter")
+          expect(once.status, once.text).toBe(201)
+          expect(yield* kubeletCalls).toBe(2)
+          expect(server.logs()).toContain("the runtime could not pause the container")
+
+          yield* stack.node.setFault("pause")
+          const always = yield* postCheckpoint(server.url, "default/fault-pause/counter")
+          yield* stack.node.setFault(null)
+          expect(always.status, always.text).toBe(500)
+          expect(always.text).toMatch(/^checkpoint failed in phase "kubelet": kubelet answered 500: .*failed to pause/)
+          expect(yield* kubeletCalls).toBe(2 + 3)
+          yield* expectHealthy(stack, server)
+        }),
+      120_000
+    )
+
     it.scoped("the registry down before the push, and killed during it", () =>
       Effect.gen(function*() {
         const stack = yield* Stack

@@ -12,7 +12,7 @@ const requestsPerClient = 10
 const MiB = 1024 * 1024
 
 describeE2E("load", () => {
-  layer(Stack.layer({ registryAuth: "htpasswd" }), { excludeTestServices: true, timeout: "300 seconds" })((it) => {
+  layer(Stack.layer({ registryAuth: "htpasswd" }), { excludeTestServices: true, timeout: "600 seconds" })((it) => {
     it.scoped(
       `${clients * requestsPerClient} mixed sync/async checkpoints from ${clients} concurrent clients ` +
         "lose no result",
@@ -71,7 +71,7 @@ describeE2E("load", () => {
           // alone), 130 to 150 MiB with it and two malloc arenas, 128 to 130 MiB with one (MALLOC_ARENA_MAX=1).
           expect(peak).toBeLessThan(150 * MiB)
         }),
-      280_000
+      560_000
     )
   })
 })

@@ -7,6 +7,7 @@ import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import { openSync, readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
+import { prepareCriu, runcForCrio } from "./Criu.ts"
 import type { ProcessError, ProcessResult, RunOptions } from "./Process.ts"
 import { pollUntil, run, runProcess } from "./Process.ts"
 
@@ -67,7 +68,7 @@ const crioBinary: Record<Exclude<RuntimeKind, "containerd">, string> = {
   "crio-1.33": "crio-1.33.13"
 }
 
-const crioConfig = (dir: string, attachDir: string, pauseImage: string, restoreSupport: boolean) => `
+const crioConfig = (dir: string, attachDir: string, pauseImage: string, restoreSupport: boolean, runc: string) => `
 [crio]
 root = "${dir}/root"
 runroot = "${dir}/run"
@@ -90,7 +91,7 @@ container_attach_socket_dir = "${attachDir}"
 namespaces_dir = "${dir}/ns"
 decryption_keys_path = "${dir}/keys"
 [crio.runtime.runtimes.runc]
-runtime_path = "/usr/sbin/runc"
+runtime_path = "${runc}"
 runtime_root = "${dir}/runc"
 monitor_path = "/usr/bin/conmon"
 [crio.image]
@@ -186,6 +187,7 @@ export const startCriRuntime = (options: {
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
+    yield* Effect.sync(prepareCriu)
     const dir = path.resolve(options.dir)
     const isCrio = options.kind !== "containerd"
     const socket = path.join(dir, isCrio ? "crio.sock" : "containerd.sock")
@@ -224,9 +226,11 @@ export const startCriRuntime = (options: {
         fs.makeTempDirectory({ directory: "/run", prefix: "crio-attach-" }),
         (made) => Effect.ignore(fs.remove(made, { recursive: true }))
       )
+      const runc = runcForCrio(dir)
+      if (runc.script !== undefined) yield* fs.writeFileString(runc.path, runc.script, { mode: 0o755 })
       yield* fs.writeFileString(
         configFile,
-        crioConfig(dir, attachDir, options.pauseImage, options.restoreSupport ?? true)
+        crioConfig(dir, attachDir, options.pauseImage, options.restoreSupport ?? true, runc.path)
       )
       yield* fs.writeFileString(path.join(dir, "registries.conf"), registriesConf(options.registries))
       env = { CONTAINER_REGISTRIES_CONF: path.join(dir, "registries.conf") }

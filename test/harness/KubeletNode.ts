@@ -22,8 +22,11 @@ export interface KubeletRequest {
   readonly archive?: string
 }
 
-/** Injected misbehaviour of checkpoint requests: answer 500, never answer, or drop the connection. */
-export type KubeletFault = "500" | "hang" | "close"
+/**
+ * Injected misbehaviour of checkpoint requests: answer 500, never answer, drop the connection, or answer 500 as CRI-O
+ * does when runc could not freeze the container (every time, or the next time only).
+ */
+export type KubeletFault = "500" | "hang" | "close" | "pause" | "pause-once"
 
 /** The container names of a pod bound to this node, or undefined if the kubelet does not know the pod. */
 export type PodLookup = (namespace: string, pod: string) => Effect.Effect<ReadonlyArray<string> | undefined>
@@ -179,6 +182,15 @@ export const startKubeletNode = (
             return yield* Effect.never
           case "close":
             return yield* Effect.sync(() => request.socket.destroy())
+          case "pause-once":
+          case "pause": {
+            yield* Ref.update(fault, (current) => current === "pause-once" ? null : current)
+            return yield* answer(
+              500,
+              `checkpointing of ${segments.slice(1).join("/")} failed (injected fault: rpc error: code = Unknown ` +
+                "desc = failed to pause container before checkpointing: unable to freeze)"
+            )
+          }
           case null:
             return yield* checkpoint(
               { namespace: segments[1]!, pod: segments[2]!, container: segments[3]! },

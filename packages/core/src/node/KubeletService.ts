@@ -1,6 +1,6 @@
 import { FileSystem, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Duration, Effect, Layer, Option, Schema } from "effect"
+import { Data, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
 import { kubeletConfig } from "../config/Config.ts"
 import type { ContainerRef } from "../domain/Domain.ts"
 import { ContainerMissing, PhaseFailed } from "../domain/Errors.ts"
@@ -9,6 +9,14 @@ import { transportReason } from "../domain/Reason.ts"
 const CheckpointResponse = Schema.Struct({ items: Schema.NonEmptyArray(Schema.String) })
 
 const failed = (message: string, cause?: unknown) => new PhaseFailed({ phase: "kubelet", message, cause })
+
+/**
+ * The runtime could not freeze the container before dumping it (runc's cgroup v1 freezer races with a process that
+ * forks, more often under load). Nothing was dumped and runc thawed the container, so the kubelet is asked again.
+ */
+class PauseFailed extends Data.TaggedError("PauseFailed")<{ readonly message: string }> {}
+const pauseFailure = /failed to pause container/
+const pauseRetries = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
 
 /**
  * The kubelet checkpoint API of this node: `POST /checkpoint/{ns}/{pod}/{container}?timeout=N` over HTTPS with the
@@ -74,7 +82,10 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
         }
         if (response.status !== 200) {
           const text = yield* response.text.pipe(Effect.orElseSucceed(() => ""))
-          return yield* failed(`kubelet answered ${response.status}: ${text.trim().slice(0, 500)}`)
+          const message = `kubelet answered ${response.status}: ${text.trim().slice(0, 500)}`
+          return yield* response.status === 500 && pauseFailure.test(text)
+            ? new PauseFailed({ message })
+            : failed(message)
         }
         const body = yield* HttpClientResponse.schemaBodyJson(CheckpointResponse)(response).pipe(
           Effect.mapError((cause) => failed(`kubelet answered an unexpected body: ${cause.message}`, cause))
@@ -86,6 +97,15 @@ export class KubeletService extends Effect.Service<KubeletService>()("checkpoint
           duration: deadline,
           onTimeout: () => failed(`kubelet did not answer within ${Duration.format(deadline)}`)
         }),
+        Effect.tapErrorTag(
+          "PauseFailed",
+          (error) =>
+            Effect.logWarning("the runtime could not pause the container").pipe(
+              Effect.annotateLogs({ reason: error.message })
+            )
+        ),
+        Effect.retry({ schedule: pauseRetries, while: (error) => error._tag === "PauseFailed" }),
+        Effect.catchTag("PauseFailed", (error) => failed(error.message)),
         Effect.annotateLogs({ service: "KubeletService", container: String(container) })
       )
     })
