@@ -7,7 +7,7 @@ import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import { openSync, readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
-import { prepareCriu, runcForCrio } from "./Criu.ts"
+import { prepareCriu, runcForRuntimes } from "./Criu.ts"
 import type { ProcessError, ProcessResult, RunOptions } from "./Process.ts"
 import { pollUntil, run, runProcess } from "./Process.ts"
 
@@ -226,11 +226,9 @@ export const startCriRuntime = (options: {
         fs.makeTempDirectory({ directory: "/run", prefix: "crio-attach-" }),
         (made) => Effect.ignore(fs.remove(made, { recursive: true }))
       )
-      const runc = runcForCrio(dir)
-      if (runc.script !== undefined) yield* fs.writeFileString(runc.path, runc.script, { mode: 0o755 })
       yield* fs.writeFileString(
         configFile,
-        crioConfig(dir, attachDir, options.pauseImage, options.restoreSupport ?? true, runc.path)
+        crioConfig(dir, attachDir, options.pauseImage, options.restoreSupport ?? true, runcForRuntimes().runc)
       )
       yield* fs.writeFileString(path.join(dir, "registries.conf"), registriesConf(options.registries))
       env = { CONTAINER_REGISTRIES_CONF: path.join(dir, "registries.conf") }

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 
@@ -8,8 +8,8 @@ import path from "node:path"
  * firecracker kernel 6.18.44-fc-v1045 among them) the breakpoint never fires and every dump hangs; `CRIU_FAULT=130`
  * (CRIU's "no breakpoints" mode) makes it step to the same point with PTRACE_SYSCALL instead. This dumps a throwaway
  * process once, and only if that hangs and the fallback works sets `CRIU_FAULT=130` in this process's environment,
- * which the runtimes started by the harness inherit (CRI-O, which does not pass its environment to runc, gets a runc
- * wrapper: see `runcForCrio`). The answer is kept in `CHECKPOINTER_CRIU_PROBED` for child processes.
+ * which the runtimes started by the harness inherit (CRI-O and podman, which do not pass their environment to runc,
+ * get a runc wrapper: see `runcForRuntimes`). The answer is kept in `CHECKPOINTER_CRIU_PROBED` for child processes.
  */
 export const prepareCriu = (): void => {
   if (process.env.CHECKPOINTER_CRIU_PROBED !== undefined) return
@@ -44,11 +44,29 @@ const dumps = (env: Readonly<Record<string, string>>): boolean => {
   }
 }
 
-/** The runc CRI-O should run: the system's, or a wrapper that passes `CRIU_FAULT` on (CRI-O clears runc's env). */
-export const runcForCrio = (dir: string): { readonly path: string; readonly script?: string } =>
-  process.env.CRIU_FAULT === undefined
-    ? { path: "/usr/sbin/runc" }
-    : {
-      path: path.join(dir, "runc-criu-env"),
-      script: `#!/bin/sh\nCRIU_FAULT=${process.env.CRIU_FAULT} exec /usr/sbin/runc "$@"\n`
-    }
+/**
+ * What runtimes that clear runc's environment (CRI-O, podman) need to pass `CRIU_FAULT` on: the runc to run (the
+ * system's, or a wrapper that sets it) and, for podman, a containers.conf override naming that wrapper `runc`.
+ */
+export const runcForRuntimes = (): {
+  readonly runc: string
+  readonly podmanEnv: Readonly<Record<string, string>>
+} => {
+  prepareCriu()
+  const fault = process.env.CRIU_FAULT
+  if (fault === undefined) return { runc: "/usr/sbin/runc", podmanEnv: {} }
+  const dir = path.join(tmpdir(), `checkpointer-criu-fault-${fault}`)
+  mkdirSync(dir, { recursive: true })
+  const runc = path.join(dir, "runc")
+  const conf = path.join(dir, "containers.conf")
+  writeAtomically(runc, `#!/bin/sh\nCRIU_FAULT=${fault} exec /usr/sbin/runc "$@"\n`, 0o755)
+  writeAtomically(conf, `[engine.runtimes]\nrunc = [${JSON.stringify(runc)}]\n`, 0o644)
+  return { runc, podmanEnv: { CONTAINERS_CONF_OVERRIDE: conf } }
+}
+
+/** Other processes may be running the file: it is replaced, never rewritten in place. */
+const writeAtomically = (file: string, text: string, mode: number) => {
+  const temporary = `${file}.${process.pid}`
+  writeFileSync(temporary, text, { mode })
+  renameSync(temporary, file)
+}

@@ -3,7 +3,7 @@ import type { CommandExecutor } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
 import { Data, Duration, Effect, Schedule } from "effect"
 import type { Scope } from "effect"
-import { prepareCriu } from "./Criu.ts"
+import { runcForRuntimes } from "./Criu.ts"
 import { pollUntil, runProcess } from "./Process.ts"
 
 /** The tiny image every harness container runs: busybox-static plus a few applet links. */
@@ -59,12 +59,14 @@ export const podmanResult = (
   args: ReadonlyArray<string>,
   options?: { readonly timeout?: Duration.DurationInput }
 ): Effect.Effect<PodmanResult, PodmanError, Executor> =>
-  Effect.sync(prepareCriu).pipe(
-    Effect.zipRight(runProcess(["podman", "--runtime", "runc", ...args], {
-      env: { PODMAN_IGNORE_CGROUPSV1_WARNING: "1" },
-      shownAs: ["podman", ...redacted(args)],
-      ...(options?.timeout === undefined ? {} : { timeout: options.timeout })
-    })),
+  Effect.sync(runcForRuntimes).pipe(
+    Effect.flatMap(({ podmanEnv }) =>
+      runProcess(["podman", "--runtime", "runc", ...args], {
+        env: { PODMAN_IGNORE_CGROUPSV1_WARNING: "1", ...podmanEnv },
+        shownAs: ["podman", ...redacted(args)],
+        ...(options?.timeout === undefined ? {} : { timeout: options.timeout })
+      })
+    ),
     Effect.mapError((error) =>
       failure(args, {
         stderr: error.stderr,
