@@ -48,10 +48,16 @@ const dumps = (env: Readonly<Record<string, string>>): boolean => {
  * What runtimes that clear runc's environment (CRI-O, podman) need to pass `CRIU_FAULT` on: the runc to run (the
  * system's, or a wrapper that sets it) and, for podman, a containers.conf override naming that wrapper `runc`.
  */
-export const runcForRuntimes = (): {
+export const runcForRuntimes = (): RuncForRuntimes => (runcOfThisProcess ??= makeRuncForRuntimes())
+
+interface RuncForRuntimes {
   readonly runc: string
   readonly podmanEnv: Readonly<Record<string, string>>
-} => {
+}
+
+let runcOfThisProcess: RuncForRuntimes | undefined
+
+const makeRuncForRuntimes = (): RuncForRuntimes => {
   prepareCriu()
   const fault = process.env.CRIU_FAULT
   if (fault === undefined) return { runc: "/usr/sbin/runc", podmanEnv: {} }
