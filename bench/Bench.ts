@@ -133,12 +133,14 @@ export const runOnce = (env: BenchEnv, label: string, pipeline: Pipeline, what: 
     yield* Ref.update(env.loads, (loads) => [...loads, load])
     // One retry: a run that fails (another job on the machine got in the way) is logged and not counted.
     const sample = yield* env.registry.empty.pipe(
-      Effect.zipRight(Effect.gen(function*() {
-        const [client, registry] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
-        const sample = yield* pipeline.run(randomTag())
-        const [clientAfter, registryAfter] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
-        return { ...sample, cpu: { client: clientAfter - client, registry: registryAfter - registry } }
-      })),
+      Effect.zipRight(
+        Effect.gen(function*() {
+          const [client, registry] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
+          const sample = yield* pipeline.run(randomTag())
+          const [clientAfter, registryAfter] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
+          return { ...sample, cpu: { client: clientAfter - client, registry: registryAfter - registry } }
+        }).pipe(env.cluster.agent.whileQuiet)
+      ),
       Effect.tapError((error) =>
         Console.log(`[bench] ${label} ${what} ${pipeline.id} failed, once more: ${error.message}`)
       ),
@@ -211,7 +213,7 @@ const profileRuns = Effect.fn("Bench.profileRuns")(function*(
     yield* env.registry.empty
     const { profile, window } = yield* profiled(
       libraryBuild(env.builder, env.registry, archive, container, randomTag())
-    )
+    ).pipe(env.cluster.agent.whileQuiet)
     library.push({ profile, window })
     const seconds = formatSeconds((window.to - window.from) / 1e6)
     yield* Console.log(`[bench] profile: library build ${run}/${runs} (${seconds} s)`)
@@ -225,7 +227,9 @@ const profileRuns = Effect.fn("Bench.profileRuns")(function*(
     for (let run = 0; run <= runs; run++) {
       yield* env.registry.empty
       const sent = yield* monotonicMicros
-      const { sample } = yield* httpCheckpoint(server, container.pod, container.container)
+      const { sample } = yield* env.cluster.agent.whileQuiet(
+        httpCheckpoint(server, container.pod, container.container)
+      )
       const from = sent + sample.phases.kubelet! * 1e6
       if (run > 0) windows.push({ from, to: from + sample.phases["build/push"]! * 1e6 })
       yield* Console.log(`[bench] profile: server checkpoint ${run === 0 ? "warm-up" : `${run}/${runs}`}`)

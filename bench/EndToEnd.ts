@@ -37,7 +37,7 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
   const total = env.settings.warmups + env.settings.runs
   for (let run = 1; run <= total; run++) {
     yield* env.registry.empty
-    const { sample } = yield* httpCheckpoint(server, pod, "counter")
+    const { sample } = yield* env.cluster.agent.whileQuiet(httpCheckpoint(server, pod, "counter"))
     const what = run <= env.settings.warmups ? `warm-up ${run}` : `run ${run - env.settings.warmups}`
     yield* Console.log(
       `[bench] counter ${what}: ${formatSeconds(sample.seconds)} s ` +
@@ -54,9 +54,11 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
     yield* env.registry.empty
     const [pushed] = yield* seconds(
       libraryBuild(env.builder, env.registry, { path: archive }, { pod, container: "counter" }, randomTag())
-    )
+    ).pipe(env.cluster.agent.whileQuiet)
     yield* env.registry.empty
-    const [uploaded] = yield* seconds(rawUpload(env.registry, { path: archive, digest }, "bench/raw"))
+    const [uploaded] = yield* seconds(rawUpload(env.registry, { path: archive, digest }, "bench/raw")).pipe(
+      env.cluster.agent.whileQuiet
+    )
     const what = run <= env.settings.warmups ? `warm-up ${run}` : `run ${run - env.settings.warmups}`
     yield* Console.log(
       `[bench] counter's archive ${what}: library ${formatSeconds(pushed)} s, raw upload ${formatSeconds(uploaded)} s`
@@ -158,7 +160,8 @@ export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*
   })
 
   const rounds = { http: [] as Array<Round>, raw: [] as Array<Round>, library: [] as Array<Round> }
-  const kinds = [["raw", rawRound], ["library", libraryRound], ["http", httpRound]] as const
+  const quiet = env.cluster.agent.whileQuiet
+  const kinds = [["raw", quiet(rawRound)], ["library", quiet(libraryRound)], ["http", quiet(httpRound)]] as const
   const total = env.settings.warmups + env.settings.runs
   for (let run = 1; run <= total; run++) {
     const order = [...kinds.slice(run % kinds.length), ...kinds.slice(0, run % kinds.length)]

@@ -64,6 +64,11 @@ export interface NodeAgent {
     pod: string,
     container: string
   ) => Effect.Effect<boolean | undefined, ProcessError | CheckpointFailure>
+  /**
+   * Runs `effect` with the pod bookkeeping paused (no `crictl ps`, no status, log or memory polls; not nested), so
+   * that a benchmark sharing this process measures its own work, not the agent's. Checkpoints and exec still work.
+   */
+  readonly whileQuiet: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
 
 interface Volume {
@@ -212,8 +217,10 @@ export const startNodeAgent = (options: {
     const containers = yield* Ref.make<ReadonlyMap<string, string>>(new Map())
     const listing = yield* Ref.make<ReadonlyMap<string, string>>(new Map())
     const memorySqueeze = yield* Ref.make<number | undefined>(undefined)
+    const polling = yield* Effect.makeLatch(true)
     yield* Effect.forkScoped(
-      runtime.crictl(["ps", "--all", "-o", "json"]).pipe(
+      polling.await.pipe(
+        Effect.zipRight(runtime.crictl(["ps", "--all", "-o", "json"])),
         Effect.flatMap((text) =>
           Ref.set(
             listing,
@@ -491,6 +498,7 @@ export const startNodeAgent = (options: {
         // shared listing in between (one crictl process for all pods, not one per container and tick).
         const inspected = yield* Effect.forEach(created, ({ id }) => inspect(id))
         while (true) {
+          yield* polling.await
           const listed = yield* Ref.get(listing)
           for (const [i, { id }] of created.entries()) {
             if (listed.get(id) === "CONTAINER_EXITED" && inspected[i]!.status.state !== "CONTAINER_EXITED") {
@@ -643,6 +651,7 @@ export const startNodeAgent = (options: {
       exec,
       restored,
       squeezeMemoryLimits: (bytes) => Ref.set(memorySqueeze, bytes),
-      runs: () => Ref.get(runs)
+      runs: () => Ref.get(runs),
+      whileQuiet: (effect) => Effect.acquireUseRelease(polling.close, () => effect, () => polling.open)
     } satisfies NodeAgent
   })
