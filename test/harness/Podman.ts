@@ -236,7 +236,8 @@ export const archivedCounterValue = (archive: string): Effect.Effect<number, Pod
 
 /**
  * Scoped pull of a checkpoint image and `podman container restore --name NAME IMAGE` (the name must differ from
- * any existing container, including the checkpointed original). Removes the container and the pulled image on close.
+ * any existing container, including the checkpointed original). Removes the container (also one whose restore failed)
+ * and the pulled image on close.
  * Needs the original rootfs image (localhost/busybox:test) locally.
  */
 export const restoreFromImage = (options: {
@@ -258,12 +259,10 @@ export const restoreFromImage = (options: {
       ]),
       () => Effect.ignore(podman(["rmi", "--ignore", options.image]))
     )
-    return yield* Effect.acquireRelease(
-      podman(["container", "restore", "--name", options.name, options.image]).pipe(
-        Effect.map((id) => ({ name: options.name, id }))
-      ),
-      (container) => Effect.ignore(removeContainer(container.name))
-    )
+    // Removed on close even when the restore fails: podman has created the container by then.
+    yield* Effect.addFinalizer(() => Effect.ignore(removeContainer(options.name)))
+    const id = yield* podman(["container", "restore", "--name", options.name, options.image])
+    return { name: options.name, id }
   }).pipe(Effect.withSpan("Podman.restoreFromImage", { attributes: { image: options.image, name: options.name } }))
 
 /**
