@@ -176,7 +176,9 @@ export const linkReport = (result: LinkResult): string => {
     "beforehand, one PUT) into a docker-registry (TLS, htpasswd; emptied before every run) on loopback, and into " +
     "one running inside a network namespace joined to the host by a veth pair with `tc qdisc ... tbf` at the " +
     "link's rate on both ends (the host end's egress is the push direction). Rounds interleaved (each runs every " +
-    "pipeline once, in a rotated order) after the warm-ups; ratios are medians of per-round ratios.",
+    "pipeline once, in a rotated order) after the warm-ups; ratios are medians of per-round ratios. The simulated " +
+    "kubelet's pod bookkeeping, which runs in the benchmark's process next to the library builds, is paused " +
+    "meanwhile (`NodeAgent.whileQuiet`).",
     "",
     ...result.links.flatMap((link) => [`### ${link.title}`, "", ...linkTable(archive.bytes, link.samples), ""]),
     "## Verdicts",

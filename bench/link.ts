@@ -133,7 +133,7 @@ const program = Effect.gen(function*() {
   for (const { registry, ...link } of registries.filter((each) => config.links.includes(each.label))) {
     yield* noteLoad
     const builders = yield* makeBuilders(registry, encryptionKeys)
-    const samples = yield* measureLink(link.label, registry, builders, archive, config)
+    const samples = yield* cluster.agent.whileQuiet(measureLink(link.label, registry, builders, archive, config))
     links.push({ ...link, samples })
   }
 
