@@ -3,7 +3,7 @@
 // and checkpointer-push into packages/strategies/dist/bin/checkpointer-push (the benchmark runs it).
 import { build } from "esbuild"
 import { spawnSync } from "node:child_process"
-import { chmod, readdir, rm } from "node:fs/promises"
+import { chmod, readdir, readFile, rm } from "node:fs/promises"
 import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -66,10 +66,13 @@ for (const name of await readdir(chunks).catch(() => [])) {
 // Node's compile cache (NODE_COMPILE_CACHE, which `pnpm start` and the container image set) holds V8's compiled code
 // of the bundle, so that a server starting from it does not parse 3 MB of JavaScript again: that parse leaves about
 // 20 MiB of freed but unreturned malloc memory behind for the life of the process. Written here by running the bundle
-// once with no settings: it loads everything a start loads, reports the missing settings and exits.
+// once with no settings but `pnpm start`'s node flags (V8 accepts a cache only from a run with the same flags): it
+// loads everything a start loads, reports the missing settings and exits.
 const compileCache = `${root}/dist/server/compile-cache`
 await rm(compileCache, { recursive: true, force: true })
-spawnSync(process.execPath, [`${root}/dist/server/main.mjs`], {
+const startFlags = JSON.parse(await readFile(`${root}/package.json`, "utf8")).scripts.start.split(/\s+/)
+  .filter((word) => word.startsWith("--"))
+spawnSync(process.execPath, [...startFlags, `${root}/dist/server/main.mjs`], {
   env: { PATH: process.env.PATH ?? "", NODE_COMPILE_CACHE: compileCache, NODE_COMPILE_CACHE_PORTABLE: "1" },
   stdio: "ignore"
 })

@@ -170,8 +170,12 @@ describe("Dockerfile", () => {
 
     it("starts from the compiled code the build wrote beside the bundle, for the user who built it", () => {
       // Without settings the server only loads and exits; Node says whether it took the bundle's code from the cache.
+      // V8 accepts a cache only from a run with the same flags: the ENTRYPOINT's.
       // Node keys the cache by user: in the image that is root, the user k8s-manifests run the server as.
-      const run = spawnSync(process.execPath, [`${appDir}/main.mjs`], {
+      const flags = (JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args) as Array<string>).filter((word) =>
+        word.startsWith("--")
+      )
+      const run = spawnSync(process.execPath, [...flags, `${appDir}/main.mjs`], {
         cwd: appDir,
         env: { ...env, NODE_DEBUG_NATIVE: "COMPILE_CACHE" },
         encoding: "utf8"
