@@ -77,6 +77,15 @@ spawnSync(process.execPath, [...startFlags, `${root}/dist/server/main.mjs`], {
   stdio: "ignore"
 })
 
+/**
+ * A command run with an older Node (a workstation's, for the kubectl plugin) stops with a plain message instead of
+ * failing inside a bundled dependency, which prints a screenful of minified code. Exit status 2, as wrong usage.
+ */
+const nodeVersionCheck = (command) =>
+  "if (Number(process.versions.node.split('.')[0]) < 24) { " +
+  `process.stderr.write('${command} needs Node.js 24 or later; this is Node.js ' + process.versions.node + '\\n'); ` +
+  "process.exit(2) }"
+
 /** One executable file; esbuild keeps the entry's shebang on its first line. */
 const executable = async (entry, outfile) => {
   await build({
@@ -84,7 +93,7 @@ const executable = async (entry, outfile) => {
     entryPoints: [entry],
     outfile,
     legalComments: "none",
-    banner: { js: requireShim }
+    banner: { js: `${requireShim}\n${nodeVersionCheck(outfile.split("/").at(-1))}` }
   })
   await chmod(`${root}/${outfile}`, 0o755)
 }

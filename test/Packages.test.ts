@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import { spawnSync } from "node:child_process"
 import { existsSync, readdirSync, readFileSync } from "node:fs"
 import { projectRoot } from "./harness/CheckpointerProcess.ts"
 
@@ -80,5 +81,31 @@ describe("the packages", () => {
     const readme = readFileSync(`${projectRoot}/README.md`, "utf8")
     const example = readFileSync(`${projectRoot}/examples/embed/checkpoint.ts`, "utf8")
     expect(readme).toContain(`\`\`\`ts\n${example.trimEnd()}\n\`\`\``)
+  })
+})
+
+describe("the bundled commands (scripts/build.mjs)", () => {
+  const commands = ["packages/cli/dist/bin/kubectl-checkpoint", "packages/strategies/dist/bin/checkpointer-push"]
+  /** Runs a command with `node`, which reports `version` as its own when given. */
+  const runWith = (command: string, version?: string) =>
+    spawnSync(process.execPath, [
+      ...(version === undefined
+        ? []
+        : ["--import", `data:text/javascript,Object.defineProperty(process.versions,"node",{value:"${version}"})`]),
+      `${projectRoot}/${command}`,
+      "--help"
+    ], { encoding: "utf8" })
+
+  it("refuse a Node older than 24 with one plain line, exit status 2", () => {
+    for (const command of commands) {
+      const name = command.split("/").at(-1)!
+      const old = runWith(command, "22.12.0")
+      expect(old.status, old.stderr).toBe(2)
+      expect(old.stderr).toBe(`${name} needs Node.js 24 or later; this is Node.js 22.12.0\n`)
+      expect(old.stdout).toBe("")
+      const current = runWith(command)
+      expect(current.status, current.stderr).toBe(0)
+      expect(current.stdout + current.stderr).toContain("Usage:")
+    }
   })
 })
