@@ -3,6 +3,9 @@ import { NodeFileSystem } from "@effect/platform-node"
 import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
 import { readFileSync } from "node:fs"
+import { createServer } from "node:http"
+import type { Server } from "node:http"
+import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "vitest"
 import { freePort, projectRoot, serverCommand, startCheckpointer } from "./harness/CheckpointerProcess.ts"
 import { spansOf, startOtlpReceiver } from "./harness/OtlpReceiver.ts"
@@ -160,6 +163,26 @@ describe("server startup", () => {
         expect(checkpointer.logs()).not.toContain("not available")
       }).pipe(Effect.scoped, Effect.runPromise)
   )
+
+  it("is not taken for started when another process holds its port and answers /healthz (the harness checks)", () =>
+    Effect.gen(function*() {
+      const impostor = yield* Effect.acquireRelease(
+        Effect.async<Server>((resume) => {
+          const server = createServer((_, response) => response.end("ok"))
+          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+        }),
+        (server) => Effect.promise(() => new Promise((resolve) => server.close(resolve)))
+      )
+      const port = (impostor.address() as AddressInfo).port
+      const { kubeconfig, storage } = yield* startupDir
+      const failure = yield* startCheckpointer({
+        env: { ...required, CHECKPOINTER_PORT: String(port), KUBECONFIG: kubeconfig, STORAGE_BASE_PATH: storage },
+        address: "127.0.0.1",
+        port
+      }).pipe(Effect.flip)
+      expect(failure.message).toContain("Checkpointer did not become healthy (exit code 1)")
+      expect(failure.message).toContain("EADDRINUSE")
+    }).pipe(Effect.scoped, Effect.runPromise))
 
   it("does not load Node's own copy of undici (the bundle requires node:http instead of importing it)", () => {
     // An import of node:http builds its ESM facade, which reads the lazy WebSocket export and so loads that undici.

@@ -1,7 +1,7 @@
 import { Data, Duration, Effect, Schedule } from "effect"
 import type { Scope } from "effect"
 import { spawn } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { readdirSync, readFileSync, readlinkSync } from "node:fs"
 import { get as httpsGet } from "node:https"
 import { createServer } from "node:net"
 import { fileURLToPath } from "node:url"
@@ -59,6 +59,24 @@ export const freePort = (address: string) =>
     })
   })
 
+/** Whether `port` can be bound on `address` now. */
+const bindable = (address: string, port: number) =>
+  Effect.async<boolean>((resume) => {
+    const server = createServer()
+    server.once("error", () => resume(Effect.succeed(false)))
+    server.listen(port, address, () => server.close(() => resume(Effect.succeed(true))))
+  })
+
+/** A TCP port free on every one of `addresses` (the Checkpointers of a multi-node stack share one). */
+export const freePortOnAll = (addresses: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    for (let attempt = 1;; attempt++) {
+      const port = yield* freePort(addresses[0]!)
+      const free = yield* Effect.forEach(addresses.slice(1), (address) => bindable(address, port))
+      if (free.every(Boolean) || attempt === 20) return port
+    }
+  })
+
 const probeHttps = (url: string, signal: AbortSignal) =>
   new Promise<boolean>((resolve, reject) => {
     const request = httpsGet(url, { rejectUnauthorized: false, signal }, (response) => {
@@ -67,6 +85,36 @@ const probeHttps = (url: string, signal: AbortSignal) =>
     })
     request.on("error", reject)
   })
+
+/**
+ * Whether process `pid` holds the listening TCP socket of `port` (from /proc). All local stacks put their node on
+ * 127.0.0.2: a port that freePort found free can be taken by another test's process before this one binds it, and then
+ * that process answers /healthz while this one exits with EADDRINUSE.
+ */
+const listensOn = (pid: number, port: number): boolean => {
+  const sockets = new Set<string>()
+  let fds: ReadonlyArray<string>
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`)
+  } catch {
+    return false // exited
+  }
+  for (const fd of fds) {
+    try {
+      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1]
+      if (inode !== undefined) sockets.add(inode)
+    } catch {
+      // closed meanwhile
+    }
+  }
+  const local = `:${port.toString(16).toUpperCase().padStart(4, "0")}`
+  return ["/proc/net/tcp", "/proc/net/tcp6"].some((table) =>
+    readFileSync(table, "utf8").split("\n").slice(1).some((line) => {
+      const [, address, , state, , , , , , inode] = line.trim().split(/\s+/)
+      return address?.endsWith(local) === true && state === "0A" && inode !== undefined && sockets.has(inode)
+    })
+  )
+}
 
 const peakRssOf = (pid: number): number => {
   const status = readFileSync(`/proc/${pid}/status`, "utf8")
@@ -130,7 +178,11 @@ export const startCheckpointer = (options: {
           : fetch(`${url}/healthz`, { signal }).then((response) => response.ok),
       catch: (cause) => new CheckpointerProcessError({ message: "not answering yet", cause })
     }).pipe(
-      Effect.filterOrFail((ok) => ok, () => new CheckpointerProcessError({ message: "/healthz not ok" })),
+      Effect.filterOrFail(
+        // pnpm runs the server as a grandchild: its listener is not the child's.
+        (ok) => ok && (options.viaPnpm === true || listensOn(child.pid!, options.port)),
+        () => new CheckpointerProcessError({ message: "/healthz not ok, or answered by another process" })
+      ),
       Effect.retry({
         schedule: Schedule.spaced("200 millis"),
         while: () => child.exitCode === null
@@ -148,7 +200,15 @@ export const startCheckpointer = (options: {
       env: options.env,
       pid: child.pid ?? 0,
       logs,
-      peakRss: () => peakRssOf(child.pid ?? 0),
+      peakRss: () => {
+        if (child.exitCode !== null || child.signalCode !== null) {
+          throw new Error(
+            `Checkpointer (pid ${child.pid}) exited (${child.exitCode ?? child.signalCode}) before its memory was ` +
+              `read; its output:\n${logs()}`
+          )
+        }
+        return peakRssOf(child.pid ?? 0)
+      },
       exitCode: () => child.exitCode,
       kill: Effect.async<void>((resume) => {
         if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)

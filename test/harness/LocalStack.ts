@@ -2,7 +2,7 @@ import { FileSystem, Path } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { Context, Effect, Layer } from "effect"
 import type { CheckpointerProcess } from "./CheckpointerProcess.ts"
-import { freePort, startCheckpointer } from "./CheckpointerProcess.ts"
+import { freePort, freePortOnAll, startCheckpointer } from "./CheckpointerProcess.ts"
 import type { LocalCluster } from "./Cluster.ts"
 import { startLocalCluster } from "./Cluster.ts"
 import type { RuntimeKind } from "./CriRuntime.ts"
@@ -12,7 +12,11 @@ import { startRegistry } from "./Registry.ts"
 
 export const checkpointRepository = "checkpoints/counter"
 
-/** The environment README tells users to set for `pnpm start` outside a cluster, for one node of the local stack. */
+/**
+ * The environment README tells users to set for `pnpm start` outside a cluster, for one node of the local stack. The
+ * server listens on the node's address only: every stack's first node is 127.0.0.2, and a server on all interfaces
+ * would take its port on the other nodes' addresses too, where a concurrent test's stack may have found it free.
+ */
 export const checkpointerEnv = (options: {
   readonly registry: TestRegistry
   readonly cluster: LocalCluster
@@ -38,6 +42,7 @@ export const checkpointerEnv = (options: {
   REGISTRY_AUTH_FILE: options.authFile ?? options.registry.authFile,
   REGISTRY_CA_FILE: options.registry.caFile,
   DISABLE_ROUTE_FORWARD: "true",
+  CHECKPOINTER_LISTEN_ADDRESS: options.node.address,
   ...options.extra
 })
 
@@ -179,7 +184,7 @@ export const startMultiNodeStack = (options: {
   Effect.gen(function*() {
     const path = yield* Path.Path
     const { cluster, registry } = yield* startInfrastructure({ ...options, registryAuth: "htpasswd" })
-    const port = yield* freePort(cluster.nodes[0]!.address)
+    const port = yield* freePortOnAll(cluster.nodes.map((node) => node.address))
     const startCheckpointerOn = (
       name: string,
       extra: { readonly extra?: Readonly<Record<string, string>>; readonly port?: number }
@@ -191,8 +196,7 @@ export const startMultiNodeStack = (options: {
           cluster,
           node,
           port: extra.port ?? port,
-          storage: path.join(options.dir, `storage-${name}`),
-          extra: { CHECKPOINTER_LISTEN_ADDRESS: node.address }
+          storage: path.join(options.dir, `storage-${name}`)
         })
         delete env.DISABLE_ROUTE_FORWARD
         return yield* startCheckpointer({
