@@ -49,6 +49,9 @@ const stages = instructions.reduce<Array<{ from: string; name?: string; steps: A
 const buildStage = stages.find((stage) => stage.name === "build")!
 const runtime = stages.at(-1)!
 const stepsOf = (stage: typeof runtime, keyword: string) => stage.steps.filter((step) => step.keyword === keyword)
+/** The runtime stage's ENTRYPOINT (exec form): `node`, its flags, the bundle. */
+const entrypoint: ReadonlyArray<string> = JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args)
+const entrypointFlags = entrypoint.filter((word) => word.startsWith("--"))
 
 /** .dockerignore semantics: the last matching pattern decides; a pattern also matches everything under a match. */
 const ignorePatterns = readFileSync(`${projectRoot}/.dockerignore`, "utf8")
@@ -121,8 +124,7 @@ describe("Dockerfile", () => {
 
   it("keeps `pnpm start`'s memory settings", () => {
     const start = scripts.start!
-    const entrypoint: ReadonlyArray<string> = JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args)
-    for (const flag of entrypoint.filter((word) => word.startsWith("--"))) expect(start).toContain(flag)
+    for (const flag of entrypointFlags) expect(start).toContain(flag)
     const env = stepsOf(runtime, "ENV").map((step) => step.args).join(" ")
     expect(start).toContain("MALLOC_ARENA_MAX=1")
     expect(env).toContain("MALLOC_ARENA_MAX=1")
@@ -172,10 +174,7 @@ describe("Dockerfile", () => {
       // Without settings the server only loads and exits; Node says whether it took the bundle's code from the cache.
       // V8 accepts a cache only from a run with the same flags: the ENTRYPOINT's.
       // Node keys the cache by user: in the image that is root, the user k8s-manifests run the server as.
-      const flags = (JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args) as Array<string>).filter((word) =>
-        word.startsWith("--")
-      )
-      const run = spawnSync(process.execPath, [...flags, `${appDir}/main.mjs`], {
+      const run = spawnSync(process.execPath, [...entrypointFlags, `${appDir}/main.mjs`], {
         cwd: appDir,
         env: { ...env, NODE_DEBUG_NATIVE: "COMPILE_CACHE" },
         encoding: "utf8"
@@ -187,7 +186,7 @@ describe("Dockerfile", () => {
     })
 
     it("serves /healthz, /metrics and /readyz as the node user, from the bundle alone", async () => {
-      const [command, ...args] = JSON.parse(stepsOf(runtime, "ENTRYPOINT")[0]!.args) as Array<string>
+      const [command, ...args] = entrypoint
       expect(command).toBe("node")
       const storage = `${root}/storage`
       mkdirSync(storage)

@@ -45,35 +45,33 @@ export interface CheckpointerProcess {
   readonly terminate: Effect.Effect<number | null>
 }
 
-/** A free TCP port on `address`. */
-export const freePort = (address: string) =>
-  Effect.async<number, CheckpointerProcessError>((resume) => {
+/** Listens on `port` (0: any) of `address` and closes again: the port it got, none when it could not bind. */
+const bindOnce = (address: string, port: number) =>
+  Effect.async<number | undefined>((resume) => {
     const server = createServer()
-    server.once(
-      "error",
-      (cause) => resume(Effect.fail(new CheckpointerProcessError({ message: "no free port", cause })))
-    )
-    server.listen(0, address, () => {
-      const port = (server.address() as { port: number }).port
-      server.close(() => resume(Effect.succeed(port)))
+    server.once("error", () => resume(Effect.succeed(undefined)))
+    server.listen(port, address, () => {
+      const bound = (server.address() as { port: number }).port
+      server.close(() => resume(Effect.succeed(bound)))
     })
   })
 
-/** Whether `port` can be bound on `address` now. */
-const bindable = (address: string, port: number) =>
-  Effect.async<boolean>((resume) => {
-    const server = createServer()
-    server.once("error", () => resume(Effect.succeed(false)))
-    server.listen(port, address, () => server.close(() => resume(Effect.succeed(true))))
-  })
+/** A free TCP port on `address`. */
+export const freePort = (address: string) =>
+  bindOnce(address, 0).pipe(
+    Effect.filterOrFail(
+      (port): port is number => port !== undefined,
+      () => new CheckpointerProcessError({ message: `no free port on ${address}` })
+    )
+  )
 
 /** A TCP port free on every one of `addresses` (the Checkpointers of a multi-node stack share one). */
 export const freePortOnAll = (addresses: ReadonlyArray<string>) =>
   Effect.gen(function*() {
     for (let attempt = 1;; attempt++) {
       const port = yield* freePort(addresses[0]!)
-      const free = yield* Effect.forEach(addresses.slice(1), (address) => bindable(address, port))
-      if (free.every(Boolean) || attempt === 20) return port
+      const bound = yield* Effect.forEach(addresses.slice(1), (address) => bindOnce(address, port))
+      if (bound.every((other) => other === port) || attempt === 20) return port
     }
   })
 
