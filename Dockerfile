@@ -43,4 +43,4 @@ EXPOSE 3333
 # Non-root by default. Reading the kubelet's root-owned 0600 checkpoint archives needs uid 0: the DaemonSet in
 # k8s-manifests sets runAsUser: 0 with every capability dropped (see the comment there).
 USER node
-ENTRYPOINT ["node", "--max-semi-space-size=2", "--max-old-space-size=96", "--liftoff-only", "/app/main.mjs"]
+ENTRYPOINT ["node", "--max-semi-space-size=2", "--max-old-space-size=96", "--liftoff-only", "--max-opt=2", "--optimize-for-size", "/app/main.mjs"]
