@@ -145,7 +145,8 @@ export const checkpointFacts = (description: CheckpointMetadata): CheckpointFact
 
 /**
  * config.dump and spec.dump of an archive file (plain, gzip or zstd), read from its start only until both are found:
- * CRI-O and Podman write them first, so a large archive is not read through.
+ * CRI-O writes them first, so a large archive is not read through. Podman writes the container's /dev/shm
+ * (devshm-checkpoint.tar) before them, which is read through.
  */
 export const readArchiveMetadata = (path: string) =>
   Effect.scoped(Effect.gen(function*() {
@@ -175,7 +176,9 @@ export const readArchiveMetadata = (path: string) =>
     // it): zstd archives are decompressed here, in writes that end where frames end (see ZstdFrames).
     let zstd: Zlib.ZstdDecompress | undefined
     yield* Effect.addFinalizer(() => Effect.sync(() => zstd?.destroy()))
-    const writeTo = (stream: Writable | Parser) => (chunk: Uint8Array) => writeDrained(stream)(Buffer.from(chunk))
+    // Each chunk the file stream yields is a buffer of its own: node-tar gets a view of it, not a copy.
+    const writeTo = (stream: Writable | Parser) => (chunk: Uint8Array) =>
+      writeDrained(stream)(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength))
     const feedFor = (head: Uint8Array) => {
       if (sniffCompression(head) !== "zstd") {
         return { pieces: (chunk: Uint8Array) => [chunk], write: writeTo(parser), end: () => parser.end() }
@@ -189,7 +192,7 @@ export const readArchiveMetadata = (path: string) =>
       return { pieces: splitAtFrameEnds(), write: writeTo(decompressor), end: () => decompressor.end() }
     }
     let feeding: ReturnType<typeof feedFor> | undefined
-    const feed = fs.stream(path, { chunkSize: 256 * 1024 }).pipe(
+    const feed = fs.stream(path, { chunkSize: 1024 * 1024 }).pipe(
       Stream.mapError(readFailed),
       Stream.runForEach((chunk) => {
         feeding ??= feedFor(chunk)
