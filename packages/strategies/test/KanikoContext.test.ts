@@ -150,4 +150,18 @@ describe("KanikoContext", () => {
       ).pipe(Effect.flip)
       expect(error.message).toContain(`cannot read the checkpoint archive ${zst}`)
     }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.scoped("a zstd archive cut short fails the kaniko build context instead of crashing the process", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const { bytes, dir } = yield* plainTar(64 * 1024)
+      const compressed = zstdCompressSync(bytes)
+      const zst = `${dir}/cut.tar.zst`
+      // The decompressor fails only when it ends, after the stream pipeline has settled.
+      yield* fs.writeFile(zst, compressed.subarray(0, compressed.length / 2))
+      const error = yield* Stream.runDrain(
+        buildContext({ path: zst, name: "cut.tar.zst", size: bytes.length, compression: "zstd" }, [])
+      ).pipe(Effect.flip)
+      expect(error.message).toBe(`cannot read the checkpoint archive ${zst}: unexpected end of file`)
+    }).pipe(Effect.provide(NodeContext.layer)))
 })

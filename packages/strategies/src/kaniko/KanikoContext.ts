@@ -152,10 +152,14 @@ export const buildContext = (
           pack.add(basename(archive.path))
         } else {
           const entry = fileEntry(archive.name, archive.size)
+          const decompressing = decompressor(archive.compression)
+          // A truncated archive fails when the decompressor ends, after the pipeline has settled: that error must
+          // fail the context too, not go unhandled (which would crash the process).
+          decompressing.on("error", (error) => pack.emit("error", error))
           content = pipeline(
             createReadStream(archive.path, { highWaterMark: readSize }),
             decompressorFeed(archive.compression),
-            decompressor(archive.compression),
+            decompressing,
             (error) => {
               if (error) pack.emit("error", error)
             }
