@@ -68,11 +68,14 @@ export const freePort = (address: string) =>
 /** A TCP port free on every one of `addresses` (the Checkpointers of a multi-node stack share one). */
 export const freePortOnAll = (addresses: ReadonlyArray<string>) =>
   Effect.gen(function*() {
-    for (let attempt = 1;; attempt++) {
+    for (let attempt = 1; attempt <= 20; attempt++) {
       const port = yield* freePort(addresses[0]!)
       const bound = yield* Effect.forEach(addresses.slice(1), (address) => bindOnce(address, port))
-      if (bound.every((other) => other === port) || attempt === 20) return port
+      if (bound.every((other) => other === port)) return port
     }
+    return yield* new CheckpointerProcessError({
+      message: `no port free on all of ${addresses.join(", ")} in 20 tries`
+    })
   })
 
 const probeHttps = (url: string, signal: AbortSignal) =>

@@ -5,9 +5,8 @@ import { Agent } from "@effect/platform-node/Undici"
 import { Data, Duration, Effect, Fiber, Ref, Schedule, Stream } from "effect"
 import type { Scope } from "effect"
 import { createHash, randomBytes } from "node:crypto"
-import { createServer } from "node:net"
-import type { AddressInfo } from "node:net"
 import { makePki } from "./Certificates.ts"
+import { freePort } from "./CheckpointerProcess.ts"
 import { startTokenServer } from "./TokenServer.ts"
 
 export class RegistryHarnessError extends Data.TaggedError("RegistryHarnessError")<{
@@ -72,15 +71,6 @@ const ociManifestTypes = [
   "application/vnd.oci.image.index.v1+json",
   "application/vnd.docker.distribution.manifest.v2+json"
 ].join(", ")
-
-const freePort = Effect.async<number, RegistryHarnessError>((resume) => {
-  const server = createServer()
-  server.once("error", (cause) => resume(Effect.fail(new RegistryHarnessError({ message: "no free port", cause }))))
-  server.listen(0, "127.0.0.1", () => {
-    const { port } = server.address() as AddressInfo
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
 
 const harnessError = (message: string) => (cause: unknown) =>
   cause instanceof RegistryHarnessError ? cause : new RegistryHarnessError({ message, cause })
@@ -156,7 +146,7 @@ export const startRegistry = (options: {
     const username = "checkpointer"
     const password = `pw-${randomBytes(12).toString("hex")}`
     const wrongPassword = `wrong-${randomBytes(12).toString("hex")}`
-    const port = yield* freePort
+    const port = yield* freePort("127.0.0.1").pipe(Effect.mapError(harnessError("no free port for the registry")))
     const host = `${address}:${port}`
 
     let authSection: string | undefined

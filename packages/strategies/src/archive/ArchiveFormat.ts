@@ -47,6 +47,9 @@ export const drained = <Chunk>(stream: DrainingStream<Chunk>) =>
     return Effect.sync(() => stream.off("drain", onDrain))
   })
 
+/** The same bytes as a Buffer, not copied: for a chunk that is a buffer of its own (not one the producer reuses). */
+export const bufferView = (bytes: Uint8Array): Buffer => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+
 /** Writes a chunk and, when that filled the stream's buffer, waits until it drains. */
 export const writeDrained = <Chunk>(stream: DrainingStream<Chunk>) => (chunk: Chunk) =>
   Effect.suspend(() => stream.write(chunk) ? Effect.void : drained(stream))

@@ -5,6 +5,7 @@ import * as Zlib from "node:zlib"
 import { Parser } from "tar"
 import {
   ArchiveError,
+  bufferView,
   drained,
   fatalTarWarnings,
   layerMediaType,
@@ -105,7 +106,7 @@ const makeInspector = Effect.sync(() => {
 
   const write = (chunk: Uint8Array) =>
     Effect.suspend(() => {
-      const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+      const bytes = bufferView(chunk)
       rawHash.update(bytes)
       size += bytes.length
       if (head !== undefined) {

@@ -6,6 +6,7 @@ import { Parser } from "tar"
 import type { ReadEntry } from "tar"
 import {
   ArchiveError,
+  bufferView,
   fatalTarWarnings,
   readFailed,
   sniffCompression,
@@ -177,8 +178,7 @@ export const readArchiveMetadata = (path: string) =>
     let zstd: Zlib.ZstdDecompress | undefined
     yield* Effect.addFinalizer(() => Effect.sync(() => zstd?.destroy()))
     // Each chunk the file stream yields is a buffer of its own: node-tar gets a view of it, not a copy.
-    const writeTo = (stream: Writable | Parser) => (chunk: Uint8Array) =>
-      writeDrained(stream)(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength))
+    const writeTo = (stream: Writable | Parser) => (chunk: Uint8Array) => writeDrained(stream)(bufferView(chunk))
     const feedFor = (head: Uint8Array) => {
       if (sniffCompression(head) !== "zstd") {
         return { pieces: (chunk: Uint8Array) => [chunk], write: writeTo(parser), end: () => parser.end() }
