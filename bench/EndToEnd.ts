@@ -9,13 +9,15 @@ import { loadAverage } from "./Machine.ts"
 import { httpCheckpoint, libraryBuild, rawUpload } from "./Pipelines.ts"
 import type { Sample } from "./Stats.ts"
 import { formatSeconds, MiB } from "./Stats.ts"
-import { currentRss, failedTo, peakRss, resetPeakRss, seconds } from "./Tools.ts"
+import { currentRss, failedTo, peakRss, resetPeakRss, seconds, selfCpu } from "./Tools.ts"
 import { checkpointInto, fileDigest, makeArchive, runMemoryContainer } from "./Workload.ts"
 
 export interface CounterResult {
   readonly samples: ReadonlyArray<Sample>
   /** The same container's archive, checkpointed once, pushed by the library in this process: seconds per push. */
   readonly library: ReadonlyArray<number>
+  /** CPU seconds of this process (all its threads) per library push, and the registry's CPU seconds per push. */
+  readonly libraryCpu: { readonly own: ReadonlyArray<number>; readonly registry: number }
   /** That archive as a raw curl upload (POST, one PUT with the digest): seconds per upload. */
   readonly raw: ReadonlyArray<number>
   readonly registry: RegistryAnswers
@@ -49,12 +51,19 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
   yield* checkpointInto(env.cluster, pod, "counter", archive).pipe(Effect.mapError(failedTo("checkpoint the counter")))
   const { digest } = yield* fileDigest(archive)
   const library: Array<number> = []
+  const ownCpu: Array<number> = []
+  let registryCpu = 0
   const raw: Array<number> = []
   for (let run = 1; run <= total; run++) {
     yield* env.registry.empty
-    const [pushed] = yield* seconds(
-      libraryBuild(env.builder, env.registry, { path: archive }, { pod, container: "counter" }, randomTag())
-    ).pipe(env.cluster.agent.whileQuiet)
+    const { cpu, pushed } = yield* Effect.gen(function*() {
+      const [ownBefore, registryBefore] = [(yield* selfCpu).own, yield* env.registry.cpu]
+      const [pushed] = yield* seconds(
+        libraryBuild(env.builder, env.registry, { path: archive }, { pod, container: "counter" }, randomTag())
+      )
+      const cpu = { own: (yield* selfCpu).own - ownBefore, registry: (yield* env.registry.cpu) - registryBefore }
+      return { cpu, pushed }
+    }).pipe(env.cluster.agent.whileQuiet)
     yield* env.registry.empty
     const [uploaded] = yield* seconds(rawUpload(env.registry, { path: archive, digest }, "bench/raw")).pipe(
       env.cluster.agent.whileQuiet
@@ -65,6 +74,8 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
     )
     if (run > env.settings.warmups) {
       library.push(pushed)
+      ownCpu.push(cpu.own)
+      registryCpu += cpu.registry
       raw.push(uploaded)
     }
   }
@@ -74,7 +85,8 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
       `${formatSeconds(registry.unauthenticated)} s, authenticated ${formatSeconds(registry.authenticated)} s, ` +
       `upload start ${formatSeconds(registry.uploadStart)} s`
   )
-  return { samples, library, raw, registry } satisfies CounterResult
+  const libraryCpu = { own: ownCpu, registry: registryCpu / Math.max(1, library.length) }
+  return { samples, library, libraryCpu, raw, registry } satisfies CounterResult
 }, Effect.scoped)
 
 /** One round of N parallel pushes: its wall time and the bytes that reached the registry. */
