@@ -35,7 +35,7 @@ import type { BenchSettings } from "./Settings.ts"
 import type { Sample } from "./Stats.ts"
 import { formatSeconds } from "./Stats.ts"
 import type { BenchError } from "./Tools.ts"
-import { currentRss, failedTo } from "./Tools.ts"
+import { cpuDuring, currentRss, failedTo } from "./Tools.ts"
 import type { Archive, MemoryContainer } from "./Workload.ts"
 import { containerInPod, makeArchive, runMemoryContainer, runPodmanContainer } from "./Workload.ts"
 
@@ -134,12 +134,11 @@ export const runOnce = (env: BenchEnv, label: string, pipeline: Pipeline, what: 
     // One retry: a run that fails (another job on the machine got in the way) is logged and not counted.
     const sample = yield* env.registry.empty.pipe(
       Effect.zipRight(
-        Effect.gen(function*() {
-          const [client, registry] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
-          const sample = yield* pipeline.run(randomTag())
-          const [clientAfter, registryAfter] = yield* Effect.all([pipeline.clientCpu, env.registry.cpu])
-          return { ...sample, cpu: { client: clientAfter - client, registry: registryAfter - registry } }
-        }).pipe(env.cluster.agent.whileQuiet)
+        pipeline.run(randomTag()).pipe(
+          cpuDuring(pipeline.clientCpu, env.registry.cpu),
+          Effect.map(([sample, cpu]) => ({ ...sample, cpu })),
+          env.cluster.agent.whileQuiet
+        )
       ),
       Effect.tapError((error) =>
         Console.log(`[bench] ${label} ${what} ${pipeline.id} failed, once more: ${error.message}`)

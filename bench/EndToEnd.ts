@@ -6,10 +6,10 @@ import { nodeName, randomTag } from "./Bench.ts"
 import { registryAnswers } from "./BenchRegistry.ts"
 import type { RegistryAnswers } from "./BenchRegistry.ts"
 import { loadAverage } from "./Machine.ts"
-import { httpCheckpoint, libraryBuild, rawUpload } from "./Pipelines.ts"
+import { httpCheckpoint, libraryBuild, ownCpu, rawUpload } from "./Pipelines.ts"
 import type { Sample } from "./Stats.ts"
 import { formatSeconds, MiB } from "./Stats.ts"
-import { currentRss, failedTo, peakRss, resetPeakRss, seconds, selfCpu } from "./Tools.ts"
+import { cpuDuring, currentRss, failedTo, peakRss, resetPeakRss, seconds } from "./Tools.ts"
 import { checkpointInto, fileDigest, makeArchive, runMemoryContainer } from "./Workload.ts"
 
 export interface CounterResult {
@@ -51,19 +51,14 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
   yield* checkpointInto(env.cluster, pod, "counter", archive).pipe(Effect.mapError(failedTo("checkpoint the counter")))
   const { digest } = yield* fileDigest(archive)
   const library: Array<number> = []
-  const ownCpu: Array<number> = []
+  const libraryOwnCpu: Array<number> = []
   let registryCpu = 0
   const raw: Array<number> = []
   for (let run = 1; run <= total; run++) {
     yield* env.registry.empty
-    const { cpu, pushed } = yield* Effect.gen(function*() {
-      const [ownBefore, registryBefore] = [(yield* selfCpu).own, yield* env.registry.cpu]
-      const [pushed] = yield* seconds(
-        libraryBuild(env.builder, env.registry, { path: archive }, { pod, container: "counter" }, randomTag())
-      )
-      const cpu = { own: (yield* selfCpu).own - ownBefore, registry: (yield* env.registry.cpu) - registryBefore }
-      return { cpu, pushed }
-    }).pipe(env.cluster.agent.whileQuiet)
+    const [[pushed], cpu] = yield* seconds(
+      libraryBuild(env.builder, env.registry, { path: archive }, { pod, container: "counter" }, randomTag())
+    ).pipe(cpuDuring(ownCpu, env.registry.cpu), env.cluster.agent.whileQuiet)
     yield* env.registry.empty
     const [uploaded] = yield* seconds(rawUpload(env.registry, { path: archive, digest }, "bench/raw")).pipe(
       env.cluster.agent.whileQuiet
@@ -74,7 +69,7 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
     )
     if (run > env.settings.warmups) {
       library.push(pushed)
-      ownCpu.push(cpu.own)
+      libraryOwnCpu.push(cpu.client)
       registryCpu += cpu.registry
       raw.push(uploaded)
     }
@@ -85,7 +80,7 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
       `${formatSeconds(registry.unauthenticated)} s, authenticated ${formatSeconds(registry.authenticated)} s, ` +
       `upload start ${formatSeconds(registry.uploadStart)} s`
   )
-  const libraryCpu = { own: ownCpu, registry: registryCpu / Math.max(1, library.length) }
+  const libraryCpu = { own: libraryOwnCpu, registry: registryCpu / Math.max(1, library.length) }
   return { samples, library, libraryCpu, raw, registry } satisfies CounterResult
 }, Effect.scoped)
 

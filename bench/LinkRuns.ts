@@ -10,7 +10,7 @@ import type { BenchRegistry } from "./BenchRegistry.ts"
 import { heapContainer, heapPodManifest, waitForHeap } from "./LinkWorkload.ts"
 import type { HeapArchive } from "./LinkWorkload.ts"
 import { libraryBuild, rawUpload } from "./Pipelines.ts"
-import { BenchError, failedTo, seconds, selfCpu } from "./Tools.ts"
+import { BenchError, cpuDuring, failedTo, seconds, selfCpu } from "./Tools.ts"
 
 /** CHECKPOINT_LAYER_COMPRESSION's values at their default level (1), and zstd at level 3 (zstd's library default). */
 export type Compression = "none" | "gzip" | "zstd" | "zstd-3"
@@ -81,23 +81,21 @@ export const runPipeline = (
   Effect.gen(function*() {
     yield* registry.empty
     const cpuNow = Effect.map(selfCpu, (cpu) => pipeline === "raw" ? cpu.children : cpu.own)
-    const [cpuBefore, registryBefore] = yield* Effect.all([cpuNow, registry.cpu])
     const tag = `r${round}-${pipeline}-${Date.now()}`
-    const [time, pushedBytes] = pipeline === "raw"
-      ? yield* seconds(Effect.as(rawUpload(registry, archive, "bench/raw"), archive.bytes))
-      : yield* seconds(
-        libraryBuild(builders[pipeline], registry, archive, heapRef, tag, `bench/${pipeline}`).pipe(
+    const [[time, pushedBytes], cpu] = yield* seconds(
+      pipeline === "raw"
+        ? Effect.as(rawUpload(registry, archive, "bench/raw"), archive.bytes)
+        : libraryBuild(builders[pipeline], registry, archive, heapRef, tag, `bench/${pipeline}`).pipe(
           Effect.zipRight(pushedBytesOf(registry, `bench/${pipeline}`, tag))
         )
-      )
-    const [cpuAfter, registryAfter] = yield* Effect.all([cpuNow, registry.cpu])
+    ).pipe(cpuDuring(cpuNow, registry.cpu))
     return {
       pipeline,
       round,
       seconds: time,
       pushedBytes,
-      cpu: cpuAfter - cpuBefore,
-      registryCpu: registryAfter - registryBefore
+      cpu: cpu.client,
+      registryCpu: cpu.registry
     } satisfies LinkSample
   })
 

@@ -53,7 +53,7 @@ export const pipelineTitles: Readonly<Record<PipelineId, string>> = {
   podman: "podman checkpoint --create-image + push"
 }
 
-const ownCpu = Effect.map(selfCpu, (cpu) => cpu.own)
+export const ownCpu = Effect.map(selfCpu, (cpu) => cpu.own)
 const childrenCpu = Effect.map(selfCpu, (cpu) => cpu.children)
 
 /** The image's layers as the registry serves its manifest: total size and media type(s). */

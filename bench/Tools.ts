@@ -93,6 +93,16 @@ export const selfCpu = Effect.sync(() => {
   return { own: (usage.user + usage.system) / 1e6, children: statTimes("self").children }
 })
 
+/** Runs `effect`; with it, how far two CPU counters (seconds, e.g. a client's and the registry's) moved meanwhile. */
+export const cpuDuring =
+  (client: Effect.Effect<number>, registry: Effect.Effect<number>) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    Effect.gen(function*() {
+      const [clientBefore, registryBefore] = yield* Effect.all([client, registry])
+      const result = yield* effect
+      const [clientAfter, registryAfter] = yield* Effect.all([client, registry])
+      return [result, { client: clientAfter - clientBefore, registry: registryAfter - registryBefore }] as const
+    })
+
 const commandLineOf = (pid: string): string => {
   try {
     return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ")

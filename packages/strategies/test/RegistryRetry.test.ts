@@ -42,16 +42,17 @@ const startFlakyRelay = (target: { readonly host: string; readonly port: number 
         client.on("close", () => upstream.destroy())
         upstream.on("close", () => client.destroy())
       })
+      const dropAll = () => open.forEach((socket) => socket.destroy())
       server.listen(0, "127.0.0.1", () =>
         resume(Effect.succeed({
           port: (server.address() as AddressInfo).port,
-          dropAll: () => open.forEach((socket) => socket.destroy()),
+          dropAll,
           resetNext: (count) => {
             toReset = count
           },
           resets: () => resets,
           close: () => {
-            open.forEach((socket) => socket.destroy())
+            dropAll()
             server.close()
           }
         })))
