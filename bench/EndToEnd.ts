@@ -1,4 +1,4 @@
-import { Path } from "@effect/platform"
+import { FileSystem, Path } from "@effect/platform"
 import { Console, Effect, Ref } from "effect"
 import { startCounterPod } from "../test/harness/Cluster.ts"
 import type { BenchEnv } from "./Bench.ts"
@@ -88,7 +88,7 @@ export const counterCheckpoints = Effect.fn("EndToEnd.counter")(function*(env: B
 export interface Round {
   readonly seconds: number
   readonly bytes: number
-  /** Per-request phases (HTTP rounds): kubelet and build/push of each of the N checkpoints, seconds. */
+  /** Each of the N checkpoints' two phases, seconds: kubelet and build/push (HTTP), checkpoint and upload (by hand). */
   readonly kubelet: ReadonlyArray<number>
   readonly buildPush: ReadonlyArray<number>
   /** Peak RSS of the pushing process during the round (server for HTTP, this process for the library). */
@@ -104,16 +104,20 @@ export interface ConcurrencyResult {
   readonly http: ReadonlyArray<Round>
   readonly library: ReadonlyArray<Round>
   readonly raw: ReadonlyArray<Round>
+  /** The HTTP round's work done by hand: N parallel CRI-O checkpoints, each then sha256sum'd and uploaded by curl. */
+  readonly byHand: ReadonlyArray<Round>
   readonly serverIdleRss: number
   readonly serverPeakRss: number
 }
 
 /**
  * N containers holding M MiB each, checkpointed at the same time through the HTTP API (N sync POSTs in parallel),
- * against N parallel raw curl uploads and N parallel library builds of N archives of the same containers.
+ * against N parallel raw curl uploads and N parallel library builds of N archives of the same containers, and against
+ * the same checkpoints done by hand (CRI-O checkpoint as the kubelet asks, sha256sum, curl upload), N in parallel.
  */
 export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*(env: BenchEnv) {
   const path = yield* Path.Path
+  const fs = yield* FileSystem.FileSystem
   const { concurrency, concurrentMiB } = env.settings
   const pods = Array.from({ length: concurrency }, (_, i) => `bench-${process.pid}-c${i}`)
   yield* Console.log(`[bench] concurrency: starting ${concurrency} containers holding ${concurrentMiB} MiB each`)
@@ -148,6 +152,26 @@ export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*
     })),
     ([time]) => ({ seconds: time, bytes: archiveBytes, kubelet: [], buildPush: [] }) satisfies Round
   )
+  const byHandRound = Effect.gen(function*() {
+    const [time, uploads] = yield* seconds(Effect.forEach(
+      containers,
+      (container, i) =>
+        Effect.gen(function*() {
+          const file = path.join(env.dir, `by-hand-${i}.tar`)
+          const checkpointSeconds = yield* checkpointInto(env.cluster, container.pod, container.container, file)
+          const { digest } = yield* fileDigest(file)
+          const [uploadSeconds] = yield* seconds(rawUpload(env.registry, { path: file, digest }, "bench/by-hand"))
+          return { checkpointSeconds, uploadSeconds, bytes: Number((yield* fs.stat(file)).size) }
+        }).pipe(Effect.scoped),
+      { concurrency: "unbounded" }
+    ))
+    return {
+      seconds: time,
+      bytes: uploads.reduce((sum, upload) => sum + upload.bytes, 0),
+      kubelet: uploads.map((upload) => upload.checkpointSeconds),
+      buildPush: uploads.map((upload) => upload.uploadSeconds)
+    } satisfies Round
+  })
   const libraryRound = Effect.gen(function*() {
     yield* resetPeakRss("self")
     const startRss = yield* currentRss("self")
@@ -166,9 +190,19 @@ export const concurrentCheckpoints = Effect.fn("EndToEnd.concurrency")(function*
     } satisfies Round
   })
 
-  const rounds = { http: [] as Array<Round>, raw: [] as Array<Round>, library: [] as Array<Round> }
+  const rounds = {
+    http: [] as Array<Round>,
+    raw: [] as Array<Round>,
+    library: [] as Array<Round>,
+    byHand: [] as Array<Round>
+  }
   const quiet = env.cluster.agent.whileQuiet
-  const kinds = [["raw", quiet(rawRound)], ["library", quiet(libraryRound)], ["http", quiet(httpRound)]] as const
+  const kinds = [
+    ["raw", quiet(rawRound)],
+    ["library", quiet(libraryRound)],
+    ["http", quiet(httpRound)],
+    ["byHand", quiet(byHandRound)]
+  ] as const
   const total = env.settings.warmups + env.settings.runs
   for (let run = 1; run <= total; run++) {
     const order = [...kinds.slice(run % kinds.length), ...kinds.slice(0, run % kinds.length)]
