@@ -223,26 +223,26 @@ export const linkReport = (result: LinkResult): string => {
     "",
     "## Restore",
     "",
-    "Time from \"restore requested\" (the pod is created in the API server, its image the checkpoint image) to " +
-    "\"process running\" (the pod Running with its container running as CRI-O reports it after CRIU's restore; " +
-    "CRI-O says `restored: true` for every restore counted), on the harness's node agent playing the kubelet. The " +
-    "image (the same archive built by the native builder uncompressed and with zstd) is pulled from the loopback " +
-    "registry every time: it is removed from CRI-O's storage after each start. The cold start is the same pod " +
-    "from the workload's own (cached) busybox image; it runs at once but has to build its heap again.",
-    "",
-    "| start | runs | pod running after s, median (min–max) | heap ready after s | image layer pulled, MiB |",
-    "|---|---:|---:|---:|---:|",
-    ...startTable,
-    "",
-    result.starts.length === 0
-      ? "No restores measured."
-      : `A zstd image restores in ${formatRatio(zstdOverNone)} the time of the uncompressed one ` +
-        `(${formatSeconds(startMedian("restore zstd"))} s against ${formatSeconds(startMedian("restore none"))} s, ` +
-        `loopback pull); a cold start runs after ${formatSeconds(startMedian("cold start"))} s but has its data ` +
-        `back only after ${formatSeconds(coldReady)} s. Not measured, computed: over a 100 Mbit/s link the pull ` +
-        `alone would take at least ${formatSeconds(pushedOf("none") / 12.5e6)} s uncompressed and ` +
-        `${formatSeconds(pushedOf("zstd") / 12.5e6)} s with zstd (layer bytes / 12.5 MB/s), at 1 Gbit/s ` +
-        `${formatSeconds(pushedOf("none") / 125e6)} s and ${formatSeconds(pushedOf("zstd") / 125e6)} s.`,
-    ""
+    ...(result.starts.length === 0 ? ["No restores measured (LINK_RESTORE_RUNS=0).", ""] : [
+      "Time from \"restore requested\" (the pod is created in the API server, its image the checkpoint image) to " +
+      "\"process running\" (the pod Running with its container running as CRI-O reports it after CRIU's restore; " +
+      "CRI-O says `restored: true` for every restore counted), on the harness's node agent playing the kubelet. The " +
+      "image (the same archive built by the native builder uncompressed and with zstd) is pulled from the loopback " +
+      "registry every time: it is removed from CRI-O's storage after each start. The cold start is the same pod " +
+      "from the workload's own (cached) busybox image; it runs at once but has to build its heap again.",
+      "",
+      "| start | runs | pod running after s, median (min–max) | heap ready after s | image layer pulled, MiB |",
+      "|---|---:|---:|---:|---:|",
+      ...startTable,
+      "",
+      `A zstd image restores in ${formatRatio(zstdOverNone)} the time of the uncompressed one ` +
+      `(${formatSeconds(startMedian("restore zstd"))} s against ${formatSeconds(startMedian("restore none"))} s, ` +
+      `loopback pull); a cold start runs after ${formatSeconds(startMedian("cold start"))} s but has its data ` +
+      `back only after ${formatSeconds(coldReady)} s. Not measured, computed: over a 100 Mbit/s link the pull ` +
+      `alone would take at least ${formatSeconds(pushedOf("none") / 12.5e6)} s uncompressed and ` +
+      `${formatSeconds(pushedOf("zstd") / 12.5e6)} s with zstd (layer bytes / 12.5 MB/s), at 1 Gbit/s ` +
+      `${formatSeconds(pushedOf("none") / 125e6)} s and ${formatSeconds(pushedOf("zstd") / 125e6)} s.`,
+      ""
+    ])
   ].join("\n")
 }
