@@ -377,7 +377,7 @@ const medianThroughput = (rounds: ReadonlyArray<Round>) =>
   summarize(rounds.map((round) => round.bytes / MiB / round.seconds)).median
 
 /** The HTTP round against the same checkpoints done by hand: what the server adds to CRIU and the upload. */
-const byHandComparison = (c: ConcurrencyResult): ReadonlyArray<string> =>
+export const byHandComparison = (c: ConcurrencyResult): ReadonlyArray<string> =>
   c.byHand.length === 0 ? [] : [
     `Through the HTTP API the ${c.containers} checkpoints ran at ` +
     `${formatRatio(medianThroughput(c.http) / medianThroughput(c.byHand))} the throughput of the same work done by ` +

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest"
+import type { ConcurrencyResult, Round } from "../bench/EndToEnd.ts"
 import { histogramQuantile, histogramSeries } from "../bench/PromHistogram.ts"
+import { byHandComparison, endToEndTargetRows } from "../bench/Report.ts"
 import { percentile } from "../bench/Stats.ts"
 
 const exposition = [
@@ -34,5 +36,33 @@ describe("the soak's statistics", () => {
     expect(percentile(values, 100)).toBe(100)
     expect(percentile([7], 1)).toBe(7)
     expect(percentile([], 50)).toBeNaN()
+  })
+})
+
+describe("the benchmark's concurrency verdicts", () => {
+  const round = (seconds: number, bytes: number): Round => ({ seconds, bytes, kubelet: [], buildPush: [] })
+  const mib = 1024 * 1024
+  const concurrency: ConcurrencyResult = {
+    containers: 8,
+    mibEach: 64,
+    archiveBytes: 512 * mib,
+    raw: [round(2, 512 * mib), round(2.2, 512 * mib), round(1.8, 512 * mib)],
+    library: [round(2, 512 * mib), round(2.1, 512 * mib), round(2, 512 * mib)],
+    http: [round(5, 512 * mib), round(5, 512 * mib), round(6, 512 * mib)],
+    byHand: [round(4, 512 * mib), round(4.5, 512 * mib), round(4, 512 * mib)],
+    serverIdleRss: 86 * mib,
+    serverPeakRss: 130 * mib
+  }
+
+  it("compares each round's median throughput with the raw uploads' and the HTTP round with the work by hand", () => {
+    const [library, http] = endToEndTargetRows({ concurrency })
+    expect(library!.measured).toBe("1.00×")
+    expect(library!.verdict).toBe("met")
+    expect(http!.measured).toBe("0.40×")
+    expect(http!.verdict).toMatch(/^missed by 58%/)
+    expect(byHandComparison(concurrency).join("\n")).toContain(
+      "ran at 0.80× the throughput of the same work done by hand"
+    )
+    expect(byHandComparison({ ...concurrency, byHand: [] })).toEqual([])
   })
 })
