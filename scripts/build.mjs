@@ -1,9 +1,9 @@
 // Bundles the server into minified ESM (dist/server/main.mjs and its chunks/): what `pnpm start` and the container
-// image run. Also bundles the kubectl plugin into one executable, packages/cli/dist/bin/kubectl-checkpoint (its bin),
-// and checkpointer-push into packages/strategies/dist/bin/checkpointer-push (the benchmark runs it).
+// image run. Also bundles the kubectl plugin (packages/cli/dist/bin/kubectl-checkpoint, its bin) and checkpointer-push
+// (packages/strategies/dist/bin/checkpointer-push, which the benchmark runs), each a launcher of its dist/bundle/.
 import { build } from "esbuild"
 import { spawnSync } from "node:child_process"
-import { chmod, readdir, readFile, rm } from "node:fs/promises"
+import { chmod, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises"
 import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -86,17 +86,34 @@ const nodeVersionCheck = (command) =>
   `process.stderr.write('${command} needs Node.js 24 or later; this is Node.js ' + process.versions.node + '\\n'); ` +
   "process.exit(2) }"
 
-/** One executable file; esbuild keeps the entry's shebang on its first line. */
-const executable = async (entry, outfile) => {
+/**
+ * An executable in two files: bin/NAME, a launcher of a few lines, and bundle/NAME.mjs (outside bin/, where kubectl
+ * would take any kubectl-* file for a plugin). The launcher checks Node's version, then turns on Node's compile cache
+ * (module.enableCompileCache: V8's compiled code, kept in the system's temporary directory or in NODE_COMPILE_CACHE)
+ * and imports the bundle; a bundle cannot do that for itself, it is compiled before its first line runs. From the
+ * second run on, a command starts without parsing its bundle again.
+ */
+const executable = async (entry, dist, name) => {
   await build({
     ...bundle,
     entryPoints: [entry],
-    outfile,
+    outfile: `${dist}/bundle/${name}.mjs`,
     legalComments: "none",
-    banner: { js: `${requireShim}\n${nodeVersionCheck(outfile.split("/").at(-1))}` }
+    banner: { js: requireShim }
   })
-  await chmod(`${root}/${outfile}`, 0o755)
+  const launcher = [
+    "#!/usr/bin/env node",
+    nodeVersionCheck(name),
+    "const { enableCompileCache } = await import('node:module')",
+    "enableCompileCache?.()",
+    `await import('../bundle/${name}.mjs')`,
+    ""
+  ].join("\n")
+  await chmod(`${root}/${dist}/bundle/${name}.mjs`, 0o644)
+  await mkdir(`${root}/${dist}/bin`, { recursive: true })
+  await writeFile(`${root}/${dist}/bin/${name}`, launcher)
+  await chmod(`${root}/${dist}/bin/${name}`, 0o755)
 }
 
-await executable("packages/cli/src/kubectl-checkpoint.ts", "packages/cli/dist/bin/kubectl-checkpoint")
-await executable("packages/strategies/src/cli/checkpointer-push.ts", "packages/strategies/dist/bin/checkpointer-push")
+await executable("packages/cli/src/kubectl-checkpoint.ts", "packages/cli/dist", "kubectl-checkpoint")
+await executable("packages/strategies/src/cli/checkpointer-push.ts", "packages/strategies/dist", "checkpointer-push")

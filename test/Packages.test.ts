@@ -1,6 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { spawnSync } from "node:child_process"
-import { existsSync, readdirSync, readFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { resolve } from "node:path"
+import { pathToFileURL } from "node:url"
 import { projectRoot } from "./harness/CheckpointerProcess.ts"
 
 interface Manifest {
@@ -86,6 +89,8 @@ describe("the packages", () => {
 
 describe("the bundled commands (scripts/build.mjs)", () => {
   const commands = ["packages/cli/dist/bin/kubectl-checkpoint", "packages/strategies/dist/bin/checkpointer-push"]
+  /** Each command's launcher imports its bundle from beside bin/. */
+  const bundleOf = (command: string) => command.replace(/\/bin\/([^/]+)$/, "/bundle/$1.mjs")
   /** Runs a command with `node`, which reports `version` as its own when given. */
   const runWith = (command: string, version?: string) =>
     spawnSync(process.execPath, [
@@ -107,5 +112,36 @@ describe("the bundled commands (scripts/build.mjs)", () => {
       expect(current.status, current.stderr).toBe(0)
       expect(current.stdout + current.stderr).toContain("Usage:")
     }
+  })
+
+  it("start from Node's compile cache, in the temporary directory, from their second run", () => {
+    for (const command of commands) {
+      const name = command.split("/").at(-1)!
+      const tmp = mkdtempSync(`${tmpdir()}/compile-cache-`)
+      try {
+        const run = () =>
+          spawnSync(process.execPath, [`${projectRoot}/${command}`, "--help"], {
+            encoding: "utf8",
+            env: { PATH: process.env.PATH, TMPDIR: tmp, NODE_DEBUG_NATIVE: "COMPILE_CACHE" }
+          })
+        const first = run()
+        expect(first.status, first.stderr).toBe(0)
+        expect(readdirSync(`${tmp}/node-compile-cache`).length).toBeGreaterThan(0)
+        const second = run()
+        expect(second.status, second.stderr).toBe(0)
+        const bundle = pathToFileURL(resolve(projectRoot, bundleOf(command))).href
+        expect(second.stderr).toContain(`V8 code cache for ESM ${bundle} was accepted`)
+        expect(second.stdout + second.stderr, name).toContain("Usage:")
+      } finally {
+        rmSync(tmp, { recursive: true, force: true })
+      }
+    }
+  })
+
+  it("leave the Kubernetes client out of checkpointer-push, which pushes archives and never calls the API", () => {
+    const bundled = (command: string) => readFileSync(`${projectRoot}/${bundleOf(command)}`, "utf8")
+    const podsPath = "/api/v1/namespaces/{namespace}/pods"
+    expect(bundled("packages/cli/dist/bin/kubectl-checkpoint")).toContain(podsPath)
+    expect(bundled("packages/strategies/dist/bin/checkpointer-push")).not.toContain(podsPath)
   })
 })
