@@ -1,6 +1,7 @@
 // Bundles the server into minified ESM (dist/server/main.mjs and its chunks/): what `pnpm start` and the container
 // image run. Also bundles the kubectl plugin (packages/cli/dist/bin/kubectl-checkpoint, its bin) and checkpointer-push
-// (packages/strategies/dist/bin/checkpointer-push, which the benchmark runs), each a launcher of its dist/bundle/.
+// (packages/strategies/dist/bin/checkpointer-push, which the benchmark runs and the package publishes), each a launcher
+// of its dist/bundle/.
 import { build } from "esbuild"
 import { spawnSync } from "node:child_process"
 import { chmod, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises"
@@ -43,39 +44,42 @@ const bundle = {
   logLevel: "warning"
 }
 
-const server = await build({
-  ...bundle,
-  entryPoints: { main: "packages/server/src/main.ts" },
-  outdir: "dist/server",
-  outExtension: { ".js": ".mjs" },
-  // Code only some configurations load (the OTLP exporter) stays in chunks of its own, imported when needed.
-  splitting: true,
-  chunkNames: "chunks/[name]-[hash]",
-  legalComments: "external",
-  banner: { js: requireShim },
-  metafile: true
-})
-// Chunk names change with their content: stale chunks are removed after the build (not before: a server starting
-// from the bundle meanwhile must find it).
-const written = new Set(Object.keys(server.metafile.outputs).map((output) => `${root}/${output}`))
-const chunks = `${root}/dist/server/chunks`
-for (const name of await readdir(chunks).catch(() => [])) {
-  if (!written.has(`${chunks}/${name}`)) await rm(`${chunks}/${name}`, { force: true })
-}
+/** The server's bundle and its compile cache. */
+const buildServer = async () => {
+  const server = await build({
+    ...bundle,
+    entryPoints: { main: "packages/server/src/main.ts" },
+    outdir: "dist/server",
+    outExtension: { ".js": ".mjs" },
+    // Code only some configurations load (the OTLP exporter) stays in chunks of its own, imported when needed.
+    splitting: true,
+    chunkNames: "chunks/[name]-[hash]",
+    legalComments: "external",
+    banner: { js: requireShim },
+    metafile: true
+  })
+  // Chunk names change with their content: stale chunks are removed after the build (not before: a server starting
+  // from the bundle meanwhile must find it).
+  const written = new Set(Object.keys(server.metafile.outputs).map((output) => `${root}/${output}`))
+  const chunks = `${root}/dist/server/chunks`
+  for (const name of await readdir(chunks).catch(() => [])) {
+    if (!written.has(`${chunks}/${name}`)) await rm(`${chunks}/${name}`, { force: true })
+  }
 
-// Node's compile cache (NODE_COMPILE_CACHE, which `pnpm start` and the container image set) holds V8's compiled code
-// of the bundle, so that a server starting from it does not parse 3 MB of JavaScript again: that parse leaves about
-// 20 MiB of freed but unreturned malloc memory behind for the life of the process. Written here by running the bundle
-// once with no settings but `pnpm start`'s node flags (V8 accepts a cache only from a run with the same flags): it
-// loads everything a start loads, reports the missing settings and exits.
-const compileCache = `${root}/dist/server/compile-cache`
-await rm(compileCache, { recursive: true, force: true })
-const startFlags = JSON.parse(await readFile(`${root}/package.json`, "utf8")).scripts.start.split(/\s+/)
-  .filter((word) => word.startsWith("--"))
-spawnSync(process.execPath, [...startFlags, `${root}/dist/server/main.mjs`], {
-  env: { PATH: process.env.PATH ?? "", NODE_COMPILE_CACHE: compileCache, NODE_COMPILE_CACHE_PORTABLE: "1" },
-  stdio: "ignore"
-})
+  // Node's compile cache (NODE_COMPILE_CACHE, which `pnpm start` and the container image set) holds V8's compiled code
+  // of the bundle, so that a server starting from it does not parse 3 MB of JavaScript again: that parse leaves about
+  // 20 MiB of freed but unreturned malloc memory behind for the life of the process. Written here by running the bundle
+  // once with no settings but `pnpm start`'s node flags (V8 accepts a cache only from a run with the same flags): it
+  // loads everything a start loads, reports the missing settings and exits.
+  const compileCache = `${root}/dist/server/compile-cache`
+  await rm(compileCache, { recursive: true, force: true })
+  const startFlags = JSON.parse(await readFile(`${root}/package.json`, "utf8")).scripts.start.split(/\s+/)
+    .filter((word) => word.startsWith("--"))
+  spawnSync(process.execPath, [...startFlags, `${root}/dist/server/main.mjs`], {
+    env: { PATH: process.env.PATH ?? "", NODE_COMPILE_CACHE: compileCache, NODE_COMPILE_CACHE_PORTABLE: "1" },
+    stdio: "ignore"
+  })
+}
 
 /**
  * A command run with an older Node (a workstation's, for the kubectl plugin) stops with a plain message instead of
@@ -115,5 +119,19 @@ const executable = async (entry, dist, name) => {
   await chmod(`${root}/${dist}/bin/${name}`, 0o755)
 }
 
-await executable("packages/cli/src/kubectl-checkpoint.ts", "packages/cli/dist", "kubectl-checkpoint")
-await executable("packages/strategies/src/cli/checkpointer-push.ts", "packages/strategies/dist", "checkpointer-push")
+const commands = {
+  "kubectl-checkpoint": () =>
+    executable("packages/cli/src/kubectl-checkpoint.ts", "packages/cli/dist", "kubectl-checkpoint"),
+  "checkpointer-push": () =>
+    executable("packages/strategies/src/cli/checkpointer-push.ts", "packages/strategies/dist", "checkpointer-push")
+}
+
+// `node scripts/build.mjs NAME...` builds only those commands (a package's prepack); no names: everything.
+const only = process.argv.slice(2)
+for (const name of only) {
+  if (!(name in commands)) throw new Error(`no command ${name}; the commands are ${Object.keys(commands).join(", ")}`)
+}
+if (only.length === 0) await buildServer()
+for (const [name, buildCommand] of Object.entries(commands)) {
+  if (only.length === 0 || only.includes(name)) await buildCommand()
+}

@@ -32,6 +32,14 @@ describeE2E("examples/embed: the packed libraries installed outside the workspac
           expect(installed).toContain(`${example}/node_modules/.pnpm/@checkpointer+core@file+..+..+dist+packs`)
           expect(yield* fs.exists(`${installed}/dist/lib/index.d.ts`)).toBe(true)
           yield* run([pnpm, "typecheck"], { cwd: example, timeout: minutes(3) })
+          // The tarball's checkpointer-push is the bundled command (prepack bundles it), not the libraries' tree.
+          const strategies = yield* fs.realPath(`${example}/node_modules/@checkpointer/strategies`)
+          expect(yield* fs.exists(`${strategies}/dist/bundle/checkpointer-push.mjs`)).toBe(true)
+          const usage = yield* run([`${example}/node_modules/.bin/checkpointer-push`, "--help"], {
+            cwd: example,
+            timeout: minutes(1)
+          })
+          expect(usage).toContain("Usage:")
 
           const { container } = yield* startCounterPod(stack.cluster, {
             namespace: "default",

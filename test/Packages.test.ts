@@ -14,6 +14,7 @@ interface Manifest {
   readonly engines?: Record<string, string>
   readonly repository?: { readonly url: string; readonly directory: string }
   readonly files?: ReadonlyArray<string>
+  readonly scripts?: Record<string, string>
   readonly exports: Record<string, unknown>
   readonly dependencies?: Record<string, string>
   readonly peerDependencies?: Record<string, string>
@@ -55,9 +56,12 @@ describe("the packages", () => {
       expect(manifest.publishConfig?.exports).toEqual({
         ".": { types: `./${outDir}/index.d.ts`, import: `./${outDir}/index.js` }
       })
-      for (const bin of Object.values(manifest.publishConfig?.bin ?? {})) {
-        expect(bin).toMatch(new RegExp(`^\\./${outDir}/.*\\.js$`))
-        const source = `packages/${dir}/${bin.replace(outDir, rootDir).replace(/\.js$/, ".ts")}`
+      // A command is published bundled (scripts/build.mjs, run by prepack): its launcher and its bundle.
+      for (const [name, bin] of Object.entries(manifest.publishConfig?.bin ?? {})) {
+        expect(bin).toBe(`./dist/bin/${name}`)
+        expect(manifest.files).toEqual(expect.arrayContaining(["dist/bin", "dist/bundle"]))
+        expect(manifest.scripts?.prepack).toContain(`scripts/build.mjs ${name}`)
+        const source = `packages/${dir}/${rootDir}/cli/${name}.ts`
         expect(readFileSync(`${projectRoot}/${source}`, "utf8")).toMatch(/^#!\/usr\/bin\/env node\n/)
       }
       expect(manifest.files).toEqual(expect.arrayContaining([outDir, "README.md"]))
