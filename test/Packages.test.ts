@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import { build } from "esbuild"
 import { spawnSync } from "node:child_process"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -82,6 +83,29 @@ describe("the packages", () => {
       name === "effect" || name.startsWith("@effect/")
     )
     expect(effectDependencies).toEqual([])
+  })
+
+  it("let bundlers drop what a program does not use: the native builder without the Kubernetes client", async () => {
+    const bundled = await build({
+      stdin: {
+        contents:
+          "import { NativeImageBuilder } from \"@checkpointer/strategies\"\nconsole.log(NativeImageBuilder.layer)",
+        resolveDir: projectRoot,
+        loader: "ts"
+      },
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      write: false,
+      metafile: true,
+      logLevel: "silent"
+    })
+    // What the output holds (the metafile's inputs list every file read, kept or not).
+    const inputs = Object.values(bundled.metafile.outputs).flatMap((output) =>
+      Object.entries(output.inputs).filter(([, kept]) => kept.bytesInOutput > 0).map(([input]) => input)
+    )
+    expect(inputs.some((input) => input.includes("packages/strategies/src/native/NativeImageBuilder.ts"))).toBe(true)
+    expect(inputs.filter((input) => input.includes("@kubernetes/client-node"))).toEqual([])
   })
 
   it("README shows the embedding example verbatim", () => {
