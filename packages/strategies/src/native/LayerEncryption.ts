@@ -1,10 +1,10 @@
 import { reasonOf } from "@checkpointer/core"
 import { FileSystem } from "@effect/platform"
-import { Array as Arr, ConfigError, Data, Deferred, Effect, Either, Queue, Stream } from "effect"
+import { Array as Arr, ConfigError, Data, Effect, Either, Queue, Stream } from "effect"
 import { FlattenedEncrypt, GeneralEncrypt } from "jose"
 import { createPublicKey, randomBytes } from "node:crypto"
 import type { KeyObject } from "node:crypto"
-import { Worker } from "node:worker_threads"
+import { orderedWorker } from "./OrderedWorker.ts"
 
 /**
  * Layer encryption as ocicrypt (containers/ocicrypt, used by CRI-O, skopeo, podman) does it: the layer is encrypted
@@ -163,31 +163,11 @@ export const makeLayerCipher = Effect.gen(function*() {
   const symmetricKey = randomBytes(32)
   const nonce = randomBytes(16)
   const ring = new SharedArrayBuffer(cipherSlotSize * cipherSlots)
-  const worker = yield* Effect.acquireRelease(
-    Effect.sync(() => new Worker(workerSource, { eval: true, workerData: { key: symmetricKey, nonce, ring } })),
-    (worker) => Effect.promise(() => worker.terminate())
+  const { ask } = yield* orderedWorker(
+    workerSource,
+    { key: symmetricKey, nonce, ring },
+    (cause) => new LayerEncryptionError({ message: `the encryption worker failed: ${String(cause)}`, cause })
   )
-  const waiting: Array<Deferred.Deferred<unknown, LayerEncryptionError>> = []
-  const fail = (cause: unknown) => {
-    const error = new LayerEncryptionError({ message: `the encryption worker failed: ${String(cause)}`, cause })
-    waiting.splice(0).forEach((reply) => Deferred.unsafeDone(reply, Effect.fail(error)))
-  }
-  worker.on("message", (message: unknown) => {
-    const reply = waiting.shift()
-    if (reply !== undefined) Deferred.unsafeDone(reply, Effect.succeed(message))
-  })
-  worker.on("error", fail)
-  worker.on("exit", (code) => fail(`exit code ${code}`))
-  /** Sends a message; the inner effect waits for its answer (the worker answers in order). */
-  const ask = (message: unknown) =>
-    Effect.gen(function*() {
-      const reply = yield* Deferred.make<unknown, LayerEncryptionError>()
-      yield* Effect.sync(() => {
-        waiting.push(reply)
-        worker.postMessage(message)
-      })
-      return Deferred.await(reply)
-    })
   const free = yield* Queue.bounded<number>(cipherSlots)
   yield* Queue.offerAll(free, Array.from({ length: cipherSlots }, (_, slot) => slot))
 
