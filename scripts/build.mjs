@@ -4,7 +4,8 @@
 // of its dist/bundle/.
 import { build } from "esbuild"
 import { spawnSync } from "node:child_process"
-import { chmod, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises"
+import { access, chmod, mkdir, readdir, readFile, realpath, rm, writeFile } from "node:fs/promises"
+import { basename, dirname } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -90,6 +91,54 @@ const nodeVersionCheck = (command) =>
   `process.stderr.write('${command} needs Node.js 24 or later; this is Node.js ' + process.versions.node + '\\n'); ` +
   "process.exit(2) }"
 
+/** Where `dependency` of the package in `dir` is installed (pnpm's layout and npm's alike), undefined if it is not. */
+const installedDependency = async (dir, dependency) => {
+  for (let at = dir; at !== dirname(at); at = dirname(at)) {
+    const candidate = basename(at) === "node_modules" ? `${at}/${dependency}` : `${at}/node_modules/${dependency}`
+    if (await access(`${candidate}/package.json`).then(() => true, () => false)) return realpath(candidate)
+  }
+  return undefined
+}
+
+/**
+ * The name, version, license and license text of every package whose code is in a bundle, and of the packages those
+ * depend on (some ship a build with their dependencies inside, as tar does): a published bundle carries them, since
+ * most of its packages' licenses ask for their notice to go with every copy.
+ */
+const thirdPartyNotices = async (name, metafile) => {
+  const packageDirs = new Set()
+  const add = async (dir) => {
+    if (packageDirs.has(dir)) return
+    packageDirs.add(dir)
+    const { dependencies = {} } = JSON.parse(await readFile(`${dir}/package.json`, "utf8"))
+    for (const dependency of Object.keys(dependencies)) {
+      const installed = await installedDependency(dir, dependency)
+      if (installed !== undefined) await add(installed)
+    }
+  }
+  for (const output of Object.values(metafile.outputs)) {
+    for (const [input, { bytesInOutput }] of Object.entries(output.inputs)) {
+      const found = bytesInOutput > 0 && /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input)
+      if (found) await add(await realpath(`${root}/${found[1]}`))
+    }
+  }
+  const sections = []
+  for (const dir of packageDirs) {
+    const manifest = JSON.parse(await readFile(`${dir}/package.json`, "utf8"))
+    const licenseFile = (await readdir(dir)).find((file) => /^licen[cs]e/i.test(file))
+    const text = licenseFile === undefined
+      ? `(the package has no license file; its package.json says ${manifest.license})`
+      : (await readFile(`${dir}/${licenseFile}`, "utf8")).trim()
+    sections.push({ title: `${manifest.name} ${manifest.version} (${manifest.license})`, text })
+  }
+  sections.sort((left, right) => left.title.localeCompare(right.title))
+  const body = sections.map(({ text, title }) => `== ${title} ==\n\n${text}\n`).join("\n")
+  const heading =
+    `${name} holds code of the packages below, under these licenses (a package's dependencies are listed ` +
+    "with it, whether the bundle uses them or not)."
+  return `${heading}\n\n${body}`
+}
+
 /**
  * An executable in two files: bin/NAME, a launcher of a few lines, and bundle/NAME.mjs (outside bin/, where kubectl
  * would take any kubectl-* file for a plugin). The launcher checks Node's version, then turns on Node's compile cache
@@ -98,13 +147,15 @@ const nodeVersionCheck = (command) =>
  * second run on, a command starts without parsing its bundle again.
  */
 const executable = async (entry, dist, name) => {
-  await build({
+  const { metafile } = await build({
     ...bundle,
     entryPoints: [entry],
     outfile: `${dist}/bundle/${name}.mjs`,
     legalComments: "none",
-    banner: { js: requireShim }
+    banner: { js: requireShim },
+    metafile: true
   })
+  await writeFile(`${root}/${dist}/bundle/${name}.licenses.txt`, await thirdPartyNotices(name, metafile))
   const launcher = [
     "#!/usr/bin/env node",
     nodeVersionCheck(name),

@@ -166,6 +166,26 @@ describe("the bundled commands (scripts/build.mjs)", () => {
     }
   })
 
+  it("carry the license of each package they bundle, and of its dependencies (tar ships its own inside)", () => {
+    const notices = (command: string) =>
+      readFileSync(`${projectRoot}/${bundleOf(command).replace(/\.mjs$/, ".licenses.txt")}`, "utf8")
+    /** Package name to license text, from sections that start with `== NAME VERSION (LICENSE) ==`. */
+    const sections = (text: string) =>
+      new Map(
+        text.split(/^== /m).slice(1).map((section) => {
+          const [title = "", ...body] = section.split("\n")
+          return [title.split(" ")[0]!, body.join("\n").trim()]
+        })
+      )
+    const push = sections(notices("packages/strategies/dist/bin/checkpointer-push"))
+    for (const name of ["effect", "@effect/platform", "undici", "tar", "minipass", "jose"]) {
+      expect(push.get(name), name).toMatch(/\S/)
+    }
+    expect(push.get("effect")).toContain("Permission is hereby granted")
+    const plugin = sections(notices("packages/cli/dist/bin/kubectl-checkpoint"))
+    expect(plugin.get("@kubernetes/client-node")).toContain("Apache License")
+  })
+
   it("leave the Kubernetes client out of checkpointer-push, which pushes archives and never calls the API", () => {
     const bundled = (command: string) => readFileSync(`${projectRoot}/${bundleOf(command)}`, "utf8")
     const podsPath = "/api/v1/namespaces/{namespace}/pods"
