@@ -35,6 +35,8 @@ describeE2E("examples/embed: the packed libraries installed outside the workspac
           // The tarball's checkpointer-push is the bundled command (prepack bundles it), not the libraries' tree.
           const strategies = yield* fs.realPath(`${example}/node_modules/@checkpointer/strategies`)
           expect(yield* fs.exists(`${strategies}/dist/bundle/checkpointer-push.mjs`)).toBe(true)
+          const notices = yield* fs.readFileString(`${strategies}/dist/bundle/checkpointer-push.licenses.txt`)
+          expect(notices).toContain("== undici ")
           const usage = yield* run([`${example}/node_modules/.bin/checkpointer-push`, "--help"], {
             cwd: example,
             timeout: minutes(1)
