@@ -106,12 +106,12 @@ const installedDependency = async (dir, dependency) => {
  * most of its packages' licenses ask for their notice to go with every copy.
  */
 const thirdPartyNotices = async (name, metafile) => {
-  const packageDirs = new Set()
+  const manifests = new Map()
   const add = async (dir) => {
-    if (packageDirs.has(dir)) return
-    packageDirs.add(dir)
-    const { dependencies = {} } = JSON.parse(await readFile(`${dir}/package.json`, "utf8"))
-    for (const dependency of Object.keys(dependencies)) {
+    if (manifests.has(dir)) return
+    const manifest = JSON.parse(await readFile(`${dir}/package.json`, "utf8"))
+    manifests.set(dir, manifest)
+    for (const dependency of Object.keys(manifest.dependencies ?? {})) {
       const installed = await installedDependency(dir, dependency)
       if (installed !== undefined) await add(installed)
     }
@@ -123,8 +123,7 @@ const thirdPartyNotices = async (name, metafile) => {
     }
   }
   const sections = []
-  for (const dir of packageDirs) {
-    const manifest = JSON.parse(await readFile(`${dir}/package.json`, "utf8"))
+  for (const [dir, manifest] of manifests) {
     const licenseFile = (await readdir(dir)).find((file) => /^licen[cs]e/i.test(file))
     const text = licenseFile === undefined
       ? `(the package has no license file; its package.json says ${manifest.license})`
@@ -146,7 +145,7 @@ const thirdPartyNotices = async (name, metafile) => {
  * and imports the bundle; a bundle cannot do that for itself, it is compiled before its first line runs. From the
  * second run on, a command starts without parsing its bundle again.
  */
-const executable = async (entry, dist, name) => {
+const executable = async (name, { dist, entry }) => {
   const { metafile } = await build({
     ...bundle,
     entryPoints: [entry],
@@ -171,10 +170,8 @@ const executable = async (entry, dist, name) => {
 }
 
 const commands = {
-  "kubectl-checkpoint": () =>
-    executable("packages/cli/src/kubectl-checkpoint.ts", "packages/cli/dist", "kubectl-checkpoint"),
-  "checkpointer-push": () =>
-    executable("packages/strategies/src/cli/checkpointer-push.ts", "packages/strategies/dist", "checkpointer-push")
+  "kubectl-checkpoint": { entry: "packages/cli/src/kubectl-checkpoint.ts", dist: "packages/cli/dist" },
+  "checkpointer-push": { entry: "packages/strategies/src/cli/checkpointer-push.ts", dist: "packages/strategies/dist" }
 }
 
 // `node scripts/build.mjs NAME...` builds only those commands (a package's prepack); no names: everything.
@@ -183,6 +180,6 @@ for (const name of only) {
   if (!(name in commands)) throw new Error(`no command ${name}; the commands are ${Object.keys(commands).join(", ")}`)
 }
 if (only.length === 0) await buildServer()
-for (const [name, buildCommand] of Object.entries(commands)) {
-  if (only.length === 0 || only.includes(name)) await buildCommand()
+for (const [name, command] of Object.entries(commands)) {
+  if (only.length === 0 || only.includes(name)) await executable(name, command)
 }
