@@ -1,6 +1,6 @@
 import type { ImageBuilder } from "@checkpointer/core"
 import { ContainerRef } from "@checkpointer/core"
-import { ArchiveInspector, ArchiveReader } from "@checkpointer/strategies"
+import { ArchiveInspector, ArchiveReader, NativeImageBuilder } from "@checkpointer/strategies"
 import { FileSystem } from "@effect/platform"
 import type { CommandExecutor } from "@effect/platform"
 import type { Context } from "effect"
@@ -155,7 +155,7 @@ export const archivePassPipeline = (archive: Archive): Pipeline => ({
     Effect.flatMap(FileSystem.FileSystem, (fs) =>
       seconds(
         ArchiveInspector.describeArchive(
-          ArchiveReader.readArchive(archive.path, { chunkSize: 1024 * 1024, buffers: 6 }).pipe(
+          ArchiveReader.readArchive(archive.path, NativeImageBuilder.archiveReading).pipe(
             Stream.provideService(FileSystem.FileSystem, fs)
           )
         )
