@@ -4,7 +4,7 @@ import { Effect, Option, Stream } from "effect"
 /**
  * The archive's bytes, read into a small ring of reused buffers. Fresh buffers per chunk would be freed only when
  * V8 next collects garbage, which lets RSS grow by tens of MiB during a large push. Reuse is safe because at most two
- * chunks are in use at any time, the one being read and the one before it, so a ring of three has one to spare:
+ * chunks are in use at any time, the one being read and the one before it, so a ring of three or more is safe:
  * - hashing is synchronous, and compression and encryption copy the bytes into buffers of their own;
  * - the tar parser and the decompressor are written with backpressure, so only the previous chunk's last bytes may
  *   still wait in them (a partial tar header, the end of a compressed frame) until the next chunk is written;

@@ -56,11 +56,11 @@ export const imageConfig = (description: ArchiveDescription, created: Date, arch
 })
 
 /**
- * How the archive is read (see readArchive): in 2 MiB chunks, through a ring of three buffers. Every chunk costs the
- * stream stages and the upload a fixed amount of work, which the server's V8 flags make dearer; 2 MiB chunks took
- * about a tenth off a push's CPU time against 1 MiB ones, in the same 6 MiB of buffers and with the same peak RSS.
+ * How the archive is read (see readArchive): in 1 MiB chunks, through a ring of six buffers. 2 MiB chunks in a ring of
+ * three took about a tenth off a push's CPU time in a process of its own, but raised the server's peak RSS by 3 to 4
+ * MiB: glibc kept the freed 2 MiB buffers in its heap (README, "Benchmarks").
  */
-export const archiveReading = { chunkSize: 2 * 1024 * 1024, buffers: 3 } as const
+export const archiveReading = { chunkSize: 1024 * 1024, buffers: 6 } as const
 
 /** A build request whose container may be unknown (an archive made elsewhere), reporting progress if asked. */
 export interface PushRequest extends Omit<BuildRequest, "container"> {
