@@ -106,26 +106,25 @@ export const monolithicUploadLimit = 1024 * 1024
 
 /**
  * Pulls a stream's first chunks until they hold `limit` bytes or the stream ends. The stream may reuse a chunk's
- * buffer once it is pulled again, so the chunks kept are copied before each further pull: less than `limit` bytes in
- * all, and nothing when the first pull brings `limit` bytes.
+ * buffer once it is pulled again, which happens only while the head is under `limit`: the chunks kept then are
+ * copied (less than `limit` bytes in all), and none when the first pull brings `limit` bytes.
  */
 const pullHead = <E>(pull: Effect.Effect<Chunk.Chunk<Uint8Array>, Option.Option<E>>, limit: number) =>
-  Effect.iterate({ chunks: [] as ReadonlyArray<Uint8Array>, uncopied: 0, size: 0, ended: false }, {
+  Effect.iterate({ chunks: [] as ReadonlyArray<Uint8Array>, size: 0, ended: false }, {
     while: (head) => !head.ended && head.size < limit,
-    body: (head) => {
-      const kept = head.chunks.map((bytes, i) => i < head.chunks.length - head.uncopied ? bytes : bytes.slice())
-      return pull.pipe(
+    body: (head) =>
+      pull.pipe(
         Effect.map((pulled) => {
           const chunks = Chunk.toReadonlyArray(pulled)
           const size = chunks.reduce((total, bytes) => total + bytes.length, head.size)
-          return { chunks: [...kept, ...chunks], uncopied: chunks.length, size, ended: false }
+          const kept = size < limit ? chunks.map((bytes) => bytes.slice()) : chunks
+          return { chunks: [...head.chunks, ...kept], size, ended: false }
         }),
         Effect.catchAll(Option.match({
-          onNone: () => Effect.succeed({ chunks: kept, uncopied: 0, size: head.size, ended: true }),
+          onNone: () => Effect.succeed({ ...head, ended: true }),
           onSome: (error) => Effect.fail(error)
         }))
       )
-    }
   })
 
 const concatBytes = (chunks: ReadonlyArray<Uint8Array>): Uint8Array =>
