@@ -3,14 +3,16 @@ import { Effect, Option, Stream } from "effect"
 
 /**
  * The archive's bytes, read into a small ring of reused buffers. Fresh buffers per chunk would be freed only when
- * V8 next collects garbage, which lets RSS grow by tens of MiB during a large push. Reuse is safe because at most two
- * chunks are in use at any time, the one being read and the one before it, so a ring of three or more is safe:
+ * V8 next collects garbage, which lets RSS grow by tens of MiB during a large push. Reuse is safe with a ring of three
+ * or more, because at most three chunks are in use at any time:
  * - hashing is synchronous, and compression and encryption copy the bytes into buffers of their own;
  * - the tar parser and the decompressor are written with backpressure, so only the previous chunk's last bytes may
  *   still wait in them (a partial tar header, the end of a compressed frame) until the next chunk is written;
- * - the upload takes a chunk only once the socket has drained the one before (a chunk is larger than the socket's
- *   high-water mark): over TLS its bytes were encrypted when it was written; over plain HTTP the socket holds the
- *   chunk until it is sent, while the next is read.
+ * - the upload's body is read one chunk ahead: while a chunk is being sent, the next one is read and waits, and the
+ *   one after is read only once the socket took the waiting one, which it does after it drained the one before (a
+ *   chunk is larger than the socket's high-water mark). Over TLS a chunk's bytes are encrypted when it is written;
+ *   over plain HTTP the socket holds the chunk until it is sent, so the chunk being sent, the one waiting and the one
+ *   being read are three.
  * The archive is complete when it is read, so reading stops at its size. Buffers are allocated when first needed and
  * are no larger than the archive: a checkpoint of a few hundred KiB takes one buffer of its size, not the whole ring.
  */

@@ -56,11 +56,12 @@ export const imageConfig = (description: ArchiveDescription, created: Date, arch
 })
 
 /**
- * How the archive is read (see readArchive): in 1 MiB chunks, through a ring of six buffers. 2 MiB chunks in a ring of
- * three took about a tenth off a push's CPU time in a process of its own, but raised the server's peak RSS by 3 to 4
- * MiB: glibc kept the freed 2 MiB buffers in its heap (README, "Benchmarks").
+ * How the archive is read (see readArchive): in 1 MiB chunks, through a ring of three buffers, the fewest that are
+ * safe. A ring of six held 3 MiB more per push: 8 concurrent pushes of 64 MiB in one process peaked about 22 MiB
+ * higher. 2 MiB chunks took about a tenth off a push's CPU time in a process of its own, but raised the server's peak
+ * RSS by 3 to 4 MiB: glibc kept the freed 2 MiB buffers in its heap (README, "Benchmarks").
  */
-export const archiveReading = { chunkSize: 1024 * 1024, buffers: 6 } as const
+export const archiveReading = { chunkSize: 1024 * 1024, buffers: 3 } as const
 
 /** A build request whose container may be unknown (an archive made elsewhere), reporting progress if asked. */
 export interface PushRequest extends Omit<BuildRequest, "container"> {
