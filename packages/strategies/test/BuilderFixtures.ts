@@ -13,6 +13,7 @@ import {
   randomBytes,
   timingSafeEqual
 } from "node:crypto"
+import net from "node:net"
 import { gunzipSync, zstdDecompressSync } from "node:zlib"
 import { create } from "tar"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
@@ -89,6 +90,54 @@ export const writeKeyPair = (dir: string, kind: KeyKind) =>
     yield* fs.writeFileString(publicFile, pair.publicKey.export({ type: "spki", format: "pem" }).toString())
     yield* fs.writeFileString(privateFile, privatePem)
     return { kind, publicFile, privateFile, privatePem } satisfies KeyPair
+  })
+
+/** A TCP proxy to `target` (`host:port`) that forwards what its clients send slowly. Closed with the scope. */
+const slowProxy = (target: string) =>
+  Effect.acquireRelease(
+    Effect.async<{ readonly server: net.Server; readonly sockets: Set<net.Socket> }>((resume) => {
+      const { hostname, port } = new URL(`http://${target}`)
+      const sockets = new Set<net.Socket>()
+      const server = net.createServer((client) => {
+        const upstream = net.connect(Number(port), hostname)
+        for (const socket of [client, upstream]) {
+          sockets.add(socket)
+          socket.on("close", () => sockets.delete(socket))
+          socket.on("error", () => {
+            client.destroy()
+            upstream.destroy()
+          })
+        }
+        upstream.pipe(client)
+        client.on("data", (chunk) => {
+          client.pause()
+          upstream.write(chunk)
+          setTimeout(() => client.resume(), 2)
+        })
+        client.on("end", () => upstream.end())
+      })
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed({ server, sockets })))
+    }),
+    ({ server, sockets }) =>
+      Effect.async<void>((resume) => {
+        for (const socket of sockets) socket.destroy()
+        server.close(() => resume(Effect.void))
+      })
+  ).pipe(Effect.map(({ server }) => `127.0.0.1:${(server.address() as net.AddressInfo).port}`))
+
+/**
+ * A slow link to `registry`: a TCP proxy on loopback that forwards what its clients send 64 KiB at most every 2 ms,
+ * so that a client's socket fills and keeps what it was given to write until the proxy takes it, and a docker config
+ * in `dir` with the registry's credentials for the proxy's address.
+ */
+export const slowLinkTo = (registry: TestRegistry, dir: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const host = yield* slowProxy(registry.host)
+    const authFile = `${dir}/slow-link-auth.json`
+    const auth = Buffer.from(`${registry.username}:${registry.password}`).toString("base64")
+    yield* fs.writeFileString(authFile, JSON.stringify({ auths: { [host]: { auth } } }))
+    return { host, authFile } as const
   })
 
 /** A small tar shaped like a checkpoint archive whose CRIU pages contain `marker` in clear, many times. */

@@ -7,7 +7,6 @@ import type { Duration } from "effect"
 import { Cause, Context, Effect, Layer } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { createReadStream, createWriteStream } from "node:fs"
-import net from "node:net"
 import { pipeline } from "node:stream/promises"
 import tls from "node:tls"
 import { createGzip, createZstdCompress } from "node:zlib"
@@ -16,7 +15,7 @@ import { describeE2E } from "../../../test/harness/E2E.ts"
 import * as Podman from "../../../test/harness/Podman.ts"
 import { startRegistry } from "../../../test/harness/Registry.ts"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
-import { nativeBuilder, trustedRegistry } from "./BuilderFixtures.ts"
+import { nativeBuilder, slowLinkTo, trustedRegistry } from "./BuilderFixtures.ts"
 
 const fileDigest = (file: string) =>
   Effect.promise(async () => {
@@ -29,42 +28,6 @@ const compress = (from: string, to: string, kind: "gzip" | "zstd") =>
   Effect.promise(() =>
     pipeline(createReadStream(from), kind === "gzip" ? createGzip() : createZstdCompress(), createWriteStream(to))
   )
-
-/**
- * A TCP proxy to `target` (`host:port`) that forwards what its clients send slowly, 64 KiB at most every 2 ms: a
- * client's socket fills and keeps what it was given to write until the proxy takes it. Closed with the scope.
- */
-const slowProxy = (target: string) =>
-  Effect.acquireRelease(
-    Effect.async<{ readonly server: net.Server; readonly sockets: Set<net.Socket> }>((resume) => {
-      const { hostname, port } = new URL(`http://${target}`)
-      const sockets = new Set<net.Socket>()
-      const server = net.createServer((client) => {
-        const upstream = net.connect(Number(port), hostname)
-        for (const socket of [client, upstream]) {
-          sockets.add(socket)
-          socket.on("close", () => sockets.delete(socket))
-          socket.on("error", () => {
-            client.destroy()
-            upstream.destroy()
-          })
-        }
-        upstream.pipe(client)
-        client.on("data", (chunk) => {
-          client.pause()
-          upstream.write(chunk)
-          setTimeout(() => client.resume(), 2)
-        })
-        client.on("end", () => upstream.end())
-      })
-      server.listen(0, "127.0.0.1", () => resume(Effect.succeed({ server, sockets })))
-    }),
-    ({ server, sockets }) =>
-      Effect.async<void>((resume) => {
-        for (const socket of sockets) socket.destroy()
-        server.close(() => resume(Effect.void))
-      })
-  ).pipe(Effect.map(({ server }) => `127.0.0.1:${(server.address() as net.AddressInfo).port}`))
 
 interface Checkpoint {
   readonly dir: string
@@ -452,13 +415,10 @@ describeE2E("NativeImageBuilder against a real registry", () => {
         yield* fs.copyFile(checkpoint.tar, large)
         yield* fs.writeFile(`${dir}/pages-big.img`, randomBytes(24 * 1024 * 1024))
         yield* Effect.promise(() => replace({ cwd: dir, file: large }, ["pages-big.img"]))
-        const slow = yield* slowProxy(plain.host)
-        const slowAuthFile = `${dir}/slow-auth.json`
-        const auth = Buffer.from(`${plain.username}:${plain.password}`).toString("base64")
-        yield* fs.writeFileString(slowAuthFile, JSON.stringify({ auths: { [slow]: { auth } } }))
+        const slow = yield* slowLinkTo(plain, dir)
         const largeTag = randomTag()
-        const largeBuilt = yield* build({ archive: large, imageName: `${slow}/plain/counter:${largeTag}` }, {
-          REGISTRY_AUTH_FILE: slowAuthFile,
+        const largeBuilt = yield* build({ archive: large, imageName: `${slow.host}/plain/counter:${largeTag}` }, {
+          REGISTRY_AUTH_FILE: slow.authFile,
           REGISTRY_INSECURE: "true"
         })
         const largeDigest = yield* fileDigest(large)
