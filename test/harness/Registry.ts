@@ -103,6 +103,15 @@ const registryConfig = (options: {
     ""
   ].join("\n")
 
+/** Writes a docker config JSON to `file` that logs in to `host` as `username` with `secret`; returns `file`. */
+export const writeAuthFile = (file: string, host: string, username: string, secret: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const auth = Buffer.from(`${username}:${secret}`).toString("base64")
+    yield* fs.writeFileString(file, JSON.stringify({ auths: { [host]: { auth } } }, null, 2))
+    return file
+  })
+
 /**
  * A real `docker-registry serve` (CNCF distribution 2.8) on 127.0.0.1:<free port> with TLS from a test CA (or plain
  * HTTP with `tls: false`) and htpasswd (bcrypt) or JWT token authentication (with a token server in this process).
@@ -228,15 +237,8 @@ export const startRegistry = (options: {
       Effect.mapError(harnessError("docker-registry did not start"))
     )
 
-    const writeAuthFile = (name: string, secret: string) =>
-      Effect.gen(function*() {
-        const file = path.join(options.dir, name)
-        const auth = Buffer.from(`${username}:${secret}`).toString("base64")
-        yield* fs.writeFileString(file, JSON.stringify({ auths: { [host]: { auth } } }, null, 2))
-        return file
-      })
-    const authFile = yield* writeAuthFile("auth.json", password)
-    const wrongAuthFile = yield* writeAuthFile("wrong-auth.json", wrongPassword)
+    const authFile = yield* writeAuthFile(path.join(options.dir, "auth.json"), host, username, password)
+    const wrongAuthFile = yield* writeAuthFile(path.join(options.dir, "wrong-auth.json"), host, username, wrongPassword)
 
     const authorize = (repository: string, request: HttpClientRequest.HttpClientRequest) =>
       Effect.gen(function*() {

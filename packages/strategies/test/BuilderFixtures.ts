@@ -16,6 +16,7 @@ import {
 import net from "node:net"
 import { gunzipSync, zstdDecompressSync } from "node:zlib"
 import { create } from "tar"
+import { writeAuthFile } from "../../../test/harness/Registry.ts"
 import type { TestRegistry } from "../../../test/harness/Registry.ts"
 import * as NativeImageBuilder from "../src/native/NativeImageBuilder.ts"
 
@@ -132,11 +133,8 @@ const slowProxy = (target: string) =>
  */
 export const slowLinkTo = (registry: TestRegistry, dir: string) =>
   Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
     const host = yield* slowProxy(registry.host)
-    const authFile = `${dir}/slow-link-auth.json`
-    const auth = Buffer.from(`${registry.username}:${registry.password}`).toString("base64")
-    yield* fs.writeFileString(authFile, JSON.stringify({ auths: { [host]: { auth } } }))
+    const authFile = yield* writeAuthFile(`${dir}/slow-link-auth.json`, host, registry.username, registry.password)
     return { host, authFile } as const
   })
 
