@@ -37,30 +37,40 @@ export const trustedRegistry = (registry: TestRegistry, authFile = registry.auth
 export const sha256 = (bytes: Uint8Array) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`
 
 /**
- * The frames of a zstd stream, split by their headers and block headers (RFC 8878, section 3.1.1). Node's zstd
- * decompressor may stop at the end of a frame, so each is decompressed on its own.
+ * The frames of a zstd stream, split by their headers and block headers (RFC 8878, section 3.1.1): where each starts
+ * and ends, and the content size its header declares (undefined when it declares none).
  */
-export const zstdFrames = (bytes: Uint8Array): ReadonlyArray<Buffer> => {
+export const zstdFrameHeaders = (bytes: Uint8Array) => {
   const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
-  const frames: Array<Buffer> = []
+  const frames: Array<{ readonly start: number; readonly end: number; readonly contentSize: number | undefined }> = []
   for (let start = 0; start < view.length;) {
     if (view.readUInt32LE(start) !== 0xfd2fb528) throw new Error(`no zstd frame at byte ${start}`)
     const descriptor = view[start + 4]!
     const singleSegment = (descriptor & 0x20) !== 0
     const contentSizeBytes = [singleSegment ? 1 : 0, 2, 4, 8][descriptor >> 6]!
     const dictionaryIdBytes = [0, 1, 2, 4][descriptor & 0x03]!
-    let offset = start + 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes + contentSizeBytes
+    const contentSizeAt = start + 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes
+    const contentSize = contentSizeBytes === 0
+      ? undefined
+      : contentSizeBytes === 8
+      ? Number(view.readBigUInt64LE(contentSizeAt))
+      : view.readUIntLE(contentSizeAt, contentSizeBytes) + (contentSizeBytes === 2 ? 256 : 0)
+    let offset = contentSizeAt + contentSizeBytes
     for (let last = false; !last;) {
       const header = view.readUIntLE(offset, 3)
       last = (header & 1) === 1
       offset += 3 + (((header >> 1) & 3) === 1 ? 1 : header >> 3)
     }
     if ((descriptor & 0x04) !== 0) offset += 4
-    frames.push(zstdDecompressSync(view.subarray(start, offset)))
+    frames.push({ start, end: offset, contentSize })
     start = offset
   }
   return frames
 }
+
+/** Each frame of a zstd stream, decompressed on its own: Node's zstd decompressor may stop at the end of a frame. */
+export const zstdFrames = (bytes: Uint8Array): ReadonlyArray<Buffer> =>
+  zstdFrameHeaders(bytes).map(({ end, start }) => zstdDecompressSync(bytes.subarray(start, end)))
 
 /** A compressed layer's tar: the native builder writes zstd frames and gzip members of 4 MiB. */
 export const decompressLayer = (kind: "gzip" | "zstd", bytes: Uint8Array): Buffer =>

@@ -9,7 +9,15 @@ import type { ArchiveDescription } from "../src/archive/ArchiveInspector.ts"
 import { readArchive } from "../src/archive/ArchiveReader.ts"
 import * as LayerEncoding from "../src/native/LayerEncoding.ts"
 import * as LayerEncryption from "../src/native/LayerEncryption.ts"
-import { decompressLayer, openLayer, sha256, writeKeyPair, writeMarkedArchive, zstdFrames } from "./BuilderFixtures.ts"
+import {
+  decompressLayer,
+  openLayer,
+  sha256,
+  writeKeyPair,
+  writeMarkedArchive,
+  zstdFrameHeaders,
+  zstdFrames
+} from "./BuilderFixtures.ts"
 
 const marker = "CHECKPOINTER-SECRET-MARKER-4711"
 const MiB = 1024 * 1024
@@ -229,6 +237,25 @@ describe("LayerEncoding compression", () => {
       }
     }).pipe(Effect.provide(NodeContext.layer)))
 
+  it.scoped("every frame is compressed alone, at the level asked for, however many came before it", () =>
+    Effect.gen(function*() {
+      const lines = Array.from({ length: 70000 }, (_, i) => `{"id":${i % 5003},"note":"line ${(i * 7) % 131}"}\n`)
+      const frame = Buffer.alloc(4 * MiB, lines.join(""))
+      const text = Buffer.concat([frame, frame, frame])
+      for (const kind of ["gzip", "zstd"] as const) {
+        // Three frames of the same bytes at the same level: three copies of the same compressed frame.
+        const frameAt = (level: number) =>
+          Effect.map(encode(text, { compression: kind, recipients: [], level }), ({ pushed }) => {
+            expect(decompressLayer(kind, pushed).equals(text), kind).toBe(true)
+            const first = pushed.subarray(0, pushed.length / 3)
+            expect(Buffer.concat([first, first, first]).equals(pushed), kind).toBe(true)
+            return first
+          })
+        const [one, six] = [yield* frameAt(1), yield* frameAt(6)]
+        expect(six.equals(one), kind).toBe(false)
+      }
+    }).pipe(Effect.provide(NodeContext.layer)))
+
   it.scoped("an archive that is compressed already passes unchanged", () =>
     Effect.gen(function*() {
       const { archive } = yield* setup
@@ -258,7 +285,10 @@ describe("LayerEncoding compression", () => {
         const pushed = yield* collectCopies(encoded.stream)
         expect(sha256(decompressLayer(kind, pushed)), kind).toBe(sha256(bytes))
         if (kind === "zstd") {
-          expect(zstdFrames(pushed).map((frame) => frame.length)).toEqual([4 * MiB, 4 * MiB, 2 * MiB + 12345])
+          const sizes = [4 * MiB, 4 * MiB, 2 * MiB + 12345]
+          expect(zstdFrames(pushed).map((frame) => frame.length)).toEqual(sizes)
+          // Each frame was compressed in one pass, given whole: its header says how large it is.
+          expect(zstdFrameHeaders(pushed).map((frame) => frame.contentSize)).toEqual(sizes)
         }
       }
     }).pipe(Effect.provide(NodeContext.layer)))
