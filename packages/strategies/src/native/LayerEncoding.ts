@@ -174,25 +174,39 @@ const frameCompressor = (kind: Exclude<Compression, "none">, level: number) =>
       // which Node's gzip streams have although @types/node leaves it out.
       const startNext = kind === "gzip" ? () => (compressor as Zlib.Gzip & Zlib.ZlibReset).reset() : () => {}
       let pieces: Array<Buffer> = []
+      let failCurrent: ((cause: Error) => void) | undefined
       compressor.on("data", (piece: Buffer) => pieces.push(piece))
+      // Listening for the whole compressor's life: an error between frames (there is none to fail) cannot go unheard.
+      compressor.on("error", (cause) => failCurrent?.(cause))
       const compress = (frame: Uint8Array) =>
         Effect.async<ReadonlyArray<Buffer>, LayerCompressionError>((resume) => {
-          const failed = (cause: Error) => {
+          let settled = false
+          const settle = (outcome: Effect.Effect<ReadonlyArray<Buffer>, LayerCompressionError>) => {
+            if (settled) return
+            settled = true
+            failCurrent = undefined
+            resume(outcome)
+          }
+          failCurrent = (cause) => {
             compressor.destroy()
-            resume(
+            settle(
               Effect.fail(new LayerCompressionError({ message: `${kind} compression failed: ${cause.message}`, cause }))
             )
           }
-          compressor.once("error", failed)
+          // A write that failed may still call back, with or without its error: the failure has been told already.
           compressor.write(frame, (error) => {
-            compressor.off("error", failed)
-            if (error) return failed(error)
+            if (error) return failCurrent?.(error)
+            if (settled) return
             const done = pieces
             pieces = []
             startNext()
-            resume(Effect.succeed(done))
+            settle(Effect.succeed(done))
           })
-          return Effect.sync(() => compressor.destroy())
+          return Effect.sync(() => {
+            settled = true
+            failCurrent = undefined
+            compressor.destroy()
+          })
         })
       return { compress, close: () => compressor.close() } as const
     }),
