@@ -180,30 +180,25 @@ const frameCompressor = (kind: Exclude<Compression, "none">, level: number) =>
       compressor.on("error", (cause) => failCurrent?.(cause))
       const compress = (frame: Uint8Array) =>
         Effect.async<ReadonlyArray<Buffer>, LayerCompressionError>((resume) => {
-          let settled = false
-          const settle = (outcome: Effect.Effect<ReadonlyArray<Buffer>, LayerCompressionError>) => {
-            if (settled) return
-            settled = true
-            failCurrent = undefined
-            resume(outcome)
-          }
           failCurrent = (cause) => {
+            failCurrent = undefined
             compressor.destroy()
-            settle(
+            resume(
               Effect.fail(new LayerCompressionError({ message: `${kind} compression failed: ${cause.message}`, cause }))
             )
           }
-          // A write that failed may still call back, with or without its error: the failure has been told already.
           compressor.write(frame, (error) => {
+            // A compressor that failed or was interrupted is destroyed, and its write may still call back, with or
+            // without the error: the failure has been told already.
             if (error) return failCurrent?.(error)
-            if (settled) return
+            if (compressor.destroyed) return
+            failCurrent = undefined
             const done = pieces
             pieces = []
             startNext()
-            settle(Effect.succeed(done))
+            resume(Effect.succeed(done))
           })
           return Effect.sync(() => {
-            settled = true
             failCurrent = undefined
             compressor.destroy()
           })
